@@ -1,0 +1,1 @@
+"""Drafters: untrusted proposers of draft tokens. See specguard.drafters.base."""

@@ -1,0 +1,1 @@
+"""Built-in drafters, registered as an ordinary plugin."""

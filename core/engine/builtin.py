@@ -1,0 +1,1 @@
+"""The built-in speculative engine, registered as an ordinary plugin."""

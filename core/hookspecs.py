@@ -1,0 +1,87 @@
+"""The hooks specguard calls. Every hook is documented in docs/plugins.md.
+
+Registration hooks receive a `register` callback (as in simonw/llm) so a plugin can add any
+number of things. Lifecycle hooks see one request as it flows: check_request -> on_step (each
+verification step) -> seal_transcript (add evidence) -> judge_transcript. Offline verification
+walks back through verify_evidence.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("specguard")
+hookimpl = pluggy.HookimplMarker("specguard")
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands or groups to the `specguard` CLI group `cli`."""
+
+
+@hookspec
+def register_drafters(register):
+    """Register drafters: `register(name, factory, description)`.
+
+    `factory(target: LoadedModel, options: dict) -> Drafter` builds one drafter per engine.
+    """
+
+
+@hookspec
+def register_engines(register):
+    """Register speculative engines: `register(name, factory, description)`.
+
+    `factory(target: LoadedModel, drafter: Drafter, options: dict) -> Engine`.
+    """
+
+
+@hookspec
+def register_evidence_types(register):
+    """Register attestation evidence types: `register(EvidenceType)`.
+
+    An evidence type parses, verifies and validates one kind of TEE evidence
+    (see specguard.attest.evidence).
+    """
+
+
+@hookspec
+def register_routes(app, node):
+    """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.node.Node)."""
+
+
+@hookspec
+def check_request(request, policy):
+    """Inspect a generation request before it runs.
+
+    Raise `specguard.errors.RequestError` to refuse it (the server answers 4xx).
+    """
+
+
+@hookspec
+def on_step(request, step):
+    """See each verification step (`specguard.transcript.Step`) as the engine makes it."""
+
+
+@hookspec
+def seal_transcript(transcript, evidence, node):
+    """Add evidence for a finished transcript before its receipt is signed.
+
+    `evidence` is a dict of slot name -> JSON value; set your own slot(s) in it.
+    `node` is the serving node, or None when generating from the CLI.
+    """
+
+
+@hookspec
+def judge_transcript(transcript, receipt, node):
+    """Judge a finished, receipted response; return a dict to attach (e.g. a quorum
+    certificate) or None. Raise a SpecguardError to fail the request."""
+
+
+@hookspec(firstresult=True)
+def verify_evidence(slot, value, statement, options):
+    """Verify one evidence slot of a receipt offline.
+
+    Return a dict describing what was verified if the slot is yours, None otherwise.
+    Raise a `VerificationError`/`ValidationError` subclass when it does not verify.
+    `options` holds the user's verification inputs (trusted keys, policy, evidence files).
+    """

@@ -1,0 +1,1 @@
+"""Built-in integrity layer: attestation (registered like any third-party plugin)."""

@@ -1,0 +1,1 @@
+"""Built-in integrity layer: audit (registered like any third-party plugin)."""

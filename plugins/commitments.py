@@ -1,0 +1,1 @@
+"""Built-in integrity layer: commitments (registered like any third-party plugin)."""

@@ -1,0 +1,1 @@
+"""Built-in integrity layer: consensus (registered like any third-party plugin)."""

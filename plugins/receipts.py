@@ -1,0 +1,1 @@
+"""Built-in integrity layer: receipts (registered like any third-party plugin)."""

@@ -1,0 +1,15 @@
+"""Policies: what must hold for a response to be acceptable.
+
+A policy is a TOML file. Each integrity layer reads its own table (`[attestation]`,
+`[drafter]`, `[consensus]`, `[receipts]`, `[commitments]`) with `Policy.section()`; the policy's
+identity in receipts is its name and the SHA-256 of its canonical JSON form.
+
+Presets ship in `policies/presets/`: `dev` (INSECURE: allows simulated TEE evidence, and says
+so every time it is used) and `strict`.
+"""
+
+from __future__ import annotations
+
+from .model import Policy, load_policy, preset_names
+
+__all__ = ["Policy", "load_policy", "preset_names"]

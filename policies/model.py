@@ -1,0 +1,100 @@
+"""The policy model and its loader."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from specguard.canonical import canonical_json, sha256_hex
+from specguard.errors import ConfigError
+
+log = logging.getLogger("specguard.policy")
+
+PRESET_PACKAGE = "specguard.policies"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy. Sections are read-only mappings."""
+
+    name: str
+    data: MappingProxyType
+    source: str = "<memory>"
+    digest: str = field(default="")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The `[name]` table, or {} when absent."""
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"policy table [{name}] must be a table", field=name, got=type(value).__name__)
+        return dict(value)
+
+    @property
+    def insecure(self) -> bool:
+        """True when any table enables an insecure mode (simulated evidence, no checks)."""
+        return bool(self.insecure_reasons())
+
+    def insecure_reasons(self) -> list[str]:
+        reasons = []
+        att = self.data.get("attestation", {})
+        if isinstance(att, dict) and att.get("allow_simulated"):
+            reasons.append("attestation.allow_simulated = true accepts SIMULATED TEE evidence")
+        if isinstance(att, dict) and att.get("required") is False and self.data.get("insecure_ok"):
+            reasons.append("attestation is not required")
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest, "source": self.source, "policy": _plain(self.data)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict | MappingProxyType):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def preset_names() -> list[str]:
+    files = resources.files(PRESET_PACKAGE).joinpath("presets")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def policy_from_dict(data: dict[str, Any], name: str | None = None, source: str = "<memory>") -> Policy:
+    plain = _plain(data)
+    policy_name = name or str(plain.get("name") or "unnamed")
+    digest = "sha256:" + sha256_hex(canonical_json(plain))
+    policy = Policy(name=policy_name, data=MappingProxyType(plain), source=source, digest=digest)
+    for reason in policy.insecure_reasons():
+        log.warning("INSECURE policy %r: %s", policy_name, reason)
+    return policy
+
+
+def load_policy(ref: str | Path | None = None) -> Policy:
+    """Load a policy by preset name (`dev`, `strict`) or TOML path. None means `dev`."""
+    ref = "dev" if ref is None else ref
+    path = Path(ref)
+    if isinstance(ref, str) and not path.suffix and not path.exists():
+        resource = resources.files(PRESET_PACKAGE).joinpath("presets", f"{ref}.toml")
+        if not resource.is_file():
+            raise ConfigError(f"unknown policy preset {ref!r}", got=ref, expected=preset_names())
+        text = resource.read_text("utf-8")
+        source = f"preset:{ref}"
+    else:
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read policy file {str(path)!r}: {exc}") from exc
+        source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"policy {source} is not valid TOML: {exc}") from exc
+    return policy_from_dict(data, source=source)
