@@ -29,6 +29,79 @@ def plugins_command() -> None:
     click.echo(json.dumps(get_plugins(), indent=2))
 
 
+@cli.command(name="models")
+@click.argument("ref", required=False, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_command(ref: str | None, as_json: bool) -> None:
+    """Resolve a model reference (default: smollm2-135m), load it and print its digest."""
+    from .models import load_model
+
+    info = load_model(ref).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:18} {value}")
+
+
+@cli.command(name="generate")
+@click.argument("prompt", required=False)
+@click.option("--chat", "chat", is_flag=True, help="Wrap PROMPT as a user message with the chat template.")
+@click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
+@click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
+@click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
+@click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
+@click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
+@click.option("-t", "--temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampled decoding (drawn by specguard if absent).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
+def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, as_json) -> None:
+    """Generate text with target-verified speculative decoding."""
+    from .engine.factory import make_drafter, make_engine
+    from .errors import UsageError
+    from .models import load_model
+    from .transcript import SamplingParams
+
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise UsageError("give a PROMPT argument or pipe one on standard input")
+        prompt = sys.stdin.read()
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), mode=mode
+    )
+    target = load_model(model_ref)
+    engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}))
+    prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if chat else target.encode(prompt)
+    if as_json:
+        transcript = engine.generate(prompt_ids, params)
+        click.echo(json.dumps(transcript.to_json()))
+        return
+    stream = engine.stream(prompt_ids, params)
+    shown = 0
+    emitted: list[int] = []
+    while True:
+        try:
+            event = next(stream)
+        except StopIteration as done:
+            transcript = done.value
+            break
+        emitted.extend(t.token_id for t in event.tokens)
+        text = target.decode(emitted)
+        click.echo(text[shown:], nl=False)
+        shown = len(text)
+    m = transcript.metrics()
+    click.echo()
+    click.echo(
+        f"[{m['output_tokens']} tokens, {m['tokens_per_second']:.1f} tok/s, drafter {transcript.drafter}, "
+        f"mean accepted {m['mean_accepted_tokens']:.2f}/step, acceptance {m['acceptance_rate']:.0%}]",
+        err=True,
+    )
+
+
 def _register_plugin_commands() -> None:
     load_plugins()
     pm.hook.register_commands(cli=cli)

@@ -1,1 +1,47 @@
-"""Built-in drafters, registered as an ordinary plugin."""
+"""Built-in drafters, registered as an ordinary plugin: none, ngram, draft-model, early-exit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..models import LoadedModel
+from .base import Drafter, NoDrafter
+from .model_drafter import ModelDrafter, early_exit_model
+from .ngram import NgramDrafter
+
+
+def _none(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    return NoDrafter()
+
+
+def _ngram(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    return NgramDrafter(max_ngram=int(options.get("max_ngram", 3)), min_ngram=int(options.get("min_ngram", 1)))
+
+
+def _draft_model(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    from ..errors import UsageError
+    from ..models import load_model
+
+    ref = options.get("draft_model")
+    if ref is None:
+        raise UsageError("the draft-model drafter needs --draft-model REF (a model with the target's tokenizer)")
+    draft = ref if isinstance(ref, LoadedModel) else load_model(str(ref))
+    if draft.vocab_size != target.vocab_size:
+        raise UsageError("draft model vocabulary differs from the target's", got=draft.vocab_size, expected=target.vocab_size)
+    return ModelDrafter(draft.model, confidence=float(options.get("confidence", 0.3)))
+
+
+def _early_exit(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    total = int(target.model.config.num_hidden_layers)
+    layers = int(options.get("exit_layer") or max(1, total // 4))
+    drafter = ModelDrafter(early_exit_model(target.model, layers), confidence=float(options.get("confidence", 0.3)), name="early-exit")
+    return drafter
+
+
+@hookimpl
+def register_drafters(register):
+    register("none", _none, "plain decoding through the same verification loop")
+    register("ngram", _ngram, "prompt lookup: copy continuations of the context's last n-gram")
+    register("draft-model", _draft_model, "a small causal LM with the target's tokenizer (--draft-model)")
+    register("early-exit", _early_exit, "self-speculation: the target's first L layers + final norm + LM head")

@@ -1,0 +1,53 @@
+"""The drafter interface. Drafters are untrusted proposers: nothing they return can change
+the output, only how many target forward passes it takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..transcript import SamplingParams
+
+
+@dataclass
+class Proposal:
+    """Draft tokens, and optionally the drafter's distributions q (one row per token).
+
+    `probs` is only ever read in `speculative-sampling` mode with a trusted local drafter;
+    the engine ignores it otherwise (a remote drafter's probabilities are never used).
+    """
+
+    tokens: list[int]
+    probs: Any = None
+
+
+class Drafter:
+    """Base class: propose up to `k` tokens continuing `context`."""
+
+    name: str = "base"
+    #: trusted drafters may receive the sampling seed (to draft with the same noise) and
+    #: may take part in speculative-sampling mode; untrusted ones never do
+    trusted: bool = False
+
+    def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Called once per request before the first proposal."""
+
+    def propose(self, context: list[int], k: int) -> Proposal:
+        """Propose up to k tokens that continue `context` (prompt + output so far)."""
+        return Proposal([])
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """Feedback after each verification step (for adaptive drafters)."""
+
+    def finish(self) -> None:
+        """Called once per request after the last step (release per-request state)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "trusted": self.trusted}
+
+
+class NoDrafter(Drafter):
+    """Plain decoding through the same verification loop."""
+
+    name = "none"
+    trusted = True

