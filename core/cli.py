@@ -103,6 +103,9 @@ def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, 
 
 
 def _register_plugin_commands() -> None:
+    from .server import commands as server_commands
+
+    server_commands.register(cli)
     load_plugins()
     pm.hook.register_commands(cli=cli)
 

@@ -45,6 +45,12 @@ def home_dir() -> Path:
     return Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard")
 
 
+def model_cache_dir() -> Path:
+    """Where converted models are cached: `$SPECGUARD_MODEL_CACHE`, else `$SPECGUARD_HOME/models`."""
+    explicit = os.environ.get("SPECGUARD_MODEL_CACHE")
+    return Path(explicit) if explicit else home_dir() / "models"
+
+
 @dataclass
 class LoadedModel:
     """A target or draft model with its tokenizer and identity."""
@@ -267,7 +273,7 @@ def load_model(ref: str | None = None) -> LoadedModel:
         path = Path(location)
         with _lock:
             key = _file_sha256(path)
-            cached = home_dir() / "models" / key
+            cached = model_cache_dir() / key
             marker = cached / "specguard.json"
             if not marker.is_file() or json.loads(marker.read_text()).get("format") != _CACHE_FORMAT:
                 cached.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from .errors import PluginError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "specguard.drafters.builtin",
+    "specguard.drafters.remote",
     "specguard.engine.builtin",
     "specguard.plugins.receipts",
     "specguard.plugins.attestation",

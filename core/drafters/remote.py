@@ -1,0 +1,1 @@
+"""The `remote` drafter: proposals from an untrusted drafting server (`specguard draft-serve`)."""
