@@ -177,37 +177,47 @@ def parse_checkpoint(text: str) -> Checkpoint:
     return Checkpoint(origin, int(size_s), root, tuple(ext))
 
 
-def verify_checkpoint(note: str | bytes, public_keys: list[bytes], origin: str | None = None) -> Checkpoint:
-    """Verify a signed checkpoint against trusted Ed25519 keys; return the parsed checkpoint.
+def verify_note(note: str | bytes, verifiers: list[tuple[str, bytes]]) -> str:
+    """Verify a signed note against (key name, Ed25519 public key) pairs; return its text.
 
-    The signature must be under the key name equal to the checkpoint's origin. Signatures by
-    unknown keys are ignored (witness cosignatures); a trusted key's signature that does not
-    verify fails the whole note.
+    Signatures by unknown keys are ignored (e.g. witness cosignatures); a signature that claims
+    a known key (same name and key hash) but does not verify fails the whole note.
     """
     text, sigs = split_note(note)
-    cp = parse_checkpoint(text)
-    if origin is not None and cp.origin != origin:
-        raise CheckpointSignatureError("checkpoint origin differs", field="checkpoint.origin",
-                                       got=cp.origin, expected=origin)
-    if not public_keys:
-        raise CheckpointSignatureError("no public key to verify the checkpoint with", field="trusted_keys")
-    keys = {key_hash(cp.origin, pk): pk for pk in public_keys}
+    if not verifiers:
+        raise CheckpointSignatureError("no public key to verify the note with", field="trusted_keys")
+    known = {(name, key_hash(name, pk)): pk for name, pk in verifiers}
     message = text.encode("utf-8")
     verified = False
     for i, (name, khash, sig) in enumerate(sigs):
-        pk = keys.get(khash)
-        if name != cp.origin or pk is None:
+        pk = known.get((name, khash))
+        if pk is None:
             continue
         try:
             Ed25519PublicKey.from_public_bytes(pk).verify(sig, message)
         except (InvalidSignature, ValueError) as exc:
-            raise CheckpointSignatureError("checkpoint signature does not verify",
-                                           field=f"note.signatures[{i}]", got=name) from exc
+            raise CheckpointSignatureError("note signature does not verify", field=f"note.signatures[{i}]",
+                                           got=name) from exc
         verified = True
     if not verified:
-        raise CheckpointSignatureError("checkpoint is not signed by a trusted key",
-                                       field="note.signatures", got=[s[0] for s in sigs],
-                                       expected=[verifier_key(cp.origin, pk) for pk in public_keys])
+        raise CheckpointSignatureError("note is not signed by a trusted key", field="note.signatures",
+                                       got=[s[0] for s in sigs],
+                                       expected=[verifier_key(n, pk) for n, pk in verifiers])
+    return text
+
+
+def verify_checkpoint(note: str | bytes, public_keys: list[bytes], origin: str | None = None) -> Checkpoint:
+    """Verify a signed checkpoint against trusted Ed25519 keys; return the parsed checkpoint.
+
+    The signature must be under the key name equal to the checkpoint's origin (and to `origin`
+    when given).
+    """
+    text, _ = split_note(note)
+    cp = parse_checkpoint(text)
+    if origin is not None and cp.origin != origin:
+        raise CheckpointSignatureError("checkpoint origin differs", field="checkpoint.origin",
+                                       got=cp.origin, expected=origin)
+    verify_note(note, [(cp.origin, pk) for pk in public_keys])
     return cp
 
 

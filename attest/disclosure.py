@@ -18,7 +18,7 @@ from typing import Any
 
 from ..canonical import CanonicalizationError, canonical_json
 from ..errors import ParseError, UsageError, VerificationError
-from ..transcript import Transcript, TokenRecord
+from ..transcript import TokenRecord, Transcript
 from .merkle import LogProofError, inclusion_proof, leaf_hash, root_hash, verify_inclusion
 
 DISCLOSURE_VERSION = 1

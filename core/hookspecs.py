@@ -40,7 +40,7 @@ def register_evidence_types(register):
     """Register attestation evidence types: `register(EvidenceType)`.
 
     An evidence type parses, verifies and validates one kind of TEE evidence
-    (see specguard.attest.evidence).
+    (see specguard.attest.tee.types.EvidenceType).
     """
 
 

@@ -25,12 +25,12 @@ from ...errors import UsageError, VerificationError
 from .group import (
     G1Point,
     IdentityPointError,
+    R,
     check_scalar,
     encode_scalar,
     generator_g,
     generator_h,
     hash_to_scalar,
-    R,
 )
 
 SUITE = "specguard-pedersen-bls12381g1-sha256"

@@ -54,7 +54,7 @@ def read_pck_extensions(cert: x509.Certificate) -> PckExtensions:
         comps = [0] * 16
         pce_svn = -1
         cpu_svn = b""
-        for tag, child in der.read_children(fields[SGX_EXTENSIONS_OID + ".2"][1], "TCB"):
+        for _tag, child in der.read_children(fields[SGX_EXTENSIONS_OID + ".2"][1], "TCB"):
             parts = der.read_children(child, "TCB component")
             oid = der.decode_oid(parts[0][1], "TCB OID")
             index = int(oid.rsplit(".", 1)[1])

@@ -1,1 +1,252 @@
-"""The `remote` drafter: proposals from an untrusted drafting server (`specguard draft-serve`)."""
+"""The `remote` drafter: proposals from an untrusted drafting server (`specguard draft-serve`).
+
+The remote drafter is untrusted for integrity: its tokens are proposals the target verifies, its
+probabilities (if it sends any) are never read, and it never receives the sampling seed. Any
+failure (refused connection, timeout, HTTP error, an answer that is not the protocol's) costs at
+most that step's draft: the step drafts with the local fallback drafter instead, and the request
+goes on. Drafters that keep failing or whose proposals are rarely accepted are cut off for a
+cool-down (see specguard.drafters.health). It is NOT untrusted for confidentiality: it sees the
+prompt and the output as they are generated (docs/drafters.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import click
+import httpx
+
+from ..errors import RequestError, UsageError
+from ..hookspecs import hookimpl
+from ..transcript import SamplingParams
+from .base import Drafter, NoDrafter, Proposal
+from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
+
+log = logging.getLogger("specguard.drafters.remote")
+
+#: an answer larger than this is a failure (a hostile drafter cannot make the verifier buffer more)
+MAX_RESPONSE_BYTES = 1 << 20
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_REMOTE_OPTIONS = ("drafter_url", "policy", "fallback")
+
+
+class DrafterProtocolError(RequestError):
+    """A remote drafter's answer broke the protocol (never leaves RemoteDrafter.propose)."""
+
+
+class _SessionGone(Exception):
+    """The drafting server forgot our session (404) or disagrees about its context (409)."""
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class RemoteDrafter(Drafter):
+    """Client of a drafting server; falls back to a local drafter whenever the remote fails."""
+
+    name = "remote"
+    trusted = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fallback: Drafter | None = None,
+        health: HealthPolicy | None = None,
+        registry: DrafterHealthRegistry | None = None,
+    ) -> None:
+        try:
+            parsed = httpx.URL(url)
+        except Exception as exc:
+            raise UsageError("invalid drafter URL", field="drafter_url", got=url) from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise UsageError("the drafter URL must be http(s)://host[:port]", field="drafter_url", got=url, expected="http://host:port")
+        self.url = url.rstrip("/")
+        self.fallback = fallback or NoDrafter()
+        self.health = health or HealthPolicy()
+        self.registry = registry or REGISTRY
+        self._client: httpx.Client | None = None
+        self._session: str | None = None
+        self._sent: list[int] = []
+        self._params: dict[str, Any] = {}
+        self._source: str | None = None
+        self._remote_count = 0
+        self.stats: dict[str, Any] = {"remote_steps": 0, "fallback_steps": 0, "failures": 0, "last_error": None}
+
+    # -- Drafter interface -------------------------------------------------------------------
+
+    def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        # what the drafter may know about decoding: never the seed (it would let an untrusted
+        # party predict sampled outputs), never the stop strings
+        self._params = {
+            "temperature": float(params.temperature),
+            "top_p": float(params.top_p),
+            "top_k": int(params.top_k),
+            "max_tokens": int(params.max_tokens),
+        }
+        self._session = None
+        self._sent = []
+        self._source = None
+        self._client = httpx.Client(timeout=httpx.Timeout(self.health.timeout_seconds), follow_redirects=False, trust_env=False)
+        self.fallback.start(prompt_ids, params)
+
+    def propose(self, context: list[int], k: int) -> Proposal:
+        self._source = None
+        if k <= 0:
+            return Proposal([])
+        if self._client is None or not self.registry.available(self.url):
+            return self._fallback(context, k)
+        try:
+            tokens = self._remote_propose(context, k)
+        except Exception as exc:  # anything the remote does wrong costs one step's draft only
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            self.stats["failures"] += 1
+            self.stats["last_error"] = error
+            self._session = None
+            self.registry.record_failure(self.url, error, self.health)
+            log.info("remote drafter %s failed: %s", display_url(self.url), error)
+            return self._fallback(context, k)
+        self.registry.record_success(self.url)
+        self.stats["remote_steps"] += 1
+        self._source = "remote"
+        self._remote_count = len(tokens) if isinstance(tokens, list) else 1
+        # the tokens go to the engine as received (it validates and counts bad proposals);
+        # probabilities are never forwarded
+        return Proposal(tokens)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        if self._source == "remote":
+            # a proposal the engine rejected arrives as drafted=0: judge what the remote sent
+            self.registry.record_step(self.url, self._remote_count, accepted if drafted else 0, self.health)
+        elif self._source == "fallback":
+            self.fallback.observe(drafted, accepted)
+
+    def finish(self) -> None:
+        client, session = self._client, self._session
+        self._client, self._session = None, None
+        try:
+            if client is not None and session is not None and self.registry.available(self.url):
+                client.delete(f"{self.url}/v1/draft/sessions/{session}", timeout=min(self.health.timeout_seconds, 0.5))
+        except Exception:  # the server expires idle sessions anyway
+            pass
+        finally:
+            if client is not None:
+                client.close()
+            self.fallback.finish()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "trusted": self.trusted, "url": display_url(self.url), "fallback": self.fallback.name, **self.stats}
+
+    # -- protocol ------------------------------------------------------------------------------
+
+    def _fallback(self, context: list[int], k: int) -> Proposal:
+        self.stats["fallback_steps"] += 1
+        self._source = "fallback"
+        proposal = self.fallback.propose(context, k)
+        return Proposal(proposal.tokens)
+
+    def _remote_propose(self, context: list[int], k: int) -> Any:
+        if self._session is None:
+            self._create(context)
+        common = _common_prefix(self._sent, context)
+        body = {"append": context[common:], "rollback_to": common, "k": k}
+        try:
+            data = self._post(f"/v1/draft/sessions/{self._session}/propose", body)
+        except _SessionGone:
+            self._create(context)
+            data = self._post(f"/v1/draft/sessions/{self._session}/propose", {"append": [], "rollback_to": len(context), "k": k})
+        self._sent = list(context)
+        if not isinstance(data, dict) or "tokens" not in data:
+            raise DrafterProtocolError("answer has no tokens", field="tokens", got=type(data).__name__, expected='{"tokens": [int]}')
+        return data["tokens"]
+
+    def _create(self, context: list[int]) -> None:
+        self._session = None
+        data = self._post("/v1/draft/sessions", {"prompt_ids": list(context), "params": self._params})
+        sid = data.get("session") if isinstance(data, dict) else None
+        if not isinstance(sid, str) or not _SESSION_ID.fullmatch(sid):
+            raise DrafterProtocolError("invalid session id", field="session", got=repr(sid)[:80], expected="[A-Za-z0-9_-]{1,128}")
+        self._session = sid
+        self._sent = list(context)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST JSON; return the decoded answer. Bounded in time and size."""
+        assert self._client is not None
+        deadline = time.monotonic() + self.health.timeout_seconds
+        with self._client.stream("POST", self.url + path, json=body) as response:
+            if response.status_code in (404, 409) and "/propose" in path:
+                raise _SessionGone()
+            if response.status_code != 200:
+                raise DrafterProtocolError("drafting server answered an HTTP error", field="status", got=response.status_code, expected=200)
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise DrafterProtocolError("answer too large", field="body", got=f"> {MAX_RESPONSE_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise DrafterProtocolError("answer too slow", field="body", got=f"> {self.health.timeout_seconds} s")
+                chunks.append(chunk)
+        return json.loads(b"".join(chunks))
+
+
+def _remote(target: Any, options: dict[str, Any]) -> Drafter:
+    from ..engine.factory import make_drafter
+
+    url = options.get("drafter_url")
+    if not url:
+        raise UsageError("the remote drafter needs --drafter-url URL", field="drafter_url")
+    fallback_name = options.get("fallback") or "ngram"
+    if fallback_name == "remote":
+        raise UsageError("the remote drafter's fallback must be a local drafter", field="fallback", got=fallback_name)
+    health = HealthPolicy.from_policy(options.get("policy"))
+    local_options = {k: v for k, v in options.items() if k not in _REMOTE_OPTIONS}
+    fallback = make_drafter(str(fallback_name), target, local_options)
+    return RemoteDrafter(str(url), fallback=fallback, health=health)
+
+
+@hookimpl
+def register_drafters(register):
+    register("remote", _remote, "an untrusted drafting server (--drafter-url); local fallback when it fails")
+
+
+@click.command(name="draft-serve")
+@click.option("-m", "--model", "model_ref", default=None, help="Model to draft with (default smollm2-135m).")
+@click.option("-d", "--drafter", default="early-exit", show_default=True, help="Local drafter behind the server.")
+@click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
+@click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8100, show_default=True)
+@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
+@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
+def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds) -> None:
+    """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
+    import uvicorn
+
+    from ..models import load_model
+    from .draft_server import create_draft_app
+
+    target = load_model(model_ref)
+    app = create_draft_app(
+        target,
+        drafter,
+        {"draft_model": draft_model, "exit_layer": exit_layer},
+        max_sessions=max_sessions,
+        idle_seconds=session_idle_seconds,
+    )
+    click.echo(f"drafting server for {target.name} ({drafter}) on http://{host}:{port}/v1/draft", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(draft_serve_command)

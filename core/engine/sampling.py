@@ -33,6 +33,11 @@ from ..transcript import SamplingParams
 
 GUMBEL_TAG = b"specguard/gumbel/v1"
 
+#: Decisions whose best-minus-second score margin is below this are "near-ties": verifying k
+#: tokens in one pass uses other matrix shapes than decoding one, which moves fp32 logits in the
+#: last bits, so such a decision may legitimately flip between two honest computations.
+NEAR_TIE_EPSILON = 1e-3
+
 
 def philox_key(seed: int) -> int:
     digest = hashlib.sha256(GUMBEL_TAG + int(seed).to_bytes(8, "big")).digest()

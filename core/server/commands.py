@@ -2,8 +2,81 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
+
+log = logging.getLogger("specguard.server")
+
+
+@click.command(name="serve")
+@click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
+@click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
+@click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
+@click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
+@click.option("--policy", "policy_ref", default="dev", show_default=True, help="Policy preset (dev, strict) or TOML path.")
+@click.option("--max-concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Requests generating at once (each in its own thread).")
+@click.option("--max-queue", type=click.IntRange(0, 10_000), default=8, show_default=True,
+              help="Requests allowed to wait for a slot; more get HTTP 429.")
+@click.option("--default-max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
+              help="max_tokens of a chat request that does not set it.")
+@click.option("--max-model-len", type=click.IntRange(2, 1 << 24), default=None,
+              help="Cap the context length requests may use (default: the model's).")
+@click.option("--role", type=click.Choice(["serve", "verifier"]), default="serve", show_default=True)
+@click.option("--verifier", "verifiers", multiple=True, help="URL of a verifier node (repeatable; consensus).")
+@click.option("--quorum", type=int, default=None, help="Verifier votes needed (consensus).")
+@click.option("--served-model-name", default=None, help="Name clients use in `model` (default: the model reference).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch CPU threads.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="uvicorn log level.")
+def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
+                  max_queue, default_max_tokens, max_model_len, role, verifiers, quorum, served_model_name, threads,
+                  log_level) -> None:
+    """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
+    import torch
+    import uvicorn
+
+    from ..node import build_node
+    from .app import create_app
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    node = build_node(
+        model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
+        policy=policy_ref, max_concurrency=max_concurrency, max_queue=max_queue, role=role,
+        verifiers=list(verifiers), quorum=quorum, served_model_name=served_model_name,
+        default_max_tokens=default_max_tokens, max_model_len=max_model_len,
+    )
+    app = create_app(node)
+    info = node.describe()
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"specguard serving {info['model']} at http://{shown_host}:{port}/v1", err=True)
+    click.echo(f"  model digest   {info['model_digest']}", err=True)
+    click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
+    click.echo(f"  log origin     {info['log_origin']}", err=True)
+    click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
+    click.echo(f"  drafter        {drafter}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
+               err=True)
+    if node.policy.insecure:
+        banner = "!" * 78
+        click.echo(banner, err=True)
+        click.echo(f"!! INSECURE POLICY {node.policy.name!r}: " + "; ".join(node.policy.insecure_reasons()), err=True)
+        click.echo("!! Receipts from this node do not prove TEE execution. Use --policy strict in production.",
+                   err=True)
+        click.echo(banner, err=True)
+        log.warning("serving with INSECURE policy %r", node.policy.name)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the API has no authentication; put it behind an authenticating proxy", host)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        node.close()
 
 
 def register(cli: click.Group) -> None:
     """Add the server's commands to the CLI group."""
+    cli.add_command(serve_command)

@@ -1,0 +1,123 @@
+"""report.json (machine-readable) and report.html (self-contained, inline SVG plots)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+W, H, PAD = 420, 300, 40
+
+
+def _axes(xmin: float, xmax: float, ymin: float, ymax: float, xlabel: str, ylabel: str):
+    xs = (xmax - xmin) or 1.0
+    ys = (ymax - ymin) or 1.0
+
+    def px(x: float) -> float:
+        return PAD + (x - xmin) / xs * (W - 2 * PAD)
+
+    def py(y: float) -> float:
+        return H - PAD - (y - ymin) / ys * (H - 2 * PAD)
+
+    parts = [f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" fill="none" stroke="#888"/>',
+             f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle" font-size="12">{html.escape(xlabel)}</text>',
+             f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" text-anchor="middle">{html.escape(ylabel)}</text>',
+             f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{xmin:.3g}</text>',
+             f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">{xmax:.3g}</text>',
+             f'<text x="{PAD - 4}" y="{H - PAD}" font-size="10" text-anchor="end">{ymin:.3g}</text>',
+             f'<text x="{PAD - 4}" y="{PAD + 8}" font-size="10" text-anchor="end">{ymax:.3g}</text>']
+    return px, py, parts
+
+
+def _svg(title: str, parts: list[str]) -> str:
+    return (f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" '
+            f'aria-label="{html.escape(title)}">{"".join(parts)}</svg><figcaption>{html.escape(title)}</figcaption></figure>')
+
+
+def scatter_svg(pairs: list[list[float]]) -> str:
+    pts = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if not pts:
+        return "<p>No logprobs returned: no scatter.</p>"
+    lo = min(min(a, b) for a, b in pts)
+    px, py, parts = _axes(lo, 0.0, lo, 0.0, "reference logprob", "provider logprob")
+    parts.append(f'<line x1="{px(lo)}" y1="{py(lo)}" x2="{px(0)}" y2="{py(0)}" stroke="#bbb" stroke-dasharray="4"/>')
+    parts += [f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2" fill="#1f77b4" fill-opacity="0.6"/>' for a, b in pts]
+    return _svg("Reference vs provider log-probability of each provider token", parts)
+
+
+def null_svg(per_prompt: list[float], pool: list[float], critical: float | None) -> str:
+    if not per_prompt:
+        return "<p>No per-prompt logprob statistics.</p>"
+    vals = list(per_prompt) + list(pool) + ([critical] if critical is not None else [])
+    hi = max(vals) * 1.05 or 1.0
+    bins = 30
+    counts = [0] * bins
+    for v in pool:
+        counts[min(bins - 1, int(v / hi * bins))] += 1
+    top = max(counts) or 1
+    px, py, parts = _axes(0.0, hi, 0.0, 1.0, "per-prompt mean |delta logprob|", "null density (scaled)")
+    for b, c in enumerate(counts):
+        x0, x1 = px(b * hi / bins), px((b + 1) * hi / bins)
+        parts.append(f'<rect x="{x0:.1f}" y="{py(c / top):.1f}" width="{max(0.5, x1 - x0 - 1):.1f}" '
+                     f'height="{py(0) - py(c / top):.1f}" fill="#aaa"/>')
+    if critical is not None:
+        parts.append(f'<line x1="{px(critical):.1f}" y1="{PAD}" x2="{px(critical):.1f}" y2="{H - PAD}" stroke="#d62728" stroke-dasharray="3"/>')
+    parts += [f'<line x1="{px(v):.1f}" y1="{py(0.0):.1f}" x2="{px(v):.1f}" y2="{py(0.25):.1f}" stroke="#1f77b4" stroke-width="2"/>'
+              for v in per_prompt]
+    return _svg("Per-prompt statistic (blue) against the calibrated honest null (grey; red: critical value of the mean)", parts)
+
+
+def agreement_svg(by_position: list[list[Any]]) -> str:
+    if not by_position:
+        return "<p>No token-agreement data.</p>"
+    n = max(int(p[0]) for p in by_position) + 1
+    tot, raw, disc = [0] * n, [0] * n, [0] * n
+    for pos, agrees, discounted in by_position:
+        tot[int(pos)] += 1
+        raw[int(pos)] += bool(agrees)
+        disc[int(pos)] += bool(discounted)
+    px, py, parts = _axes(0, max(1, n - 1), 0.0, 1.0, "output position", "share of prompts agreeing")
+    for series, colour in ((raw, "#ff7f0e"), (disc, "#2ca02c")):
+        pts = " ".join(f"{px(i):.1f},{py(series[i] / tot[i]):.1f}" for i in range(n) if tot[i])
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    return _svg("Token agreement by position (orange: exact; green: near-ties discounted)", parts)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    tests = report.get("tests", [])
+    lp = next((t for t in tests if t["name"] == "logprob"), None)
+    ta = next((t for t in tests if t["name"] == "token_agreement"), None)
+    rows = "".join(
+        f"<tr><td>{html.escape(t['name'])}</td><td>{t['statistic']:.6g}</td><td>{t['p_value']:.3g}</td>"
+        f"<td>{t['samples']}</td><td>{'' if t['mde'] is None else format(t['mde'], '.4g')}</td>"
+        f"<td>{'' if t['declared_effect'] is None else t['declared_effect']}</td><td>{t['powered']}</td></tr>"
+        for t in tests)
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in report.get("reasons", []))
+    dist = "".join(f"<li>{html.escape(r)}</li>" for r in report.get("distinguishes", []))
+    pool = report.get("null_pool", [])
+    colour = {"consistent": "#2ca02c", "substituted": "#d62728"}.get(report.get("verdict"), "#ff7f0e")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>specguard audit report</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{display:inline-block;margin:8px}}</style></head><body>
+<h1>specguard audit: <span style="color:{colour}">{html.escape(str(report.get('verdict')))}</span></h1>
+<p>Provider {html.escape(report['provider']['base_url'])} model {html.escape(report['provider']['model'])};
+reference {html.escape(report['reference']['name'])} ({html.escape(report['reference']['digest'])});
+honest class {html.escape(report['honest_class']['name'])} ({html.escape(', '.join(report['honest_class']['setups']))}).</p>
+<ul>{reasons}</ul>
+<table><tr><th>test</th><th>statistic</th><th>p-value</th><th>samples</th><th>min. detectable</th><th>declared effect</th><th>powered</th></tr>{rows}</table>
+<h2>What this run can distinguish</h2><ul>{dist}</ul>
+<p>Prompts answered: {report['prompts']['answered']}/{report['prompts']['requested']}; tokens {report['tokens']['total']},
+unmappable or unscored {report['tokens']['unmappable_or_unscored']}; retries {report['client'].get('retries')}.</p>
+{scatter_svg(report.get('scatter', []))}
+{null_svg(lp['details']['per_prompt'] if lp else [], pool, lp['details']['critical_value'] if lp else None)}
+{agreement_svg(ta['details']['by_position'] if ta else [])}
+</body></html>"""
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    """Write report.json and report.html into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "report.html").write_text(render_html(report))

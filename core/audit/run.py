@@ -1,0 +1,276 @@
+"""Audit orchestration: query, map, re-score, test, combine; resumable from the raw log.
+
+Layout of --out DIR: `audit.json` (the run's configuration, no secrets), `raw.jsonl` (every
+request attempt and answer, appended as it arrives), `calibration.json` (measured or copied),
+`report.json` and `report.html`. Rerunning the same command resumes: answers already in
+raw.jsonl are reused, so an interrupted and an uninterrupted run reach the same verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine.speculative import SpeculativeEngine
+from ..models import LoadedModel, load_model
+from ..transcript import SamplingParams
+from . import AuditUsageError, calibrate
+from .client import ProviderClient
+from .rescore import align_text, rescore
+from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
+from .tokens import TokenMap, map_logprob_content, retokenize_text
+
+log = logging.getLogger("specguard.audit.run")
+DEFAULT_PROMPTS = [
+    "Explain why the sky is blue in two sentences.",
+    "Write a haiku about autumn leaves.",
+    "List three uses of a paperclip.",
+    "What is the capital of France, and why is it famous?",
+    "Describe how a bicycle works.",
+    "Give a short recipe for pancakes.",
+    "Summarise the plot of a detective story in three sentences.",
+    "What are prime numbers? Give examples.",
+]
+
+
+@dataclass
+class AuditConfig:
+    base_url: str
+    model: str
+    reference: str
+    prompts_file: str | None = None
+    budget: int = 8
+    max_tokens: int = 32
+    alpha: float = 0.01
+    top_logprobs: int = 5
+    honest_class: str = "bf16"
+    calibration: str | None = None
+    calibration_prompts: int = 8
+    margin: float = 1.5
+    min_effect_logprob: float = 0.1
+    min_effect_tokens: float = 0.05
+    mmd_prompts: int = 4
+    request_logprobs: bool = True
+    mmd_samples: int = 0
+    api_key_env: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 6
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_prompts(path: str | None, n: int) -> list[str]:
+    """Prompt texts from a JSONL file (`prompt`, `text` or first of `turns`), else a built-in set."""
+    if not path:
+        base = DEFAULT_PROMPTS
+    else:
+        base = []
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise AuditUsageError("cannot read prompts file", field="prompts", got=str(exc)) from exc
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AuditUsageError("prompts file line is not JSON", field=f"line {i + 1}", got=line[:80]) from exc
+            text = rec.get("prompt") or rec.get("text") or (rec.get("turns") or [None])[0] if isinstance(rec, dict) else rec
+            if isinstance(text, str) and text:
+                base.append(text)
+    if not base:
+        raise AuditUsageError("no prompts", field="prompts", got=path)
+    return [base[i % len(base)] for i in range(n)]
+
+
+def _answer_parts(ans: dict[str, Any] | None) -> tuple[str | None, Any, str | None, str | None]:
+    """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer."""
+    if not isinstance(ans, dict):
+        return None, None, None, "no answer after retries"
+    choices = ans.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None, None, None, "answer has no choices"
+    ch = choices[0]
+    msg = ch.get("message")
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if not isinstance(content, str):
+        return None, None, None, "answer has no message content"
+    lp = ch.get("logprobs")
+    lpc = lp.get("content") if isinstance(lp, dict) else None
+    return content, (lpc if isinstance(lpc, list) else None), ch.get("finish_reason"), None
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: list[list[int]], out: Path) -> dict[str, Any]:
+    """The user's calibration file, the one saved in --out, or a fresh measurement saved there."""
+    if cfg.calibration:
+        return calibrate.load(Path(cfg.calibration), reference)
+    saved = out / "calibration.json"
+    if saved.is_file():
+        return calibrate.load(saved, reference)
+    setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
+    cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
+    calibrate.save(cal, saved)
+    return cal
+
+
+def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False) -> dict[str, Any]:
+    """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html."""
+    from .report import write_reports
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(asdict(cfg), indent=1))
+    reference = reference or load_model(cfg.reference)
+    prompts = load_prompts(cfg.prompts_file, cfg.budget)
+    prompt_ids = [reference.encode_chat([{"role": "user", "content": p}]) for p in prompts]
+    client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
+                            api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
+                            max_retries=0 if offline else cfg.max_retries)
+    tmap = TokenMap(reference.tokenizer, reference.vocab_size)
+    per_prompt: list[dict[str, Any]] = []
+    lp_stats: list[float] = []
+    disagree_margins: list[float] = []
+    agree = 0
+    by_position: list[tuple[int, bool, bool]] = []
+    scatter: list[tuple[float, float]] = []
+    total_tokens = unmappable = 0
+    with_logprobs = 0
+    bar = _progress(len(prompts), "audit")
+    try:
+        for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "temperature": 0,
+                                    "max_tokens": cfg.max_tokens, "seed": 0}
+            if cfg.request_logprobs:
+                body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
+            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
+            content, lpc, finish, problem = _answer_parts(ans)
+            rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
+            bar.update(1)
+            if problem:
+                per_prompt.append(rec)
+                continue
+            if lpc is not None:
+                with_logprobs += 1
+                mapped = map_logprob_content(lpc, tmap)
+                alts = [list(t) for t in mapped.provider_top]
+                scores = rescore(reference.model, [(pids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
+                stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
+                if stat == stat:
+                    lp_stats.append(stat)
+                scatter.extend(pairs)
+                rec.update(tokens=mapped.total, unmappable=mapped.unmappable, unscored=mapped.unscored,
+                           unmappable_reasons=mapped.reasons, logprob_stat=stat if stat == stat else None)
+                total_tokens += mapped.total
+                unmappable += mapped.unscored
+            else:
+                scores, rest = align_text(reference, pids, content, cfg.max_tokens, cfg.top_logprobs)
+                rec.update(tokens=len(scores) + rest, unmappable=rest, unscored=rest, text_only=True)
+                total_tokens += len(scores) + rest
+                unmappable += rest
+            n_dis = 0
+            for pos, s in enumerate(scores):
+                if s.agrees:
+                    agree += 1
+                else:
+                    disagree_margins.append(s.margin)
+                    n_dis += 1
+                by_position.append((pos, s.agrees, s.margin))
+            rec["disagreements"] = n_dis
+            per_prompt.append(rec)
+    finally:
+        bar.close()
+    cal = obtain_calibration(cfg, reference, prompt_ids, out)
+    null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
+    results = []
+    if any("disagreements" in r for r in per_prompt):
+        pos_summary = [(p, a, m >= null["tau"] or a) for p, a, m in by_position]
+        results.append(agreement_test(disagree_margins, agree, null["tau"], null["p0"], cfg.alpha,
+                                      cfg.min_effect_tokens, pos_summary))
+    if lp_stats:
+        results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, cfg.min_effect_logprob))
+    if cfg.mmd_samples >= 2 and with_logprobs == 0:
+        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline)
+        if mmd.samples:
+            results.append(mmd)
+    answered = sum(1 for r in per_prompt if not r.get("problem"))
+    frac = unmappable / total_tokens if total_tokens else 0.0
+    verdict = combine(results, cfg.alpha, frac)
+    if answered == 0:
+        verdict = {"verdict": "inconclusive", "reasons": ["the provider answered no prompt"], "rejected": {}, "alpha": cfg.alpha}
+    report = {
+        "format": "specguard-audit-report/v1",
+        "provider": {"base_url": cfg.base_url, "model": cfg.model},
+        "reference": {"name": reference.name, "digest": reference.digest},
+        "config": asdict(cfg),
+        **verdict,
+        "tests": [r.to_json() for r in results],
+        "honest_class": {"name": cfg.honest_class, "setups": null["setups"], "worst_setup": null["worst_setup"],
+                         "mean_abs_delta": null["mean_abs_delta"], "tau": null["tau"], "p0": null["p0"],
+                         "margin": null["margin"]},
+        "distinguishes": _distinguishes(results, null),
+        "prompts": {"requested": len(prompts), "answered": answered, "with_logprobs": with_logprobs},
+        "tokens": {"total": total_tokens, "unmappable_or_unscored": unmappable, "unmappable_fraction": frac},
+        "client": client.stats,
+        "per_prompt": per_prompt,
+        "scatter": scatter[:4000],
+        "null_pool": null["pool"],
+    }
+    client.close()
+    write_reports(report, out)
+    return report
+
+
+def _key(client: ProviderClient, body: dict[str, Any]) -> str:
+    from .client import request_key
+
+    return request_key({"model": client.model, **body})
+
+
+def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.name == "logprob" and r.mde is not None:
+            lines.append(f"logprob: substitutes whose mean |delta logprob| exceeds {r.mde:.4g} nats/token; honest set-ups "
+                         f"accepted up to {max(null['mean_abs_delta'].values()):.4g} (x{null['margin']} margin), so a "
+                         "substitute closer to the reference than the honest class is not distinguishable")
+        if r.name == "token_agreement" and r.mde is not None:
+            lines.append(f"token agreement: substitutes that change >= {r.mde:.2%} of decisive tokens "
+                         f"(near-ties below margin {null['tau']:.3g} are discounted)")
+    return lines
+
+
+def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, prompts: list[str],
+         prompt_ids: list[list[int]], offline: bool):
+    groups = []
+    engine = SpeculativeEngine(reference)
+    for i in range(min(cfg.mmd_prompts, len(prompts))):
+        xs, ys = [], []
+        for j in range(cfg.mmd_samples):
+            body = {"messages": [{"role": "user", "content": prompts[i]}], "temperature": 1.0,
+                    "max_tokens": cfg.max_tokens, "seed": 1000 + j}
+            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
+            content, _lpc, _f, problem = _answer_parts(ans)
+            if not problem and content is not None:
+                xs.append(retokenize_text(content, reference).ids)
+            t = engine.generate(prompt_ids[i], SamplingParams(max_tokens=cfg.max_tokens, temperature=1.0, seed=5000 + j))
+            ys.append(retokenize_text(reference.tokenizer.decode(
+                [x for x in t.output_ids if x not in reference.eos_token_ids], skip_special_tokens=False), reference).ids)
+        groups.append((xs, ys))
+    return mmd_test(groups, cfg.max_tokens)
+
+
+def load_config(out: Path) -> AuditConfig:
+    try:
+        data = json.loads((out / "audit.json").read_text())
+        return AuditConfig(**data)
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise AuditUsageError("not an audit directory (audit.json missing or invalid)", field="DIR", got=str(out)) from exc

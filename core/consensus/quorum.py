@@ -1,0 +1,395 @@
+"""Gather verifier votes in parallel and build / verify quorum certificates.
+
+A quorum certificate is the JSON object
+
+    {"type": "specguard/quorum-certificate/v1",
+     "receipt_digest": "sha256:<hex>",   # of the canonical DSSE envelope (vote.envelope_digest)
+     "binding_digest": "sha256:<hex>",   # Transcript.binding_digest(), as in the receipt
+     "nonce": "<hex>",                   # the requester's fresh nonce, bound by every vote
+     "quorum": q, "verifiers": n,        # policy at issue time: q accepts needed of n asked
+     "accepts": k, "certified": k >= q,
+     "votes": [<signed vote>...],        # every valid vote received, accepting or dissenting
+     "dissent": [{"key_id", "verdict", "reasons"}...],   # copied from the non-accepting votes
+     "failures": [{"verifier": url, "error": text}...],  # verifiers that gave no valid vote
+     "issued_at": "<RFC 3339>"}
+
+Only the signed votes are evidence. Offline verification (`verify_certificate`) recounts them:
+each must verify under a trusted key, keys must be distinct, and each vote's receipt digest,
+binding digest and nonce must equal the certificate's (so replayed votes do not count); the
+number of accepting votes must reach max(certificate quorum, the verifier's own minimum).
+`accepts`, `certified`, `dissent` and `failures` are informational and never trusted.
+
+Safety with n = 3f + 1 verifiers and q in [f + 1, 2f + 1]: f faulty verifiers cannot reach q
+accepts on their own (no wrong response certified) and cannot withhold n - f >= q honest accepts
+(no correct response blocked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
+from ..keys import key_id_for
+from .rederive import ACCEPT
+from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
+
+log = logging.getLogger("specguard.consensus")
+
+CERTIFICATE_TYPE = "specguard/quorum-certificate/v1"
+VERIFY_PATH = "/specguard/v1/verify"
+KEY_PATH = "/specguard/v1/verifier/key"
+MAX_VOTES = 64
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NONCE = re.compile(r"(?:[0-9a-f]{2}){8,64}")
+_CERT_KEYS = {"type", "receipt_digest", "binding_digest", "nonce", "quorum", "verifiers", "accepts", "certified",
+              "votes", "dissent", "failures", "issued_at"}
+
+
+class CertificateParseError(ParseError):
+    """A quorum certificate is not well-formed (exit code 3)."""
+
+
+class QuorumError(VerificationError):
+    """A quorum certificate does not carry enough valid accepting votes (exit code 4)."""
+
+
+def new_nonce() -> str:
+    """A fresh 128-bit request nonce (lowercase hex)."""
+    return secrets.token_hex(16)
+
+
+# --- gathering --------------------------------------------------------------------------------
+
+
+@dataclass
+class GatherResult:
+    """What the verifiers answered: valid votes (signature, digests and nonce checked) and failures."""
+
+    votes: list[Vote] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
+    import httpx
+
+    try:
+        resp = httpx.post(url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        raise SpecguardError(f"timed out after {timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        raise SpecguardError(f"unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
+    if resp.status_code != 200:
+        raise SpecguardError(f"answered HTTP {resp.status_code}: {resp.text[:200]}")
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise SpecguardError("answered something that is not JSON") from exc
+
+
+def check_vote(obj: Any, trusted_keys: list[bytes], receipt_digest: str, binding_digest: str, nonce: str,
+               model_digest: str | None = None, where: str = "vote") -> Vote:
+    """Verify one vote for this request: trusted signature, same receipt, binding and nonce.
+
+    An accepting vote must also name the response's model digest (when known).
+    """
+    vote = verify_vote(obj, trusted_keys, where)
+    for name, want in (("receipt_digest", receipt_digest), ("binding_digest", binding_digest), ("nonce", nonce)):
+        if vote.body[name] != want:
+            raise VoteMismatchError(f"vote is for another {name.replace('_', ' ')} (replayed or misdirected)",
+                                    field=f"{where}.vote.{name}", got=vote.body[name], expected=want)
+    if model_digest is not None and vote.verdict == ACCEPT and vote.body["verifier"]["model_digest"] != model_digest:
+        raise VoteMismatchError("accepting vote was made with another model", field=f"{where}.vote.verifier.model_digest",
+                                got=vote.body["verifier"]["model_digest"], expected=model_digest)
+    return vote
+
+
+class VoteMismatchError(VerificationError):
+    """A validly signed vote is for another receipt, binding or nonce (a replay)."""
+
+
+def gather_votes(
+    verifiers: list[str],
+    transcript_json: dict[str, Any],
+    receipt: dict[str, Any],
+    trusted_keys: list[bytes],
+    *,
+    nonce: str,
+    timeout: float = 10.0,
+    model_digest: str | None = None,
+) -> GatherResult:
+    """Ask every verifier URL in parallel; keep the valid votes, record why the others failed.
+
+    Each request has `timeout` seconds; the whole gathering ends after `timeout` plus a small
+    grace period, whatever slow verifiers do.
+    """
+    envelope = receipt["envelope"] if "envelope" in receipt else receipt
+    receipt_digest = envelope_digest(envelope)
+    binding = _binding_of(transcript_json)
+    body = {"transcript": transcript_json, "receipt": receipt, "nonce": nonce}
+    result = GatherResult()
+    start = time.perf_counter()
+    if not verifiers:
+        return result
+    pool = ThreadPoolExecutor(max_workers=len(verifiers), thread_name_prefix="specguard-vote")
+    try:
+        futures = {pool.submit(_post_one, url, body, timeout): url for url in verifiers}
+        done, pending = wait(futures, timeout=timeout + 1.0)
+        seen: set[bytes] = set()
+        for fut, url in futures.items():
+            if fut in pending:
+                result.failures.append({"verifier": url, "error": f"no answer within {timeout:g} s"})
+                continue
+            try:
+                vote = check_vote(fut.result(), trusted_keys, receipt_digest, binding, nonce, model_digest)
+            except SpecguardError as exc:
+                result.failures.append({"verifier": url, "error": exc.summary()[:400]})
+                continue
+            if vote.public_key in seen:
+                result.failures.append({"verifier": url, "error": f"duplicate vote by key {vote.key_id}"})
+                continue
+            seen.add(vote.public_key)
+            result.votes.append(vote)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    result.seconds = time.perf_counter() - start
+    for failure in result.failures:
+        log.warning("consensus: verifier %s gave no valid vote: %s", failure["verifier"], failure["error"])
+    return result
+
+
+def _binding_of(transcript_json: dict[str, Any]) -> str:
+    from ..transcript import Transcript
+
+    try:
+        return Transcript.from_json(transcript_json).binding_digest()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CertificateParseError("transcript JSON is malformed", field="transcript", got=str(exc)) from exc
+
+
+def build_certificate(receipt_digest: str, binding_digest: str, nonce: str, quorum: int, n_verifiers: int,
+                      gathered: GatherResult) -> dict[str, Any]:
+    """The certificate JSON for the votes gathered (certified when accepts >= quorum)."""
+    accepts = sum(1 for v in gathered.votes if v.verdict == ACCEPT)
+    return {
+        "type": CERTIFICATE_TYPE,
+        "receipt_digest": receipt_digest,
+        "binding_digest": binding_digest,
+        "nonce": nonce,
+        "quorum": int(quorum),
+        "verifiers": int(n_verifiers),
+        "accepts": accepts,
+        "certified": accepts >= quorum,
+        "votes": [v.to_json() for v in gathered.votes],
+        "dissent": [{"key_id": v.key_id, "verdict": v.verdict, "reasons": list(v.body["reasons"])}
+                    for v in gathered.votes if v.verdict != ACCEPT],
+        "failures": list(gathered.failures),
+        "issued_at": utc_now(),
+    }
+
+
+def request_certificate(
+    verifiers: list[str],
+    transcript_json: dict[str, Any],
+    receipt: dict[str, Any],
+    trusted_keys: list[bytes],
+    quorum: int,
+    *,
+    timeout: float = 10.0,
+    nonce: str | None = None,
+) -> dict[str, Any]:
+    """Gather votes with a fresh nonce and build the certificate (certified or not)."""
+    if quorum < 1:
+        raise ConfigError("consensus quorum must be at least 1", field="quorum", got=quorum)
+    if quorum > len(verifiers):
+        raise ConfigError("consensus quorum is larger than the number of verifiers", field="quorum",
+                          got=quorum, expected=f"<= {len(verifiers)}")
+    nonce = nonce or new_nonce()
+    envelope = receipt["envelope"] if "envelope" in receipt else receipt
+    model_digest = transcript_json.get("model_digest") if isinstance(transcript_json, dict) else None
+    gathered = gather_votes(verifiers, transcript_json, receipt, trusted_keys, nonce=nonce, timeout=timeout,
+                            model_digest=model_digest)
+    return build_certificate(envelope_digest(envelope), _binding_of(transcript_json), nonce, quorum,
+                             len(verifiers), gathered)
+
+
+# --- offline verification ---------------------------------------------------------------------
+
+
+@dataclass
+class VerifiedCertificate:
+    """What `verify_certificate` established."""
+
+    receipt_digest: str
+    binding_digest: str
+    nonce: str
+    quorum: int
+    accepted_by: list[str]  # key ids of valid accepting votes
+    dissent: list[dict[str, Any]]  # valid non-accepting votes: key_id, verdict, reasons
+    ignored: list[str]  # why other votes did not count
+
+    def to_json(self) -> dict[str, Any]:
+        return {"certified": True, "receipt_digest": self.receipt_digest, "binding_digest": self.binding_digest,
+                "nonce": self.nonce, "quorum": self.quorum, "accepts": len(self.accepted_by),
+                "accepted_by": self.accepted_by, "dissent": self.dissent, "ignored": self.ignored}
+
+
+def _creq(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
+    if not cond:
+        raise CertificateParseError(message, field=field, got=got, expected=expected)
+
+
+def parse_certificate(cert: Any) -> dict[str, Any]:
+    """Check a certificate's structure (votes are parsed later, one by one)."""
+    _creq(isinstance(cert, dict), "must be a JSON object", "consensus", type(cert).__name__)
+    _creq(set(cert) == _CERT_KEYS, "unexpected or missing keys", "consensus", sorted(cert), sorted(_CERT_KEYS))
+    _creq(cert["type"] == CERTIFICATE_TYPE, "unknown certificate type", "consensus.type", cert["type"],
+          CERTIFICATE_TYPE)
+    for name in ("receipt_digest", "binding_digest"):
+        _creq(isinstance(cert[name], str) and bool(_DIGEST.fullmatch(cert[name])), "must be sha256:<64 hex>",
+              f"consensus.{name}", cert[name])
+    _creq(isinstance(cert["nonce"], str) and bool(_NONCE.fullmatch(cert["nonce"])),
+          "must be 16..128 lowercase hex digits", "consensus.nonce", cert["nonce"])
+    for name in ("quorum", "verifiers", "accepts"):
+        value = cert[name]
+        _creq(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VOTES,
+              f"must be an integer in 0..{MAX_VOTES}", f"consensus.{name}", value)
+    _creq(isinstance(cert["votes"], list) and len(cert["votes"]) <= MAX_VOTES,
+          f"must be a list of at most {MAX_VOTES} votes", "consensus.votes")
+    return cert
+
+
+def verify_certificate(
+    cert: Any,
+    envelope: dict[str, Any] | None,
+    trusted_keys: list[bytes],
+    quorum: int | None = None,
+    *,
+    binding_digest: str | None = None,
+    model_digest: str | None = None,
+) -> VerifiedCertificate:
+    """Verify a quorum certificate offline; raise unless at least q trusted verifiers accepted.
+
+    `envelope` is the receipt's DSSE envelope (its digest must be the certificate's receipt
+    digest; its statement gives the binding and model digests). Without it, `binding_digest`
+    must be given. The quorum is max(certificate's quorum, `quorum`).
+    """
+    cert = parse_certificate(cert)
+    keys = [bytes(k) for k in trusted_keys or []]
+    if not keys or any(len(k) != 32 for k in keys):
+        raise QuorumError("no trusted verifier keys (32-byte Ed25519) given: cannot verify a quorum certificate",
+                          field="verifier_keys", got=len(keys))
+    if envelope is not None:
+        got = envelope_digest(envelope)
+        if got != cert["receipt_digest"]:
+            raise QuorumError("certificate is for another receipt", field="consensus.receipt_digest",
+                              got=cert["receipt_digest"], expected=got)
+        statement = _statement_of(envelope)
+        predicate = statement.get("predicate", {}) if isinstance(statement, dict) else {}
+        binding_digest = binding_digest or predicate.get("binding_digest")
+        model = predicate.get("model") if isinstance(predicate.get("model"), dict) else {}
+        model_digest = model_digest or model.get("digest")
+    if binding_digest is None:
+        raise QuorumError("no receipt envelope or binding digest to check the certificate against",
+                          field="envelope")
+    if cert["binding_digest"] != binding_digest:
+        raise QuorumError("certificate is for another response", field="consensus.binding_digest",
+                          got=cert["binding_digest"], expected=binding_digest)
+    q = max(int(cert["quorum"]), int(quorum or 0))
+    if q < 1:
+        raise QuorumError("quorum must be at least 1", field="consensus.quorum", got=q)
+    accepted: list[str] = []
+    dissent: list[dict[str, Any]] = []
+    ignored: list[str] = []
+    seen: set[bytes] = set()
+    for i, obj in enumerate(cert["votes"]):
+        where = f"consensus.votes[{i}]"
+        try:
+            vote = check_vote(obj, keys, cert["receipt_digest"], cert["binding_digest"], cert["nonce"],
+                              model_digest, where)
+        except (VoteParseError, VerificationError) as exc:
+            ignored.append(exc.summary()[:300])
+            continue
+        if vote.public_key in seen:
+            ignored.append(f"{where}: second vote by key {vote.key_id}")
+            continue
+        seen.add(vote.public_key)
+        if vote.verdict == ACCEPT:
+            accepted.append(vote.key_id)
+        else:
+            dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
+    if len(accepted) < q:
+        raise QuorumError(
+            f"no quorum: {len(accepted)} valid accepting vote(s) from trusted verifiers, need {q}"
+            + (f"; dissent: {[(d['key_id'], d['verdict']) for d in dissent]}" if dissent else "")
+            + (f"; ignored: {ignored}" if ignored else ""),
+            field="consensus.votes", got=len(accepted), expected=f">= {q}")
+    return VerifiedCertificate(cert["receipt_digest"], cert["binding_digest"], cert["nonce"], q, accepted,
+                               dissent, ignored)
+
+
+def _statement_of(envelope: dict[str, Any]) -> Any:
+    from ..attest.dsse import parse_envelope
+
+    try:
+        return json.loads(parse_envelope(envelope).payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CertificateParseError("receipt envelope payload is not JSON", field="envelope.payload") from exc
+
+
+# --- trusted keys -----------------------------------------------------------------------------
+
+
+def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
+    """A verifier's public key from GET /specguard/v1/verifier/key (unauthenticated: TOFU only)."""
+    import httpx
+
+    try:
+        resp = httpx.get(url.rstrip("/") + KEY_PATH, timeout=timeout)
+        data = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError("cannot fetch the verifier key", field=url, got=str(exc)[:200]) from exc
+    hex_key = data.get("public_key") if isinstance(data, dict) else None
+    if not isinstance(hex_key, str) or not re.fullmatch(r"[0-9a-f]{64}", hex_key):
+        raise ConfigError("verifier key endpoint answered no valid public key", field=url, got=str(data)[:200])
+    return bytes.fromhex(hex_key)
+
+
+def pinned_keys(urls: list[str], pin_file: Path, timeout: float = 5.0) -> list[bytes]:
+    """Trust-on-first-use: the key pinned for each URL, fetching and pinning unknown ones.
+
+    INSECURE on first contact (an attacker on the path could answer with its own key); later
+    contacts use the pinned key. Pins live in `pin_file` (JSON {url: hex key}).
+    """
+    pins: dict[str, str] = {}
+    if pin_file.is_file():
+        try:
+            loaded = json.loads(pin_file.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError("cannot read pinned verifier keys", field=str(pin_file), got=str(exc)) from exc
+        if isinstance(loaded, dict):
+            pins = {k: v for k, v in loaded.items() if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)}
+    changed = False
+    for url in urls:
+        if url not in pins:
+            try:
+                key = fetch_verifier_key(url, timeout)
+            except ConfigError as exc:
+                log.warning("consensus: cannot pin a key for %s yet: %s", url, exc.summary())
+                continue
+            log.warning("INSECURE trust-on-first-use: pinned verifier key %s for %s", key_id_for(key), url)
+            pins[url] = key.hex()
+            changed = True
+    if changed:
+        pin_file.parent.mkdir(parents=True, exist_ok=True)
+        pin_file.write_text(json.dumps(pins, indent=2, sort_keys=True), "utf-8")
+    return [bytes.fromhex(pins[u]) for u in urls if u in pins]
+

@@ -1,0 +1,235 @@
+"""Judge a transcript by re-deriving it: one teacher-forced forward pass of the verifier's model.
+
+A verifier holding its own copy of the target model checks, for a transcript (prompt ids,
+output ids, sampling parameters, seed, claimed per-token log-probabilities):
+
+1. re-derivability: greedy, or Gumbel-max sampling with a recorded seed. Anything else
+   (speculative-sampling mode, a sampled request without seed) is "unverifiable", never accepted;
+2. identity: the transcript names the verifier's model and tokenizer digests;
+3. tokens: every output token is the target's own choice at its position (greedy argmax, or the
+   argmax of the seed's Gumbel-perturbed log-probabilities), except near-ties whose decision
+   scores differ by at most `margin`;
+4. log-probabilities: each claimed logprob (and each claimed top-k alternative) is within
+   `logprob_tolerance` of the recomputed value;
+5. stops and lengths: "stop" needs EOS as the last token or a stop string completed by the last
+   token; "length" needs len == max_tokens or the end of the context; no EOS or stop string
+   may occur earlier; "cancelled" is a prefix that ended early.
+
+The default margin and tolerance come from `specguard.consensus.calibrate` (see
+docs/consensus.md for the measurement): honest runs differ only by kernel rounding (~1e-5 in
+logits and log-probabilities), so the defaults are generous by two orders of magnitude while
+remaining far below any change a substituted model or an altered token makes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RequestError
+from ..models import LoadedModel
+from ..transcript import Transcript
+
+ACCEPT = "accept"
+REJECT = "reject"
+UNVERIFIABLE = "unverifiable"
+VERDICTS = (ACCEPT, REJECT, UNVERIFIABLE)
+
+#: Near-tie margin in decision-score units (logits for greedy, log p + Gumbel for sampled).
+#: Calibrated maximum over honest runs (threads 1/2, batch shapes 1..8, fp32/bf16 scoring of fp32
+#: generations) was below 2e-3 for fp32; see docs/consensus.md. A token that is not the target's
+#: choice is accepted only when its score is within this margin of the best one.
+DEFAULT_MARGIN = 0.02
+
+#: Tolerance on claimed log-probabilities (rounded to 6 decimals in transcripts). Calibrated
+#: honest maximum < 2e-4 for fp32; see docs/consensus.md.
+DEFAULT_LOGPROB_TOLERANCE = 0.01
+
+#: How many mismatch details a judgement keeps (the counts are always complete).
+MAX_DETAILS = 8
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far an honest re-derivation may differ from the transcript."""
+
+    margin: float = DEFAULT_MARGIN
+    logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE
+
+    def __post_init__(self) -> None:
+        for name in ("margin", "logprob_tolerance"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
+                raise RequestError(f"{name} must be a number in [0, 1]", field=name, got=value)
+
+    @classmethod
+    def from_policy(cls, section: dict[str, Any]) -> Tolerances:
+        """Tolerances from a policy's [consensus] table (defaults where absent)."""
+        return cls(
+            margin=float(section.get("margin", DEFAULT_MARGIN)),
+            logprob_tolerance=float(section.get("logprob_tolerance", DEFAULT_LOGPROB_TOLERANCE)),
+        )
+
+
+@dataclass
+class Judgement:
+    """A verifier's verdict on one transcript, with the reasons and statistics behind it."""
+
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict == ACCEPT
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "stats": dict(self.stats)}
+
+
+def _r(x: float) -> float | None:
+    """Round for JSON; infinities (no runner-up) become None."""
+    return round(float(x), 6) if math.isfinite(x) else None
+
+
+def check_stop_and_length(model: LoadedModel, transcript: Transcript) -> list[str]:
+    """Reasons why the finish reason is inconsistent with the output (empty when consistent)."""
+    out = transcript.output_ids
+    params = transcript.params
+    eos = model.eos_token_ids
+    reasons: list[str] = []
+    finish = transcript.finish_reason
+    if finish not in ("stop", "length", "cancelled"):
+        return [f"finish_reason: unknown value {finish!r}, expected stop|length|cancelled"]
+    early_eos = next((i for i, t in enumerate(out[:-1]) if t in eos), None)
+    if early_eos is not None:
+        reasons.append(f"output_ids[{early_eos}]: EOS before the last token (generation must stop there)")
+    if len(out) > params.max_tokens:
+        reasons.append(f"output_ids: {len(out)} tokens, more than max_tokens={params.max_tokens}")
+    context_end = len(transcript.prompt_ids) + len(out) >= model.max_context
+
+    def stop_hit(n: int) -> bool:
+        return bool(params.stop) and n > 0 and any(s in model.decode(out[:n]) for s in params.stop)
+
+    # the engine cuts at the shortest prefix containing a stop string: no shorter prefix may contain one
+    if params.stop and len(out) > 1:
+        first = next((n for n in range(1, len(out)) if stop_hit(n)), None)
+        if first is not None:
+            reasons.append(f"output_ids: stop string already complete after {first} tokens, output has {len(out)}")
+    last_is_eos = bool(out) and out[-1] in eos
+    if finish == "stop":
+        if not (last_is_eos or stop_hit(len(out))):
+            reasons.append("finish_reason: 'stop' but the last token is not EOS and no stop string ends the output")
+    elif finish == "length":
+        if last_is_eos:
+            reasons.append("finish_reason: 'length' but the last token is EOS (expected 'stop')")
+        elif stop_hit(len(out)):
+            reasons.append("finish_reason: 'length' but a stop string ends the output (expected 'stop')")
+        elif len(out) != params.max_tokens and not context_end:
+            reasons.append(f"finish_reason: 'length' with {len(out)} tokens; expected max_tokens="
+                           f"{params.max_tokens} or the end of the context ({model.max_context})")
+    else:  # cancelled: an early, honest prefix
+        if last_is_eos or stop_hit(len(out)):
+            reasons.append("finish_reason: 'cancelled' but the output ends with EOS or a stop string")
+        if len(out) >= params.max_tokens:
+            reasons.append("finish_reason: 'cancelled' but the output reached max_tokens")
+    return reasons
+
+
+def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | None = None) -> Judgement:
+    """Re-derive `transcript` with `model` and return accept / reject / unverifiable with reasons."""
+    from ..engine.scoring import score
+
+    tol = tolerances or Tolerances()
+    params = transcript.params
+    stats: dict[str, Any] = {
+        "output_tokens": len(transcript.output_ids),
+        "prompt_tokens": len(transcript.prompt_ids),
+        "mode": "greedy" if params.greedy else params.mode,
+        "margin": tol.margin,
+        "logprob_tolerance": tol.logprob_tolerance,
+    }
+    if params.mode != "gumbel" and not params.greedy:
+        return Judgement(UNVERIFIABLE, [f"params.mode: {params.mode!r} is not re-derivable (only greedy or "
+                                        "seeded gumbel sampling is)"], stats)
+    if not params.greedy and params.seed is None:
+        return Judgement(UNVERIFIABLE, ["params.seed: sampled request without a seed is not re-derivable"], stats)
+
+    reasons: list[str] = []
+    if transcript.model_digest != model.digest:
+        reasons.append(f"model_digest: transcript names {transcript.model_digest}, verifier holds {model.digest}")
+    if transcript.tokenizer_digest != model.tokenizer_digest:
+        reasons.append(f"tokenizer_digest: transcript names {transcript.tokenizer_digest}, "
+                       f"verifier holds {model.tokenizer_digest}")
+    if len(transcript.tokens) != len(transcript.output_ids):
+        reasons.append(f"tokens: {len(transcript.tokens)} token records for {len(transcript.output_ids)} output ids")
+    else:
+        for i, (rec, tok) in enumerate(zip(transcript.tokens, transcript.output_ids, strict=True)):
+            if rec.position != i or rec.token_id != tok:
+                reasons.append(f"tokens[{i}]: record (position {rec.position}, token {rec.token_id}) does not "
+                               f"match output_ids[{i}]={tok}")
+                break
+    if reasons:
+        return Judgement(REJECT, reasons, stats)
+    reasons.extend(check_stop_and_length(model, transcript))
+
+    top_n = max((len(t.top) for t in transcript.tokens), default=0)
+    t0 = time.perf_counter()
+    try:
+        result = score(model, transcript.prompt_ids, transcript.output_ids, params, top_k=min(top_n + 2, model.vocab_size))
+    except RequestError as exc:
+        return Judgement(REJECT, reasons + [f"rescoring refused the transcript: {exc.summary()}"], stats)
+    stats["score_seconds"] = round(time.perf_counter() - t0, 6)
+
+    near_ties = mismatches = lp_errors = top_errors = 0
+    max_lp_err = 0.0
+    min_margin = math.inf
+    details: list[str] = []
+    for pos, rec in zip(result.positions, transcript.tokens, strict=True):
+        min_margin = min(min_margin, pos.margin)
+        if not pos.agrees:
+            if pos.given_score_gap <= tol.margin:
+                near_ties += 1
+            else:
+                mismatches += 1
+                if len(details) < MAX_DETAILS:
+                    details.append(f"output_ids[{pos.position}]: token {pos.token_id} is not the target's choice "
+                                   f"{pos.expected_id} (score gap {_r(pos.given_score_gap)} > margin {tol.margin})")
+        err = abs(rec.logprob - pos.logprob) if math.isfinite(rec.logprob) else math.inf
+        max_lp_err = max(max_lp_err, err)
+        if err > tol.logprob_tolerance:
+            lp_errors += 1
+            if len(details) < MAX_DETAILS:
+                details.append(f"tokens[{pos.position}].logprob: claimed {rec.logprob}, recomputed "
+                               f"{round(pos.logprob, 6)} (tolerance {tol.logprob_tolerance})")
+        recomputed = dict(pos.top)
+        for alt, alt_lp in rec.top:
+            if alt not in recomputed:
+                top_errors += 1
+                if len(details) < MAX_DETAILS:
+                    details.append(f"tokens[{pos.position}].top: {alt} is not among the target's top "
+                                   f"{len(pos.top)} alternatives")
+            elif not math.isfinite(alt_lp) or abs(alt_lp - recomputed[alt]) > tol.logprob_tolerance:
+                top_errors += 1
+                if len(details) < MAX_DETAILS:
+                    details.append(f"tokens[{pos.position}].top[{alt}]: claimed {alt_lp}, recomputed "
+                                   f"{round(recomputed[alt], 6)}")
+    stats.update({
+        "agreeing_tokens": len(result.positions) - near_ties - mismatches,
+        "near_ties": near_ties,
+        "mismatched_tokens": mismatches,
+        "logprob_errors": lp_errors,
+        "top_errors": top_errors,
+        "max_logprob_error": _r(max_lp_err),
+        "min_margin": _r(min_margin),
+    })
+    if mismatches:
+        reasons.append(f"{mismatches} output token(s) are not the target's choice")
+    if lp_errors:
+        reasons.append(f"{lp_errors} claimed logprob(s) differ from the target's beyond tolerance")
+    if top_errors:
+        reasons.append(f"{top_errors} claimed top-k alternative(s) differ from the target's")
+    reasons.extend(details)
+    return Judgement(REJECT if reasons else ACCEPT, reasons, stats)

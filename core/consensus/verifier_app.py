@@ -1,0 +1,76 @@
+"""A standalone verifier process: `python -m specguard.consensus.verifier_app --model DIR --port P`.
+
+The same routes as `specguard serve --role verifier` (POST /specguard/v1/verify, GET
+/specguard/v1/verifier/key, GET /health) without the generation server: it loads the model,
+its node key from --home (created on first use) and the policy's [consensus] tolerances.
+Handy for small deployments and for multi-process tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..keys import NodeKey, home_dir, load_or_create_node_key
+from ..models import LoadedModel
+
+
+class VerifierNode:
+    """The node attributes the consensus plugin reads, for a verifier-only process."""
+
+    role = "verifier"
+
+    def __init__(self, model: LoadedModel, policy: Any, home: Path, attestation_digest: str | None = None) -> None:
+        self.model = model
+        self.policy = policy
+        self.home = Path(home)
+        self.node_key: NodeKey = load_or_create_node_key(self.home)
+        self.signing_key = self.node_key.private
+        self.public_key_bytes = self.node_key.public_bytes
+        self.key_id = self.node_key.key_id
+        self.consensus: dict[str, Any] = {"verifiers": [], "quorum": None}
+        self.attestation_digest = attestation_digest
+
+
+def create_app(node: VerifierNode) -> Any:
+    """A FastAPI app with /health and the consensus verifier routes."""
+    from fastapi import FastAPI
+
+    from ..plugins import consensus as plugin
+
+    app = FastAPI(title="specguard verifier")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "role": "verifier", "key_id": node.key_id,
+                "public_key": node.public_key_bytes.hex(), "model_digest": node.model.digest}
+
+    plugin.register_routes(app, node)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, load the model and run the verifier with uvicorn."""
+    import uvicorn
+
+    from ..models import load_model
+    from ..policies import load_policy
+
+    parser = argparse.ArgumentParser(prog="python -m specguard.consensus.verifier_app")
+    parser.add_argument("--model", help="model reference (default: the embedded model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--home", help="node home with keys/node.key (default $SPECGUARD_HOME)")
+    parser.add_argument("--policy", default="dev", help="policy preset or TOML file ([consensus] tolerances)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = VerifierNode(load_model(args.model), load_policy(args.policy),
+                        Path(args.home) if args.home else home_dir())
+    node.model.digest  # compute the digest before serving  # noqa: B018
+    uvicorn.run(create_app(node), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The drafting server (`specguard draft-serve`): a local drafter behind a small HTTP/JSON API,
+meant to run on an untrusted accelerator and be used by `--drafter remote`.
+
+Protocol (exact shapes in docs/drafters.md):
+- `POST /v1/draft/sessions` {"prompt_ids": [int], "params": {...}} -> {"session": id}
+- `POST /v1/draft/sessions/{id}/propose` {"append": [int], "rollback_to": n, "k": k} -> {"tokens": [int]}
+  The session's context is cropped to its first `rollback_to` tokens, then `append` is added, so
+  only new tokens cross the wire; the drafter keeps its own state (e.g. a KV cache) per session.
+- `DELETE /v1/draft/sessions/{id}` -> {"deleted": bool}
+- `GET /v1/draft/health` -> model, drafter, session and traffic counters.
+
+Sessions expire after `idle_seconds` without use; at most `max_sessions` live at once (the least
+recently used one is evicted when a new one is needed; its client recreates it on a 404).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from ..models import LoadedModel
+from ..transcript import SamplingParams
+from .base import Drafter
+
+MAX_K = 64
+PROTOCOL = "specguard-draft/v1"
+
+
+class DraftParams(BaseModel):
+    """What the verifier tells the drafter about decoding. Never a seed for untrusted drafters."""
+
+    model_config = ConfigDict(extra="ignore")
+    temperature: StrictFloat | StrictInt = 0.0
+    top_p: StrictFloat | StrictInt = 1.0
+    top_k: StrictInt = 0
+    max_tokens: StrictInt = 128
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_ids: Annotated[list[StrictInt], Field(min_length=1)]
+    params: DraftParams = DraftParams()
+
+
+class ProposeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    append: list[StrictInt] = []
+    rollback_to: Annotated[StrictInt, Field(ge=0)]
+    k: Annotated[StrictInt, Field(ge=0, le=MAX_K)]
+
+
+@dataclass
+class _Session:
+    drafter: Drafter
+    context: list[int]
+    last_used: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DraftSessions:
+    """Per-request drafter sessions with an idle timeout and a bound on their number."""
+
+    def __init__(
+        self,
+        target: LoadedModel,
+        make: Callable[[], Drafter],
+        *,
+        max_sessions: int = 64,
+        idle_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.vocab_size = target.vocab_size
+        self.max_context = target.max_context
+        self._make = make
+        self.max_sessions = max_sessions
+        self.idle_seconds = idle_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self.counters = {"sessions_created": 0, "sessions_expired": 0, "sessions_evicted": 0, "proposals": 0, "tokens_received": 0, "tokens_proposed": 0}
+
+    def _check_ids(self, ids: list[int], name: str) -> None:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise HTTPException(400, detail={"field": name, "error": "token id outside the vocabulary", "got": bad, "expected": f"0..{self.vocab_size - 1}"})
+
+    def _expire(self, now: float) -> None:
+        for sid in [s for s, sess in self._sessions.items() if now - sess.last_used > self.idle_seconds]:
+            self._drop(sid)
+            self.counters["sessions_expired"] += 1
+
+    def _drop(self, sid: str) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is not None:
+            try:
+                session.drafter.finish()
+            except Exception:  # a drafter's cleanup failing must not break the server
+                pass
+
+    def create(self, body: CreateSession) -> str:
+        ids = list(body.prompt_ids)
+        self._check_ids(ids, "prompt_ids")
+        if len(ids) >= self.max_context:
+            raise HTTPException(400, detail={"field": "prompt_ids", "error": "context too long", "got": len(ids), "expected": f"< {self.max_context}"})
+        p = body.params
+        try:
+            params = SamplingParams(max_tokens=max(1, p.max_tokens), temperature=float(p.temperature), top_p=float(p.top_p), top_k=p.top_k)
+        except Exception as exc:
+            raise HTTPException(400, detail={"field": "params", "error": str(exc)[:200]}) from exc
+        drafter = self._make()
+        drafter.start(ids, params)
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            while len(self._sessions) >= self.max_sessions:
+                oldest = min(self._sessions, key=lambda s: self._sessions[s].last_used)
+                self._drop(oldest)
+                self.counters["sessions_evicted"] += 1
+            sid = secrets.token_urlsafe(16)
+            self._sessions[sid] = _Session(drafter=drafter, context=ids, last_used=now)
+            self.counters["sessions_created"] += 1
+            self.counters["tokens_received"] += len(ids)
+        return sid
+
+    def propose(self, sid: str, body: ProposeRequest) -> list[int]:
+        with self._lock:
+            self._expire(self._clock())
+            session = self._sessions.get(sid)
+        if session is None:
+            raise HTTPException(404, detail={"field": "session", "error": "unknown or expired session"})
+        append = list(body.append)
+        self._check_ids(append, "append")
+        with session.lock:
+            if body.rollback_to > len(session.context):
+                raise HTTPException(409, detail={"field": "rollback_to", "error": "beyond the session's context", "got": body.rollback_to, "expected": f"<= {len(session.context)}"})
+            context = session.context[: body.rollback_to] + append
+            if not context or len(context) >= self.max_context:
+                raise HTTPException(400, detail={"field": "append", "error": "context empty or too long", "got": len(context), "expected": f"1..{self.max_context - 1}"})
+            session.context = context
+            session.last_used = self._clock()
+            k = min(body.k, self.max_context - len(context))
+            tokens: list[int] = []
+            if k > 0:
+                proposal = session.drafter.propose(list(context), k)
+                tokens = [int(t) for t in proposal.tokens][:k]
+        with self._lock:
+            self.counters["proposals"] += 1
+            self.counters["tokens_received"] += len(append)
+            self.counters["tokens_proposed"] += len(tokens)
+        return tokens
+
+    def delete(self, sid: str) -> bool:
+        with self._lock:
+            found = sid in self._sessions
+            self._drop(sid)
+        return found
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._expire(self._clock())
+            return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, **self.counters}
+
+
+def create_draft_app(
+    target: LoadedModel,
+    drafter_name: str = "early-exit",
+    options: dict[str, Any] | None = None,
+    *,
+    max_sessions: int = 64,
+    idle_seconds: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The drafting server's FastAPI app: one `drafter_name` drafter per session over `target`."""
+    from ..engine.factory import make_drafter
+    from ..errors import UsageError
+
+    if drafter_name == "remote":
+        raise UsageError("a drafting server cannot itself use the remote drafter", field="drafter", got=drafter_name)
+    opts = dict(options or {})
+    make_drafter(drafter_name, target, opts)  # fail at startup, not on the first request
+    sessions = DraftSessions(target, lambda: make_drafter(drafter_name, target, opts), max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock)
+    app = FastAPI(title="specguard drafting server", version=PROTOCOL)
+    app.state.sessions = sessions
+
+    @app.get("/v1/draft/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "protocol": PROTOCOL,
+            "model": target.name,
+            "vocab_size": sessions.vocab_size,
+            "drafter": drafter_name,
+            "max_k": MAX_K,
+            **sessions.stats(),
+        }
+
+    @app.post("/v1/draft/sessions")
+    def create(body: CreateSession) -> dict[str, str]:
+        return {"session": sessions.create(body)}
+
+    @app.post("/v1/draft/sessions/{sid}/propose")
+    def propose(sid: str, body: ProposeRequest) -> dict[str, list[int]]:
+        return {"tokens": sessions.propose(sid, body)}
+
+    @app.delete("/v1/draft/sessions/{sid}")
+    def delete(sid: str) -> dict[str, bool]:
+        return {"deleted": sessions.delete(sid)}
+
+    return app

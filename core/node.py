@@ -1,0 +1,246 @@
+"""A serving node: the target model, its drafter configuration, identity key, receipts and limits.
+
+One `Node` backs one `specguard serve` process. Each request gets its own engine and drafter
+(`Node.make_engine()`), because engines and drafters keep per-request state and are not
+thread-safe. Generation runs in worker threads; `ConcurrencyLimiter` bounds how many run at
+once (`max_concurrency`, default 1) and how many may wait (`max_queue`); beyond that the
+server answers 429. With max_concurrency > 1 several threads run forward passes of the same
+torch model at once, each with its own KV cache; torch inference is safe for that, but the
+threads share the CPU cores, so throughput rarely improves on a small machine.
+
+Attributes that plugins may read (documented in docs/server.md): `model`, `policy`, `home`,
+`signing_key`, `public_key_bytes`, `key_id`, `node_key`, `receipts`, `role`, `consensus`,
+`served_model_name`, `drafter_name`, `drafter_options`, `metrics`, `responses`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UsageError
+from .models import LoadedModel
+from .server.errors import QueueFullError
+from .server.metrics import ServerMetrics
+
+log = logging.getLogger("specguard.node")
+
+ROLES = ("serve", "verifier")
+
+
+class ConcurrencyLimiter:
+    """At most `max_concurrency` holders; at most `max_queue` waiters; the rest get QueueFullError."""
+
+    def __init__(self, max_concurrency: int = 1, max_queue: int = 8, metrics: ServerMetrics | None = None) -> None:
+        if max_concurrency < 1:
+            raise UsageError("max concurrency must be at least 1", field="--max-concurrency", got=max_concurrency)
+        if max_queue < 0:
+            raise UsageError("max queue must be non-negative", field="--max-queue", got=max_queue)
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.running = 0
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+        self._metrics = metrics
+
+    def _sem(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._semaphore
+
+    def _gauges(self) -> None:
+        if self._metrics is not None:
+            self._metrics.running.set(self.running)
+            self._metrics.waiting.set(self.waiting)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the queue if there is room; raise QueueFullError otherwise."""
+        sem = self._sem()
+        if self.running >= self.max_concurrency and self.waiting >= self.max_queue:
+            raise QueueFullError(
+                "server is busy: all generation slots are taken and the queue is full; retry later",
+                field="queue", got=f"{self.running} running, {self.waiting} waiting",
+                expected=f"at most {self.max_concurrency} running + {self.max_queue} waiting")
+        self.waiting += 1
+        self._gauges()
+        try:
+            await sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        self._gauges()
+
+    def release(self) -> None:
+        self.running -= 1
+        self._sem().release()
+        self._gauges()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class ResponseStore:
+    """The exact response objects receipts were issued for, by receipt id (for streamed responses,
+    whose client never sees the assembled body). Files under `home`/responses/, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, receipt_id: str) -> Path | None:
+        if not isinstance(receipt_id, str) or not re.fullmatch(r"[0-9a-f]{32}", receipt_id):
+            return None
+        return self.root / receipt_id[:2] / f"{receipt_id}.json"
+
+    def put(self, receipt_id: str, response_obj: dict[str, Any]) -> None:
+        path = self._path(receipt_id)
+        if path is None:
+            raise ValueError(f"bad receipt id {receipt_id!r}")
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(response_obj, ensure_ascii=False), "utf-8")
+        os.replace(tmp, path)
+
+    def get(self, receipt_id: str) -> dict[str, Any] | None:
+        path = self._path(receipt_id)
+        if path is None or not path.is_file():
+            return None
+        return json.loads(path.read_text("utf-8"))
+
+
+class Node:
+    """Everything one serving process needs to answer and receipt requests."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        drafter: str = "ngram",
+        drafter_options: dict[str, Any] | None = None,
+        policy: Any = None,
+        home: Path | None = None,
+        max_concurrency: int = 1,
+        max_queue: int = 8,
+        role: str = "serve",
+        verifiers: list[str] | tuple[str, ...] = (),
+        quorum: int | None = None,
+        served_model_name: str | None = None,
+        default_max_tokens: int = 256,
+        max_model_len: int | None = None,
+        engine_name: str = "specguard",
+    ) -> None:
+        from .attest.receipts import ReceiptIssuer
+        from .engine.factory import make_drafter
+        from .keys import home_dir, load_or_create_node_key
+        from .policies import load_policy
+
+        if role not in ROLES:
+            raise UsageError("unknown role", field="--role", got=role, expected=ROLES)
+        if quorum is not None and (quorum < 1 or (verifiers and quorum > len(verifiers))):
+            raise UsageError("quorum must be between 1 and the number of verifiers", field="--quorum", got=quorum,
+                             expected=f"1..{len(verifiers)}")
+        if max_model_len is not None and max_model_len < 2:
+            raise UsageError("max model length must be at least 2 tokens", field="--max-model-len", got=max_model_len)
+        if default_max_tokens < 1:
+            raise UsageError("default max tokens must be positive", field="default_max_tokens", got=default_max_tokens)
+        self.model = model
+        self.policy = policy if policy is not None else load_policy("dev")
+        self.home = Path(home) if home is not None else home_dir()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.node_key = load_or_create_node_key(self.home)
+        self.signing_key = self.node_key.private
+        self.public_key_bytes = self.node_key.public_bytes
+        self.key_id = self.node_key.key_id
+        self.receipts = ReceiptIssuer(self.home, self.node_key)
+        self.responses = ResponseStore(self.home / "responses")
+        self.role = role
+        self.consensus = {"verifiers": list(verifiers), "quorum": quorum}
+        self.served_model_name = served_model_name or model.name
+        self.drafter_name = drafter
+        self.drafter_options = self._drafter_options(drafter_options or {})
+        self.engine_name = engine_name
+        self.default_max_tokens = default_max_tokens
+        #: the context length requests are validated against (the model's, or less with --max-model-len)
+        self.max_context = min(model.max_context, max_model_len or model.max_context)
+        self.metrics = ServerMetrics()
+        self.limiter = ConcurrencyLimiter(max_concurrency, max_queue, self.metrics)
+        # build one drafter now so a bad drafter name or option fails at start, not per request
+        probe = make_drafter(drafter, model, self.drafter_options)
+        self.drafter_trusted = bool(probe.trusted)
+
+    def _drafter_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Drafter options: the policy's [drafter] table, then explicit options; a draft model is loaded once."""
+        from .models import load_model
+
+        merged: dict[str, Any] = dict(self.policy.section("drafter"))
+        merged.update({k: v for k, v in options.items() if v is not None})
+        if "url" in merged and "drafter_url" not in merged:
+            merged["drafter_url"] = merged["url"]
+        if "drafter_url" in merged:
+            merged.setdefault("url", merged["drafter_url"])
+        ref = merged.get("draft_model")
+        if ref is not None and not isinstance(ref, LoadedModel):
+            merged["draft_model"] = load_model(str(ref))
+        merged.setdefault("policy", self.policy)
+        return merged
+
+    def make_engine(self) -> Any:
+        """A fresh engine with a fresh drafter for one request."""
+        from .engine.factory import make_drafter, make_engine
+
+        drafter = make_drafter(self.drafter_name, self.model, self.drafter_options)
+        return make_engine(self.model, drafter, self.engine_name, {})
+
+    def describe(self) -> dict[str, Any]:
+        """What `specguard serve` prints at start and GET /health returns."""
+        return {
+            "model": self.served_model_name,
+            "model_digest": self.model.digest,
+            "tokenizer_digest": self.model.tokenizer_digest,
+            "max_context": self.max_context,
+            "drafter": self.drafter_name,
+            "key_id": self.key_id,
+            "public_key": self.public_key_bytes.hex(),
+            "policy": {"name": self.policy.name, "digest": self.policy.digest, "insecure": self.policy.insecure},
+            "role": self.role,
+            "log_origin": self.receipts.origin,
+            "max_concurrency": self.limiter.max_concurrency,
+            "max_queue": self.limiter.max_queue,
+        }
+
+    def close(self) -> None:
+        self.receipts.close()
+
+
+def build_node(
+    model_ref: str | None = None,
+    *,
+    drafter: str = "ngram",
+    draft_model: str | None = None,
+    drafter_url: str | None = None,
+    exit_layer: int | None = None,
+    policy: str | None = None,
+    **kwargs: Any,
+) -> Node:
+    """Load the model and policy named on the command line and build a Node."""
+    from .models import load_model
+    from .policies import load_policy
+
+    if drafter == "remote" and not drafter_url:
+        raise ConfigError("--drafter remote needs --drafter-url URL", field="--drafter-url")
+    pol = load_policy(policy or "dev")
+    target = load_model(model_ref)
+    options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url}
+    return Node(target, drafter=drafter, drafter_options=options, policy=pol, **kwargs)

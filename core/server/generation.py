@@ -1,0 +1,257 @@
+"""One request's path through the node: validate -> generate in a worker thread -> seal and receipt.
+
+`prepare` turns a parsed request into prompt ids and SamplingParams, refusing (RequestError,
+HTTP 4xx) anything the model cannot do. `GenerationRun` runs the engine in a thread and hands
+its events to the event loop through an asyncio.Queue; the generation slot is released by the
+thread itself when the engine has stopped, so a disconnected client frees its slot exactly when
+the model is free again. `finalize` builds the response body, lets plugins add evidence,
+signs and logs the receipt, and stores the exact body the receipt hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RequestError
+from ..plugin_manager import pm
+from ..transcript import SamplingParams, Transcript
+from .errors import ContextLengthError, ModelNotFoundError
+from .format import TokenText, chat_body, completion_body
+from .openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
+
+log = logging.getLogger("specguard.server")
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to run."""
+
+    kind: str  # "chat" | "completion"
+    request_obj: dict[str, Any]
+    hook_request: dict[str, Any]
+    prompt_ids: list[int]
+    params: SamplingParams
+    top_n: int
+    logprobs: bool
+    completion_logprobs: int | None
+    stream: bool
+    include_usage: bool
+    response_id: str
+    created: int
+    model_name: str
+    admitted_at: float = field(default_factory=time.perf_counter)
+
+
+def _check_model(node: Any, name: str) -> None:
+    if name not in (node.served_model_name, node.model.name):
+        raise ModelNotFoundError(f"the model {name!r} is not served here; GET /v1/models lists the served model",
+                                 field="model", got=name, expected=node.served_model_name)
+
+
+def _chat_prompt(node: Any, req: ChatCompletionRequest) -> list[int]:
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    try:
+        return node.model.encode_chat(messages)
+    except Exception as exc:  # the chat template is user-facing input handling: any failure is the request's
+        raise RequestError(f"cannot apply the model's chat template to these messages: {exc}"[:300],
+                           field="messages") from exc
+
+
+def _completion_prompt(node: Any, req: CompletionRequest) -> list[int]:
+    prompt: Any = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
+        prompt = prompt[0]  # a batch of exactly one prompt
+    if isinstance(prompt, str):
+        return node.model.encode(prompt)
+    vocab = node.model.vocab_size
+    bad = next((t for t in prompt if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise RequestError("prompt token id outside the vocabulary", field="prompt", got=bad,
+                           expected=f"0..{vocab - 1}")
+    return [int(t) for t in prompt]
+
+
+def _max_tokens(node: Any, requested: int | None, prompt_len: int) -> int:
+    context = node.max_context
+    if prompt_len >= context:
+        raise ContextLengthError(
+            f"the prompt has {prompt_len} tokens but this model's context length is {context} tokens "
+            f"(room is needed for at least one generated token)", field="messages/prompt",
+            got=prompt_len, expected=f"< {context}")
+    room = context - prompt_len
+    if requested is None:
+        return min(node.default_max_tokens, room)
+    if requested > room:
+        raise ContextLengthError(
+            f"max_tokens={requested} does not fit: the context length is {context} tokens and the prompt uses "
+            f"{prompt_len}, so max_tokens must be in 1..{room}", field="max_tokens", got=requested,
+            expected=f"1..{room}")
+    return requested
+
+
+def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepared:
+    """Validate one request against the node's model and policy."""
+    kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
+    _check_model(node, req.model)
+    if kind == "chat":
+        assert isinstance(req, ChatCompletionRequest)
+        if req.top_logprobs is not None and req.top_logprobs > 0 and not req.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", field="top_logprobs", got=req.top_logprobs)
+        if req.max_tokens is not None and req.max_completion_tokens is not None \
+                and req.max_tokens != req.max_completion_tokens:
+            raise RequestError("max_tokens and max_completion_tokens disagree; send one",
+                               field="max_completion_tokens", got=req.max_completion_tokens,
+                               expected=req.max_tokens)
+        prompt_ids = _chat_prompt(node, req)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        logprobs = bool(req.logprobs)
+        top_n = (req.top_logprobs or 0) if logprobs else 0
+        completion_lp = None
+        prefix = "chatcmpl-"
+    else:
+        assert isinstance(req, CompletionRequest)
+        if req.echo:
+            raise RequestError("echo is not supported", field="echo", got=True, expected=False)
+        prompt_ids = _completion_prompt(node, req)
+        requested = req.max_tokens
+        logprobs = req.logprobs is not None
+        top_n = req.logprobs or 0
+        completion_lp = req.logprobs
+        prefix = "cmpl-"
+    if not prompt_ids:
+        raise RequestError("the prompt is empty after tokenization", field="messages" if kind == "chat" else "prompt")
+    max_tokens = _max_tokens(node, requested, len(prompt_ids))
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else float(req.temperature),
+        top_p=1.0 if req.top_p is None else float(req.top_p),
+        seed=req.seed,
+        stop=req.stop_list(),
+    )
+    request_obj = dump_request(req)
+    hook_request = dict(request_obj)
+    hook_request["_specguard"] = {"endpoint": kind, "prompt_tokens": len(prompt_ids), "max_tokens": max_tokens}
+    pm.hook.check_request(request=hook_request, policy=node.policy)
+    return Prepared(
+        kind=kind, request_obj=request_obj, hook_request=hook_request, prompt_ids=prompt_ids, params=params,
+        top_n=top_n, logprobs=logprobs, completion_logprobs=completion_lp, stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        response_id=prefix + uuid.uuid4().hex, created=int(time.time()), model_name=node.served_model_name,
+    )
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response was ready."""
+
+
+class GenerationRun:
+    """The engine running one request in a worker thread; events arrive on `queue`.
+
+    Items are ("event", StepEvent), then ("done", Transcript) or ("error", exception).
+    The caller must have taken a slot from `node.limiter`; the thread releases it.
+    """
+
+    def __init__(self, node: Any, prep: Prepared) -> None:
+        self.node = node
+        self.prep = prep
+        self.cancel = threading.Event()
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def start(self) -> None:
+        threading.Thread(target=self._work, name=f"specguard-{self.prep.response_id}", daemon=True).start()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed (server shutting down)
+            pass
+
+    def _work(self) -> None:
+        try:
+            engine = self.node.make_engine()
+            prep = self.prep
+
+            def on_step(step: Any) -> None:
+                pm.hook.on_step(request=prep.hook_request, step=step)
+
+            stream = engine.stream(prep.prompt_ids, prep.params, on_step=on_step, should_stop=self.cancel.is_set,
+                                   top_logprobs=prep.top_n)
+            while True:
+                try:
+                    event = next(stream)
+                except StopIteration as done:
+                    self._put(("done", done.value))
+                    return
+                self._put(("event", event))
+        except BaseException as exc:  # handed to the request handler, which answers with an error body
+            self._put(("error", exc))
+        finally:
+            try:
+                self.loop.call_soon_threadsafe(self.node.limiter.release)
+            except RuntimeError:
+                pass
+
+    async def next(self, request: Any = None, poll: float = 0.25) -> tuple[str, Any]:
+        """The next item; with `request`, raise ClientGone (and stop the engine) if the client left."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.queue.get(), timeout=poll)
+            except TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    self.cancel.set()
+                    raise ClientGone() from None
+
+    async def collect(self, request: Any) -> Transcript:
+        """Run to the end (non-streaming)."""
+        while True:
+            kind, value = await self.next(request)
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+
+@dataclass
+class Finalized:
+    body: dict[str, Any]
+    receipt_id: str
+    specguard: dict[str, Any]
+    receipt_seconds: float
+
+
+def build_body(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> dict[str, Any]:
+    if prep.kind == "chat":
+        return chat_body(transcript, response_id=prep.response_id, created=prep.created, model=prep.model_name,
+                         logprobs=prep.logprobs, top_n=prep.top_n, text_of=text_of)
+    return completion_body(transcript, response_id=prep.response_id, created=prep.created, model=prep.model_name,
+                           logprobs=prep.completion_logprobs, text_of=text_of)
+
+
+def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> Finalized:
+    """Body, evidence, signed + logged receipt, judges. Runs in a worker thread (disk and plugins block)."""
+    body = build_body(node, prep, transcript, text_of)
+    start = time.perf_counter()
+    evidence: dict[str, Any] = {}
+    pm.hook.seal_transcript(transcript=transcript, evidence=evidence, node=node)
+    receipt = node.receipts.issue(transcript, prep.request_obj, body, evidence, node.policy)
+    receipt_id = receipt["receipt_id"]
+    node.responses.put(receipt_id, body)
+    seconds = time.perf_counter() - start
+    node.metrics.receipts.inc()
+    node.metrics.receipt_seconds.observe(seconds)
+    specguard: dict[str, Any] = {"receipt_id": receipt_id, "receipt": receipt,
+                                 "prompt_ids": list(transcript.prompt_ids),
+                                 "output_ids": list(transcript.output_ids)}
+    for extra in pm.hook.judge_transcript(transcript=transcript, receipt=receipt, node=node):
+        if isinstance(extra, dict):
+            for key, value in extra.items():
+                if key not in ("receipt_id", "receipt"):
+                    specguard[key] = value
+    return Finalized(body=body, receipt_id=receipt_id, specguard=specguard, receipt_seconds=seconds)

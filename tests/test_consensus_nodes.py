@@ -1,0 +1,281 @@
+"""Multi-node consensus: four verifier processes on loopback ports, real sockets, real signatures.
+
+The verifiers run `python -m specguard.consensus.verifier_app` with the test-only fault
+injection enabled (SPECGUARD_TEST_VERIFIER_BEHAVIOUR=honest), so each scenario can make one or
+two of them lie, stall, sign with a wrong key or replay old votes. Responses (honest, tampered,
+from a substituted model) are produced in this process with a tiny model saved to disk, receipted
+with a real ReceiptIssuer, and sent to the verifier processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import torch
+from click.testing import CliRunner
+from servers import free_port, start_process
+from tiny import tiny_model
+
+from specguard.attest.receipts import ReceiptIssuer
+from specguard.consensus.quorum import QuorumError, request_certificate, verify_certificate
+from specguard.consensus.rederive import ACCEPT, REJECT
+from specguard.engine.scoring import score
+from specguard.engine.speculative import SpeculativeEngine
+from specguard.keys import load_or_create_node_key
+from specguard.models import load_model
+from specguard.plugins import consensus as plugin
+from specguard.policies import policy_from_dict
+from specguard.transcript import SamplingParams, Transcript
+
+VOCAB = 64
+PROMPT = [5, 9, 17, 30, 2]
+TIMEOUT = 3.0
+
+
+def make_model_dir(path: Path) -> Path:
+    """A 4-layer random Llama (peaky LM head) with a WordLevel tokenizer ("<i>" tokens), as an HF dir."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    loaded = tiny_model(seed=21, vocab_size=VOCAB, layers=4, scale=4.0)
+    loaded.model.save_pretrained(str(path))
+    tok = Tokenizer(models.WordLevel({f"<{i}>": i for i in range(VOCAB)}, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>").save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The genuine model (in this process) and four verifier processes with their pinned keys."""
+    root = tmp_path_factory.mktemp("consensus")
+    model_dir = make_model_dir(root / "model")
+    homes = [root / f"verifier{i}" for i in range(4)]
+    keys = [load_or_create_node_key(h).public_bytes for h in homes]  # keys given as files, not fetched
+    env = {"SPECGUARD_TEST_VERIFIER_BEHAVIOUR": "honest", "SPECGUARD_TEST_VERIFIER_SLOW_SECONDS": "15",
+           "OMP_NUM_THREADS": "1"}
+
+    def start(home: Path) -> object:
+        port = free_port()
+        return start_process([sys.executable, "-m", "specguard.consensus.verifier_app", "--model", str(model_dir),
+                              "--port", str(port), "--home", str(home)], port, env=env)
+
+    with ThreadPoolExecutor(4) as pool:
+        procs = list(pool.map(start, homes))
+    try:
+        yield SimpleNamespace(model=load_model(str(model_dir)), procs=procs, urls=[p.url for p in procs], keys=keys,
+                              root=root)
+    finally:
+        for p in procs:
+            p.stop(timeout=5)
+
+
+@pytest.fixture
+def behave(cluster):
+    """Set verifier i's behaviour; every verifier is honest again after the test."""
+
+    def set_(i: int, behaviour: str) -> None:
+        r = httpx.post(cluster.urls[i] + plugin.FAULT_PATH, json={"behaviour": behaviour}, timeout=10)
+        assert r.json() == {"behaviour": behaviour}
+
+    yield set_
+    for i, p in enumerate(cluster.procs):
+        if p.alive():
+            set_(i, "honest")
+
+
+@pytest.fixture(scope="module")
+def issuer(cluster):
+    iss = ReceiptIssuer(cluster.root / "serving", load_or_create_node_key(cluster.root / "serving"))
+    yield iss
+    iss.close()
+
+
+def serve(cluster, issuer, transcript: Transcript) -> dict:
+    """What a serving node does: sign and log a receipt for the transcript it answers with."""
+    return issuer.issue(transcript, {"prompt_ids": transcript.prompt_ids}, {"text": transcript.text}, {},
+                        policy_from_dict({"name": "test"}))
+
+
+def honest(cluster, params: SamplingParams | None = None) -> Transcript:
+    return SpeculativeEngine(cluster.model).generate(PROMPT, params or SamplingParams(max_tokens=24))
+
+
+def certify(cluster, issuer, transcript: Transcript, q: int = 3, receipt: dict | None = None) -> tuple[dict, dict]:
+    receipt = receipt or serve(cluster, issuer, transcript)
+    cert = request_certificate(cluster.urls, transcript.to_json(include_steps=False), receipt, cluster.keys, q,
+                               timeout=TIMEOUT)
+    return cert, receipt
+
+
+def lying_node(cluster, transcript_of) -> Transcript:
+    """A node serving a substituted model while claiming the genuine model's digests."""
+    fake = copy.deepcopy(cluster.model)
+    transcript_of(fake)
+    fake._digest = None
+    t = SpeculativeEngine(fake).generate(PROMPT, SamplingParams(max_tokens=24))
+    return dataclasses.replace(t, model_digest=cluster.model.digest, tokenizer_digest=cluster.model.tokenizer_digest)
+
+
+def round_to_4_bits(m) -> None:
+    with torch.no_grad():
+        for p in m.model.parameters():
+            scale = p.abs().max() / 7
+            p.copy_((p / scale).round().clamp(-8, 7) * scale)
+
+
+def drop_two_layers(m) -> None:
+    m.model.model.layers = m.model.model.layers[:2]
+    m.model.config.num_hidden_layers = 2
+    if getattr(m.model.config, "layer_types", None):
+        m.model.config.layer_types = m.model.config.layer_types[:2]
+
+
+def tamper(cluster, t: Transcript, position: int) -> Transcript:
+    r = score(cluster.model, t.prompt_ids, t.output_ids, t.params, top_k=VOCAB)
+    worst = int(r.positions[position].top[-1][0])
+    out = copy.deepcopy(t)
+    out.output_ids[position] = worst
+    out.tokens[position].token_id = worst
+    return out
+
+
+# --- scenarios -------------------------------------------------------------------------------------
+
+
+def test_all_honest_certified_and_verifiable_offline(cluster, issuer):
+    for params in (SamplingParams(max_tokens=24), SamplingParams(max_tokens=24, temperature=0.8, seed=99)):
+        t = honest(cluster, params)
+        cert, receipt = certify(cluster, issuer, t)
+        assert cert["certified"] and cert["accepts"] == 4 and not cert["dissent"] and not cert["failures"]
+        ok = verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
+        assert sorted(ok.accepted_by) == sorted(v["vote"]["verifier"]["key_id"] for v in cert["votes"])
+
+
+@pytest.mark.parametrize("behaviour, outcome", [
+    ("slow", "no answer"), ("always-reject", "dissent"), ("wrong-key", "not a trusted verifier key")])
+def test_one_faulty_verifier_still_certifies(cluster, issuer, behave, behaviour, outcome):
+    behave(3, behaviour)
+    cert, receipt = certify(cluster, issuer, honest(cluster))
+    assert cert["certified"] and cert["accepts"] == 3
+    if outcome == "dissent":
+        assert [d["verdict"] for d in cert["dissent"]] == [REJECT]
+        assert cert["dissent"][0]["key_id"] == load_or_create_node_key(cluster.root / "verifier3").key_id
+        assert len(verify_certificate(cert, receipt["envelope"], cluster.keys, 3).dissent) == 1
+    else:
+        assert [f["verifier"] for f in cert["failures"]] == [cluster.urls[3]]
+        assert outcome in cert["failures"][0]["error"] or "timed out" in cert["failures"][0]["error"]
+
+
+def test_replayed_votes_rejected(cluster, issuer, behave):
+    behave(3, "replay")
+    first, _ = certify(cluster, issuer, honest(cluster))
+    assert first["accepts"] == 4  # the replayer's first vote is fresh; it keeps it to replay later
+    second, receipt = certify(cluster, issuer, honest(cluster, SamplingParams(max_tokens=16, temperature=0.7,
+                                                                              seed=5)))
+    assert second["certified"] and second["accepts"] == 3
+    assert "replayed" in second["failures"][0]["error"]
+    # pasting the old vote into the new certificate does not add a vote either
+    forged = copy.deepcopy(second)
+    forged["votes"] = second["votes"][:2] + [first["votes"][3]]
+    with pytest.raises(QuorumError, match="2 valid accepting"):
+        verify_certificate(forged, receipt["envelope"], cluster.keys, 3)
+
+
+def test_forged_votes_rejected(cluster, issuer):
+    cert, receipt = certify(cluster, issuer, honest(cluster))
+    forged = copy.deepcopy(cert)
+    for v in forged["votes"][1:]:
+        v["vote"]["stats"]["output_tokens"] = 1  # any change breaks the signature
+    with pytest.raises(QuorumError, match="1 valid accepting") as err:
+        verify_certificate(forged, receipt["envelope"], cluster.keys, 3)
+    assert "does not verify" in err.value.message
+
+
+def test_tampered_token_not_certified_and_dissent_says_why(cluster, issuer):
+    t = tamper(cluster, honest(cluster), 6)
+    cert, receipt = certify(cluster, issuer, t)
+    assert not cert["certified"] and cert["accepts"] == 0 and len(cert["dissent"]) == 4
+    for d in cert["dissent"]:
+        assert any("output_ids[6]" in r for r in d["reasons"]), d["reasons"]
+    with pytest.raises(QuorumError, match="no quorum"):
+        verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
+
+
+@pytest.mark.parametrize("substitute", [round_to_4_bits, drop_two_layers])
+def test_substituted_model_not_certified(cluster, issuer, substitute):
+    t = lying_node(cluster, substitute)
+    cert, _ = certify(cluster, issuer, t)
+    assert not cert["certified"] and cert["accepts"] == 0
+    reasons = " ".join(r for d in cert["dissent"] for r in d["reasons"])
+    assert "not the target's choice" in reasons or "logprob" in reasons
+
+
+def test_two_liars_cannot_certify_a_wrong_response(cluster, issuer, behave):
+    behave(2, "always-accept")
+    behave(3, "always-accept")
+    t = tamper(cluster, honest(cluster), 3)
+    cert, receipt = certify(cluster, issuer, t, q=3)
+    assert not cert["certified"] and cert["accepts"] == 2
+    assert {d["verdict"] for d in cert["dissent"]} == {REJECT}
+    with pytest.raises(QuorumError, match="2 valid accepting"):
+        verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
+
+
+def test_judge_hook_and_policy_on_no_quorum(cluster, issuer, tmp_path):
+    def node(on_no_quorum: str) -> SimpleNamespace:
+        policy = policy_from_dict({"name": "t", "consensus": {
+            "verifier_keys": [k.hex() for k in cluster.keys], "on_no_quorum": on_no_quorum,
+            "timeout_seconds": TIMEOUT}})
+        return SimpleNamespace(role="serve", policy=policy, home=tmp_path,
+                               consensus={"verifiers": list(cluster.urls), "quorum": 3})
+
+    t = honest(cluster)
+    receipt = serve(cluster, issuer, t)
+    out = plugin.judge_transcript(transcript=t, receipt=receipt, node=node("fail"))
+    assert out["consensus"]["certified"] and receipt["consensus"] is out["consensus"]
+    bad = tamper(cluster, t, 2)
+    bad_receipt = serve(cluster, issuer, bad)
+    flagged = plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("flag"))
+    assert not flagged["consensus"]["certified"]
+    with pytest.raises(plugin.ConsensusWithheldError, match="output_ids"):
+        plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("withhold"))
+    with pytest.raises(plugin.NoQuorumError) as err:
+        plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("fail"))
+    assert err.value.http_status == 503
+
+
+def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
+    t = honest(cluster)
+    receipt = serve(cluster, issuer, t)
+    (tmp_path / "r.json").write_text(json.dumps(receipt))
+    (tmp_path / "t.json").write_text(json.dumps(t.to_json()))
+    key_args = [a for k in cluster.keys for a in ("--verifier-key", k.hex())]
+    url_args = [a for u in cluster.urls for a in ("--verifier", u)]
+    runner = CliRunner()
+    res = runner.invoke(plugin.consensus_group, ["check", str(tmp_path / "r.json"), "--transcript",
+                                                 str(tmp_path / "t.json"), "--quorum", "3", "--timeout", "5",
+                                                 "--attach", str(tmp_path / "rc.json"), *url_args, *key_args])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(plugin.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"), "--quorum", "4",
+                                                 *key_args])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(plugin.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"),
+                                                 "--verifier-key", cluster.keys[0].hex()])
+    assert isinstance(res.exception, QuorumError)
+
+
+def test_verifier_down_still_certified(cluster, issuer):
+    cluster.procs[3].kill9()
+    cert, _ = certify(cluster, issuer, honest(cluster))
+    assert cert["certified"] and cert["accepts"] == 3
+    assert cert["failures"][0]["verifier"] == cluster.urls[3] and "unreachable" in cert["failures"][0]["error"]
+    assert {parse["vote"]["verdict"] for parse in cert["votes"]} == {ACCEPT}

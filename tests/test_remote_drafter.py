@@ -1,0 +1,322 @@
+"""The untrusted remote drafter: a real `specguard draft-serve` and hostile drafting servers
+(real processes on 127.0.0.1) never change an output; failing or useless drafters are cut off."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from tiny import tiny_model
+
+from specguard.drafters.base import NoDrafter
+from specguard.drafters.draft_server import create_draft_app
+from specguard.drafters.health import DrafterHealthRegistry, HealthPolicy, drafter_health
+from specguard.drafters.ngram import NgramDrafter
+from specguard.drafters.remote import RemoteDrafter
+from specguard.engine.factory import make_drafter
+from specguard.engine.speculative import SpeculativeEngine
+from specguard.errors import ConfigError, RequestError, UsageError
+from specguard.policies.model import policy_from_dict
+from specguard.transcript import SamplingParams
+
+TESTS = Path(__file__).resolve().parent
+SEED, VOCAB = 3, 96
+PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [10, 20, 30, 40, 50, 60]]
+GREEDY = SamplingParams(max_tokens=24)
+SAMPLED = SamplingParams(max_tokens=24, temperature=0.8, top_p=0.95, seed=7)
+HOSTILE_MODES = ("garbage", "wrong-length", "adversarial", "slow", "least-likely", "huge", "nan-probs")
+FAST = HealthPolicy(timeout_seconds=0.5, min_steps_before_judging=1000, cooldown_seconds=600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_model_dir(path: Path, seed: int) -> Path:
+    """A Hugging Face directory holding tiny_model(seed) and a word-level tokenizer ("<i>")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tiny_model(seed=seed, vocab_size=VOCAB, scale=4.0).model.save_pretrained(path)
+    tok = Tokenizer(models.WordLevel({f"<{i}>": i for i in range(VOCAB)}, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(r"<\d+>", behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path)
+    return path
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model(seed=SEED, vocab_size=VOCAB, scale=4.0)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """{name: base URL}: a real draft-serve drafting with the target itself, and one hostile server per mode."""
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"), SEED)
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1"}
+    specs = {}
+    port = free_port()
+    specs["draft-serve"] = (
+        [sys.executable, "-m", "specguard", "draft-serve", "--model", str(model_dir), "--drafter", "draft-model",
+         "--draft-model", str(model_dir), "--port", str(port)],
+        port,
+    )
+    for mode in HOSTILE_MODES:
+        port = free_port()
+        cmd = [sys.executable, str(TESTS / "hostile_drafter.py"), "--port", str(port), "--mode", mode, "--vocab-size", str(VOCAB)]
+        if mode == "least-likely":
+            cmd += ["--model", str(model_dir)]
+        specs[mode] = (cmd, port)
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name, (cmd, _) in specs.items()}
+    urls = {name: f"http://127.0.0.1:{port}" for name, (_, port) in specs.items()}
+    try:
+        for name, proc in procs.items():
+            wait_healthy(proc, urls[name] + "/v1/draft/health")
+        yield urls
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def remote(url: str, policy: HealthPolicy = FAST, registry: DrafterHealthRegistry | None = None) -> RemoteDrafter:
+    """A RemoteDrafter with its own health registry unless given one (tests do not share cut-offs)."""
+    return RemoteDrafter(url, fallback=NgramDrafter(), health=policy, registry=registry or DrafterHealthRegistry())
+
+
+_plain: dict = {}
+
+
+def plain(target, prompt, params):
+    key = (tuple(prompt), params)
+    if key not in _plain:
+        _plain[key] = SpeculativeEngine(target, NoDrafter()).generate(prompt, params).output_ids
+    return _plain[key]
+
+
+def stats(url: str) -> dict:
+    return httpx.get(url + "/stats", timeout=2).json()
+
+
+# -- the real drafting server ------------------------------------------------------------------
+
+
+def test_draft_serve_outputs_identical_and_only_new_tokens_cross_the_wire(target, servers):
+    url = servers["draft-serve"]
+    for prompt, params in zip(PROMPTS, (GREEDY, SAMPLED), strict=True):
+        before = httpx.get(url + "/v1/draft/health").json()
+        drafter = remote(url)
+        transcript = SpeculativeEngine(target, drafter).generate(prompt, params)
+        assert transcript.output_ids == plain(target, prompt, params)
+        assert transcript.drafter == "remote" and transcript.drafter_trusted is False
+        assert drafter.stats["failures"] == 0 and drafter.stats["remote_steps"] > 0
+        after = httpx.get(url + "/v1/draft/health").json()
+        received = after["tokens_received"] - before["tokens_received"]
+        assert received <= len(prompt) + len(transcript.output_ids)
+        if params.greedy:
+            # drafting with the target itself: greedy proposals are accepted
+            assert sum(s.accepted for s in transcript.steps) > len(transcript.output_ids) // 2
+    assert httpx.get(url + "/v1/draft/health").json()["sessions"] == 0  # finish() deleted them
+
+
+# -- hostile drafting servers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", HOSTILE_MODES)
+def test_hostile_drafter_cannot_change_outputs(target, servers, mode):
+    # judged after 8 steps, as a server would: hostile drafters that waste steps get cut off
+    policy = HealthPolicy(timeout_seconds=0.3, min_acceptance_rate=0.1, min_steps_before_judging=8, cooldown_seconds=600)
+    registry = DrafterHealthRegistry()
+    for params in (GREEDY, SAMPLED):
+        drafter = remote(servers[mode], policy, registry)
+        transcript = SpeculativeEngine(target, drafter).generate(PROMPTS[0], params)
+        assert transcript.output_ids == plain(target, PROMPTS[0], params), mode
+        assert transcript.finish_reason == "length"
+        if params.greedy:
+            assert drafter.stats["remote_steps"] + drafter.stats["failures"] > 0, "the hostile server was consulted"
+            if mode in ("garbage", "wrong-length"):
+                assert any(s.rejected_proposal for s in transcript.steps), "the engine saw and dropped hostile proposals"
+            if mode in ("slow", "huge"):
+                assert drafter.stats["failures"] > 0 and drafter.stats["fallback_steps"] > 0
+    if mode in ("garbage", "wrong-length", "slow", "least-likely", "huge"):
+        assert registry.snapshot()[servers[mode]]["state"] == "cut-off"
+
+
+def test_dead_drafter_keeps_serving_and_is_cut_off(target):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    drafter = remote(url, HealthPolicy(timeout_seconds=0.5, cooldown_seconds=600, max_consecutive_failures=3))
+    for params in (GREEDY, SAMPLED):
+        transcript = SpeculativeEngine(target, drafter).generate(PROMPTS[1], params)
+        assert transcript.output_ids == plain(target, PROMPTS[1], params)
+    assert drafter.stats["failures"] == 3, "after 3 consecutive failures the URL is not contacted"
+    state = drafter.registry.snapshot()[url]
+    assert state["state"] == "cut-off" and state["cutoffs"] == 1 and "consecutive failures" in state["last_cutoff_reason"]
+
+
+def test_low_acceptance_drafter_is_cut_off_and_not_contacted(target, servers):
+    url = servers["least-likely"]
+    policy = HealthPolicy(timeout_seconds=2.0, min_acceptance_rate=0.5, min_steps_before_judging=4, cooldown_seconds=600)
+    drafter = remote(url, policy)
+    start = stats(url)
+    first = SpeculativeEngine(target, drafter).generate(PROMPTS[0], GREEDY)
+    assert first.output_ids == plain(target, PROMPTS[0], GREEDY)
+    mid = stats(url)
+    assert mid["propose"] - start["propose"] == 4, "judged after exactly min_steps_before_judging steps"
+    state = drafter.registry.snapshot()[url]
+    assert state["state"] == "cut-off" and state["accepted"] == 0 and "acceptance rate" in state["last_cutoff_reason"]
+    second = SpeculativeEngine(target, drafter).generate(PROMPTS[1], GREEDY)
+    assert second.output_ids == plain(target, PROMPTS[1], GREEDY)
+    assert stats(url) == mid, "a cut-off drafter is not contacted at all"
+    assert drafter.stats["fallback_steps"] > 0
+
+
+def test_probs_from_a_remote_drafter_are_ignored(target, servers):
+    for mode in ("adversarial", "nan-probs"):
+        drafter = remote(servers[mode])
+        drafter.start(PROMPTS[0], GREEDY)
+        try:
+            raw = httpx.post(servers[mode] + "/v1/draft/sessions", json={"prompt_ids": PROMPTS[0]}).json()
+            sent = httpx.post(servers[mode] + f"/v1/draft/sessions/{raw['session']}/propose", json={"append": [], "rollback_to": len(PROMPTS[0]), "k": 3}).json()
+            assert "probs" in sent, "the hostile server does send probabilities"
+            proposal = drafter.propose(list(PROMPTS[0]), 3)
+            assert proposal.tokens == sent["tokens"] and proposal.probs is None
+        finally:
+            drafter.finish()
+    # and an untrusted drafter can never take part in speculative-sampling mode
+    spec = SamplingParams(max_tokens=8, temperature=1.0, seed=1, mode="speculative-sampling")
+    with pytest.raises(RequestError, match="trusted local drafter"):
+        SpeculativeEngine(target, remote(servers["adversarial"])).generate(PROMPTS[0], spec)
+
+
+def test_seed_is_never_sent_to_the_drafter(target):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(500)
+
+    drafter = remote("http://drafter.invalid:9")
+    drafter.start(PROMPTS[0], SAMPLED)
+    drafter._client = httpx.Client(transport=httpx.MockTransport(handler))
+    assert drafter.propose(list(PROMPTS[0]), 3).tokens == NgramDrafter().propose(list(PROMPTS[0]), 3).tokens
+    drafter.finish()
+    assert seen and all(b"seed" not in body and b"stop" not in body for body in seen)
+
+
+# -- the factory, the health registry, the drafting server's input checks -------------------------
+
+
+def test_factory_reads_policy_and_fallback(target):
+    policy = policy_from_dict({"name": "t", "drafter": {"timeout_seconds": 0.25, "min_acceptance_rate": 0.2, "cooldown_seconds": 5}})
+    drafter = make_drafter("remote", target, {"drafter_url": "http://127.0.0.1:1/", "policy": policy, "fallback": "none"})
+    assert isinstance(drafter, RemoteDrafter) and drafter.trusted is False
+    assert drafter.health.timeout_seconds == 0.25 and drafter.health.min_acceptance_rate == 0.2
+    assert drafter.fallback.name == "none" and drafter.url == "http://127.0.0.1:1"
+    assert make_drafter("remote", target, {"drafter_url": "http://127.0.0.1:1"}).fallback.name == "ngram"
+    with pytest.raises(UsageError, match="drafter-url"):
+        make_drafter("remote", target, {})
+    with pytest.raises(UsageError, match="local drafter"):
+        make_drafter("remote", target, {"drafter_url": "http://127.0.0.1:1", "fallback": "remote"})
+    with pytest.raises(UsageError, match="http"):
+        make_drafter("remote", target, {"drafter_url": "file:///etc/passwd"})
+    with pytest.raises(ConfigError, match="drafter.timeout_seconds"):
+        HealthPolicy.from_policy(policy_from_dict({"drafter": {"timeout_seconds": "fast"}}))
+    assert isinstance(drafter_health(), dict)
+
+
+def test_health_registry_cooldown_expires_and_redacts_credentials():
+    now = [100.0]
+    registry = DrafterHealthRegistry(clock=lambda: now[0])
+    policy = HealthPolicy(min_acceptance_rate=0.5, min_steps_before_judging=2, cooldown_seconds=30)
+    url = "http://user:secret@drafter.example:8100"
+    registry.record_step(url, 4, 4, policy)
+    registry.record_step(url, 4, 0, policy)  # 4/8 = 0.5: not below the floor, window restarts
+    assert registry.available(url)
+    registry.record_step(url, 4, 1, policy)
+    registry.record_step(url, 4, 0, policy)  # 1/8 < 0.5
+    assert not registry.available(url)
+    snap = registry.snapshot()
+    assert list(snap) == ["http://drafter.example:8100"] and "secret" not in str(snap)
+    assert snap["http://drafter.example:8100"]["cooldown_remaining_seconds"] == 30
+    now[0] += 31
+    assert registry.available(url) and registry.snapshot()["http://drafter.example:8100"]["state"] == "ok"
+    for _ in range(2):
+        registry.record_failure(url, "refused", policy)
+    registry.record_success(url)
+    registry.record_failure(url, "refused", policy)
+    assert registry.available(url), "failures must be consecutive"
+
+
+def test_draft_server_validates_input_and_bounds_sessions(target):
+    now = [0.0]
+    app = create_draft_app(target, "ngram", {}, max_sessions=2, idle_seconds=10, clock=lambda: now[0])
+    client = TestClient(app)
+    sid = client.post("/v1/draft/sessions", json={"prompt_ids": [1, 2, 3, 1, 2], "params": {"seed": 5}}).json()["session"]
+    r = client.post(f"/v1/draft/sessions/{sid}/propose", json={"append": [], "rollback_to": 5, "k": 2})
+    assert r.status_code == 200 and r.json() == {"tokens": [3, 1]}
+    r = client.post(f"/v1/draft/sessions/{sid}/propose", json={"append": [3], "rollback_to": 5, "k": 4})
+    assert r.json() == {"tokens": [1, 2, 3]}
+    bad = [
+        ({"append": [VOCAB], "rollback_to": 0, "k": 1}, 400),
+        ({"append": [-1], "rollback_to": 0, "k": 1}, 400),
+        ({"append": ["1"], "rollback_to": 0, "k": 1}, 422),
+        ({"append": [1.5], "rollback_to": 0, "k": 1}, 422),
+        ({"append": [], "rollback_to": 99, "k": 1}, 409),
+        ({"append": [], "rollback_to": 0, "k": 1}, 400),
+        ({"append": [], "rollback_to": 1, "k": 10_000}, 422),
+        ({"append": [], "rollback_to": 1, "k": 1, "extra": 1}, 422),
+    ]
+    for body, status in bad:
+        assert client.post(f"/v1/draft/sessions/{sid}/propose", json=body).status_code == status, body
+    assert client.post("/v1/draft/sessions", json={"prompt_ids": []}).status_code == 422
+    assert client.post("/v1/draft/sessions/nope/propose", json={"rollback_to": 0, "k": 1}).status_code == 404
+    others = [client.post("/v1/draft/sessions", json={"prompt_ids": [1]}).json()["session"] for _ in range(2)]
+    assert client.get("/v1/draft/health").json()["sessions"] == 2  # the oldest was evicted
+    assert client.post(f"/v1/draft/sessions/{sid}/propose", json={"rollback_to": 1, "k": 1}).status_code == 404
+    now[0] += 11
+    assert client.get("/v1/draft/health").json()["sessions"] == 0  # idle sessions expired
+    assert client.delete(f"/v1/draft/sessions/{others[0]}").json() == {"deleted": False}
+    with pytest.raises(UsageError):
+        create_draft_app(target, "remote", {})
+
+
+def test_client_recreates_an_evicted_session(target):
+    app = create_draft_app(target, "ngram", {}, max_sessions=1)
+    client = TestClient(app)
+    drafter = remote("http://testserver")
+    drafter.start(PROMPTS[0], GREEDY)
+    drafter._client = client  # TestClient is an httpx.Client speaking to the app in-process
+    assert drafter.propose(list(PROMPTS[0]), 2).tokens == [4, 5]
+    client.post("/v1/draft/sessions", json={"prompt_ids": [9]})  # evicts the drafter's session
+    context = PROMPTS[0] + [4, 5]
+    assert drafter.propose(context, 2).tokens == NgramDrafter().propose(context, 2).tokens
+    assert drafter.stats["failures"] == 0 and drafter.stats["remote_steps"] == 2
+    drafter.finish()
