@@ -62,6 +62,7 @@ def start_draft_server(exit_layer: int) -> tuple[subprocess.Popen, str]:
 
 
 def run(target, drafter, prompt_ids, params) -> dict:
+    print(f"running {drafter.name} ...", file=sys.stderr, flush=True)
     t = SpeculativeEngine(target, drafter).generate(prompt_ids, params)
     m = t.metrics()
     draft = sum(s.draft_seconds for s in t.steps)
@@ -74,6 +75,7 @@ def overlap(target, url: str, prompt_ids: list[int], rounds: int) -> tuple[float
     drafter = RemoteDrafter(url, health=HealthPolicy(timeout_seconds=30), registry=DrafterHealthRegistry())
     drafter.start(prompt_ids, SamplingParams(max_tokens=64))
     drafter.propose(list(prompt_ids), 4)  # create the session
+    print("measuring overlap ...", file=sys.stderr, flush=True)
 
     def verify() -> None:
         cache = kv.new_cache(target.model)

@@ -214,7 +214,7 @@ def judge_transcript(transcript: Any, receipt: Any, node: Any) -> dict[str, Any]
         if config.on_no_quorum == "fail":
             raise NoQuorumError(summary, field="consensus", got=cert["accepts"], expected=f">= {cert['quorum']}")
         if config.on_no_quorum == "withhold":
-            reasons = [r for d in cert["dissent"] for r in d["reasons"][:3]]
+            reasons = list(dict.fromkeys(r for d in cert["dissent"] for r in d["reasons"][:3]))
             raise ConsensusWithheldError(summary + f"; reasons {reasons[:6]}", field="consensus",
                                          got=cert["accepts"], expected=f">= {cert['quorum']}")
         log.warning("consensus: FLAGGED response %s", summary)

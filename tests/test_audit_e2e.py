@@ -44,10 +44,16 @@ def _audit(setup, url, name, **kw):
     return run_audit(_config(setup, url, **kw), setup["base"] / name, reference=setup["ref"])
 
 
-def test_honest_provider_is_consistent_with_and_without_logprobs(setup):
+@pytest.fixture(scope="module")
+def honest(setup):
+    """The reference itself, served with a different thread count (and, by construction, other matrix shapes)."""
     with provider(setup["ref_dir"], "--threads", "1") as (url, _srv):
-        with_lp = _audit(setup, url, "honest")
-        text = _audit(setup, url, "honest-text", request_logprobs=False)
+        yield url
+
+
+def test_honest_provider_is_consistent_with_and_without_logprobs(setup, honest):
+    with_lp = _audit(setup, honest, "honest")
+    text = _audit(setup, honest, "honest-text", request_logprobs=False)
     assert with_lp["verdict"] == "consistent", with_lp["reasons"]
     assert {t["name"] for t in with_lp["tests"]} == {"token_agreement", "logprob"}
     assert text["verdict"] == "consistent", text["reasons"]
@@ -89,30 +95,29 @@ def test_storms_malformed_answers_and_unmappable_tokens(setup):
 
 
 def test_missing_logprobs_ignored_seed_and_timeouts(setup):
-    with provider(setup["ref_dir"], "--no-logprobs", "--ignore-seed") as (url, _srv):
-        rep = _audit(setup, url, "nolp")
+    with provider(setup["ref_dir"], "--no-logprobs", "--ignore-seed", "--slow", "1") as (url, _srv):
+        rep = _audit(setup, url, "nolp", mmd_samples=3, mmd_prompts=2)
+        slow = _audit(setup, url, "slow", budget=1, timeout=0.3, max_retries=1)
     assert rep["prompts"]["with_logprobs"] == 0
-    assert [t["name"] for t in rep["tests"]] == ["token_agreement"]
+    assert [t["name"] for t in rep["tests"]] == ["token_agreement", "mmd"]
+    assert rep["tests"][1]["samples"] == 12 and rep["tests"][1]["p_value"] > 0.01
     assert rep["verdict"] == "consistent", rep["reasons"]
-    with provider(setup["ref_dir"], "--slow", "3") as (url, _srv):
-        slow = _audit(setup, url, "slow", budget=1, timeout=0.5, max_retries=1)
     assert slow["verdict"] == "inconclusive"
     assert slow["per_prompt"][0]["problem"] == "no answer after retries"
     lines = (setup["base"] / "slow" / "raw.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all("Timeout" in json.loads(x)["error"] for x in lines)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(setup):
+def test_resume_after_interruption_matches_uninterrupted_run(setup, honest):
     from specguard.cli import _register_plugin_commands, cli
 
-    with provider(setup["ref_dir"], "--substitute", "mix:q4:0.5") as (url, _srv):
-        full = _audit(setup, url, "full")
-        part = setup["base"] / "part"
-        part.mkdir()
-        lines = (setup["base"] / "full" / "raw.jsonl").read_text().splitlines(keepends=True)
-        # an interrupted run: two answers logged, then a write cut mid-line
-        (part / "raw.jsonl").write_text("".join(lines[:2]) + lines[2][:40])
-        resumed = _audit(setup, url, "part")
+    full = _audit(setup, honest, "full")
+    part = setup["base"] / "part"
+    part.mkdir()
+    lines = (setup["base"] / "full" / "raw.jsonl").read_text().splitlines(keepends=True)
+    # an interrupted run: two answers logged, then a write cut mid-line
+    (part / "raw.jsonl").write_text("".join(lines[:2]) + lines[2][:40])
+    resumed = _audit(setup, honest, "part")
     assert resumed["verdict"] == full["verdict"]
     assert [t["statistic"] for t in resumed["tests"]] == [t["statistic"] for t in full["tests"]]
     assert resumed["client"]["reused"] == 2
@@ -126,10 +131,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(setup):
     assert json.loads((copy / "report.json").read_text())["client"]["attempts"] == 0
 
 
-def test_api_key_is_sent_but_never_written(setup, monkeypatch):
+def test_api_key_is_sent_but_never_written(setup, honest, monkeypatch):
     monkeypatch.setenv("AUDIT_TEST_KEY", "sk-very-secret-123")
-    with provider(setup["ref_dir"]) as (url, _srv):
-        rep = _audit(setup, url, "keyed", budget=1, api_key_env="AUDIT_TEST_KEY")
+    rep = _audit(setup, honest, "keyed", budget=1, api_key_env="AUDIT_TEST_KEY")
     assert rep["prompts"]["answered"] == 1
     for path in (setup["base"] / "keyed").iterdir():
         assert "sk-very-secret-123" not in path.read_text()

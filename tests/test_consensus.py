@@ -408,3 +408,25 @@ def test_consensus_config_and_no_verifiers(monkeypatch):
     node.consensus["quorum"] = 9
     with pytest.raises(ConfigError):
         plugin.consensus_config(node)
+
+
+@pytest.fixture(scope="module")
+def fuzz_setup(model, honest, tmp_path_factory):
+    issuer = ReceiptIssuer(tmp_path_factory.mktemp("fuzz-home"), key())
+    receipt = issuer.issue(honest, {"prompt": "x"}, {"choices": []}, {}, load_policy("dev"))
+    yield honest.to_json(), receipt, VerifierService(model=model, key=key())
+    issuer.close()
+
+
+@settings(deadline=None, max_examples=60, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.sampled_from(["prompt_ids", "output_ids", "tokens", "params", "finish_reason", "model_digest", "steps"]),
+       json_values)
+def test_verify_requests_get_a_vote_or_a_typed_error(fuzz_setup, name, value):
+    transcript, receipt, service = fuzz_setup
+    body = {"transcript": {**transcript, name: value}, "receipt": receipt, "nonce": "ab" * 8}
+    try:
+        vote = parse_vote(service.handle(body))
+    except VerifyRequestError:
+        return
+    assert vote.verdict in (ACCEPT, REJECT, UNVERIFIABLE)

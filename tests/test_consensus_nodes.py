@@ -32,7 +32,7 @@ from specguard.engine.speculative import SpeculativeEngine
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
 from specguard.plugins import consensus as plugin
-from specguard.policies import policy_from_dict
+from specguard.policies.model import policy_from_dict
 from specguard.transcript import SamplingParams, Transcript
 
 VOCAB = 64
@@ -63,18 +63,34 @@ def cluster(tmp_path_factory):
     env = {"SPECGUARD_TEST_VERIFIER_BEHAVIOUR": "honest", "SPECGUARD_TEST_VERIFIER_SLOW_SECONDS": "15",
            "OMP_NUM_THREADS": "1"}
 
-    def start(home: Path) -> object:
+    def start(i: int) -> object:
         port = free_port()
+        if i == 0:  # one verifier is the full server in verifier role, the others the standalone app
+            args = [sys.executable, "-m", "specguard", "serve", "--role", "verifier", "--model", str(model_dir),
+                    "--port", str(port), "--log-level", "warning"]
+            return start_process(args, port, env={**env, "SPECGUARD_HOME": str(homes[0])})
         return start_process([sys.executable, "-m", "specguard.consensus.verifier_app", "--model", str(model_dir),
-                              "--port", str(port), "--home", str(home)], port, env=env)
+                              "--port", str(port), "--home", str(homes[i])], port, env=env)
 
     with ThreadPoolExecutor(4) as pool:
-        procs = list(pool.map(start, homes))
+        procs = list(pool.map(start, range(4)))
+    # the serving node: asks the four verifiers, trusts their keys (given in its policy file)
+    policy = root / "serving-policy.toml"
+    key_list = ", ".join(f'"{k.hex()}"' for k in keys)
+    policy.write_text(f'name = "consensus-test"\n[consensus]\nverifier_keys = [{key_list}]\n'
+                      f"timeout_seconds = {TIMEOUT}\n")
+    port = free_port()
+    verifier_args = [a for p in procs for a in ("--verifier", p.url)]
+    serving = start_process([sys.executable, "-m", "specguard", "serve", "--model", str(model_dir), "--port",
+                             str(port), "--policy", str(policy), "--quorum", "3", "--log-level", "warning",
+                             "--served-model-name", "tiny",
+                             *verifier_args], port, env={"SPECGUARD_HOME": str(root / "serving-node")})
+    procs_all = [*procs, serving]
     try:
         yield SimpleNamespace(model=load_model(str(model_dir)), procs=procs, urls=[p.url for p in procs], keys=keys,
-                              root=root)
+                              root=root, serving=serving)
     finally:
-        for p in procs:
+        for p in procs_all:
             p.stop(timeout=5)
 
 
@@ -158,6 +174,17 @@ def test_all_honest_certified_and_verifiable_offline(cluster, issuer):
         assert cert["certified"] and cert["accepts"] == 4 and not cert["dissent"] and not cert["failures"]
         ok = verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
         assert sorted(ok.accepted_by) == sorted(v["vote"]["verifier"]["key_id"] for v in cert["votes"])
+
+
+def test_serving_node_attaches_a_certificate(cluster):
+    r = httpx.post(cluster.serving.url + "/v1/completions", timeout=60,
+                   json={"model": "tiny", "prompt": "<5> <9> <17> <30>", "max_tokens": 12})
+    assert r.status_code == 200, r.text
+    sg = r.json()["specguard"]
+    cert = sg["consensus"]
+    assert cert["certified"] and cert["accepts"] == 4, cert
+    ok = verify_certificate(cert, sg["receipt"]["envelope"], cluster.keys, 3)
+    assert len(ok.accepted_by) == 4
 
 
 @pytest.mark.parametrize("behaviour, outcome", [
@@ -246,7 +273,7 @@ def test_judge_hook_and_policy_on_no_quorum(cluster, issuer, tmp_path):
     bad_receipt = serve(cluster, issuer, bad)
     flagged = plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("flag"))
     assert not flagged["consensus"]["certified"]
-    with pytest.raises(plugin.ConsensusWithheldError, match="output_ids"):
+    with pytest.raises(plugin.ConsensusWithheldError, match="not the target's choice"):
         plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("withhold"))
     with pytest.raises(plugin.NoQuorumError) as err:
         plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("fail"))

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from servers import free_port, specguard_cmd, start_process
 from tiny import tiny_model
 
 from specguard.drafters.base import NoDrafter
@@ -35,14 +33,11 @@ HOSTILE_MODES = ("garbage", "wrong-length", "adversarial", "slow", "least-likely
 FAST = HealthPolicy(timeout_seconds=0.5, min_steps_before_judging=1000, cooldown_seconds=600)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def make_toy_model_dir(path: Path, seed: int) -> Path:
+    """A Hugging Face directory holding exactly tiny_model(seed) and a word-level tokenizer ("<i>").
 
-
-def make_tiny_model_dir(path: Path, seed: int) -> Path:
-    """A Hugging Face directory holding tiny_model(seed) and a word-level tokenizer ("<i>")."""
+    Not servers.make_tiny_model_dir: the in-process target here must be the same weights as the
+    drafting server's, and a 96-token vocabulary keeps the hostile servers' probability rows small."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,20 +48,6 @@ def make_tiny_model_dir(path: Path, seed: int) -> Path:
     return path
 
 
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server at {url} did not become healthy")
-
-
 @pytest.fixture(scope="module")
 def target():
     return tiny_model(seed=SEED, vocab_size=VOCAB, scale=4.0)
@@ -75,13 +56,12 @@ def target():
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """{name: base URL}: a real draft-serve drafting with the target itself, and one hostile server per mode."""
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"), SEED)
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1"}
+    model_dir = make_toy_model_dir(tmp_path_factory.mktemp("tiny-model"), SEED)
+    env = {"PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1"}
     specs = {}
     port = free_port()
     specs["draft-serve"] = (
-        [sys.executable, "-m", "specguard", "draft-serve", "--model", str(model_dir), "--drafter", "draft-model",
-         "--draft-model", str(model_dir), "--port", str(port)],
+        specguard_cmd("draft-serve", "--model", str(model_dir), "--drafter", "draft-model", "--draft-model", str(model_dir), "--port", str(port)),
         port,
     )
     for mode in HOSTILE_MODES:
@@ -90,21 +70,18 @@ def servers(tmp_path_factory):
         if mode == "least-likely":
             cmd += ["--model", str(model_dir)]
         specs[mode] = (cmd, port)
-    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name, (cmd, _) in specs.items()}
-    urls = {name: f"http://127.0.0.1:{port}" for name, (_, port) in specs.items()}
+    # start them all at once (each start_process waits for its own health endpoint)
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = {name: pool.submit(start_process, cmd, port, env, "/v1/draft/health") for name, (cmd, port) in specs.items()}
+    handles = {}
     try:
-        for name, proc in procs.items():
-            wait_healthy(proc, urls[name] + "/v1/draft/health")
-        yield urls
+        for name, future in futures.items():
+            handles[name] = future.result()
+        yield {name: handle.url for name, handle in handles.items()}
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for future in futures.values():
+            if future.exception() is None:
+                future.result().stop(timeout=5)
 
 
 def remote(url: str, policy: HealthPolicy = FAST, registry: DrafterHealthRegistry | None = None) -> RemoteDrafter:

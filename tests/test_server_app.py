@@ -22,7 +22,7 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model")
+    tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
     home = tmp_path_factory.mktemp("server-home")
     n = Node(load_model(str(tiny)), drafter="ngram", home=home, served_model_name=MODEL, max_model_len=256,
              max_queue=0)
@@ -127,8 +127,9 @@ def test_seeded_sampling_is_reproducible_and_seed_is_recorded(client):
     b = _chat(client, temperature=0.9, seed=1234).json()
     assert a["specguard"]["output_ids"] == b["specguard"]["output_ids"]
     unseeded = _chat(client, temperature=0.9).json()
-    from specguard.attest.receipts import parse_statement
     import base64
+
+    from specguard.attest.receipts import parse_statement
 
     payload = base64.b64decode(unseeded["specguard"]["receipt"]["envelope"]["payload"])
     assert isinstance(parse_statement(payload)["predicate"]["params"]["seed"], int)
@@ -199,6 +200,9 @@ def test_unknown_route_wrong_method_and_wrong_content_type(client):
     assert client.get("/specguard/v1/responses/../../etc").status_code == 404
     assert client.get("/specguard/v1/responses/" + "0" * 32).status_code == 404
     assert client.get("/v1/models/nope").status_code == 404
+    huge = client.post("/v1/completions", content=b" " * (16 * 1024 * 1024 + 1),
+                       headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
 
 
 def test_full_queue_answers_429(client, node):
@@ -261,3 +265,17 @@ def test_metrics_exposition_format():
     assert 'x:latency_seconds_bucket{le="0.1"} 0' in lines and 'x:latency_seconds_bucket{le="+Inf"} 1' in lines
     assert "x:latency_seconds_sum 0.5" in lines and "x:latency_seconds_count 1" in lines
     assert lines[:2] == ["# HELP x:requests_total Requests.", "# TYPE x:requests_total counter"]
+
+
+def test_text_deltas_hold_back_partial_characters_and_stop_prefixes(node):
+    from specguard.server.streaming import TextDeltas
+
+    text = "naïve 日本語 text, then STOP here"
+    ids = node.model.encode(text)
+    deltas = TextDeltas(node.model, ("STOP",))
+    sent = "".join(deltas.push([t]) for t in ids)
+    final = text[: text.find("STOP")]
+    assert "\ufffd" not in sent and final.startswith(sent)
+    assert sent + deltas.finish(final) == final
+    plain = TextDeltas(node.model, ())
+    assert "".join(plain.push([t]) for t in ids) + plain.finish(text) == text

@@ -18,7 +18,7 @@ from specguard.server.app import create_app
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model")
+    tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
     node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("fuzz-home"),
                 served_model_name="tiny", max_model_len=64, default_max_tokens=8, max_queue=4)
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(node))
@@ -47,7 +47,6 @@ def test_no_server_errors(api_schema, mode):
                   suppress_health_check=list(HealthCheck))
         def check(case) -> None:
             response = case.call()
-            print(case.method, case.path, response.status_code, response.text[:150] if response.status_code != 200 else "")
             statuses.append(response.status_code)
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path} body={case.body!r} -> {response.status_code}: "

@@ -116,13 +116,22 @@ def test_full_queue_429_and_disconnect_frees_the_slot(server):
             assert busy.status_code == 429
             assert busy.json()["error"]["type"] == "rate_limit_error"
         # the client left mid-stream: the engine stops and the slot comes back
-        for _ in range(600):
-            again = http.post("/v1/completions", json=small)
-            if again.status_code != 429:
-                break
-            threading.Event().wait(0.1)
-        assert again.status_code == 200
+        assert _eventually_served(http, small)
         assert _disconnects(http) == before + 1
+        # a non-streaming client that gives up is noticed too
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", json={**long_stream, "stream": False}, timeout=0.5)
+        assert _eventually_served(http, small)
+        assert _disconnects(http) == before + 2
+
+
+def _eventually_served(http: httpx.Client, body: dict) -> bool:
+    for _ in range(600):
+        resp = http.post("/v1/completions", json=body)
+        if resp.status_code != 429:
+            return resp.status_code == 200
+        threading.Event().wait(0.1)
+    return False
 
 
 def _disconnects(http: httpx.Client) -> float:

@@ -1,6 +1,7 @@
 """Honest-noise calibration: the reference against itself under honest serving variations.
 
-Set-ups (each generates greedily or re-scores the reference's own tokens, then is compared with
+Set-ups (each generates greedily, 8 prompts per left-padded batch, or re-scores the reference's
+own tokens, then is compared with
 the fp32, batch-1 reference re-scoring exactly as a provider's answer would be):
 - `fp32-threads`: fp32, one CPU thread instead of the default count;
 - `fp32-batch`:   fp32, prompts scored together in batches of 4, left-padded with a mask;
@@ -28,13 +29,20 @@ import torch
 
 from ..models import LoadedModel
 from . import AuditUsageError
-from .rescore import greedy_generate, rescore
+from .rescore import greedy_generate_batch, rescore
 from .statistics import prompt_logprob_stat
 
 log = logging.getLogger("specguard.audit.calibrate")
 FORMAT = "specguard-audit-calibration/v1"
 SETUPS = ("fp32-threads", "fp32-batch", "fp16", "bf16")
 HONEST_CLASSES: dict[str, tuple[str, ...]] = {"fp32": ("fp32-threads", "fp32-batch"), "bf16": SETUPS}
+
+
+def _generate(model, prompts: list[list[int]], max_tokens: int, eos: set[int], top_k: int, batch: int = 8):
+    out = []
+    for i in range(0, len(prompts), batch):
+        out.extend(greedy_generate_batch(model, prompts[i : i + batch], max_tokens, eos, top_k))
+    return out
 
 
 def _setup_outputs(reference: LoadedModel, name: str, prompts: list[list[int]], max_tokens: int,
@@ -45,7 +53,7 @@ def _setup_outputs(reference: LoadedModel, name: str, prompts: list[list[int]], 
         before = torch.get_num_threads()
         torch.set_num_threads(1 if before > 1 else 2)
         try:
-            return [greedy_generate(reference.model, p, max_tokens, eos, top_k) for p in prompts]
+            return _generate(reference.model, prompts, max_tokens, eos, top_k)
         finally:
             torch.set_num_threads(before)
     if name == "fp32-batch":
@@ -54,13 +62,13 @@ def _setup_outputs(reference: LoadedModel, name: str, prompts: list[list[int]], 
         return [([s.token_id for s in row], [s.logprob for s in row], [dict(s.top) for s in row]) for row in scored]
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
     model = copy.deepcopy(reference.model).to(dtype)
-    return [greedy_generate(model, p, max_tokens, eos, top_k) for p in prompts]
+    return _generate(model, prompts, max_tokens, eos, top_k)
 
 
 def calibrate(reference: LoadedModel, prompts: list[list[int]], max_tokens: int = 32, top_k: int = 5,
               setups: tuple[str, ...] = SETUPS, progress: Any = None) -> dict[str, Any]:
     """Measure honest noise of every set-up on `prompts` (token ids, chat template applied)."""
-    base = [greedy_generate(reference.model, p, max_tokens, reference.eos_token_ids, top_k) for p in prompts]
+    base = _generate(reference.model, prompts, max_tokens, reference.eos_token_ids, top_k)
     result: dict[str, Any] = {"format": FORMAT, "reference": {"name": reference.name, "digest": reference.digest},
                               "max_tokens": max_tokens, "top_k": top_k, "prompts": len(prompts), "setups": {}}
     for name in setups:

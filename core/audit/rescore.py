@@ -145,3 +145,42 @@ def align_text(reference, prompt_ids: list[int], text: str, max_tokens: int,
         done = tok.decode(ids, skip_special_tokens=False)
         logits = kv.forward(model, [pick], cache, 1)[0]
     return positions, int(done != text)
+
+
+@torch.inference_mode()
+def greedy_generate_batch(
+    model: torch.nn.Module, prompts: list[list[int]], max_tokens: int, eos_ids: set[int] | None = None,
+    top_k: int = 5, pad_id: int = 0,
+) -> list[tuple[list[int], list[float], list[dict[int, float]]]]:
+    """`greedy_generate` for several prompts at once (left-padded, masked, one KV cache)."""
+    eos_ids = eos_ids or set()
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[r, width - len(p) :] = 1
+    cache = kv.new_cache(model)
+    kw = {kv._cache_kwarg(type(model)): cache}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kw)
+    logits = out.logits[:, -1].float()
+    results: list[tuple[list[int], list[float], list[dict[int, float]]]] = [([], [], []) for _ in prompts]
+    finished = [False] * len(prompts)
+    for _ in range(max_tokens):
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        toks = torch.argmax(logits, dim=-1)
+        top = torch.topk(logp, top_k, dim=-1)
+        for r, tok in enumerate(toks.tolist()):
+            if finished[r]:
+                continue
+            results[r][0].append(tok)
+            results[r][1].append(float(logp[r, tok]))
+            results[r][2].append(dict(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True)))
+            finished[r] = tok in eos_ids
+        if all(finished):
+            break
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], dim=1)
+        out = model(input_ids=toks[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                    use_cache=True, **kw)
+        logits = out.logits[:, -1].float()
+    return results

@@ -25,6 +25,9 @@ POWER = 0.95
 
 @dataclass
 class TestResult:
+    """One test's outcome (the effect unit is the statistic's)."""
+
+    __test__ = False  # not a pytest class
     name: str
     statistic: float
     p_value: float

@@ -117,9 +117,10 @@ class VerifierService:
 
     def handle(self, body: Any) -> dict[str, Any]:
         """Judge one request body; return the signed vote JSON."""
+        behaviour = self.fault.behaviour if self.fault is not None else "honest"
         transcript, envelope, statement, nonce = self._parse(body)
         judgement = self._judge(transcript, statement)
-        return self._vote(envelope, transcript, nonce, judgement)
+        return self._vote(envelope, transcript, nonce, judgement, behaviour)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class VerifierService:
         except SpecguardError as exc:
             raise VerifyRequestError(f"transcript is invalid: {exc.message}", field=exc.field or "transcript",
                                      got=exc.got) from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise VerifyRequestError("transcript is malformed", field="transcript",
                                      got=f"{type(exc).__name__}: {exc}"[:200]) from exc
         if len(transcript.output_ids) > MAX_OUTPUT_TOKENS or len(transcript.prompt_ids) > self.model.max_context:
@@ -174,21 +175,21 @@ class VerifierService:
             return judge(self.model, transcript, self.tolerances)
 
     def _vote(self, envelope: dict[str, Any], transcript: Transcript, nonce: str,
-              judgement: Judgement) -> dict[str, Any]:
+              judgement: Judgement, behaviour: str = "honest") -> dict[str, Any]:
         fault = self.fault
         key = self.key
         verdict, reasons = judgement.verdict, judgement.reasons
-        if fault is not None and fault.behaviour != "honest":
-            log.warning("TEST FAULT INJECTION: verifier behaving %r for this vote", fault.behaviour)
-            if fault.behaviour == "always-accept":
+        if fault is not None and behaviour != "honest":
+            log.warning("TEST FAULT INJECTION: verifier behaving %r for this vote", behaviour)
+            if behaviour == "always-accept":
                 verdict, reasons = ACCEPT, []
-            elif fault.behaviour == "always-reject":
+            elif behaviour == "always-reject":
                 verdict, reasons = REJECT, ["fault injection: always-reject"]
-            elif fault.behaviour == "slow":
+            elif behaviour == "slow":
                 time.sleep(fault.slow_seconds)
-            elif fault.behaviour == "wrong-key" and fault.wrong_key is not None:
+            elif behaviour == "wrong-key" and fault.wrong_key is not None:
                 key = fault.wrong_key
-            elif fault.behaviour == "replay" and fault.last_vote is not None:
+            elif behaviour == "replay" and fault.last_vote is not None:
                 return fault.last_vote
         vote = sign_vote(
             key,
@@ -201,6 +202,6 @@ class VerifierService:
             model_digest=self.model.digest,
             attestation_digest=self.attestation_digest,
         )
-        if fault is not None and fault.behaviour == "replay":
+        if fault is not None and behaviour == "replay":
             fault.last_vote = vote
         return vote

@@ -181,7 +181,8 @@ class RemoteDrafter(Drafter):
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         """POST JSON; return the decoded answer. Bounded in time and size."""
-        assert self._client is not None
+        if self._client is None:
+            raise DrafterProtocolError("no request in progress (start() was not called)")
         deadline = time.monotonic() + self.health.timeout_seconds
         with self._client.stream("POST", self.url + path, json=body) as response:
             if response.status_code in (404, 409) and "/propose" in path:

@@ -30,6 +30,29 @@ from .streaming import DONE, ChunkMaker, TextDeltas, sse
 log = logging.getLogger("specguard.server")
 
 RECEIPT_HEADER = "X-Specguard-Receipt"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse a declared Content-Length over the limit with 413 before reading it."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length":
+                    try:
+                        size = int(value)
+                    except ValueError:
+                        size = -1
+                    if size < 0 or size > self.limit:
+                        msg = f"request body must be at most {self.limit} bytes (Content-Length {value.decode('latin-1')[:20]})"
+                        await error_response(413, msg, None, "body_too_large")(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
 
 
 class ErrorDetail(BaseModel):
@@ -60,6 +83,7 @@ def create_app(node: Any) -> FastAPI:
                     "(the `specguard` object) that is appended to the node's transparency log.",
     )
     app.state.node = node
+    app.add_middleware(BodyLimit)
     install_handlers(app, node.metrics)
     text_of = TokenText(node.model)
 
@@ -104,7 +128,7 @@ def create_app(node: Any) -> FastAPI:
         return found
 
     async def _serve(request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
-        prep = prepare(node, body)
+        prep = await anyio.to_thread.run_sync(prepare, node, body)  # tokenizing and plugin checks may block
         await node.limiter.acquire()
         try:
             run = GenerationRun(node, prep)

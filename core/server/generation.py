@@ -163,6 +163,7 @@ class GenerationRun:
         self.cancel = threading.Event()
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._next_check = time.monotonic() + 0.25
 
     def start(self) -> None:
         threading.Thread(target=self._work, name=f"specguard-{self.prep.response_id}", daemon=True).start()
@@ -199,14 +200,20 @@ class GenerationRun:
                 pass
 
     async def next(self, request: Any = None, poll: float = 0.25) -> tuple[str, Any]:
-        """The next item; with `request`, raise ClientGone (and stop the engine) if the client left."""
+        """The next item; with `request`, raise ClientGone (and stop the engine) if the client left.
+
+        The client is checked at least every `poll` seconds, also while events keep arriving.
+        """
         while True:
+            if request is not None and time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + poll
+                if await request.is_disconnected():
+                    self.cancel.set()
+                    raise ClientGone()
             try:
                 return await asyncio.wait_for(self.queue.get(), timeout=poll)
             except TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    self.cancel.set()
-                    raise ClientGone() from None
+                continue
 
     async def collect(self, request: Any) -> Transcript:
         """Run to the end (non-streaming)."""
