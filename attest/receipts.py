@@ -345,10 +345,15 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     return st
 
 
+#: Keys a receipt document may carry outside the signature, each binding the signed envelope
+#: itself and verified by the plugin that claims it (a consensus quorum certificate).
+ATTACHMENTS = frozenset({"consensus"})
+
+
 def _parse_document(doc: Any) -> tuple[dsse.Envelope, dict[str, Any]]:
     if isinstance(doc, bytes | str):
         doc = loads_strict(doc, "receipt")
-    _keys(doc, "receipt", {"receipt_id", "envelope", "log"})
+    _keys(doc, "receipt", {"receipt_id", "envelope", "log"}, ATTACHMENTS)
     _require(isinstance(doc["receipt_id"], str) and bool(_RID.fullmatch(doc["receipt_id"])),
              "must be 32 lowercase hex digits", "receipt.receipt_id", doc["receipt_id"])
     lg = _keys(doc["log"], "receipt.log", {"origin", "index", "tree_size", "inclusion_proof", "checkpoint"})
@@ -520,6 +525,16 @@ def verify_receipt(
     for slot, result in evidence_results.items():
         layers.append({"layer": f"evidence:{slot}", "status": "unchecked" if result == "unchecked" else "ok",
                        "detail": result if isinstance(result, str) else "verified"})
+
+    # 7. Attachments outside the signature (e.g. a quorum certificate): they bind the signed
+    #    envelope's digest, so the plugin that claims them gets the envelope too.
+    attached = {k: doc[k] for k in sorted(ATTACHMENTS) if k in doc}
+    if attached:
+        attached_results = _verify_evidence(attached, statement, {**options, "envelope": doc["envelope"]})
+        for slot, result in attached_results.items():
+            layers.append({"layer": f"attachment:{slot}", "status": "unchecked" if result == "unchecked" else "ok",
+                           "detail": result if isinstance(result, str) else "verified"})
+        evidence_results.update({f"attachment:{k}": v for k, v in attached_results.items()})
 
     return VerifiedReceipt(
         receipt_id=doc["receipt_id"], statement=statement, key_id=key_id, public_key=public_key,

@@ -31,7 +31,12 @@ from _report import table, write_section  # noqa: E402
 
 from specguard.attest.receipts import ReceiptIssuer  # noqa: E402
 from specguard.consensus.quorum import request_certificate  # noqa: E402
-from specguard.consensus.rederive import ACCEPT, judge  # noqa: E402
+from specguard.consensus.rederive import (  # noqa: E402
+    ACCEPT,
+    DEFAULT_LOGPROB_TOLERANCE,
+    DEFAULT_MARGIN,
+    judge,
+)
 from specguard.engine.factory import make_drafter  # noqa: E402
 from specguard.engine.speculative import SpeculativeEngine  # noqa: E402
 from specguard.keys import load_or_create_node_key  # noqa: E402
@@ -75,6 +80,7 @@ def false_rejects(target, encoded, tokens: int) -> tuple[list[list[object]], dic
             if j.verdict != ACCEPT:
                 rejects += 1
                 reasons.append(j.reasons[:2])
+            print(mode, i, len(t.output_ids), j.verdict, flush=True)
         details[mode] = reasons
         rows.append([mode, len(encoded), n_tokens, rejects, f"{rejects / len(encoded):.1%}", ties,
                      f"{worst_lp:.1e}"])
@@ -149,7 +155,7 @@ def main() -> None:
     res = [float(r[3]) for r in cost_rows]
     body = "\n".join([
         f"Model: {target.name} ({target.digest[:19]}...), fp32, CPU; drafter ngram; default tolerances "
-        "(margin 0.02, logprob tolerance 0.01). The machine's 2 cores were shared with other jobs, so absolute "
+        f"(margin {DEFAULT_MARGIN:g}, logprob tolerance {DEFAULT_LOGPROB_TOLERANCE:g}). The machine's 2 cores were shared with other jobs, so absolute "
         "seconds are noisy; ratios are more stable.",
         "",
         f"**False rejects on honest responses** ({args.prompts} Spec-Bench prompts, round-robin over categories, "

@@ -72,7 +72,7 @@ def register_routes(app, node):
     from ..attest.commitments.model import published_document
 
     @app.get(ROUTE, tags=["specguard"], summary="This node's published model commitment")
-    def published_commitment() -> JSONResponse:
+    def published_commitment() -> Any:
         if getattr(node, "model", None) is None:
             err = UsageError("this node serves no model, so it has no model commitment", field="model")
             return JSONResponse(status_code=404, content=err.to_dict())

@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: tell me about topic number {i}."}) + "\n"
                                for i in range(16)))
     ref = load_model(str(ref_dir))
-    ids = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(str(prompts), 16)]
+    ids = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(str(prompts), 8)]
     cal = calibrate.calibrate(ref, ids, TOKENS, 5, setups=calibrate.HONEST_CLASSES["fp32"])
     cal_path = base / "calibration.json"
     calibrate.save(cal, cal_path)

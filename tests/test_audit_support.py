@@ -7,19 +7,27 @@ from pathlib import Path
 
 from servers import free_port, specguard_cmd, start_process
 
+_TOKENIZER = []
+
+
+def _tokenizer():
+    from specguard.models import load_model
+
+    if not _TOKENIZER:
+        _TOKENIZER.append(load_model().tokenizer)
+    return _TOKENIZER[0]
+
 
 def make_audit_model_dir(path: Path, seed: int = 0, layers: int = 4) -> Path:
     """A random 4-layer Llama (peaky logits, so greedy choices are mostly decisive) with SmolLM2's tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from specguard.models import load_model
-
     path = Path(path)
     if (path / "config.json").is_file():
         return path
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_model().tokenizer
+    tokenizer = _tokenizer()
     eos = tokenizer.eos_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,

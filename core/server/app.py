@@ -89,8 +89,10 @@ def create_app(node: Any) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness plus the node's identity (model digest, key id, policy)."""
-        return {"status": "ok", **node.describe()}
+        """Liveness plus the node's identity (model digest, key id, policy) and remote drafter health."""
+        from ..drafters.health import drafter_health
+
+        return {"status": "ok", **node.describe(), "remote_drafters": drafter_health()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
