@@ -11,11 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specguard.canonical import CanonicalizationError, canonical_json, format_number, lp, tagged_hash
-from specguard.errors import ConfigError, ModelError, ParseError, SpecguardError, ValidationError, VerificationError
+from specguard.errors import (
+    ConfigError,
+    ModelError,
+    ParseError,
+    SpecguardError,
+    ValidationError,
+    VerificationError,
+)
 from specguard.models import resolve
 from specguard.policies import load_policy, preset_names
 from specguard.transcript import SamplingParams, Step, TokenRecord, Transcript, ids_digest
-
 
 # RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text
 RFC8785_NUMBERS = [
