@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# py_ecc raises the recursion limit on import, which turns deeply nested JSON into a C stack
+# overflow; importing it through specguard's guard first keeps the limit for the whole session.
+import specguard.attest.commitments._py_ecc  # noqa: F401
+
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 ROOT = TESTS.parent

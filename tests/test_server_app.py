@@ -279,3 +279,19 @@ def test_text_deltas_hold_back_partial_characters_and_stop_prefixes(node):
     assert sent + deltas.finish(final) == final
     plain = TextDeltas(node.model, ())
     assert "".join(plain.push([t]) for t in ids) + plain.finish(text) == text
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(client):
+    """A body nested 100k deep must be refused cleanly. (py_ecc raises the recursion limit on
+    import; with that limit the C JSON decoder overflowed the stack and killed the process.)"""
+    import sys
+
+    from specguard.plugin_manager import load_plugins
+
+    load_plugins()
+    assert sys.getrecursionlimit() <= 10_000
+    for body in (b"[" * 100_000, b'{"messages": ' + b"[" * 100_000):
+        r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert client.get("/health").status_code == 200

@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from py_ecc.bls.hash_to_curve import hash_to_G1 as _py_ecc_hash_to_G1
-from py_ecc.optimized_bls12_381 import G1 as _PY_ECC_G1
-from py_ecc.optimized_bls12_381 import curve_order as _CURVE_ORDER
-from py_ecc.optimized_bls12_381 import field_modulus as _FIELD_MODULUS
-
 from ...errors import ParseError, UsageError
+from ._py_ecc import G1 as _PY_ECC_G1
+from ._py_ecc import curve_order as _CURVE_ORDER
+from ._py_ecc import field_modulus as _FIELD_MODULUS
+from ._py_ecc import hash_to_G1 as _py_ecc_hash_to_G1
 
 #: Base field modulus p and prime subgroup order r of BLS12-381.
 P: int = int(_FIELD_MODULUS)
