@@ -111,11 +111,13 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
 @click.option("--attestation-evidence", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model-commitment", help="Expected model commitment (hex).")
 @click.option("--verifier-key", "verifier_key", multiple=True, help="Consensus verifier key (hex or file).")
+@click.option("--quorum", type=click.IntRange(1, 1000), default=None,
+              help="Minimum accepting verifier votes a consensus certificate must carry.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_command(receipt: str, response_path: str | None, checkpoint_path: str | None,
                    consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
                    policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
-                   verifier_key: tuple[str, ...], as_json: bool) -> None:
+                   verifier_key: tuple[str, ...], quorum: int | None, as_json: bool) -> None:
     """Verify a receipt offline: signature, response digest, token root, log inclusion, evidence.
 
     RECEIPT is a receipt document, or a response whose "specguard"."receipt" holds one (then
@@ -124,7 +126,7 @@ def verify_command(receipt: str, response_path: str | None, checkpoint_path: str
     """
     try:
         result = _verify(receipt, response_path, checkpoint_path, consistency_path, transcript_path,
-                         trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key)
+                         trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
         raise
@@ -140,7 +142,7 @@ def verify_command(receipt: str, response_path: str | None, checkpoint_path: str
 def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None,
             consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
             policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
-            verifier_key: tuple[str, ...]) -> Any:
+            verifier_key: tuple[str, ...], quorum: int | None = None) -> Any:
     doc = load_json_file(Path(receipt), "receipt")
     response = None
     if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
@@ -153,6 +155,7 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
         "verifier_keys": [parse_key_arg(k) for k in verifier_key],
         "attestation_evidence": attestation_evidence,
         "model_commitment": model_commitment,
+        "quorum": quorum,
         "policy": None,
     }
     if policy_ref:

@@ -185,6 +185,15 @@ def test_serving_node_attaches_a_certificate(cluster):
     assert cert["certified"] and cert["accepts"] == 4, cert
     ok = verify_certificate(cert, sg["receipt"]["envelope"], cluster.keys, 3)
     assert len(ok.accepted_by) == 4
+    # `specguard verify` walks the certificate attached to the receipt as its last layer
+    from specguard.attest.receipts import EvidenceError, verify_receipt
+
+    body = r.json()
+    full = verify_receipt(sg["receipt"], response=body, options={"verifier_keys": cluster.keys, "quorum": 3})
+    assert any(layer["layer"] == "attachment:consensus" and layer["status"] == "ok" for layer in full.layers)
+    with pytest.raises(EvidenceError, match="no quorum") as failed:
+        verify_receipt(sg["receipt"], response=body, options={"verifier_keys": cluster.keys[:2], "quorum": 3})
+    assert failed.value.exit_code == 14
 
 
 @pytest.mark.parametrize("behaviour, outcome", [
