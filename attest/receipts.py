@@ -523,8 +523,7 @@ def verify_receipt(
     # 6. Evidence slots, each through the plugin that claims it.
     evidence_results = _verify_evidence(predicate["evidence"], statement, options)
     for slot, result in evidence_results.items():
-        layers.append({"layer": f"evidence:{slot}", "status": "unchecked" if result == "unchecked" else "ok",
-                       "detail": result if isinstance(result, str) else "verified"})
+        layers.append(_evidence_layer(f"evidence:{slot}", result))
 
     # 7. Attachments outside the signature (e.g. a quorum certificate): they bind the signed
     #    envelope's digest, so the plugin that claims them gets the envelope too.
@@ -532,8 +531,7 @@ def verify_receipt(
     if attached:
         attached_results = _verify_evidence(attached, statement, {**options, "envelope": doc["envelope"]})
         for slot, result in attached_results.items():
-            layers.append({"layer": f"attachment:{slot}", "status": "unchecked" if result == "unchecked" else "ok",
-                           "detail": result if isinstance(result, str) else "verified"})
+            layers.append(_evidence_layer(f"attachment:{slot}", result))
         evidence_results.update({f"attachment:{k}": v for k, v in attached_results.items()})
 
     return VerifiedReceipt(
@@ -541,6 +539,16 @@ def verify_receipt(
         key_pinned=pinned, log_index=doc["log"]["index"], checkpoint=cp, layers=layers,
         evidence=evidence_results,
     )
+
+
+def _evidence_layer(name: str, result: Any) -> dict[str, Any]:
+    """A layer entry for one evidence result: "unchecked" when no plugin claimed the slot or the
+    plugin says it could not check it (e.g. no evidence file given), never a silent "ok"."""
+    if result == "unchecked":
+        return {"layer": name, "status": "unchecked", "detail": "no plugin verifies this slot"}
+    if isinstance(result, dict) and result.get("checked") is False:
+        return {"layer": name, "status": "unchecked", "detail": str(result.get("reason") or "not checked")}
+    return {"layer": name, "status": "ok", "detail": "verified"}
 
 
 def _verify_evidence(evidence: dict[str, Any], statement: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
