@@ -133,7 +133,8 @@ def default_tokenizer():
     return models.load_model().tokenizer
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0, context: int = 512) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, context: int = 512, layers: int = 2,
+                        initializer_range: float = 0.02, tie_word_embeddings: bool = True) -> Path:
     """A ~3M-parameter random Llama with the default model's real tokenizer, saved as an HF directory.
 
     Loads in well under a second and generates in milliseconds per token; its chat template and
@@ -150,9 +151,10 @@ def make_tiny_model_dir(path: Path, seed: int = 0, context: int = 512) -> Path:
     tokenizer = default_tokenizer()
     eos = tokenizer.eos_token_id
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, tie_word_embeddings=True,
+        initializer_range=initializer_range, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()

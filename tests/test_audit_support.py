@@ -5,41 +5,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from servers import free_port, specguard_cmd, start_process
-
-_TOKENIZER = []
-
-
-def _tokenizer():
-    from specguard.models import load_model
-
-    if not _TOKENIZER:
-        _TOKENIZER.append(load_model().tokenizer)
-    return _TOKENIZER[0]
+from servers import free_port, make_tiny_model_dir, specguard_cmd, start_process
 
 
 def make_audit_model_dir(path: Path, seed: int = 0, layers: int = 4) -> Path:
     """A random 4-layer Llama (peaky logits, so greedy choices are mostly decisive) with SmolLM2's tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
-    eos = tokenizer.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = eos
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return path
+    return make_tiny_model_dir(path, seed=seed, layers=layers, initializer_range=0.1, tie_word_embeddings=False)
 
 
 @contextmanager
