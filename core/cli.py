@@ -58,8 +58,9 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for sampled decoding (drawn by specguard if absent).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
-def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, as_json) -> None:
+def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json) -> None:
     """Generate text with target-verified speculative decoding."""
     from .engine.factory import make_drafter, make_engine
     from .errors import UsageError
@@ -71,7 +72,8 @@ def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, 
             raise UsageError("give a PROMPT argument or pipe one on standard input")
         prompt = sys.stdin.read()
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), mode=mode
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), mode=mode,
+        ignore_eos=ignore_eos,
     )
     target = load_model(model_ref)
     engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}))

@@ -36,6 +36,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     mode: str = "gumbel"
+    ignore_eos: bool = False  # keep going past EOS (fixed-length outputs for benchmarks), as vLLM's ignore_eos
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
@@ -50,10 +51,16 @@ class SamplingParams:
             raise RequestError("seed must be an integer in [0, 2**64)", field="seed", got=self.seed)
         if self.mode not in SAMPLING_MODES:
             raise RequestError("unknown sampling mode", field="mode", got=self.mode, expected=SAMPLING_MODES)
+        if not isinstance(self.ignore_eos, bool):
+            raise RequestError("ignore_eos must be a boolean", field="ignore_eos", got=self.ignore_eos)
 
     @property
     def greedy(self) -> bool:
         return float(self.temperature) == 0.0
+
+    def stop_token_ids(self, eos_token_ids: set[int]) -> set[int]:
+        """The token ids that end generation: the model's EOS ids, or none under `ignore_eos`."""
+        return set() if self.ignore_eos else set(eos_token_ids)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,7 @@ class SamplingParams:
             "seed": self.seed,
             "stop": list(self.stop),
             "mode": self.mode,
+            "ignore_eos": self.ignore_eos,
         }
 
     @classmethod
@@ -76,6 +84,7 @@ class SamplingParams:
             seed=data.get("seed"),
             stop=tuple(data.get("stop", ())),
             mode=data.get("mode", "gumbel"),
+            ignore_eos=data.get("ignore_eos", False),
         )
 
 

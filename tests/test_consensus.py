@@ -175,6 +175,25 @@ def test_eos_stop_transcript(model):
     assert judge(model, as_length).verdict == REJECT
 
 
+def test_ignore_eos_transcript_is_judged_by_its_own_params(model):
+    for start in range(0, 64):
+        stopped = generate(model, SamplingParams(max_tokens=40), prompt=(start, 2))
+        if stopped.finish_reason == "stop" and len(stopped.output_ids) < 39:
+            break
+    else:
+        raise AssertionError("no prompt reached EOS early")
+    params = dataclasses.replace(stopped.params, ignore_eos=True)
+    t = generate(model, params, prompt=tuple(stopped.prompt_ids))
+    assert t.finish_reason == "length" and len(t.output_ids) == 40
+    assert t.output_ids[: len(stopped.output_ids)] == stopped.output_ids  # it went on past the EOS
+    assert judge(model, t).verdict == ACCEPT
+    # the same output claimed under ignore_eos=False has an EOS it should have stopped at
+    claimed = dataclasses.replace(t, params=dataclasses.replace(t.params, ignore_eos=False))
+    j = judge(model, claimed)
+    assert j.verdict == REJECT and any("EOS before the last token" in r for r in j.reasons)
+    assert claimed.binding_digest() != t.binding_digest()
+
+
 def test_margin_admits_only_near_ties(model, honest):
     t = honest
     r = score(model, t.prompt_ids, t.output_ids, t.params)

@@ -129,6 +129,10 @@ def test_eos_and_stop_strings(tiny):
     t = SpeculativeEngine(lm_eos, NgramDrafter()).generate([1, 2, 3], SamplingParams(max_tokens=30))
     first = plain.output_ids.index(eos)
     assert t.output_ids == plain.output_ids[: first + 1] and t.finish_reason == "stop"
+    through = SpeculativeEngine(lm_eos, NgramDrafter()).generate([1, 2, 3], SamplingParams(max_tokens=30, ignore_eos=True))
+    assert through.output_ids == plain.output_ids and through.finish_reason == "length"
+    assert through.params.to_json()["ignore_eos"] is True
+    assert SamplingParams.from_json(through.params.to_json()) == through.params
     stop = f"<{plain.output_ids[3]}>"
     t2 = SpeculativeEngine(lm, NgramDrafter()).generate([1, 2, 3], SamplingParams(max_tokens=30, stop=(stop,)))
     assert t2.finish_reason == "stop" and stop not in t2.text
@@ -140,7 +144,8 @@ def test_bad_requests_raise_request_error(tiny):
     for prompt in ([], [tiny.vocab_size], [-1], [0] * 600):
         with pytest.raises(RequestError):
             engine.generate(prompt, SamplingParams(max_tokens=4))
-    for bad in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"seed": -3}, {"mode": "x"}):
+    for bad in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"seed": -3}, {"mode": "x"},
+                {"ignore_eos": "yes"}):
         with pytest.raises(RequestError):
             SamplingParams(**{"max_tokens": 4, **bad})
 

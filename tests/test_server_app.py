@@ -103,9 +103,12 @@ def test_stream_equals_non_stream_and_verifies(client, node):
 
 
 def test_completion_token_prompt_logprobs_and_stop(client, node):
-    base = {"model": MODEL, "prompt": [1, 2, 3, 400, 5000], "max_tokens": 20, "temperature": 0, "logprobs": 2}
+    # ignore_eos: 20 tokens of text whatever this CPU's greedy path is (a random model may hit EOS early)
+    base = {"model": MODEL, "prompt": [1, 2, 3, 400, 5000], "max_tokens": 20, "temperature": 0, "logprobs": 2,
+            "ignore_eos": True}
     full = client.post("/v1/completions", json=base).json()
     choice = full["choices"][0]
+    assert full["usage"]["completion_tokens"] == 20 and choice["finish_reason"] == "length"
     lp = choice["logprobs"]
     assert full["object"] == "text_completion" and len(lp["tokens"]) == full["usage"]["completion_tokens"]
     assert all(len(t) <= 2 for t in lp["top_logprobs"])
@@ -157,6 +160,7 @@ BAD_REQUESTS = [
     ("top_p zero", "/v1/completions", {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("n=2", "/v1/completions", {"model": MODEL, "prompt": "hi", "n": 2}, 400, "'n'"),
     ("negative seed", "/v1/completions", {"model": MODEL, "prompt": "hi", "seed": -1}, 400, "seed"),
+    ("ignore_eos string", "/v1/completions", {"model": MODEL, "prompt": "hi", "ignore_eos": "yes"}, 400, "ignore_eos"),
     ("completion logprobs 6", "/v1/completions", {"model": MODEL, "prompt": "hi", "logprobs": 6}, 400, "logprobs"),
     ("top_logprobs 21", "/v1/chat/completions",
      {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400,

@@ -105,13 +105,18 @@ def test_openai_client_chat_completion_streaming_logprobs_and_verify_cli(server,
 
 
 def test_full_queue_429_and_disconnect_frees_the_slot(server):
-    long_stream = {"model": MODEL, "prompt": "Once", "max_tokens": 4000, "temperature": 0, "stream": True}
+    # ignore_eos: a random model's greedy path may reach EOS on another CPU; this stream must hold the slot
+    long_stream = {"model": MODEL, "prompt": "Once", "max_tokens": 4000, "temperature": 0, "stream": True,
+                   "ignore_eos": True}
     small = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
     with httpx.Client(base_url=server.url, timeout=60) as http:
         before = _disconnects(http)
         with http.stream("POST", "/v1/completions", json=long_stream) as resp:
             assert resp.status_code == 200
-            next(resp.iter_lines())  # generating: the only slot is held
+            # keep the line iterator alive: a discarded one is closed, and closing it drops the
+            # connection, which the server rightly treats as the client leaving (and frees the slot)
+            lines = resp.iter_lines()
+            next(lines)  # generating: the only slot is held
             busy = http.post("/v1/completions", json=small)
             assert busy.status_code == 429
             assert busy.json()["error"]["type"] == "rate_limit_error"

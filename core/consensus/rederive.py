@@ -99,7 +99,7 @@ def check_stop_and_length(model: LoadedModel, transcript: Transcript) -> list[st
     """Reasons why the finish reason is inconsistent with the output (empty when consistent)."""
     out = transcript.output_ids
     params = transcript.params
-    eos = model.eos_token_ids
+    eos = params.stop_token_ids(model.eos_token_ids)
     reasons: list[str] = []
     finish = transcript.finish_reason
     if finish not in ("stop", "length", "cancelled"):

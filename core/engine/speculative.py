@@ -157,7 +157,7 @@ class SpeculativeEngine:
         output: list[int] = []
         records: list[TokenRecord] = []
         steps: list[Step] = []
-        eos = target.eos_token_ids
+        eos = params.stop_token_ids(target.eos_token_ids)
         budget = min(params.max_tokens, target.max_context - len(prompt_ids))
         finish = "length"
         start = time.perf_counter()

@@ -133,6 +133,7 @@ def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepar
         top_p=1.0 if req.top_p is None else float(req.top_p),
         seed=req.seed,
         stop=req.stop_list(),
+        ignore_eos=bool(req.ignore_eos),
     )
     request_obj = dump_request(req)
     hook_request = dict(request_obj)

@@ -67,6 +67,9 @@ class _Sampling(BaseModel):
         None, description="Only 0 is supported (penalties would change what the target verifies).")
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] | None = Field(None, description="Only 0 is supported.")
     user: Annotated[StrictStr, Field(max_length=256)] | None = None
+    ignore_eos: StrictBool | None = Field(
+        False, description="specguard/vLLM extension: keep generating past EOS up to max_tokens (fixed-length "
+                           "outputs for benchmarks). Recorded in the receipt's sampling parameters.")
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
