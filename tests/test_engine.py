@@ -12,7 +12,7 @@ from specguard.drafters.base import NoDrafter
 from specguard.drafters.model_drafter import ModelDrafter, early_exit_model
 from specguard.drafters.ngram import NgramDrafter
 from specguard.engine.scoring import score
-from specguard.engine.speculative import DraftLength, SpeculativeEngine
+from specguard.engine.speculative import DraftLength, SpeculativeEngine, pad_rows
 from specguard.errors import RequestError
 from specguard.transcript import SamplingParams
 
@@ -59,6 +59,29 @@ def test_greedy_matches_transformers_for_every_drafter_tiny(tiny, prompt):
         assert t.output_ids == reference, drafter.name
         assert t.finish_reason == "length"
         assert len(t.tokens) == 40 and [r.position for r in t.tokens] == list(range(40))
+
+
+def test_pad_rows():
+    assert pad_rows([], 4) == []  # plain decoding is never padded
+    assert pad_rows([7], 4) == [7, 7] and pad_rows([7, 8], 4) == [8]
+    assert pad_rows([1, 2, 3], 4) == [] and pad_rows([1, 2, 3, 4, 5], 4) == []
+    assert pad_rows([7], 1) == []
+
+
+def test_padded_verification_rows_change_nothing(tiny):
+    prompt = PROMPTS[0]
+    reference = hf_greedy(tiny, prompt, 40)
+    runs = {}
+    for rows in (1, 4, 9):
+        engine = SpeculativeEngine(tiny, ScriptedDrafter(len(prompt), reference[:20] + [0] * 20), min_verify_rows=rows)
+        runs[rows] = engine.generate(prompt, SamplingParams(max_tokens=40))
+        assert runs[rows].output_ids == reference
+    lp = {rows: [r.logprob for r in t.tokens] for rows, t in runs.items()}
+    assert np.allclose(lp[1], lp[4], atol=1e-4) and np.allclose(lp[1], lp[9], atol=1e-4)
+    # with padding, the engine never asks for fewer drafts than the free rows allow
+    assert all(len(s.drafted) >= 3 for s in runs[4].steps[:-3] if s.drafted)
+    with pytest.raises(ValueError):
+        SpeculativeEngine(tiny, min_verify_rows=0)
 
 
 def test_perfect_drafter_accepts_many_tokens_per_step(tiny):

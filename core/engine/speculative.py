@@ -36,6 +36,10 @@ from .sampling import choose, decision_scores
 MAX_TOP_LOGPROBS = 20
 
 
+#: Verification forwards with a draft use at least this many rows (see pad_rows).
+MIN_VERIFY_ROWS = 4
+
+
 @dataclass
 class DraftLength:
     """Adaptive draft length: grow after full acceptance, shrink after a rejection."""
@@ -86,6 +90,20 @@ def validate_proposal(proposal: Any, k: int, vocab_size: int, want_probs: bool) 
     return None
 
 
+def pad_rows(draft: list[int], min_rows: int) -> list[int]:
+    """Filler tokens that bring a verification forward of len(draft)+1 rows up to `min_rows` rows.
+
+    Causal attention means rows after the draft cannot change the draft's logits; their logits are
+    dropped and their cache entries cropped. Why pad at all: on CPUs, fp32 GEMMs with 2-3 rows run
+    as 2-3 matrix-vector passes over the weights while 4+ rows run as one blocked GEMM, so a
+    4-row forward is cheaper than a 2- or 3-row one (docs/benchmarks.md). Plain decoding (no
+    draft) is never padded.
+    """
+    if not draft or len(draft) + 1 >= min_rows:
+        return []
+    return [draft[-1]] * (min_rows - len(draft) - 1)
+
+
 class SpeculativeEngine:
     """Target-verified speculative decoding over a LoadedModel."""
 
@@ -98,6 +116,7 @@ class SpeculativeEngine:
         *,
         top_logprobs: int = 5,
         draft_length: DraftLength | None = None,
+        min_verify_rows: int = MIN_VERIFY_ROWS,
     ) -> None:
         from ..drafters.base import NoDrafter
 
@@ -105,6 +124,9 @@ class SpeculativeEngine:
         self.drafter = drafter or NoDrafter()
         self.top_logprobs = top_logprobs
         self.draft_length = draft_length or DraftLength()
+        if min_verify_rows < 1:
+            raise ValueError("min_verify_rows must be at least 1")
+        self.min_verify_rows = min_verify_rows
 
     # -- public API -----------------------------------------------------------------------
 
@@ -168,7 +190,8 @@ class SpeculativeEngine:
                 if should_stop is not None and should_stop():
                     finish = "cancelled"
                     break
-                k = max(0, min(self.draft_length.k, budget - len(output) - 1))
+                # rows up to min_verify_rows cost the same (see pad_rows), so never ask for fewer drafts
+                k = max(0, min(max(self.draft_length.k, self.min_verify_rows - 1), budget - len(output) - 1))
                 t0 = time.perf_counter()
                 rejected: str | None = None
                 try:
@@ -181,8 +204,9 @@ class SpeculativeEngine:
                 t1 = time.perf_counter()
 
                 n_rows = len(draft) + 1
+                pad = pad_rows(draft, self.min_verify_rows)
                 with torch.inference_mode():
-                    logits = kv.forward(model, tokens[cached:] + draft, cache, n_rows)
+                    logits = kv.forward(model, tokens[cached:] + draft + pad, cache, n_rows + len(pad))[:n_rows]
                 positions = list(range(len(output), len(output) + n_rows))
                 if spec_sampling:
                     emitted, n_acc = self._speculative_sampling(logits, draft, proposal.probs, params, rng)
