@@ -70,6 +70,7 @@ class ScriptedDrafter(Drafter):
     """Proposes the known reference continuation (perfect drafter) - used to test multi-token verification."""
 
     name = "scripted"
+    cheap_drafts = True
 
     def __init__(self, prompt_len: int, continuation: list[int]) -> None:
         self.prompt_len = prompt_len

@@ -28,6 +28,9 @@ class Drafter:
     #: trusted drafters may receive the sampling seed (to draft with the same noise) and
     #: may take part in speculative-sampling mode; untrusted ones never do
     trusted: bool = False
+    #: proposing costs next to nothing (a lookup, no model forward), so the engine asks for
+    #: enough tokens to fill every verification row it pays for anyway (see engine.pad_rows)
+    cheap_drafts: bool = False
 
     def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Called once per request before the first proposal."""

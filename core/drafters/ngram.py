@@ -12,6 +12,7 @@ class NgramDrafter(Drafter):
 
     name = "ngram"
     trusted = True
+    cheap_drafts = True
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:

@@ -190,8 +190,10 @@ class SpeculativeEngine:
                 if should_stop is not None and should_stop():
                     finish = "cancelled"
                     break
-                # rows up to min_verify_rows cost the same (see pad_rows), so never ask for fewer drafts
-                k = max(0, min(max(self.draft_length.k, self.min_verify_rows - 1), budget - len(output) - 1))
+                k = self.draft_length.k
+                if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
+                    k = max(k, self.min_verify_rows - 1)
+                k = max(0, min(k, budget - len(output) - 1))
                 t0 = time.perf_counter()
                 rejected: str | None = None
                 try:
