@@ -49,6 +49,16 @@ def register_routes(app, node):
     """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.node.Node)."""
 
 
+@hookspec(firstresult=True)
+def node_attestation(node):
+    """The node's own attestation evidence summary, or None when no plugin provides one.
+
+    Return `{"type", "evidence_digest", "simulated"}` for the evidence that binds the node's
+    signing key (`GET /specguard/v1/attestation` serves the document). Serving nodes put it in
+    receipts; verifier nodes put its digest in every vote they sign.
+    """
+
+
 @hookspec
 def check_request(request, policy):
     """Inspect a generation request before it runs.

@@ -4,7 +4,9 @@
 - `register_commands`: `specguard attest verify|show|collect`.
 - `register_routes`: `GET /specguard/v1/attestation[?nonce=<hex>]` returns node evidence bound
   to the node key (without a nonce: the evidence the node's receipts reference).
-- `seal_transcript`: adds `evidence["attestation"] = {type, evidence_digest, simulated}`.
+- `node_attestation`: `{type, evidence_digest, simulated}` of the node's sealing evidence (verifier
+  nodes put the digest in their votes).
+- `seal_transcript`: adds `evidence["attestation"]` = the `node_attestation` answer.
 - `verify_evidence`: checks the `attestation` slot of a receipt against an evidence file.
 
 Needs from the node object: `public_key_bytes`, `key_id`, `policy`.
@@ -87,11 +89,22 @@ def register_routes(app, node):
 
 
 @hookimpl
+def node_attestation(node):
+    if getattr(node, "public_key_bytes", None) is None:  # no node key: nothing to bind evidence to
+        return None
+    doc = node_evidence(node)
+    return {"type": doc.type, "evidence_digest": doc.digest(), "simulated": doc.simulated}
+
+
+@hookimpl
 def seal_transcript(transcript, evidence, node):
     if node is None:
         return
-    doc = node_evidence(node)
-    evidence["attestation"] = {"type": doc.type, "evidence_digest": doc.digest(), "simulated": doc.simulated}
+    from specguard.plugin_manager import load_plugins
+
+    pm = load_plugins()
+    # through the hook: a plugin with its own TEE (tryfirst) decides what receipts name
+    evidence["attestation"] = pm.hook.node_attestation(node=node)
 
 
 @hookimpl

@@ -34,7 +34,7 @@ from specguard.consensus.quorum import (
     request_certificate,
     verify_certificate,
 )
-from specguard.errors import ConfigError, SpecguardError, UsageError, VerificationError
+from specguard.errors import ConfigError, PolicyError, SpecguardError, UsageError, VerificationError
 from specguard.hookspecs import hookimpl
 
 log = logging.getLogger("specguard.consensus")
@@ -250,7 +250,35 @@ def verify_evidence(slot: str, value: Any, statement: Any, options: Any) -> dict
                                   model_digest=model.get("digest"))
     out = verified.to_json()
     out["receipt_digest_checked"] = envelope is not None
+    out.update(_attested_verifiers(verified, options, policy))
     return out
+
+
+def _attested_verifiers(verified: Any, options: dict[str, Any], policy: Any) -> dict[str, Any]:
+    """Check the verifier evidence files given (`--verifier-evidence`) and the policy's
+    `[consensus] min_attested_verifiers`: how many accepting votes must come from verifiers whose
+    evidence was verified here."""
+    from specguard.consensus.quorum import check_verifier_evidence
+
+    documents = list(options.get("verifier_evidence") or [])
+    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
+    required = section.get("min_attested_verifiers", 0)
+    if isinstance(required, bool) or not isinstance(required, int) or required < 0:
+        raise ConfigError("consensus.min_attested_verifiers must be a non-negative integer",
+                          field="consensus.min_attested_verifiers", got=required)
+    if not documents and not required:
+        return {}
+    if policy is None or isinstance(policy, str):
+        from specguard.policies import load_policy
+
+        policy = load_policy(policy or "strict")
+    attested = check_verifier_evidence(verified, documents, policy, at=options.get("at"), now=options.get("now"),
+                                       collateral=options.get("collateral"))
+    distinct = sorted({a["key_id"] for a in attested})
+    if len(distinct) < required:
+        raise PolicyError("too few accepting verifiers with verified TEE evidence",
+                          field="consensus.min_attested_verifiers", got=len(distinct), expected=f">= {required}")
+    return {"attested_verifiers": attested}
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -113,11 +113,14 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
 @click.option("--verifier-key", "verifier_key", multiple=True, help="Consensus verifier key (hex or file).")
 @click.option("--quorum", type=click.IntRange(1, 1000), default=None,
               help="Minimum accepting verifier votes a consensus certificate must carry.")
+@click.option("--verifier-evidence", "verifier_evidence", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="TEE evidence document of a consensus verifier (from its /specguard/v1/attestation); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_command(receipt: str, response_path: str | None, checkpoint_path: str | None,
                    consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
                    policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
-                   verifier_key: tuple[str, ...], quorum: int | None, as_json: bool) -> None:
+                   verifier_key: tuple[str, ...], quorum: int | None, verifier_evidence: tuple[str, ...],
+                   as_json: bool) -> None:
     """Verify a receipt offline: signature, response digest, token root, log inclusion, evidence.
 
     RECEIPT is a receipt document, or a response whose "specguard"."receipt" holds one (then
@@ -126,7 +129,8 @@ def verify_command(receipt: str, response_path: str | None, checkpoint_path: str
     """
     try:
         result = _verify(receipt, response_path, checkpoint_path, consistency_path, transcript_path,
-                         trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum)
+                         trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum,
+                         verifier_evidence)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
         raise
@@ -142,7 +146,8 @@ def verify_command(receipt: str, response_path: str | None, checkpoint_path: str
 def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None,
             consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
             policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
-            verifier_key: tuple[str, ...], quorum: int | None = None) -> Any:
+            verifier_key: tuple[str, ...], quorum: int | None = None,
+            verifier_evidence: tuple[str, ...] = ()) -> Any:
     doc = load_json_file(Path(receipt), "receipt")
     response = None
     if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
@@ -156,6 +161,7 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
         "attestation_evidence": attestation_evidence,
         "model_commitment": model_commitment,
         "quorum": quorum,
+        "verifier_evidence": list(verifier_evidence),
         "policy": None,
     }
     if policy_ref:

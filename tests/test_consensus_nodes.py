@@ -25,7 +25,14 @@ from servers import free_port, start_process
 from tiny import tiny_model
 
 from specguard.attest.receipts import ReceiptIssuer
-from specguard.consensus.quorum import QuorumError, request_certificate, verify_certificate
+from specguard.attest.tee.collect import collect_evidence
+from specguard.attest.tee.document import load_document
+from specguard.consensus.quorum import (
+    QuorumError,
+    check_verifier_evidence,
+    request_certificate,
+    verify_certificate,
+)
 from specguard.consensus.rederive import ACCEPT, REJECT
 from specguard.engine.scoring import score
 from specguard.engine.speculative import SpeculativeEngine
@@ -176,6 +183,42 @@ def test_all_honest_certified_and_verifiable_offline(cluster, issuer):
         assert sorted(ok.accepted_by) == sorted(v["vote"]["verifier"]["key_id"] for v in cert["votes"])
 
 
+def test_votes_name_each_verifiers_tee_evidence_and_verify_checks_it(cluster, issuer, tmp_path):
+    cert, receipt = certify(cluster, issuer, honest(cluster))
+    docs = []
+    for i, url in enumerate(cluster.urls):  # both the `serve --role verifier` node and the standalone app
+        path = tmp_path / f"verifier{i}.evidence.json"
+        path.write_text(json.dumps(httpx.get(url + "/specguard/v1/attestation", timeout=10).json()))
+        docs.append(path)
+    named = sorted(v["vote"]["verifier"]["attestation_digest"] for v in cert["votes"])
+    assert named == sorted(load_document(p).digest() for p in docs)
+    verified = verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
+    dev = policy_from_dict({"name": "t", "attestation": {"allow_simulated": True}})
+    attested = check_verifier_evidence(verified, docs, dev)
+    assert sorted(a["key_id"] for a in attested) == sorted(verified.accepted_by)
+    assert all(a["simulated"] for a in attested)  # no TEE here: simulated, and labelled so
+    from specguard.errors import ValidationError
+    from specguard.policies import load_policy
+
+    with pytest.raises(ValidationError):  # the strict preset refuses simulated evidence
+        check_verifier_evidence(verified, docs[:1], load_policy("strict"))
+    stranger = collect_evidence(load_or_create_node_key(tmp_path / "stranger").public_bytes, b"n" * 32,
+                                allow_simulated=True)
+    with pytest.raises(QuorumError, match="not named by any accepting vote"):
+        check_verifier_evidence(verified, [stranger], dev)
+    # the policy can require attested verifiers; `specguard verify` passes --verifier-evidence files here
+    statement = json.loads(__import__("base64").b64decode(receipt["envelope"]["payload"]))
+    require = policy_from_dict({"name": "t", "attestation": {"allow_simulated": True},
+                                "consensus": {"min_attested_verifiers": 4}})
+    options = {"verifier_keys": cluster.keys, "envelope": receipt["envelope"], "policy": require}
+    out = plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs})
+    assert len(out["attested_verifiers"]) == 4
+    from specguard.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="too few accepting verifiers"):
+        plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs[:3]})
+
+
 def test_serving_node_attaches_a_certificate(cluster):
     r = httpx.post(cluster.serving.url + "/v1/completions", timeout=60,
                    json={"model": "tiny", "prompt": "<5> <9> <17> <30>", "max_tokens": 12})
@@ -307,6 +350,25 @@ def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
     res = runner.invoke(plugin.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"),
                                                  "--verifier-key", cluster.keys[0].hex()])
     assert isinstance(res.exception, QuorumError)
+    # `specguard verify --verifier-evidence`: a policy needing 4 attested verifiers gets 4 documents, then 3
+    from specguard.plugins.receipts import verify_command
+
+    evidence = []
+    for i, url in enumerate(cluster.urls):
+        path = tmp_path / f"v{i}.evidence.json"
+        path.write_text(json.dumps(httpx.get(url + "/specguard/v1/attestation", timeout=10).json()))
+        evidence += ["--verifier-evidence", str(path)]
+    policy = tmp_path / "attested-verifiers.toml"
+    policy.write_text('name = "t"\n[attestation]\nallow_simulated = true\n[consensus]\nmin_attested_verifiers = 4\n')
+    args = [str(tmp_path / "rc.json"), "--quorum", "3", "--policy", str(policy), *key_args]
+    res = runner.invoke(verify_command, [*args, *evidence, "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)["evidence"]["attachment:consensus"]["attested_verifiers"]) == 4
+    res = runner.invoke(verify_command, [*args, *evidence[:6]])
+    from specguard.errors import PolicyError
+
+    assert isinstance(res.exception, PolicyError) and "too few accepting verifiers" in str(res.exception)
+    assert res.exception.exit_code == 5  # a policy (validation) failure, not a signature failure
 
 
 def test_verifier_down_still_certified(cluster, issuer):

@@ -29,7 +29,37 @@ SPECGUARD = str(Path(sys.executable).parent / "specguard")
 def test_hook_list_is_what_we_expect():
     assert {"register_commands", "register_drafters", "register_engines", "register_evidence_types",
             "register_routes", "check_request", "on_step", "seal_transcript", "judge_transcript",
-            "verify_evidence"} == set(HOOKS)
+            "verify_evidence", "node_attestation"} == set(HOOKS)
+
+
+def test_node_attestation_hook_feeds_receipts_and_verifier_votes(tmp_path):
+    """The first plugin answering node_attestation decides what receipts and votes name."""
+    from types import SimpleNamespace
+
+    from specguard.consensus.service import VerifierService
+    from specguard.keys import load_or_create_node_key
+    from specguard.plugins import attestation
+
+    key = load_or_create_node_key(tmp_path)
+    node = SimpleNamespace(model=tiny_model(seed=1, vocab_size=32), node_key=key, signing_key=key.private,
+                           public_key_bytes=key.public_bytes, key_id=key.key_id, policy=None)
+    load_plugins()
+    builtin = VerifierService.for_node(node).attestation_digest
+    assert builtin == attestation.node_evidence(node).digest()  # the built-in plugin: the node's evidence
+
+    class FixedEvidence:
+        @hookimpl(tryfirst=True)
+        def node_attestation(self, node):
+            return {"type": "sev-snp", "evidence_digest": "sha256:" + "ab" * 32, "simulated": False}
+
+    pm.register(FixedEvidence(), name="fixed-evidence")
+    try:
+        assert VerifierService.for_node(node).attestation_digest == "sha256:" + "ab" * 32
+        sealed: dict = {}
+        attestation.seal_transcript(transcript=None, evidence=sealed, node=node)
+        assert sealed["attestation"]["evidence_digest"] == "sha256:" + "ab" * 32
+    finally:
+        pm.unregister(name="fixed-evidence")
 
 
 @pytest.mark.parametrize("hook", HOOKS)

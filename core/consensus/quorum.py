@@ -235,6 +235,7 @@ class VerifiedCertificate:
     accepted_by: list[str]  # key ids of valid accepting votes
     dissent: list[dict[str, Any]]  # valid non-accepting votes: key_id, verdict, reasons
     ignored: list[str]  # why other votes did not count
+    accepted_verifiers: list[dict[str, Any]] = field(default_factory=list)  # the accepting votes' verifier objects
 
     def to_json(self) -> dict[str, Any]:
         return {"certified": True, "receipt_digest": self.receipt_digest, "binding_digest": self.binding_digest,
@@ -310,6 +311,7 @@ def verify_certificate(
     dissent: list[dict[str, Any]] = []
     ignored: list[str] = []
     seen: set[bytes] = set()
+    verifiers: list[dict[str, Any]] = []
     for i, obj in enumerate(cert["votes"]):
         where = f"consensus.votes[{i}]"
         try:
@@ -324,6 +326,7 @@ def verify_certificate(
         seen.add(vote.public_key)
         if vote.verdict == ACCEPT:
             accepted.append(vote.key_id)
+            verifiers.append(dict(vote.body["verifier"]))
         else:
             dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
     if len(accepted) < q:
@@ -333,7 +336,33 @@ def verify_certificate(
             + (f"; ignored: {ignored}" if ignored else ""),
             field="consensus.votes", got=len(accepted), expected=f">= {q}")
     return VerifiedCertificate(cert["receipt_digest"], cert["binding_digest"], cert["nonce"], q, accepted,
-                               dissent, ignored)
+                               dissent, ignored, verifiers)
+
+
+def check_verifier_evidence(verified: VerifiedCertificate, documents: list[Any], policy: Any,
+                            **verify_options: Any) -> list[dict[str, Any]]:
+    """Verify TEE evidence documents of accepting verifiers; return one summary per document.
+
+    Each document must be the one an accepting vote names (`verifier.attestation_digest`), and
+    it must bind that verifier's vote-signing key; it is then verified and validated like a
+    node's evidence (`attest.tee.document.verify_document` under `policy`). A document no
+    accepting vote names raises: evidence that is not bound to a counted vote proves nothing.
+    """
+    from ..attest.tee.document import load_document, verify_document
+
+    by_digest = {v["attestation_digest"]: v for v in verified.accepted_verifiers if v.get("attestation_digest")}
+    out: list[dict[str, Any]] = []
+    for i, source in enumerate(documents):
+        doc = load_document(source)
+        verifier = by_digest.get(doc.digest())
+        if verifier is None:
+            raise QuorumError("verifier evidence is not named by any accepting vote",
+                              field=f"verifier_evidence[{i}]", got=doc.digest(), expected=sorted(by_digest) or None)
+        result = verify_document(doc, policy, expected_public_key=bytes.fromhex(verifier["public_key"]),
+                                 **verify_options)
+        out.append({"key_id": verifier["key_id"], "evidence_digest": doc.digest(), "type": doc.type,
+                    "simulated": doc.simulated, "tcb_status": result.tcb_status})
+    return out
 
 
 def _statement_of(envelope: dict[str, Any]) -> Any:

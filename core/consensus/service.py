@@ -91,6 +91,17 @@ class FaultInjection:
             self.wrong_key = NodeKey(Ed25519PrivateKey.generate())
 
 
+def _attestation_digest(node: Any) -> str | None:
+    """The digest of the node's own TEE evidence (from the node_attestation hook), or None."""
+    given = getattr(node, "attestation_digest", None)
+    if given is not None:
+        return given
+    from ..plugin_manager import load_plugins
+
+    info = load_plugins().hook.node_attestation(node=node)
+    return info["evidence_digest"] if info else None
+
+
 @dataclass
 class VerifierService:
     """Holds the verifier's model, key and tolerances; `handle` answers one verify request."""
@@ -108,7 +119,7 @@ class VerifierService:
         key = getattr(node, "node_key", None) or NodeKey(node.signing_key)
         section = node.policy.section("consensus") if getattr(node, "policy", None) is not None else {}
         return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(section),
-                   attestation_digest=getattr(node, "attestation_digest", None), fault=FaultInjection.from_env())
+                   attestation_digest=_attestation_digest(node), fault=FaultInjection.from_env())
 
     def public_info(self) -> dict[str, Any]:
         """GET /specguard/v1/verifier/key."""

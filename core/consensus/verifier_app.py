@@ -35,9 +35,10 @@ class VerifierNode:
 
 
 def create_app(node: VerifierNode) -> Any:
-    """A FastAPI app with /health and the consensus verifier routes."""
+    """A FastAPI app with /health, the consensus verifier routes and the node's attestation route."""
     from fastapi import FastAPI
 
+    from ..plugins import attestation
     from ..plugins import consensus as plugin
 
     app = FastAPI(title="specguard verifier")
@@ -48,6 +49,7 @@ def create_app(node: VerifierNode) -> Any:
                 "public_key": node.public_key_bytes.hex(), "model_digest": node.model.digest}
 
     plugin.register_routes(app, node)
+    attestation.register_routes(app, node)  # GET /specguard/v1/attestation: the evidence votes name
     return app
 
 
