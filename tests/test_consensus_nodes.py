@@ -9,6 +9,7 @@ with a real ReceiptIssuer, and sent to the verifier processes.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -36,9 +37,11 @@ from specguard.consensus.quorum import (
 from specguard.consensus.rederive import ACCEPT, REJECT
 from specguard.engine.scoring import score
 from specguard.engine.speculative import SpeculativeEngine
+from specguard.errors import PolicyError, ValidationError
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
 from specguard.plugins import consensus as plugin
+from specguard.policies import load_policy
 from specguard.policies.model import policy_from_dict
 from specguard.transcript import SamplingParams, Transcript
 
@@ -197,9 +200,6 @@ def test_votes_name_each_verifiers_tee_evidence_and_verify_checks_it(cluster, is
     attested = check_verifier_evidence(verified, docs, dev)
     assert sorted(a["key_id"] for a in attested) == sorted(verified.accepted_by)
     assert all(a["simulated"] for a in attested)  # no TEE here: simulated, and labelled so
-    from specguard.errors import ValidationError
-    from specguard.policies import load_policy
-
     with pytest.raises(ValidationError):  # the strict preset refuses simulated evidence
         check_verifier_evidence(verified, docs[:1], load_policy("strict"))
     stranger = collect_evidence(load_or_create_node_key(tmp_path / "stranger").public_bytes, b"n" * 32,
@@ -207,14 +207,12 @@ def test_votes_name_each_verifiers_tee_evidence_and_verify_checks_it(cluster, is
     with pytest.raises(QuorumError, match="not named by any accepting vote"):
         check_verifier_evidence(verified, [stranger], dev)
     # the policy can require attested verifiers; `specguard verify` passes --verifier-evidence files here
-    statement = json.loads(__import__("base64").b64decode(receipt["envelope"]["payload"]))
+    statement = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
     require = policy_from_dict({"name": "t", "attestation": {"allow_simulated": True},
                                 "consensus": {"min_attested_verifiers": 4}})
     options = {"verifier_keys": cluster.keys, "envelope": receipt["envelope"], "policy": require}
     out = plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs})
     assert len(out["attested_verifiers"]) == 4
-    from specguard.errors import PolicyError
-
     with pytest.raises(PolicyError, match="too few accepting verifiers"):
         plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs[:3]})
 
@@ -365,8 +363,6 @@ def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.output)["evidence"]["attachment:consensus"]["attested_verifiers"]) == 4
     res = runner.invoke(verify_command, [*args, *evidence[:6]])
-    from specguard.errors import PolicyError
-
     assert isinstance(res.exception, PolicyError) and "too few accepting verifiers" in str(res.exception)
     assert res.exception.exit_code == 5  # a policy (validation) failure, not a signature failure
 
