@@ -287,6 +287,8 @@ def test_draft_server_validates_input_and_bounds_sessions(target):
         create_draft_app(target, "remote", {})
 
 
+# the drafter passes per-request timeouts, which Starlette's in-process TestClient warns about
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 def test_client_recreates_an_evicted_session(target):
     app = create_draft_app(target, "ngram", {}, max_sessions=1)
     client = TestClient(app)
