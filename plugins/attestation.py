@@ -135,11 +135,9 @@ def verify_evidence(slot, value, statement, options):
     except (KeyError, TypeError, ValueError) as exc:
         raise EvidenceParseError("receipt statement lacks predicate.node.public_key (hex)",
                                  field="predicate.node.public_key") from exc
-    policy = options.get("policy")
-    if policy is None or isinstance(policy, str):
-        from specguard.policies import load_policy
+    from specguard.policies import evidence_policy
 
-        policy = load_policy(policy or "strict")
+    policy = evidence_policy(options.get("policy"))
     verified = verify_document(doc, policy, at=options.get("at"), now=options.get("now"),
                                collateral=options.get("collateral"), expected_public_key=public_key)
     return {"slot": "attestation", "checked": True, "type": doc.type, "simulated": doc.simulated,

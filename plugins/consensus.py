@@ -268,10 +268,9 @@ def _attested_verifiers(verified: Any, options: dict[str, Any], policy: Any) -> 
                           field="consensus.min_attested_verifiers", got=required)
     if not documents and not required:
         return {}
-    if policy is None or isinstance(policy, str):
-        from specguard.policies import load_policy
+    from specguard.policies import evidence_policy
 
-        policy = load_policy(policy or "strict")
+    policy = evidence_policy(policy)
     attested = check_verifier_evidence(verified, documents, policy, at=options.get("at"), now=options.get("now"),
                                        collateral=options.get("collateral"))
     distinct = sorted({a["key_id"] for a in attested})

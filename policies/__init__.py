@@ -10,6 +10,6 @@ so every time it is used) and `strict`.
 
 from __future__ import annotations
 
-from .model import Policy, load_policy, preset_names
+from .model import Policy, evidence_policy, load_policy, preset_names
 
-__all__ = ["Policy", "load_policy", "preset_names"]
+__all__ = ["Policy", "evidence_policy", "load_policy", "preset_names"]

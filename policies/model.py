@@ -98,3 +98,11 @@ def load_policy(ref: str | Path | None = None) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"policy {source} is not valid TOML: {exc}") from exc
     return policy_from_dict(data, source=source)
+
+
+def evidence_policy(policy: Any) -> Any:
+    """The policy to verify evidence under: a policy object as given, a preset name or path
+    loaded, and `strict` when none is given (offline verification fails closed, unlike `dev`)."""
+    if policy is None or isinstance(policy, str | Path):
+        return load_policy(policy or "strict")
+    return policy
