@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.servers
 
 from _report import table, write_section  # noqa: E402
 
@@ -102,7 +102,7 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 
 
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
-    from servers import free_port, start_process
+    from support.servers import free_port, start_process
 
     root = Path(tempfile.mkdtemp(prefix="specguard-consensus-bench-"))
     homes = [root / f"v{i}" for i in range(n_verifiers)]

@@ -4,7 +4,6 @@ every test that writes node state gets its own SPECGUARD_HOME."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,6 @@ import pytest
 # py_ecc raises the recursion limit on import, which turns deeply nested JSON into a C stack
 # overflow; importing it through specguard's guard first keeps the limit for the whole session.
 import specguard.attest.commitments._py_ecc  # noqa: F401
-
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-ROOT = TESTS.parent
-SHARED = ROOT.parent / "shared"
 
 # keep the converted default model in the user's cache even when tests move SPECGUARD_HOME
 _default_home = Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard")

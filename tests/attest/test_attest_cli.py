@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from support.paths import SHARED
 
 from specguard.attest.tee import collect
 from specguard.cli import main
 
-TEE = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "tee"
+TEE = SHARED / "vectors" / "tee"
 SNP = TEE / "sev-snp"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.paths import SHARED
 
 from specguard.attest.binding import report_data_for
 from specguard.attest.tee.document import load_document
@@ -20,7 +21,7 @@ from specguard.attest.tee.snp import parse_snp_report
 from specguard.attest.tee.tdx import parse_tdx_quote
 from specguard.errors import ParseError
 
-TEE = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "tee"
+TEE = SHARED / "vectors" / "tee"
 CASES = 10_000
 
 SEEDS = {

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny import tiny_model
+from support.tiny import tiny_model
 
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.consensus.quorum import (

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from servers import free_port, specguard_cmd, start_process
-from tiny import tiny_model
+from support.paths import ROOT, SUPPORT
+from support.servers import free_port, specguard_cmd, start_process
+from support.tiny import tiny_model
 
 from specguard.drafters.base import NoDrafter
 from specguard.drafters.draft_server import create_draft_app
@@ -24,7 +25,6 @@ from specguard.errors import ConfigError, RequestError, UsageError
 from specguard.policies.model import policy_from_dict
 from specguard.transcript import SamplingParams
 
-TESTS = Path(__file__).resolve().parent
 SEED, VOCAB = 3, 96
 PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [10, 20, 30, 40, 50, 60]]
 GREEDY = SamplingParams(max_tokens=24)
@@ -58,7 +58,7 @@ def target():
 def servers(tmp_path_factory):
     """{name: base URL}: a real draft-serve drafting with the target itself, and one hostile server per mode."""
     model_dir = make_toy_model_dir(tmp_path_factory.mktemp("tiny-model"), SEED)
-    env = {"PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1"}
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     specs = {}
     port = free_port()
     specs["draft-serve"] = (
@@ -67,7 +67,7 @@ def servers(tmp_path_factory):
     )
     for mode in HOSTILE_MODES:
         port = free_port()
-        cmd = [sys.executable, str(TESTS / "hostile_drafter.py"), "--port", str(port), "--mode", mode, "--vocab-size", str(VOCAB)]
+        cmd = [sys.executable, str(SUPPORT / "hostile_drafter.py"), "--port", str(port), "--mode", mode, "--vocab-size", str(VOCAB)]
         if mode == "least-likely":
             cmd += ["--model", str(model_dir)]
         specs[mode] = (cmd, port)

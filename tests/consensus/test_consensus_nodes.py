@@ -22,8 +22,8 @@ import httpx
 import pytest
 import torch
 from click.testing import CliRunner
-from servers import free_port, start_process
-from tiny import tiny_model
+from support.servers import free_port, start_process
+from support.tiny import tiny_model
 
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.tee.collect import collect_evidence

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from test_audit_support import make_audit_model_dir, provider
+from support.audit_providers import make_audit_model_dir, provider
 
 from specguard.audit import calibrate
 from specguard.audit.run import AuditConfig, load_prompts, run_audit
@@ -137,3 +137,10 @@ def test_api_key_is_sent_but_never_written(setup, honest, monkeypatch):
     assert rep["prompts"]["answered"] == 1
     for path in (setup["base"] / "keyed").iterdir():
         assert "sk-very-secret-123" not in path.read_text()
+
+
+def test_model_dir_is_reused(tmp_path):
+    first = make_audit_model_dir(tmp_path / "m", seed=3)
+    mtime = (first / "config.json").stat().st_mtime_ns
+    assert make_audit_model_dir(tmp_path / "m", seed=3) == first
+    assert (first / "config.json").stat().st_mtime_ns == mtime

@@ -8,10 +8,10 @@ counted - and the test reports how many there were. Any other difference fails.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from support.paths import SHARED
 
 from specguard.engine.factory import make_drafter
 from specguard.engine.sampling import NEAR_TIE_EPSILON
@@ -21,7 +21,7 @@ from specguard.transcript import SamplingParams
 
 pytestmark = pytest.mark.model
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+QUESTIONS = SHARED / "data" / "spec_bench" / "question.jsonl"
 N_TOKENS = 64
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hostile import LeastLikelyDrafter, MalformedDrafter, RandomIdsDrafter, ScriptedDrafter
-from tiny import tiny_model
+from support.hostile import LeastLikelyDrafter, MalformedDrafter, RandomIdsDrafter, ScriptedDrafter
+from support.tiny import tiny_model
 
 from specguard.drafters.base import NoDrafter
 from specguard.drafters.model_drafter import ModelDrafter, early_exit_model

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from servers import make_tiny_model_dir
+from support.servers import make_tiny_model_dir
 
 from specguard.attest.receipts import verify_receipt
 from specguard.models import load_model

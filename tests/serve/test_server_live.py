@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from servers import free_port, make_tiny_model_dir, specguard_cmd, start_process
+from support.servers import free_port, make_tiny_model_dir, specguard_cmd, start_process
 
 from specguard.attest import merkle
 from specguard.attest.checkpoint import verify_checkpoint

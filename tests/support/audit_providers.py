@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from servers import free_port, make_tiny_model_dir, specguard_cmd, start_process
+from support.servers import free_port, make_tiny_model_dir, specguard_cmd, start_process
 
 
 def make_audit_model_dir(path: Path, seed: int = 0, layers: int = 4) -> Path:
@@ -23,9 +23,3 @@ def provider(model_dir: Path, *flags: str):
     finally:
         srv.stop()
 
-
-def test_model_dir_is_reused(tmp_path):
-    first = make_audit_model_dir(tmp_path / "m", seed=3)
-    mtime = (first / "config.json").stat().st_mtime_ns
-    assert make_audit_model_dir(tmp_path / "m", seed=3) == first
-    assert (first / "config.json").stat().st_mtime_ns == mtime

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import tiny_model
+from support.tiny import tiny_model
 
 from specguard.audit import AuditUsageError, calibrate
 from specguard.audit.client import ProviderClient, load_raw_log

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model
+from support.paths import ROOT
+from support.tiny import tiny_model
 
 from specguard import hookspecs
 from specguard.drafters.base import Drafter, Proposal
@@ -21,7 +22,6 @@ from specguard.hookspecs import hookimpl
 from specguard.plugin_manager import DEFAULT_PLUGINS, collect, get_plugins, load_plugins, pm
 from specguard.transcript import SamplingParams
 
-ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "specguard_spec"))
 SPECGUARD = str(Path(sys.executable).parent / "specguard")
 
@@ -70,7 +70,7 @@ def test_every_hook_is_documented(hook):
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_exercised_by_a_test(hook):
-    used = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_plugins.py" and hook in p.read_text()]
+    used = [p for p in (ROOT / "tests").rglob("test_*.py") if p.name != "test_plugins.py" and hook in p.read_text()]
     here = Path(__file__).read_text().count(f"def {hook}(")
     assert used or here, f"no test implements or calls {hook}"
 

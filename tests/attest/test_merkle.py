@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.paths import SHARED
 
 from specguard.attest import merkle
 from specguard.attest.merkle import LogProofError
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "merkle"
+VECTORS = SHARED / "vectors" / "merkle"
 INCLUSION = sorted((VECTORS / "inclusion").rglob("*.json"))
 CONSISTENCY = sorted((VECTORS / "consistency").rglob("*.json"))
 

@@ -1,6 +1,6 @@
 """A hostile drafting server for tests: speaks (or abuses) the remote-drafter protocol.
 
-    python tests/hostile_drafter.py --port P --mode MODE [--vocab-size V] [--model DIR]
+    python tests/support/hostile_drafter.py --port P --mode MODE [--vocab-size V] [--model DIR]
 
 Modes:
 - garbage: cycles through non-JSON bodies, wrong JSON types, out-of-range ids, HTTP 500,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from pathlib import Path
 
 import pytest
+from support.paths import SHARED
 
 from specguard.attest.tee.certs import load_certificates
 from specguard.attest.tee.errors import EvidenceParseError, EvidenceVerificationError
@@ -24,7 +24,7 @@ from specguard.attest.tee.snp_verify import verify_snp
 from specguard.attest.tee.tdx import parse_tdx_quote
 from specguard.attest.tee.tdx_verify import verify_tdx
 
-TEE = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "tee"
+TEE = SHARED / "vectors" / "tee"
 AT = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
 

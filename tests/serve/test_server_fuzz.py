@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from servers import make_tiny_model_dir
+from support.servers import make_tiny_model_dir
 
 from specguard.models import load_model
 from specguard.node import Node

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
-from pathlib import Path
 
 import pytest
 from cryptography import x509
+from support.paths import SHARED
 
 from specguard.attest.tee import roots
 from specguard.attest.tee import tdx_collateral as tc
@@ -30,7 +30,7 @@ from specguard.attest.tee.snp_verify import read_endorsement, verify_snp
 from specguard.attest.tee.tdx import parse_tdx_quote
 from specguard.attest.tee.tdx_verify import read_pck_extensions, verify_tdx
 
-TEE = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "tee"
+TEE = SHARED / "vectors" / "tee"
 SNP, TDX, NV = TEE / "sev-snp", TEE / "tdx", TEE / "nvidia"
 UTC = dt.UTC
 SNP_AT = dt.datetime(2024, 6, 1, tzinfo=UTC)
