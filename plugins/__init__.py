@@ -1,2 +1,4 @@
-"""Built-in integrity layers. Each module is an ordinary specguard plugin, listed in
-specguard.plugin_manager.DEFAULT_PLUGINS and registered exactly like a third-party one."""
+"""Built-in integrity layers. Each is a package `plugins/<layer>/`, listed in
+specguard.plugin_manager.DEFAULT_PLUGINS and registered exactly like a third-party plugin:
+`__init__.py` holds the hook implementations only, `cli.py` its commands, `routes.py` its HTTP routes.
+The implementation lives in specguard (core/) and specguard.attest; no plugin imports another."""

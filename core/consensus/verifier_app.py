@@ -38,8 +38,7 @@ def create_app(node: VerifierNode) -> Any:
     """A FastAPI app with /health, the consensus verifier routes and the node's attestation route."""
     from fastapi import FastAPI
 
-    from ..plugins import attestation
-    from ..plugins import consensus as plugin
+    from ..plugin_manager import load_plugins
 
     app = FastAPI(title="specguard verifier")
 
@@ -48,8 +47,9 @@ def create_app(node: VerifierNode) -> Any:
         return {"status": "ok", "role": "verifier", "key_id": node.key_id,
                 "public_key": node.public_key_bytes.hex(), "model_digest": node.model.digest}
 
-    plugin.register_routes(app, node)
-    attestation.register_routes(app, node)  # GET /specguard/v1/attestation: the evidence votes name
+    # every layer's routes, as on a serving node: the consensus verifier routes (role "verifier") and
+    # GET /specguard/v1/attestation, the evidence the votes name
+    load_plugins().hook.register_routes(app=app, node=node)
     return app
 
 

@@ -11,11 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+import specguard.node_evidence as node_evidence_module
 from specguard.attest import binding
 from specguard.attest.tee import collect
 from specguard.attest.tee.document import load_document, verify_document
 from specguard.attest.tee.errors import AttestationPolicyError, EvidenceParseError, EvidenceVerificationError
 from specguard.errors import UsageError
+from specguard.node_evidence import node_evidence
 from specguard.plugins import attestation as plugin
 from specguard.policies import load_policy
 
@@ -44,7 +46,7 @@ def test_public_key_length_enforced():
 def no_tee(monkeypatch, tmp_path):
     monkeypatch.setattr(collect, "TSM_REPORT_DIR", tmp_path / "no-tsm")
     monkeypatch.setattr(collect, "SEV_GUEST_DEV", tmp_path / "no-sev-guest")
-    monkeypatch.setattr(plugin, "_SEALED", {})
+    monkeypatch.setattr(node_evidence_module, "_SEALED", {})
 
 
 def make_node(policy: str = "dev", key_id: str = "node-1"):
@@ -67,7 +69,7 @@ def test_round_trip_with_simulated_node(no_tee, tmp_path, caplog):
     again: dict = {}
     plugin.seal_transcript(transcript=None, evidence=again, node=node)
     assert again == evidence  # collected once per node
-    doc = plugin.node_evidence(node)
+    doc = node_evidence(node)
     path = tmp_path / "evidence.json"
     path.write_text(json.dumps(doc.to_json()))
     ok = plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node),
@@ -90,7 +92,7 @@ def test_tampered_or_missing_evidence(no_tee):
     evidence: dict = {}
     plugin.seal_transcript(transcript=None, evidence=evidence, node=node)
     slot = evidence["attestation"]
-    other = plugin.node_evidence(node, nonce=b"z" * 32).to_json()
+    other = node_evidence(node, nonce=b"z" * 32).to_json()
     with pytest.raises(EvidenceVerificationError, match="not the one the receipt references"):
         plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node),
                                options={"attestation_evidence": other, "policy": "dev"})
@@ -99,12 +101,12 @@ def test_tampered_or_missing_evidence(no_tee):
     assert plugin.verify_evidence(slot="receipt", value={}, statement={}, options={}) is None
     with pytest.raises(EvidenceParseError, match="public_key"):
         plugin.verify_evidence(slot="attestation", value=slot, statement={},
-                               options={"attestation_evidence": plugin.node_evidence(node).to_json()})
+                               options={"attestation_evidence": node_evidence(node).to_json()})
 
 
 def test_report_data_mismatch_detected(no_tee):
     node = make_node()
-    doc = plugin.node_evidence(node, nonce=b"a" * 16).to_json()
+    doc = node_evidence(node, nonce=b"a" * 16).to_json()
     doc["nonce"] = (b"b" * 16).hex()  # claim another nonce than the one bound in REPORT_DATA
     with pytest.raises(AttestationPolicyError) as err:
         verify_document(doc, load_policy("dev"))

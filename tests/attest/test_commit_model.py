@@ -17,6 +17,7 @@ from specguard.attest.commitments import model as md
 from specguard.attest.commitments.pedersen import OpeningError
 from specguard.errors import ConfigError, SpecguardError, UsageError, VerificationError
 from specguard.plugins import commitments as plugin
+from specguard.plugins.commitments.routes import ROUTE
 from specguard.transcript import SamplingParams, TokenRecord, Transcript
 
 DIGEST = "sha256:" + "11" * 32
@@ -205,7 +206,7 @@ def test_route_serves_published_commitment(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     plugin.register_routes(app=app, node=node)
     with TestClient(app) as client:
-        resp = client.get(plugin.ROUTE)
+        resp = client.get(ROUTE)
         assert resp.status_code == 200
         body = resp.json()
         assert body == md.published_document(md.load_secret(tmp_path), node.key_id)
@@ -213,7 +214,7 @@ def test_route_serves_published_commitment(tmp_path: Path) -> None:
     empty = FastAPI()
     plugin.register_routes(app=empty, node=make_node(tmp_path / "n", None))
     with TestClient(empty) as client:
-        resp = client.get(plugin.ROUTE)
+        resp = client.get(ROUTE)
         assert resp.status_code == 404 and resp.json()["error"] == "UsageError"
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from support.tiny import tiny_model
 
 from specguard.attest.receipts import ReceiptIssuer
+from specguard.consensus.config import consensus_config, default_quorum
 from specguard.consensus.quorum import (
     CertificateParseError,
     GatherResult,
@@ -416,17 +417,17 @@ def test_routes_in_process(receipted, model):
 
 def test_consensus_config_and_no_verifiers(monkeypatch):
     node = SimpleNamespace(policy=load_policy("dev"), consensus={"verifiers": [], "quorum": None}, role="serve")
-    assert plugin.consensus_config(node) is None
+    assert consensus_config(node) is None
     assert plugin.judge_transcript(transcript=None, receipt={}, node=node) is None
     k = key()
     node.consensus = {"verifiers": ["http://a", {"url": "http://b", "key": k.public_hex}, "http://c", "http://d"],
                       "quorum": None}
-    cfg = plugin.consensus_config(node)
+    cfg = consensus_config(node)
     assert cfg.quorum == 3 and cfg.trusted_keys == [k.public_bytes] and cfg.on_no_quorum == "flag"
-    assert [plugin.default_quorum(n) for n in (1, 3, 4, 7)] == [1, 3, 3, 5]
+    assert [default_quorum(n) for n in (1, 3, 4, 7)] == [1, 3, 3, 5]
     node.consensus["quorum"] = 9
     with pytest.raises(ConfigError):
-        plugin.consensus_config(node)
+        consensus_config(node)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from support.tiny import tiny_model
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.tee.collect import collect_evidence
 from specguard.attest.tee.document import load_document
+from specguard.consensus.config import FAULT_PATH, ConsensusWithheldError, NoQuorumError
 from specguard.consensus.quorum import (
     QuorumError,
     check_verifier_evidence,
@@ -41,6 +42,7 @@ from specguard.errors import PolicyError, ValidationError
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
 from specguard.plugins import consensus as plugin
+from specguard.plugins.consensus import cli as consensus_cli
 from specguard.policies import load_policy
 from specguard.policies.model import policy_from_dict
 from specguard.transcript import SamplingParams, Transcript
@@ -109,7 +111,7 @@ def behave(cluster):
     """Set verifier i's behaviour; every verifier is honest again after the test."""
 
     def set_(i: int, behaviour: str) -> None:
-        r = httpx.post(cluster.urls[i] + plugin.FAULT_PATH, json={"behaviour": behaviour}, timeout=10)
+        r = httpx.post(cluster.urls[i] + FAULT_PATH, json={"behaviour": behaviour}, timeout=10)
         assert r.json() == {"behaviour": behaviour}
 
     yield set_
@@ -323,9 +325,9 @@ def test_judge_hook_and_policy_on_no_quorum(cluster, issuer, tmp_path):
     bad_receipt = serve(cluster, issuer, bad)
     flagged = plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("flag"))
     assert not flagged["consensus"]["certified"]
-    with pytest.raises(plugin.ConsensusWithheldError, match="not the target's choice"):
+    with pytest.raises(ConsensusWithheldError, match="not the target's choice"):
         plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("withhold"))
-    with pytest.raises(plugin.NoQuorumError) as err:
+    with pytest.raises(NoQuorumError) as err:
         plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("fail"))
     assert err.value.http_status == 503
 
@@ -338,18 +340,18 @@ def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
     key_args = [a for k in cluster.keys for a in ("--verifier-key", k.hex())]
     url_args = [a for u in cluster.urls for a in ("--verifier", u)]
     runner = CliRunner()
-    res = runner.invoke(plugin.consensus_group, ["check", str(tmp_path / "r.json"), "--transcript",
+    res = runner.invoke(consensus_cli.consensus_group, ["check", str(tmp_path / "r.json"), "--transcript",
                                                  str(tmp_path / "t.json"), "--quorum", "3", "--timeout", "5",
                                                  "--attach", str(tmp_path / "rc.json"), *url_args, *key_args])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(plugin.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"), "--quorum", "4",
+    res = runner.invoke(consensus_cli.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"), "--quorum", "4",
                                                  *key_args])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(plugin.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"),
+    res = runner.invoke(consensus_cli.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"),
                                                  "--verifier-key", cluster.keys[0].hex()])
     assert isinstance(res.exception, QuorumError)
     # `specguard verify --verifier-evidence`: a policy needing 4 attested verifiers gets 4 documents, then 3
-    from specguard.plugins.receipts import verify_command
+    from specguard.plugins.receipts.cli import verify_command
 
     evidence = []
     for i, url in enumerate(cluster.urls):

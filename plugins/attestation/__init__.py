@@ -9,24 +9,23 @@
 - `seal_transcript`: adds `evidence["attestation"]` = the `node_attestation` answer.
 - `verify_evidence`: checks the `attestation` slot of a receipt against an evidence file.
 
-Needs from the node object: `public_key_bytes`, `key_id`, `policy`.
-"""
+Needs from the node object: `public_key_bytes`, `key_id`, `policy`."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from specguard.attest.binding import MAX_NONCE, MIN_NONCE, seal_nonce
 from specguard.attest.tee.builtin import BUILTIN_TYPES
-from specguard.attest.tee.document import EvidenceDocument, load_document, verify_document
+from specguard.attest.tee.document import load_document, verify_document
 from specguard.attest.tee.errors import EvidenceParseError, EvidenceVerificationError
 from specguard.hookspecs import hookimpl
+from specguard.node_evidence import node_evidence
+
+from . import cli as cli_commands
+from . import routes
 
 log = logging.getLogger("specguard.attest")
 
-#: evidence each node's receipts reference, keyed by the node's key_id
-_SEALED: dict[str, EvidenceDocument] = {}
 
 
 @hookimpl
@@ -37,55 +36,7 @@ def register_evidence_types(register):
 
 @hookimpl
 def register_commands(cli):
-    from specguard.attest.tee.cli import attest_group
-
-    cli.add_command(attest_group)
-
-
-def _allow_simulated(node: Any) -> bool:
-    """SIMULATED evidence is produced unless the node's policy requires real attestation."""
-    policy = getattr(node, "policy", None)
-    section = policy.section("attestation") if policy is not None else {}
-    return bool(section.get("allow_simulated", False)) or not section.get("required", False)
-
-
-def node_evidence(node: Any, nonce: bytes | None = None) -> EvidenceDocument:
-    """Fresh evidence for `nonce`, or (nonce None) the node's cached sealing evidence."""
-    from specguard.attest.tee.collect import collect_evidence
-
-    if nonce is not None:
-        return collect_evidence(node.public_key_bytes, nonce, allow_simulated=_allow_simulated(node))
-    key = str(node.key_id)
-    if key not in _SEALED:
-        _SEALED[key] = collect_evidence(node.public_key_bytes, seal_nonce(node.public_key_bytes),
-                                        allow_simulated=_allow_simulated(node))
-    doc = _SEALED[key]
-    if doc.simulated:
-        log.warning("SIMULATED attestation evidence used for node %s: it proves nothing", key)
-    return doc
-
-
-@hookimpl
-def register_routes(app, node):
-    from fastapi import HTTPException
-
-    @app.get("/specguard/v1/attestation")
-    def attestation(nonce: str | None = None) -> dict:
-        """The node's evidence bound to its key and `nonce` (hex, 16..64 bytes)."""
-        if nonce is None:
-            return node_evidence(node).to_json()
-        try:
-            raw = bytes.fromhex(nonce)
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail="nonce must be hex") from exc
-        if not MIN_NONCE <= len(raw) <= MAX_NONCE:
-            raise HTTPException(status_code=400, detail=f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes")
-        from specguard.errors import SpecguardError
-
-        try:
-            return node_evidence(node, raw).to_json()
-        except SpecguardError as exc:
-            raise HTTPException(status_code=503, detail=exc.summary()) from exc
+    cli.add_command(cli_commands.attest_group)
 
 
 @hookimpl
@@ -143,3 +94,9 @@ def verify_evidence(slot, value, statement, options):
     return {"slot": "attestation", "checked": True, "type": doc.type, "simulated": doc.simulated,
             "evidence_digest": doc.digest(), "tcb_status": verified.tcb_status, "chain": list(verified.chain),
             "policy": getattr(policy, "name", None)}
+
+
+@hookimpl
+def register_routes(app, node):
+    """HTTP routes of this layer (see routes.py)."""
+    routes.register(app, node)

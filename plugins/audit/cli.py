@@ -45,7 +45,7 @@ def run_command(base_url, model_name, reference, api_key_env, prompts_file, budg
                 honest_class, calibration, calibration_prompts, margin, min_effect_logprob, min_effect_tokens,
                 mmd_samples, mmd_prompts, text_only, timeout, max_retries, out_dir) -> None:
     """Audit a provider; rerun the same command to resume. Exit 0 consistent, 4 substituted, 1 inconclusive."""
-    from .run import AuditConfig, run_audit
+    from specguard.audit.run import AuditConfig, run_audit
 
     cfg = AuditConfig(base_url=base_url, model=model_name, reference=reference, prompts_file=prompts_file,
                       budget=budget, max_tokens=max_tokens, alpha=alpha, top_logprobs=top_logprobs,
@@ -63,7 +63,7 @@ def run_command(base_url, model_name, reference, api_key_env, prompts_file, budg
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def report_command(directory: str) -> None:
     """Re-analyse an audit directory from its raw log (no queries) and rewrite the reports."""
-    from .run import load_config, run_audit
+    from specguard.audit.run import load_config, run_audit
 
     out = Path(directory)
     report = run_audit(load_config(out), out, offline=True)
@@ -90,9 +90,9 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
 
-    from ..models import load_model
-    from .simulate import Misbehaviour, build_app, serve
-    from .substitutes import parse_substitute
+    from specguard.audit.simulate import Misbehaviour, build_app, serve
+    from specguard.audit.substitutes import parse_substitute
+    from specguard.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -113,9 +113,9 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
 @click.option("--out", "out_file", default="calibration.json", show_default=True)
 def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logprobs, out_file) -> None:
     """Measure the honest-noise null of a reference and save it as JSON."""
-    from ..models import load_model
-    from . import calibrate
-    from .run import load_prompts
+    from specguard.audit import calibrate
+    from specguard.audit.run import load_prompts
+    from specguard.models import load_model
 
     ref = load_model(reference)
     prompts = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(prompts_file, n_prompts)]

@@ -12,11 +12,10 @@ from typing import Any
 
 import click
 
+from specguard.attest.binding import parse_nonce_hex
+from specguard.attest.tee.document import EvidenceDocument, load_document, parse_time
+from specguard.attest.tee.types import jsonable
 from specguard.errors import ParseError, SpecguardError, UsageError, ValidationError, VerificationError
-
-from ..binding import parse_nonce_hex
-from .document import EvidenceDocument, load_document, parse_time
-from .types import jsonable
 
 
 def _stage(exc: SpecguardError) -> str:
@@ -45,7 +44,7 @@ def _certs(paths: tuple[str, ...], doc: EvidenceDocument | None) -> bytes | None
             if b"-----BEGIN" not in raw:
                 from cryptography.hazmat.primitives.serialization import Encoding
 
-                from .certs import load_certificates
+                from specguard.attest.tee.certs import load_certificates
 
                 raw = b"".join(c.public_bytes(Encoding.PEM) for c in load_certificates(raw, p))
             blobs.append(raw)
@@ -96,8 +95,8 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
     """Parse, verify (and with --policy, validate) one piece of evidence."""
     stage = "parse"
     try:
-        from .registry import get_evidence_type
-        from .validate import section_of
+        from specguard.attest.tee.registry import get_evidence_type
+        from specguard.attest.tee.validate import section_of
 
         doc, data = _read_input(file)
         kind = _kind(type_, doc)
@@ -134,7 +133,7 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
 @click.option("--type", "type_", help="Evidence type (snp, tdx, nvidia, simulated); implied by an evidence document.")
 def show_command(file: str, type_: str | None) -> None:
     """Pretty-print every field of a piece of evidence (no verification)."""
-    from .registry import get_evidence_type
+    from specguard.attest.tee.registry import get_evidence_type
 
     doc, data = _read_input(file)
     kind = _kind(type_, doc)
@@ -159,7 +158,7 @@ def collect_command(nonce: str, public_key: str, out_path: str | None, no_simula
 
     Without a TEE this produces SIMULATED evidence (with a warning) unless --no-simulated.
     """
-    from .collect import collect_evidence
+    from specguard.attest.tee.collect import collect_evidence
 
     try:
         pk = bytes.fromhex(public_key)

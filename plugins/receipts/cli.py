@@ -1,15 +1,4 @@
-"""Built-in integrity layer: receipts and the transparency log (registered like any third-party plugin).
-
-CLI: `specguard verify`, `specguard log verify`, `specguard log show`.
-Routes (need `node.receipts`, a `specguard.attest.receipts.ReceiptIssuer`; when the node has none,
-one is created from `node.home` and `node.signing_key` and attached as `node.receipts`):
-    GET /specguard/v1/log/checkpoint                      signed checkpoint note (text/plain)
-    GET /specguard/v1/log/entries/{i}                     leaf i
-    GET /specguard/v1/log/proof/inclusion?index=&size=    audit path
-    GET /specguard/v1/log/proof/consistency?old=&new=     consistency proof
-    GET /specguard/v1/receipts/{id}                       a stored receipt document
-Bad or out-of-range parameters answer 400/404 with an OpenAI-shaped error body.
-"""
+"""Command-line interface of the receipts layer (`register_commands` adds these to `specguard`)."""
 
 from __future__ import annotations
 
@@ -21,27 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import click
-from fastapi import Request
-from fastapi.responses import JSONResponse, PlainTextResponse
 
 from specguard.attest import merkle
 from specguard.attest.checkpoint import (
     Checkpoint,
-    parse_verifier_key,
     split_note,
     verify_checkpoint,
 )
 from specguard.attest.receipts import (
-    ReceiptIssuer,
     ReceiptParseError,
     load_json_file,
     loads_strict,
     verify_receipt,
 )
-from specguard.attest.tlog import LogRangeError, TransparencyLog
+from specguard.attest.tlog import TransparencyLog
 from specguard.errors import SpecguardError, UsageError
-from specguard.hookspecs import hookimpl
-from specguard.keys import NodeKey, home_dir, parse_public_key
+from specguard.key_args import parse_key_arg
+from specguard.keys import parse_public_key
 
 log = logging.getLogger("specguard.plugins.receipts")
 
@@ -53,19 +38,6 @@ class LogFetchError(UsageError):
 
 
 # --- key and file helpers ---------------------------------------------------------------------
-
-
-def parse_key_arg(value: str) -> bytes:
-    """A raw Ed25519 public key from 64 hex digits, a signed-note verifier key, or a file of either/PEM."""
-    text = value.strip()
-    path = Path(text).expanduser()
-    if "+" in text and not path.is_file():
-        return parse_verifier_key(text)[1]
-    if path.is_file():
-        content = path.read_text("utf-8", "replace").strip()
-        if "+" in content and "BEGIN" not in content:
-            return parse_verifier_key(content)[1]
-    return parse_public_key(text)
 
 
 def _read_text(path: str, what: str) -> str:
@@ -370,103 +342,3 @@ def log_show_command(url: str | None, db_path: str | None, entry_index: int | No
             click.echo(local.entry(entry_index).decode("utf-8"))
     finally:
         local.close()
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    cli.add_command(verify_command)
-    cli.add_command(log_group)
-
-
-# --- HTTP routes ------------------------------------------------------------------------------
-
-
-def issuer_for(node: Any) -> ReceiptIssuer:
-    """The node's ReceiptIssuer (`node.receipts`), created from node.home/node.signing_key if absent."""
-    issuer = getattr(node, "receipts", None)
-    if issuer is None:
-        issuer = ReceiptIssuer(Path(getattr(node, "home", None) or home_dir()), NodeKey(node.signing_key))
-        node.receipts = issuer
-    return issuer
-
-
-def _error(status: int, message: str, param: str | None, code: str) -> Any:
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
-
-
-def _int_param(raw: str | None, name: str, default: int | None = None) -> int:
-    if raw is None or raw == "":
-        if default is None:
-            raise LogRangeError(f"query parameter '{name}' is required", field=name)
-        return default
-    if not re.fullmatch(r"0|[1-9][0-9]{0,18}", raw):
-        raise LogRangeError(f"'{name}' must be a non-negative decimal integer", field=name, got=raw[:40])
-    return int(raw)
-
-
-@hookimpl
-def register_routes(app: Any, node: Any) -> None:
-    issuer = issuer_for(node)
-    tlog = issuer.log
-
-    def guarded(fn: Any) -> Any:
-        try:
-            return fn()
-        except LogRangeError as exc:
-            return _error(400, exc.summary(), exc.field, "invalid_parameter")
-
-    @app.get(API + "/log/checkpoint", response_class=PlainTextResponse)
-    def get_checkpoint() -> Any:
-        return PlainTextResponse(tlog.checkpoint(), media_type="text/plain; charset=utf-8")
-
-    @app.get(API + "/log/entries/{index}")
-    def get_entry(index: str) -> Any:
-        def run() -> Any:
-            i = _int_param(index, "index")
-            if i >= tlog.size:
-                return _error(404, f"no log entry {i} (log size {tlog.size})", "index", "entry_not_found")
-            data = tlog.entry(i)
-            return JSONResponse({"index": i, "leaf_hash": merkle.leaf_hash(data).hex(),
-                                 "data": base64.b64encode(data).decode("ascii"), "envelope": json.loads(data)})
-        return guarded(run)
-
-    @app.get(API + "/log/proof/inclusion")
-    def get_inclusion(request: Request) -> Any:
-        def run() -> Any:
-            q = request.query_params
-            size = _int_param(q.get("size"), "size", tlog.size)
-            index = _int_param(q.get("index"), "index")
-            if size > tlog.size:
-                raise LogRangeError("size is larger than the log", field="size", got=size)
-            if index >= size:
-                raise LogRangeError("index must be smaller than size", field="index", got=index)
-            proof = tlog.inclusion_proof(index, size)
-            return JSONResponse({"index": index, "tree_size": size, "leaf_hash": tlog.leaf_hash(index).hex(),
-                                 "root": tlog.root(size).hex(), "inclusion_proof": [h.hex() for h in proof],
-                                 "checkpoint": tlog.checkpoint(size)})
-        return guarded(run)
-
-    @app.get(API + "/log/proof/consistency")
-    def get_consistency(request: Request) -> Any:
-        def run() -> Any:
-            q = request.query_params
-            new = _int_param(q.get("new"), "new", tlog.size)
-            old = _int_param(q.get("old"), "old")
-            if new > tlog.size:
-                raise LogRangeError("new is larger than the log", field="new", got=new)
-            if old > new:
-                raise LogRangeError("old must not exceed new", field="old", got=old)
-            proof = tlog.consistency_proof(old, new)
-            return JSONResponse({"old": old, "new": new, "old_root": tlog.root(old).hex(),
-                                 "new_root": tlog.root(new).hex(), "consistency_proof": [h.hex() for h in proof],
-                                 "checkpoint": tlog.checkpoint(new)})
-        return guarded(run)
-
-    @app.get(API + "/receipts/{receipt_id}")
-    def get_receipt(receipt_id: str) -> Any:
-        doc = issuer.get_receipt(receipt_id)
-        if doc is None:
-            return _error(404, "no receipt with this id", "receipt_id", "receipt_not_found")
-        return JSONResponse(doc)

@@ -1,16 +1,4 @@
-"""Built-in integrity layer: commitment proofs (registered like any third-party plugin).
-
-- `seal_transcript`: when a node serves a model, adds the evidence slot "commitment": a fresh
-  Pedersen commitment to the node's model digest and an equality proof to the node's published
-  commitment, bound to `transcript.binding_digest()`.
-- `verify_evidence`: checks that slot offline against `statement["predicate"]["binding_digest"]`
-  (put there by the receipts plugin) and, if given, `options["model_commitment"]` (a pinned hex
-  commitment).
-- `register_routes`: `GET /specguard/v1/commitment` serves the published commitment.
-- `register_commands`: `specguard commit open|show|disclose|verify-disclosure`.
-
-The node object must provide `home` (Path), `model` (with `.digest`, or None) and `key_id`.
-"""
+"""Command-line interface of the commitments layer (`register_commands` adds these to `specguard`)."""
 
 from __future__ import annotations
 
@@ -21,72 +9,9 @@ from typing import Any
 
 import click
 
-from ..errors import SpecguardError, UsageError
-from ..hookspecs import hookimpl
+from specguard.errors import UsageError
 
 log = logging.getLogger("specguard.plugins.commitments")
-
-ROUTE = "/specguard/v1/commitment"
-
-
-def _node_secret(node: Any):
-    from ..attest.commitments.model import load_or_create_secret
-
-    return load_or_create_secret(Path(node.home), node.model.digest)
-
-
-@hookimpl
-def seal_transcript(transcript, evidence, node):
-    if node is None or getattr(node, "model", None) is None:
-        return None
-    from ..attest.commitments.model import EVIDENCE_SLOT, CommitmentEvidenceError, response_evidence
-
-    secret = _node_secret(node)
-    if transcript.model_digest != secret.model_digest:
-        raise CommitmentEvidenceError("transcript was produced by another model than the node commits to",
-                                      field="transcript.model_digest", got=transcript.model_digest,
-                                      expected=secret.model_digest)
-    evidence[EVIDENCE_SLOT] = response_evidence(secret, transcript.binding_digest())
-    return None
-
-
-@hookimpl
-def verify_evidence(slot, value, statement, options):
-    from ..attest.commitments.model import EVIDENCE_SLOT, CommitmentEvidenceError, verify_response_evidence
-
-    if slot != EVIDENCE_SLOT:
-        return None
-    predicate = statement.get("predicate") if isinstance(statement, dict) else None
-    binding = predicate.get("binding_digest") if isinstance(predicate, dict) else None
-    pinned = (options or {}).get("model_commitment")
-    if pinned is not None and not isinstance(pinned, str):
-        raise CommitmentEvidenceError("pinned model commitment must be a hex string", field="model_commitment",
-                                      got=type(pinned).__name__)
-    return verify_response_evidence(value, binding, pinned or None)
-
-
-@hookimpl
-def register_routes(app, node):
-    from fastapi.responses import JSONResponse
-
-    from ..attest.commitments.model import published_document
-
-    @app.get(ROUTE, tags=["specguard"], summary="This node's published model commitment")
-    def published_commitment() -> Any:
-        if getattr(node, "model", None) is None:
-            err = UsageError("this node serves no model, so it has no model commitment", field="model")
-            return JSONResponse(status_code=404, content=err.to_dict())
-        try:
-            secret = _node_secret(node)
-        except SpecguardError as exc:
-            log.error("model commitment unavailable: %s", exc.summary())
-            return JSONResponse(status_code=503, content=exc.to_dict())
-        return JSONResponse(content=published_document(secret, node.key_id))
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(commit_group)
 
 
 @click.group(name="commit")
@@ -101,11 +26,11 @@ def commit_group() -> None:
 @click.option("--model", "model_ref", default=None, help="Load this model and check its digest too.")
 def commit_open(commitment_hex: str, digest: str, blinding_hex: str, model_ref: str | None) -> None:
     """Check that (digest, blinding) opens COMMITMENT, and with --model that it is that model."""
-    from ..attest.commitments.model import check_opening
+    from specguard.attest.commitments.model import check_opening
 
     model_digest = None
     if model_ref is not None:
-        from ..models import load_model
+        from specguard.models import load_model
 
         model_digest = load_model(model_ref).digest
     click.echo(json.dumps(check_opening(commitment_hex, digest, blinding_hex, model_digest), indent=2))
@@ -115,8 +40,8 @@ def commit_open(commitment_hex: str, digest: str, blinding_hex: str, model_ref: 
 @click.option("--reveal", is_flag=True, help="Also print the digest and blinding (give only to an auditor).")
 def commit_show(reveal: bool) -> None:
     """Print this node's published model commitment from $SPECGUARD_HOME."""
-    from ..attest.commitments.model import SUITE, VERSION, load_secret, secret_path
-    from ..keys import home_dir
+    from specguard.attest.commitments.model import SUITE, VERSION, load_secret, secret_path
+    from specguard.keys import home_dir
 
     home = home_dir()
     secret = load_secret(home)
@@ -135,8 +60,8 @@ def commit_show(reveal: bool) -> None:
 @click.option("--positions", required=True, help="Comma-separated token positions to reveal.")
 def commit_disclose(transcript_path: str, positions: str) -> None:
     """Reveal chosen per-token records with Merkle inclusion proofs."""
-    from ..attest.disclosure import disclose
-    from ..transcript import Transcript
+    from specguard.attest.disclosure import disclose
+    from specguard.transcript import Transcript
 
     wanted = _parse_positions(positions)
     doc = _read_json(transcript_path)
@@ -153,7 +78,7 @@ def commit_disclose(transcript_path: str, positions: str) -> None:
 @click.option("--root", "root_hex", required=True, help="Token-records Merkle root from a verified receipt.")
 def commit_verify_disclosure(disclosure_path: str, root_hex: str) -> None:
     """Verify disclosed per-token records against a trusted root; print them."""
-    from ..attest.disclosure import verify_disclosure
+    from specguard.attest.disclosure import verify_disclosure
 
     records = verify_disclosure(_read_json(disclosure_path), root_hex)
     click.echo(json.dumps({"verified": True, "root": root_hex, "records": records}, indent=2))

@@ -9,9 +9,9 @@ import click
 
 from specguard.hookspecs import hookimpl
 
+from . import cli as cli_commands
+
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from specguard.audit.commands import audit_group
-
-    cli.add_command(audit_group)
+    cli.add_command(cli_commands.audit_group)

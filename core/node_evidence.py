@@ -1,0 +1,40 @@
+"""A node's own TEE evidence, bound to its signing key: fresh for a nonce, or cached for sealing receipts.
+
+SIMULATED evidence is produced unless the node's policy requires real attestation, and every use of
+it is logged as proving nothing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .attest.binding import seal_nonce
+from .attest.tee.document import EvidenceDocument
+
+log = logging.getLogger("specguard.attest")
+
+#: evidence each node's receipts reference, keyed by the node's key_id
+_SEALED: dict[str, EvidenceDocument] = {}
+
+
+def allow_simulated(node: Any) -> bool:
+    """SIMULATED evidence is produced unless the node's policy requires real attestation."""
+    policy = getattr(node, "policy", None)
+    section = policy.section("attestation") if policy is not None else {}
+    return bool(section.get("allow_simulated", False)) or not section.get("required", False)
+
+
+def node_evidence(node: Any, nonce: bytes | None = None) -> EvidenceDocument:
+    """Fresh evidence for `nonce`, or (nonce None) the node's cached sealing evidence."""
+    from specguard.attest.tee.collect import collect_evidence
+
+    if nonce is not None:
+        return collect_evidence(node.public_key_bytes, nonce, allow_simulated=allow_simulated(node))
+    key = str(node.key_id)
+    if key not in _SEALED:
+        _SEALED[key] = collect_evidence(node.public_key_bytes, seal_nonce(node.public_key_bytes),
+                                        allow_simulated=allow_simulated(node))
+    doc = _SEALED[key]
+    if doc.simulated:
+        log.warning("SIMULATED attestation evidence used for node %s: it proves nothing", key)
+    return doc

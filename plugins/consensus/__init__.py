@@ -1,0 +1,154 @@
+"""Built-in integrity layer: consensus (registered like any third-party plugin).
+
+- Verifier nodes (`node.role == "verifier"`) get POST /specguard/v1/verify and
+  GET /specguard/v1/verifier/key.
+- Serving nodes with verifiers configured (`node.consensus` from `specguard serve --verifier URL
+  --quorum Q`, or the policy's [consensus] table) gather signed votes for every response and
+  attach a quorum certificate: returned as {"consensus": certificate} (the server puts it in the
+  response's "specguard" object) and set as receipt["consensus"].
+- Without quorum the policy's `on_no_quorum` decides: "flag" (attach the uncertified certificate
+  and log a warning), "withhold" (raise ConsensusWithheldError, HTTP 422, the dissent in its
+  message) or "fail" (raise NoQuorumError, HTTP 503).
+- `specguard verify` passes receipt["consensus"] to `verify_evidence(slot="consensus")`, which
+  recounts the votes under options["verifier_keys"].
+- CLI: `specguard consensus check | verify-certificate | show-key | calibrate`.
+See docs/consensus.md."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from specguard.consensus.config import (
+    PIN_FILE,
+    ConsensusConfig,
+    ConsensusWithheldError,
+    NoQuorumError,
+    consensus_config,
+)
+from specguard.consensus.quorum import (
+    QuorumError,
+    pinned_keys,
+    request_certificate,
+    verify_certificate,
+)
+from specguard.errors import ConfigError, PolicyError
+from specguard.hookspecs import hookimpl
+
+from . import cli as cli_commands
+from . import routes
+
+log = logging.getLogger("specguard.consensus")
+
+
+
+# --- serving side -----------------------------------------------------------------------------
+
+
+def _trusted_keys(config: ConsensusConfig, node: Any) -> list[bytes]:
+    keys = list(config.trusted_keys)
+    if config.trust_on_first_use:
+        home = Path(getattr(node, "home", None) or ".")
+        keys.extend(k for k in pinned_keys(config.verifiers, home / PIN_FILE, config.timeout) if k not in keys)
+    return keys
+
+
+@hookimpl
+def judge_transcript(transcript: Any, receipt: Any, node: Any) -> dict[str, Any] | None:
+    if node is None or getattr(node, "role", "serve") == "verifier":
+        return None
+    config = consensus_config(node)
+    if config is None:
+        return None
+    keys = _trusted_keys(config, node)
+    if not keys:
+        log.error("consensus: no trusted verifier keys (set [consensus].verifier_keys or trust_on_first_use)")
+    cert = request_certificate(config.verifiers, transcript.to_json(include_steps=False), receipt, keys,
+                               config.quorum, timeout=config.timeout)
+    if isinstance(receipt, dict):
+        receipt["consensus"] = cert
+    if not cert["certified"]:
+        summary = (f"no consensus quorum: {cert['accepts']} of {cert['verifiers']} verifiers accepted, "
+                   f"need {cert['quorum']}; dissent {[(d['key_id'], d['verdict']) for d in cert['dissent']]}; "
+                   f"failures {len(cert['failures'])}")
+        if config.on_no_quorum == "fail":
+            raise NoQuorumError(summary, field="consensus", got=cert["accepts"], expected=f">= {cert['quorum']}")
+        if config.on_no_quorum == "withhold":
+            reasons = list(dict.fromkeys(r for d in cert["dissent"] for r in d["reasons"][:3]))
+            raise ConsensusWithheldError(summary + f"; reasons {reasons[:6]}", field="consensus",
+                                         got=cert["accepts"], expected=f">= {cert['quorum']}")
+        log.warning("consensus: FLAGGED response %s", summary)
+    return {"consensus": cert}
+
+
+# --- offline verification ---------------------------------------------------------------------
+
+
+@hookimpl
+def verify_evidence(slot: str, value: Any, statement: Any, options: Any) -> dict[str, Any] | None:
+    if slot != "consensus":
+        return None
+    options = dict(options or {})
+    keys = [bytes(k) for k in options.get("verifier_keys") or []]
+    quorum = int(options.get("quorum") or 0)
+    policy = options.get("policy")
+    if policy is not None and hasattr(policy, "section"):
+        quorum = max(quorum, int(policy.section("consensus").get("quorum") or 0))
+    envelope = options.get("envelope")
+    receipt = options.get("receipt")
+    if envelope is None and isinstance(receipt, dict):
+        envelope = receipt.get("envelope")
+    predicate = statement.get("predicate", {}) if isinstance(statement, dict) else {}
+    binding = predicate.get("binding_digest")
+    if not isinstance(binding, str):
+        raise QuorumError("statement has no binding digest to check the certificate against",
+                          field="predicate.binding_digest")
+    if not quorum:
+        log.warning("consensus certificate checked against its own quorum; pass a minimum quorum to enforce one")
+    model = predicate.get("model") if isinstance(predicate.get("model"), dict) else {}
+    verified = verify_certificate(value, envelope, keys, quorum or None, binding_digest=binding,
+                                  model_digest=model.get("digest"))
+    out = verified.to_json()
+    out["receipt_digest_checked"] = envelope is not None
+    out.update(_attested_verifiers(verified, options, policy))
+    return out
+
+
+def _attested_verifiers(verified: Any, options: dict[str, Any], policy: Any) -> dict[str, Any]:
+    """Check the verifier evidence files given (`--verifier-evidence`) and the policy's
+    `[consensus] min_attested_verifiers`: how many accepting votes must come from verifiers whose
+    evidence was verified here."""
+    from specguard.consensus.quorum import check_verifier_evidence
+
+    documents = list(options.get("verifier_evidence") or [])
+    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
+    required = section.get("min_attested_verifiers", 0)
+    if isinstance(required, bool) or not isinstance(required, int) or required < 0:
+        raise ConfigError("consensus.min_attested_verifiers must be a non-negative integer",
+                          field="consensus.min_attested_verifiers", got=required)
+    if not documents and not required:
+        return {}
+    from specguard.policies import evidence_policy
+
+    policy = evidence_policy(policy)
+    attested = check_verifier_evidence(verified, documents, policy, at=options.get("at"), now=options.get("now"),
+                                       collateral=options.get("collateral"))
+    distinct = sorted({a["key_id"] for a in attested})
+    if len(distinct) < required:
+        raise PolicyError("too few accepting verifiers with verified TEE evidence",
+                          field="consensus.min_attested_verifiers", got=len(distinct), expected=f">= {required}")
+    return {"attested_verifiers": attested}
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(cli_commands.consensus_group)
+
+
+@hookimpl
+def register_routes(app, node):
+    """HTTP routes of this layer (see routes.py)."""
+    routes.register(app, node)

@@ -1,0 +1,138 @@
+"""Command-line interface of the consensus layer (`register_commands` adds these to `specguard`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from specguard.consensus.config import default_quorum, key_value
+from specguard.consensus.quorum import (
+    QuorumError,
+    request_certificate,
+    verify_certificate,
+)
+from specguard.errors import UsageError
+
+log = logging.getLogger("specguard.consensus")
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _load_json(path: str, what: str) -> Any:
+    from specguard.attest.receipts import load_json_file
+
+    return load_json_file(Path(path), what)
+
+
+def _receipt_from(doc: Any) -> dict[str, Any]:
+    """A receipt document from a receipt file or a response whose specguard.receipt holds one."""
+    if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
+            and isinstance(doc["specguard"].get("receipt"), dict):
+        doc = doc["specguard"]["receipt"]
+    if not isinstance(doc, dict) or "envelope" not in doc:
+        raise UsageError("not a receipt document (no 'envelope')", field="RECEIPT")
+    return doc
+
+
+@click.group(name="consensus")
+def consensus_group() -> None:
+    """Consensus verification: independent verifiers re-check a response and co-sign it."""
+
+
+@consensus_group.command(name="check")
+@click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
+@click.option("--transcript", "transcript_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The response's transcript JSON (Transcript.to_json()).")
+@click.option("--verifier", "verifiers", multiple=True, required=True, help="Verifier node base URL (repeat).")
+@click.option("--verifier-key", "verifier_keys", multiple=True, help="Trusted verifier key: 64 hex or a file.")
+@click.option("--quorum", type=int, help="Accepting votes needed (default 2f+1 of n = 3f+1).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per verifier.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the certificate here.")
+@click.option("--attach", "attach_path", type=click.Path(dir_okay=False),
+              help="Write the receipt document with the certificate attached as receipt['consensus'].")
+def check_command(receipt: str, transcript_path: str, verifiers: tuple[str, ...], verifier_keys: tuple[str, ...],
+                  quorum: int | None, timeout: float, out_path: str | None, attach_path: str | None) -> None:
+    """Ask verifiers to re-check a receipted response and build a quorum certificate.
+
+    Exits 0 when certified, 4 when there is no quorum (the certificate, with dissent, is still
+    printed and written).
+    """
+    doc = _receipt_from(_load_json(receipt, "receipt"))
+    transcript = _load_json(transcript_path, "transcript")
+    if not isinstance(transcript, dict):
+        raise UsageError("transcript must be a JSON object", field="--transcript")
+    keys = [key_value(k, "--verifier-key") for k in verifier_keys]
+    if not keys:
+        raise UsageError("give the trusted verifier keys with --verifier-key", field="--verifier-key")
+    q = quorum or default_quorum(len(verifiers))
+    doc = {k: v for k, v in doc.items() if k != "consensus"}
+    cert = request_certificate(list(verifiers), transcript, doc, keys, q, timeout=timeout)
+    text = json.dumps(cert, indent=2)
+    if out_path:
+        Path(out_path).write_text(text + "\n", "utf-8")
+    if attach_path:
+        Path(attach_path).write_text(json.dumps({**doc, "consensus": cert}, indent=2) + "\n", "utf-8")
+    click.echo(text)
+    for d in cert["dissent"]:
+        click.echo(f"dissent {d['key_id']} {d['verdict']}: {'; '.join(d['reasons'][:4])}", err=True)
+    for f in cert["failures"]:
+        click.echo(f"no vote from {f['verifier']}: {f['error']}", err=True)
+    if not cert["certified"]:
+        raise QuorumError(f"no quorum: {cert['accepts']} of {len(verifiers)} verifiers accepted, need {q}",
+                          field="consensus", got=cert["accepts"], expected=f">= {q}")
+    click.echo(f"OK certified by {cert['accepts']} of {len(verifiers)} verifiers (quorum {q})", err=True)
+
+
+@consensus_group.command(name="verify-certificate")
+@click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
+@click.option("--certificate", "cert_path", type=click.Path(exists=True, dir_okay=False),
+              help="Certificate file (default: RECEIPT's 'consensus' key).")
+@click.option("--verifier-key", "verifier_keys", multiple=True, required=True,
+              help="Trusted verifier key: 64 hex or a file.")
+@click.option("--quorum", type=int, help="Minimum accepting votes (never less than the certificate's own).")
+def verify_certificate_command(receipt: str, cert_path: str | None, verifier_keys: tuple[str, ...],
+                               quorum: int | None) -> None:
+    """Verify a quorum certificate offline against trusted verifier keys."""
+    raw = _load_json(receipt, "receipt")
+    doc = _receipt_from(raw)
+    cert = _load_json(cert_path, "certificate") if cert_path else doc.get("consensus")
+    if cert is None and isinstance(raw, dict) and isinstance(raw.get("specguard"), dict):
+        cert = raw["specguard"].get("consensus")
+    if cert is None:
+        raise UsageError("no certificate: give --certificate or a receipt with 'consensus'", field="--certificate")
+    verified = verify_certificate(cert, doc["envelope"], [key_value(k, "--verifier-key") for k in verifier_keys], quorum)
+    click.echo(json.dumps(verified.to_json(), indent=2))
+    click.echo(f"OK quorum certificate: {len(verified.accepted_by)} accepting votes, quorum {verified.quorum}",
+               err=True)
+
+
+@consensus_group.command(name="show-key")
+@click.option("--home", type=click.Path(file_okay=False), help="Node home (default $SPECGUARD_HOME).")
+def show_key_command(home: str | None) -> None:
+    """Print this node's verifier public key (created on first use): give it to clients as --verifier-key."""
+    from specguard.keys import load_or_create_node_key
+
+    key = load_or_create_node_key(Path(home) if home else None)
+    click.echo(json.dumps({"key_id": key.key_id, "public_key": key.public_hex}))
+
+
+@consensus_group.command(name="calibrate")
+@click.option("--model", "model_ref", help="Model reference (default: the embedded model).")
+@click.option("--prompts", "n_prompts", type=int, default=4, show_default=True)
+@click.option("--max-tokens", type=int, default=32, show_default=True)
+def calibrate_command(model_ref: str | None, n_prompts: int, max_tokens: int) -> None:
+    """Measure honest re-derivation drift (threads, batch shapes, dtypes) to set margin and tolerance."""
+    from specguard.consensus.calibrate import calibrate, recommended
+    from specguard.models import load_model
+
+    model = load_model(model_ref)
+    questions = ["Explain photosynthesis briefly.", "Write a haiku about the sea.", "What is 17 times 23?",
+                 "List three uses of copper.", "Why is the sky blue?", "Name two prime numbers."]
+    prompts = [model.encode_chat([{"role": "user", "content": q}]) for q in questions[: max(1, n_prompts)]]
+    report = calibrate(model, prompts, max_tokens=max_tokens)
+    click.echo(json.dumps({**report.to_json(), "recommended": recommended(report)}, indent=2))

@@ -1,0 +1,33 @@
+"""Built-in integrity layer: receipts and the transparency log (registered like any third-party plugin).
+
+CLI (cli.py): `specguard verify`, `specguard log verify`, `specguard log show`.
+Routes (routes.py), served from the node's receipt issuer:
+    GET /specguard/v1/log/checkpoint                      signed checkpoint note (text/plain)
+    GET /specguard/v1/log/entries/{i}                     leaf i
+    GET /specguard/v1/log/proof/inclusion?index=&size=    audit path
+    GET /specguard/v1/log/proof/consistency?old=&new=     consistency proof
+    GET /specguard/v1/receipts/{id}                       a stored receipt document
+Bad or out-of-range parameters answer 400/404 with an OpenAI-shaped error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from specguard.hookspecs import hookimpl
+
+from . import cli as cli_commands
+from . import routes
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(cli_commands.verify_command)
+    cli.add_command(cli_commands.log_group)
+
+
+@hookimpl
+def register_routes(app: Any, node: Any) -> None:
+    routes.register(app, node)
