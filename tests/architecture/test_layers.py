@@ -15,7 +15,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from support.paths import ROOT
 
 PACKAGES = {"core": "specguard", "attest": "specguard.attest", "plugins": "specguard.plugins",
