@@ -126,9 +126,15 @@ def load_policy(ref: str | Path | None = None) -> Policy:
     return policy_from_dict(data, source=source)
 
 
-def evidence_policy(policy: Any) -> Any:
+def evidence_policy(policy: Any, reference_values: str | Path | None = None) -> Any:
     """The policy to verify evidence under: a policy object as given, a preset name or path
-    loaded, and `strict` when none is given (offline verification fails closed, unlike `dev`)."""
+    loaded, and `strict` when none is given (offline verification fails closed, unlike `dev`).
+    `reference_values` (a file) replaces the policy's attestation reference values; `strict`
+    validates nothing without them."""
     if policy is None or isinstance(policy, str | Path):
-        return load_policy(policy or "strict")
+        policy = load_policy(policy or "strict")
+    if reference_values is not None:
+        if not isinstance(policy, Policy):
+            raise ConfigError("reference values need a Policy", field="policy", got=type(policy).__name__)
+        policy = policy.with_reference_values(reference_values)
     return policy

@@ -408,3 +408,12 @@ def test_cli_gpu_nonce_and_attach_gpu(capsys, tmp_path, cpu_gpu):
     code, _, _ = run(capsys, "attest", "attach-gpu", str(path), "--gpu-evidence", str(tmp_path / "wrong.bin"),
                      "--gpu-certs", str(tmp_path / "gpu.pem"), "--out", str(tmp_path / "x.json"))
     assert code == 4
+
+
+def test_evidence_policy_helper_takes_reference_values():
+    from specguard.policies import evidence_policy
+
+    assert evidence_policy(None).attestation.reference_values is None
+    policy = evidence_policy("strict", reference_values=EXAMPLE)
+    assert policy.name == "strict" and policy.attestation.reference_values.name == "example-test-vectors"
+    assert policy.digest == load_policy("strict").digest  # the rules are unchanged; the values are data
