@@ -4,8 +4,15 @@
 
 where lp(x) is x's length as an 8-byte big-endian integer followed by x (specguard.canonical.lp),
 `public_key` is the node's raw 32-byte Ed25519 public key and `nonce` the verifier-chosen
-nonce (16..64 bytes). The 64-byte digest fills SEV-SNP and TDX REPORT_DATA exactly; NVIDIA's
-SPDM nonce is 32 bytes, so GPU evidence carries the first 32 bytes.
+nonce (16..64 bytes). The 64-byte digest fills SEV-SNP and TDX REPORT_DATA exactly.
+
+GPU evidence never binds the key itself (its requester picks the SPDM nonce, and the GPU says
+nothing about the software holding the key). It counts only next to CPU evidence that does, and
+its 32-byte SPDM nonce must be derived from that CPU evidence:
+
+    gpu_nonce = SHA-256( lp(b"specguard/attestation/gpu-nonce/v1") || lp(SHA-256(cpu_evidence)) || lp(public_key) )
+
+where `cpu_evidence` is the exact CPU report / quote bytes of the node evidence document.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from specguard.errors import UsageError
 
 BINDING_TAG = "specguard/attestation/report-data/v1"
 SEAL_NONCE_TAG = "specguard/attestation/seal-nonce/v1"
+GPU_NONCE_TAG = "specguard/attestation/gpu-nonce/v1"
+REPORT_DATA_SIZE = 64
+GPU_NONCE_SIZE = 32
 MIN_NONCE = 16
 MAX_NONCE = 64
 PUBLIC_KEY_SIZE = 32
@@ -57,3 +67,14 @@ def binding_preimage(public_key: bytes, nonce: bytes) -> bytes:
 def seal_nonce(public_key: bytes) -> bytes:
     """The fixed 32-byte nonce a node uses for the evidence its receipts reference."""
     return hashlib.sha256(lp(SEAL_NONCE_TAG.encode("utf-8"), public_key)).digest()
+
+
+def gpu_nonce_for(cpu_evidence: bytes, public_key: bytes) -> bytes:
+    """The 32-byte SPDM nonce GPU evidence must carry to count next to `cpu_evidence` (the CPU
+    report or quote bytes that bind `public_key`): fresh after the CPU evidence, tied to the key."""
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise UsageError("public key must be 32 raw Ed25519 bytes", field="public_key",
+                         got=len(public_key) if isinstance(public_key, bytes) else type(public_key).__name__)
+    if not isinstance(cpu_evidence, bytes) or not cpu_evidence:
+        raise UsageError("CPU evidence bytes are required to derive the GPU nonce", field="cpu_evidence")
+    return tagged_hash(GPU_NONCE_TAG, hashlib.sha256(cpu_evidence).digest(), public_key, algorithm="sha256")

@@ -19,9 +19,11 @@ _SEALED: dict[str, EvidenceDocument] = {}
 
 def allow_simulated(node: Any) -> bool:
     """SIMULATED evidence is produced unless the node's policy requires real attestation."""
+    from .attest.tee.validate import section_of
+
     policy = getattr(node, "policy", None)
-    section = policy.section("attestation") if policy is not None else {}
-    return bool(section.get("allow_simulated", False)) or not section.get("required", False)
+    section = section_of(policy) if policy is not None else None
+    return section is None or section.allow_simulated or not section.required
 
 
 def node_evidence(node: Any, nonce: bytes | None = None) -> EvidenceDocument:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specguard.canonical import canonical_json, sha256_hex
 from specguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from specguard.attest.tee.policy import AttestationPolicy
 
 log = logging.getLogger("specguard.policy")
 
@@ -20,12 +24,33 @@ PRESET_PACKAGE = "specguard.policies"
 
 @dataclass(frozen=True)
 class Policy:
-    """A parsed policy. Sections are read-only mappings."""
+    """A parsed policy. Sections are read-only mappings; `[attestation]` is also typed (`attestation`).
+
+    `reference_values` (a path) overrides the `[attestation] reference_values` key: the rules and
+    their digest stay the same, the reference values are data kept apart from them."""
 
     name: str
     data: MappingProxyType
     source: str = "<memory>"
     digest: str = field(default="")
+    reference_values: str | None = None
+
+    @cached_property
+    def attestation(self) -> AttestationPolicy:
+        """The `[attestation]` table parsed once into a frozen `AttestationPolicy` (unknown keys and
+        ill-typed values are a ConfigError naming the key; reference values loaded and checked)."""
+        from specguard.attest.tee.policy import parse_attestation
+
+        base = None if self.source.startswith(("<", "preset:")) else Path(self.source).parent
+        return parse_attestation(self.section("attestation"), base_dir=base, reference_values=self.reference_values)
+
+    def with_reference_values(self, path: str | Path | None) -> Policy:
+        """This policy with its attestation reference values taken from `path` (None: unchanged)."""
+        if path is None:
+            return self
+        policy = replace(self, reference_values=str(Path(path)))
+        policy.attestation  # noqa: B018 - parse now: a bad file fails here, not at first use
+        return policy
 
     def section(self, name: str) -> dict[str, Any]:
         """The `[name]` table, or {} when absent."""
@@ -72,6 +97,7 @@ def policy_from_dict(data: dict[str, Any], name: str | None = None, source: str 
     policy_name = name or str(plain.get("name") or "unnamed")
     digest = "sha256:" + sha256_hex(canonical_json(plain))
     policy = Policy(name=policy_name, data=MappingProxyType(plain), source=source, digest=digest)
+    policy.attestation  # noqa: B018 - parse [attestation] once, at load: unknown keys fail here
     for reason in policy.insecure_reasons():
         log.warning("INSECURE policy %r: %s", policy_name, reason)
     return policy
@@ -100,9 +126,15 @@ def load_policy(ref: str | Path | None = None) -> Policy:
     return policy_from_dict(data, source=source)
 
 
-def evidence_policy(policy: Any) -> Any:
+def evidence_policy(policy: Any, reference_values: str | Path | None = None) -> Any:
     """The policy to verify evidence under: a policy object as given, a preset name or path
-    loaded, and `strict` when none is given (offline verification fails closed, unlike `dev`)."""
+    loaded, and `strict` when none is given (offline verification fails closed, unlike `dev`).
+    `reference_values` (a file) replaces the policy's attestation reference values; `strict`
+    validates nothing without them."""
     if policy is None or isinstance(policy, str | Path):
-        return load_policy(policy or "strict")
+        policy = load_policy(policy or "strict")
+    if reference_values is not None:
+        if not isinstance(policy, Policy):
+            raise ConfigError("reference values need a Policy", field="policy", got=type(policy).__name__)
+        policy = policy.with_reference_values(reference_values)
     return policy

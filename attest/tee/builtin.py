@@ -11,7 +11,7 @@ from .nvidia import parse_nvidia, show_nvidia
 from .nvidia_verify import verify_nvidia
 from .simulated import parse_simulated, show_simulated, verify_simulated
 from .snp import parse_snp_report, show_snp
-from .snp_verify import verify_snp
+from .snp_verify import load_amd_crls, verify_snp
 from .tdx import parse_tdx_quote, show_tdx
 from .tdx_verify import verify_tdx
 from .types import Verified
@@ -22,12 +22,15 @@ class _Base:
     name = ""
     description = ""
     rules: Any = None
+    #: GPU evidence: never binds a node key alone (see specguard.attest.binding.gpu_nonce_for)
+    gpu = False
 
     def validate(self, verified: Verified, section: Mapping[str, Any], *, public_key: bytes | None = None,
                  nonce: bytes | None = None, now: dt.datetime | None = None,
-                 collected_at: dt.datetime | None = None) -> None:
+                 collected_at: dt.datetime | None = None, expected_report_data: bytes | None = None) -> None:
         validate_evidence(verified, section, public_key=public_key, nonce=nonce, now=now,
-                          collected_at=collected_at, type_rules=type(self).rules)
+                          collected_at=collected_at, type_rules=type(self).rules,
+                          expected_report_data=expected_report_data, gpu=self.gpu)
 
 
 class SnpEvidenceType(_Base):
@@ -40,7 +43,8 @@ class SnpEvidenceType(_Base):
 
     def verify(self, parsed: Any, *, at: dt.datetime | None = None, trust: roots.TrustStore | None = None,
                certs: bytes | None = None, collateral: Any = None) -> Verified:
-        return verify_snp(parsed, at=at, trust=trust, certs=certs)
+        """`collateral`: AMD CRL(s) (a file, a folder of `*.crl`, bytes or CRL objects), checked when given."""
+        return verify_snp(parsed, at=at, trust=trust, certs=certs, crls=load_amd_crls(collateral))
 
     def show(self, parsed: Any) -> dict[str, Any]:
         return show_snp(parsed)
@@ -66,6 +70,7 @@ class NvidiaEvidenceType(_Base):
     name = "nvidia"
     description = "NVIDIA Hopper SPDM GET_MEASUREMENTS evidence, chain to the pinned NVIDIA device root"
     rules = staticmethod(nvidia_rules)
+    gpu = True
 
     def parse(self, data: bytes) -> Any:
         return parse_nvidia(data)

@@ -42,6 +42,11 @@ class EndorsementMismatchError(EvidenceVerificationError):
     """The signing certificate's extensions disagree with the report (TCB, chip ID, FWID)."""
 
 
+class KeyBindingError(EvidenceVerificationError):
+    """Evidence does not attest the node key: bound to another key, GPU evidence offered alone as
+    node attestation, or GPU evidence whose nonce is not derived from the CPU evidence."""
+
+
 class CollateralError(EvidenceVerificationError):
     """Verification collateral (TCB info, QE identity, CRLs) is missing, malformed or invalid."""
 

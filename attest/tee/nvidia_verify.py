@@ -1,6 +1,6 @@
 """Verify NVIDIA GPU evidence: device certificate chain (leaf first) to the pinned NVIDIA
 Device Identity CA, the leaf's FWID (last 48 bytes of TCG DICE extension 2.23.133.5.4.1)
-against the FWID in the opaque data, and the SPDM signature with the leaf key.
+against the FWID in the opaque data (evidence without one fails), and the SPDM signature with the leaf key.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def verify_nvidia(
     chain = build_chain(leaf, [*chain_certs[1:], *trust.intermediates], trust.roots, at, role="GPU attestation")
     cert_fwid = leaf_fwid(leaf)
     report_fwid = ev.opaque_field("fwid")
-    if report_fwid is not None and report_fwid != cert_fwid:
+    if report_fwid is None:
+        raise EndorsementMismatchError("GPU evidence carries no FWID: it cannot be tied to the signing certificate",
+                                       field="opaque.fwid", got=None, expected=cert_fwid)
+    if report_fwid != cert_fwid:
         raise EndorsementMismatchError("FWID in the evidence does not match the signing certificate",
                                        field="opaque.fwid", got=report_fwid, expected=cert_fwid)
     key = leaf.public_key()
@@ -65,7 +68,8 @@ def verify_nvidia(
         raise SignatureError("SPDM measurement signature does not verify", field="response.Signature",
                              got=f"signer {name(leaf)}", expected="ECDSA P-384 / SHA-384 over request || response")
     claims = {
-        # The requester nonce is 32 bytes; the binding uses the first 32 bytes of report_data.
+        # The 32-byte requester nonce: GPU evidence binds nothing alone; next to CPU evidence it must be
+        # specguard.attest.binding.gpu_nonce_for(cpu evidence, node key).
         "report_data": ev.request_nonce,
         "debug": False,
         "driver_version": ev.driver_version,
@@ -73,5 +77,4 @@ def verify_nvidia(
         "measurements": {b.index: b.value for b in ev.blocks},
         "fwid": cert_fwid,
     }
-    notes = () if report_fwid is not None else ("evidence carries no FWID; certificate FWID not compared",)
-    return Verified("nvidia", ev, claims, at, tuple(chain.subjects()), notes=notes)
+    return Verified("nvidia", ev, claims, at, tuple(chain.subjects()))

@@ -1,20 +1,41 @@
 """Verify a SEV-SNP report: VCEK/VLEK chain to a pinned AMD ARK, report signature, and the
 endorsement key's extensions (reported TCB equals the certificate's TCB; hardware ID equals
-CHIP_ID unless the chip ID is masked).
+CHIP_ID unless the chip ID is masked). AMD CRLs (as AMD KDS serves them at
+`/vcek/v1/{product}/crl`, signed by the ARK) are checked when given: each must be issued by a
+certificate of the chain, signed by it and current at `at`, and no certificate it covers
+(ASK/ASVK, or a VCEK/VLEK under a CRL of its issuer) may be on it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import der, roots
-from .certs import build_chain, load_certificates, name, utc
-from .errors import EndorsementMismatchError, EvidenceParseError, EvidenceVerificationError, SignatureError
+from .certs import (
+    Chain,
+    build_chain,
+    check_not_revoked,
+    load_certificates,
+    load_crl,
+    name,
+    utc,
+    verify_crl,
+)
+from .errors import (
+    CollateralError,
+    EndorsementMismatchError,
+    EvidenceParseError,
+    EvidenceVerificationError,
+    SignatureError,
+)
 from .snp import SnpReport, TcbVersion
 from .types import Verified
 
@@ -109,11 +130,13 @@ def verify_snp(
     at: dt.datetime | None = None,
     trust: roots.TrustStore | None = None,
     certs: bytes | list[x509.Certificate] | None = None,
+    crls: Iterable[x509.CertificateRevocationList] | None = None,
 ) -> Verified:
     """Verify `report` with its endorsement certificate(s) at time `at` (default now).
 
     `certs`: the VCEK/VLEK (DER or PEM), optionally followed by ASK/ARK (those are only
     candidates; the chain must end at a root in `trust`, default the pinned AMD roots).
+    `crls`: AMD CRLs to check the chain against (see `check_amd_crls`); None: no CRL check.
     """
     at = utc(at)
     trust = trust or roots.amd()
@@ -130,6 +153,9 @@ def verify_snp(
     cert_list = certs if isinstance(certs, list) else load_certificates(certs, "SEV-SNP certificates")
     leaf = cert_list[0]
     chain = build_chain(leaf, [*cert_list[1:], *trust.intermediates], trust.roots, at, role=report.signing_key)
+    notes = []
+    if crls is not None:
+        notes.append(check_amd_crls(chain, list(crls), at))
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise SignatureError("endorsement key is not an ECDSA P-384 key", field=f"{report.signing_key} key",
@@ -152,7 +178,6 @@ def verify_snp(
             field="CPUID_FAM_ID", got=f"{report.cpuid_fam_id:#x}", expected=endorsement.product)
     reported = report.tcb("reported", turin)
     _check_tcb(reported, endorsement)
-    notes = []
     if report.signing_key == "VCEK":
         if endorsement.hwid is None:
             raise EndorsementMismatchError("VCEK lacks the hardware ID extension", field=f"VCEK hwID ({OID_HWID})")
@@ -193,3 +218,58 @@ def _check_tcb(reported: TcbVersion, e: AmdEndorsement) -> None:
             raise EndorsementMismatchError(
                 "REPORTED_TCB does not equal the endorsement certificate's TCB",
                 field=f"REPORTED_TCB.{label}", got=got, expected=want)
+
+
+def check_amd_crls(chain: Chain, crls: list[x509.CertificateRevocationList], at: dt.datetime) -> str:
+    """Each CRL is issued by a certificate of `chain`, signed by it and current at `at`; no
+    certificate of the chain issued by that CA is revoked. Raises RevokedError / CollateralError."""
+    if not crls:
+        raise CollateralError("AMD CRL collateral was given but holds no CRL", field="collateral",
+                              expected="at least one CRL (DER or PEM)")
+    certs = list(chain.certificates)
+    for crl in crls:
+        issuer = next((c for c in certs if c.subject == crl.issuer), None)
+        if issuer is None:
+            raise CollateralError("CRL is not issued by any certificate of the endorsement chain",
+                                  field="AMD CRL issuer", got=crl.issuer.rfc4514_string(),
+                                  expected=[name(c) for c in certs])
+        verify_crl(crl, issuer, at, f"AMD {name(issuer)}")
+        for cert in certs:
+            if cert.issuer == crl.issuer and cert.subject != cert.issuer:
+                check_not_revoked(cert, crl, "AMD " + ("endorsement" if cert is certs[0] else "intermediate"))
+    return f"{len(crls)} AMD CRL(s) checked: no certificate of the chain is revoked"
+
+
+def load_amd_crls(collateral: Any) -> list[x509.CertificateRevocationList] | None:
+    """AMD CRLs from SEV-SNP collateral: None (no check), a CRL file, a folder (every `*.crl`,
+    `*crl.der`, `*crl.pem` in it), bytes, or a list of those or of CRL objects. A folder without
+    any CRL is a CollateralError (collateral was asked for, so it must be checked)."""
+    if collateral is None:
+        return None
+    items = collateral if isinstance(collateral, list | tuple) else [collateral]
+    out: list[x509.CertificateRevocationList] = []
+    for item in items:
+        if isinstance(item, x509.CertificateRevocationList):
+            out.append(item)
+        elif isinstance(item, bytes | bytearray):
+            out.append(load_crl(bytes(item), "AMD CRL"))
+        elif isinstance(item, str | Path):
+            path = Path(item)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.is_file() and (
+                    p.suffix == ".crl" or p.name.endswith(("crl.der", "crl.pem"))) and not p.name.startswith(
+                    ("pck_", "root_ca_")))
+                if not files:
+                    raise CollateralError("SEV-SNP collateral folder holds no AMD CRL", field="collateral",
+                                          got=str(path), expected="*.crl (DER or PEM, from AMD KDS)")
+                out.extend(load_crl(p.read_bytes(), f"AMD CRL {p.name}") for p in files)
+            else:
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    raise CollateralError(f"cannot read AMD CRL: {exc}", field="collateral", got=str(path)) from exc
+                out.append(load_crl(data, f"AMD CRL {path.name}"))
+        else:
+            raise CollateralError("unsupported SEV-SNP collateral", field="collateral", got=type(item).__name__,
+                                  expected="CRL path, folder, bytes or CRL objects")
+    return out

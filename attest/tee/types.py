@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 class Verified:
     """Evidence that passed cryptographic verification, with its normalized claims.
 
-    `claims` always has `report_data` (bytes) and `debug` (bool); each type adds its own
+    `claims` always has `report_data` (bytes: 64 for CPU evidence, 32 for GPU evidence) and `debug` (bool); each type adds its own
     measurements. `tcb_status` is set when collateral yielded one (TDX). `simulated` is True
     only for the SIMULATED development type.
     """
@@ -36,10 +36,12 @@ class Verified:
     advisories: tuple[str, ...] = ()
     simulated: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: GPU evidence verified next to this CPU evidence (its nonce derived from it), see document.py
+    attached: tuple[Verified, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary (bytes as hex)."""
-        return {
+        out = {
             "type": self.type,
             "simulated": self.simulated,
             "verified_at": self.verified_at.isoformat(),
@@ -49,6 +51,9 @@ class Verified:
             "claims": jsonable(dict(self.claims)),
             "notes": list(self.notes),
         }
+        if self.attached:
+            out["attached"] = [a.summary() for a in self.attached]
+        return out
 
 
 def jsonable(value: Any) -> Any:
@@ -94,6 +99,6 @@ class EvidenceType(Protocol):
         nonce: bytes | None = None,
         now: dt.datetime | None = None,
         collected_at: dt.datetime | None = None,
-    ) -> None: ...
+    ) -> None: ...  # GPU types (`gpu = True`) also take `expected_report_data: bytes | None`
 
     def show(self, parsed: Any) -> dict[str, Any]: ...

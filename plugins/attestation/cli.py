@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,46 +78,94 @@ def attest_group() -> None:
     """Verify, show and collect TEE attestation evidence (SEV-SNP, TDX, NVIDIA)."""
 
 
+def _policy(policy_ref: str | None, reference_values: str | None) -> Any:
+    from specguard.policies import load_policy
+
+    if policy_ref is None and reference_values is None:
+        return None
+    return load_policy(policy_ref or "strict").with_reference_values(reference_values)
+
+
+def _policy_result(policy: Any) -> dict[str, Any]:
+    from specguard.attest.tee.validate import section_of
+
+    out: dict[str, Any] = {"policy": policy.name, "policy_digest": policy.digest}
+    rv = section_of(policy).reference_values
+    if rv is not None:
+        out["reference_values"] = {"source": rv.source, "digest": rv.digest, "name": rv.name, "example": rv.example}
+    return out
+
+
 @attest_group.command(name="verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--type", "type_", help="Evidence type (snp, tdx, nvidia, simulated); implied by an evidence document.")
 @click.option("--certs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Endorsement certificate(s), leaf first (VCEK/VLEK; GPU chain). Repeatable.")
-@click.option("--collateral", type=click.Path(exists=True, file_okay=False),
-              help="TDX collateral directory (tcbinfo*.json, qe_identity.json, tcb_signing_chain.pem, CRLs).")
+@click.option("--collateral", type=click.Path(exists=True),
+              help="TDX collateral directory (tcbinfo*.json, qe_identity.json, tcb_signing_chain.pem, CRLs); "
+                   "for SEV-SNP an AMD CRL file or a folder of *.crl.")
+@click.option("--crl", "crls", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="AMD CRL (DER or PEM, as AMD KDS serves it) to check the SEV-SNP chain against. Repeatable.")
 @click.option("--policy", "policy_ref", help="Policy preset name or TOML file; without it only verify runs.")
+@click.option("--reference-values", "reference_values", type=click.Path(exists=True, dir_okay=False),
+              help="Reference values (JSON/TOML) the policy's rules compare with; implies --policy strict "
+                   "when no --policy is given.")
 @click.option("--at", "at_text", help="Verification time (RFC 3339); default now.")
 @click.option("--nonce", help="Nonce (hex) for the key binding check.")
 @click.option("--public-key", help="Node Ed25519 public key (hex) for the key binding check.")
+@click.option("--report-data", "report_data", help="Expected REPORT_DATA (hex, 64 bytes) of raw CPU evidence whose "
+              "binding is not specguard's; compared exactly instead of the key binding.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object (also on failure).")
 def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collateral: str | None,
-                   policy_ref: str | None, at_text: str | None, nonce: str | None, public_key: str | None,
-                   as_json: bool) -> None:
-    """Parse, verify (and with --policy, validate) one piece of evidence."""
+                   crls: tuple[str, ...], policy_ref: str | None, reference_values: str | None, at_text: str | None,
+                   nonce: str | None, public_key: str | None, report_data: str | None, as_json: bool) -> None:
+    """Parse, verify (and with --policy or --reference-values, validate) one piece of evidence.
+
+    A node evidence document is checked as node attestation: GPU evidence alone is refused, and
+    GPU evidence in its `gpus` must carry the nonce derived from the CPU evidence.
+    """
     stage = "parse"
     try:
+        from specguard.attest.tee.document import validate_document, verify_document_evidence
         from specguard.attest.tee.registry import get_evidence_type
-        from specguard.attest.tee.validate import section_of
 
         doc, data = _read_input(file)
         kind = _kind(type_, doc)
         et = get_evidence_type(kind)
         at = parse_time(at_text, "--at") if at_text else None
-        parsed = et.parse(data)
-        stage = "verify"
-        verified = et.verify(parsed, at=at, certs=_certs(certs, doc), collateral=collateral)
+        if crls and collateral:
+            raise UsageError("give AMD CRLs with --crl or --collateral, not both", field="--crl")
+        coll: Any = list(crls) if crls else collateral
+        policy = _policy(policy_ref, reference_values)
+        if report_data is not None and (doc is not None or getattr(et, "gpu", False)):
+            raise UsageError("--report-data applies to raw CPU evidence only (documents bind the node key; GPU "
+                             "evidence binds nothing alone)", field="--report-data")
+        expected_rd = bytes.fromhex(report_data) if report_data is not None else None
+        if expected_rd is not None and len(expected_rd) != 64:
+            raise UsageError("--report-data must be 64 bytes (128 hex digits)", field="--report-data",
+                             got=len(expected_rd), expected=64)
+        if doc is not None:
+            if certs:
+                doc = replace(doc, certs=_certs(certs, None))
+            stage = "verify"
+            verified = verify_document_evidence(doc, at=at, collateral=coll)
+        else:
+            parsed = et.parse(data)
+            stage = "verify"
+            verified = et.verify(parsed, at=at, certs=_certs(certs, doc), collateral=coll)
         result: dict[str, Any] = {"ok": True, "stage": "verified", **verified.summary(), "validated": False}
-        if policy_ref:
+        if policy is not None:
             stage = "validate"
-            from specguard.policies import load_policy
-
-            policy = load_policy(policy_ref)
-            pk = bytes.fromhex(public_key) if public_key else (doc.public_key if doc else None)
-            nn = parse_nonce_hex(nonce) if nonce else (doc.nonce if doc else None)
-            et.validate(verified, section_of(policy), public_key=pk, nonce=nn, now=at,
-                        collected_at=doc.collected_at if doc else None)
-            result.update({"stage": "validated", "validated": True, "policy": policy.name,
-                           "policy_digest": policy.digest})
+            if doc is not None:
+                if public_key or nonce:
+                    raise UsageError("--public-key/--nonce come from the evidence document", field="--public-key")
+                validate_document(verified, doc, policy, now=at)
+            else:
+                pk = bytes.fromhex(public_key) if public_key else None
+                nn = parse_nonce_hex(nonce) if nonce else None
+                kwargs: dict[str, Any] = {"expected_report_data": expected_rd} if expected_rd is not None else {}
+                et.validate(verified, policy.attestation, public_key=pk, nonce=nn, now=at, **kwargs)
+            result.update({"stage": "validated", "validated": True, **_policy_result(policy)})
         _emit(as_json, result)
     except SpecguardError as exc:
         if not as_json:
@@ -124,8 +173,50 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
         out = {"ok": False, "stage": _stage(exc), "error": exc.to_dict()}
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         sys.exit(exc.exit_code)
-    except ValueError as exc:  # malformed --public-key hex
+    except ValueError as exc:  # malformed --public-key / --report-data hex
         raise UsageError(f"bad option value during {stage}: {exc}") from exc
+
+
+@attest_group.command(name="gpu-nonce")
+@click.argument("document", type=click.Path(exists=True, dir_okay=False))
+def gpu_nonce_command(document: str) -> None:
+    """Print the SPDM nonce (hex) to request GPU evidence with, for a node evidence DOCUMENT.
+
+    GPU evidence counts only next to the CPU evidence it names: nonce = SHA-256(tag, SHA-256(CPU
+    evidence), node key). Collect it with NVIDIA's tools, then `specguard attest attach-gpu`.
+    """
+    doc = load_document(Path(document))
+    click.echo(doc.gpu_nonce().hex())
+
+
+@attest_group.command(name="attach-gpu")
+@click.argument("document", type=click.Path(exists=True, dir_okay=False))
+@click.option("--gpu-evidence", "gpu_evidence", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="GPU evidence (NVIDIA SPDM request || response, raw or hex) collected on the gpu-nonce.")
+@click.option("--gpu-certs", "gpu_certs", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The GPU's certificate chain (PEM, attestation certificate first).")
+@click.option("--type", "type_", default="nvidia", show_default=True, help="GPU evidence type.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Write the new document here.")
+def attach_gpu_command(document: str, gpu_evidence: str, gpu_certs: str, type_: str, out_path: str) -> None:
+    """Add GPU evidence to a node evidence DOCUMENT (its nonce must be `attest gpu-nonce DOCUMENT`)."""
+    from specguard.attest.tee.document import GpuEvidence
+    from specguard.attest.tee.errors import KeyBindingError
+    from specguard.attest.tee.registry import get_evidence_type
+
+    doc = load_document(Path(document))
+    gt = get_evidence_type(type_)
+    if not getattr(gt, "gpu", False):
+        raise UsageError("not a GPU evidence type", field="--type", got=type_, expected="nvidia")
+    raw = Path(gpu_evidence).read_bytes()
+    parsed = gt.parse(raw)
+    got = getattr(parsed, "request_nonce", None)
+    if got != doc.gpu_nonce():
+        raise KeyBindingError("GPU evidence was not collected on this document's GPU nonce", field="nonce",
+                              got=got, expected=doc.gpu_nonce())
+    gpu = GpuEvidence(type_, raw, Path(gpu_certs).read_bytes())
+    new = replace(doc, gpus=(*doc.gpus, gpu))
+    Path(out_path).write_text(json.dumps(new.to_json(), indent=2) + "\n")
+    click.echo(f"wrote {out_path} ({new.type} + {len(new.gpus)} GPU, digest {new.digest()})", err=True)
 
 
 @attest_group.command(name="show")

@@ -143,3 +143,30 @@ def test_attestation_route(no_tee):
         assert client.get("/specguard/v1/attestation", params={"nonce": bad}).status_code == 400
     sealed = client.get("/specguard/v1/attestation").json()
     assert load_document(sealed).nonce == binding.seal_nonce(node.public_key_bytes)
+
+
+def test_gpu_nonce_exact_bytes():
+    cpu, pk = b"cpu report bytes", bytes(range(32))
+    digest = hashlib.sha256(cpu).digest()
+    pre = (len(binding.GPU_NONCE_TAG).to_bytes(8, "big") + binding.GPU_NONCE_TAG.encode()
+           + (32).to_bytes(8, "big") + digest + (32).to_bytes(8, "big") + pk)
+    assert binding.gpu_nonce_for(cpu, pk) == hashlib.sha256(pre).digest()
+    assert binding.gpu_nonce_for(cpu + b"x", pk) != binding.gpu_nonce_for(cpu, pk)
+    with pytest.raises(UsageError):
+        binding.gpu_nonce_for(b"", pk)
+
+
+def test_document_without_gpus_keeps_its_bytes_and_gpus_shape_is_checked(no_tee):
+    node = make_node()
+    doc = node_evidence(node, nonce=b"a" * 16)
+    plain = doc.to_json()
+    assert "gpus" not in plain and load_document(plain).digest() == doc.digest()
+    for bad in ([], "x", [{"type": "nvidia"}], [{"type": "nvidia", "evidence": "AA==", "extra": 1}],
+                [{"type": "nvidia", "evidence": "AA=="}] * 17):
+        with pytest.raises(EvidenceParseError, match="gpu|GPU"):
+            load_document({**plain, "gpus": bad})
+    with_gpu = load_document({**plain, "gpus": [{"type": "nvidia", "evidence": "AA==", "certs": None}]})
+    assert with_gpu.gpus[0].evidence == b"\x00" and with_gpu.digest() != doc.digest()
+    # a CPU type is not GPU evidence
+    with pytest.raises(EvidenceParseError, match="only GPU evidence"):
+        verify_document({**plain, "gpus": [{"type": "simulated", "evidence": plain["evidence"]}]}, load_policy("dev"))

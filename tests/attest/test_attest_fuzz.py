@@ -144,6 +144,8 @@ def test_simulated_mutations():
     doc = {"type": "simulated", "evidence": "", "nonce": "00" * 16, "public_key": "00" * 32,
            "collected_at": "2024-01-01T00:00:00Z", "simulated": True}
     for key, bad in [("nonce", "zz"), ("public_key", "00"), ("collected_at", "yesterday"), ("simulated", False),
-                     ("evidence", "***"), ("type", 3)]:
+                     ("evidence", "***"), ("type", 3), ("gpus", 3), ("gpus", [1]), ("gpus", []),
+                     ("gpus", [{"type": 3, "evidence": ""}]), ("gpus", [{"type": "nvidia", "evidence": "***"}]),
+                     ("gpus", [{"type": "nvidia", "evidence": "", "certs": 5}])]:
         with pytest.raises(EvidenceParseError):
             load_document(json.dumps({**doc, key: bad}))

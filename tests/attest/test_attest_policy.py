@@ -187,10 +187,12 @@ def test_evidence_age(ca):
 
 def test_unknown_policy_keys_are_config_errors(ca):
     v = ca.verify(ca.report())
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown key 'allow_debgu'") as err:
         validate(v, {"allow_debgu": True})
-    with pytest.raises(ConfigError, match="unknown keys"):
+    assert err.value.field == "attestation.allow_debgu"
+    with pytest.raises(ConfigError, match="unknown key 'measurment'") as err:
         validate(v, {"snp": {"measurment": []}})
+    assert err.value.field == "attestation.snp.measurment"
 
 
 def test_tdx_rules_pass_and_fail():
