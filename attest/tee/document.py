@@ -149,15 +149,20 @@ def verify_document(
     trust: Any = None,
     collateral: Any = None,
     expected_public_key: bytes | None = None,
+    types: Any = None,
 ) -> Verified:
-    """Parse, verify and validate a node evidence document, including the key binding."""
+    """Parse, verify and validate a node evidence document, including the key binding.
+
+    `types`: the evidence types to look the document's type up in (a name index or a list, e.g.
+    the registered ones); None means the built-in types.
+    """
     from .registry import get_evidence_type
 
     doc = load_document(document)
     if expected_public_key is not None and doc.public_key != expected_public_key:
         raise EvidenceVerificationError("evidence is bound to a different node key", field="public_key",
                                         got=doc.public_key, expected=expected_public_key)
-    et = get_evidence_type(doc.type)
+    et = get_evidence_type(doc.type, types)
     parsed = et.parse(doc.evidence)
     verified = et.verify(parsed, at=at, trust=trust, certs=doc.certs, collateral=collateral)
     from .validate import section_of

@@ -97,10 +97,11 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
     try:
         from specguard.attest.tee.registry import get_evidence_type
         from specguard.attest.tee.validate import section_of
+        from specguard.plugin_manager import registered_evidence_types
 
         doc, data = _read_input(file)
         kind = _kind(type_, doc)
-        et = get_evidence_type(kind)
+        et = get_evidence_type(kind, registered_evidence_types())
         at = parse_time(at_text, "--at") if at_text else None
         parsed = et.parse(data)
         stage = "verify"
@@ -134,10 +135,11 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
 def show_command(file: str, type_: str | None) -> None:
     """Pretty-print every field of a piece of evidence (no verification)."""
     from specguard.attest.tee.registry import get_evidence_type
+    from specguard.plugin_manager import registered_evidence_types
 
     doc, data = _read_input(file)
     kind = _kind(type_, doc)
-    et = get_evidence_type(kind)
+    et = get_evidence_type(kind, registered_evidence_types())
     out: dict[str, Any] = {"type": kind, "fields": et.show(et.parse(data))}
     if doc is not None:
         meta = doc.to_json()
