@@ -190,3 +190,32 @@ def test_every_requested_layer_of_an_honest_receipt_passes(issuer, tmp_path, cap
     assert code == 0, out
     status = {x["layer"]: x["status"] for x in out["layers"]}
     assert status["evidence:attestation"] == status["evidence:commitment"] == status["attachment:consensus"] == "ok"
+
+
+def test_collateral_reaches_the_evidence_layers(issuer, tmp_path, capsys):
+    """`--collateral DIR` is passed through (VerifyOptions.collateral) to every evidence verifier."""
+    from specguard.hookspecs import hookimpl
+    from specguard.plugin_manager import load_plugins
+
+    seen: list = []
+
+    class Probe:
+        @hookimpl
+        def verify_evidence(self, slot, value, statement, options):
+            if slot != "test-collateral":
+                return None
+            seen.append(options.collateral)
+            return {"checked": True}
+
+    collateral = tmp_path / "collateral"
+    collateral.mkdir()
+    receipt = write_json(tmp_path / "r.json", issuer.issue({"test-collateral": 1}))
+    pm = load_plugins()
+    probe = Probe()
+    pm.register(probe, name="test-collateral-probe")
+    try:
+        code, out, _ = run_cli(["verify", receipt, *_pin(issuer), "--collateral", collateral, "--json"], capsys)
+    finally:
+        pm.unregister(probe)
+    assert code == 0, out
+    assert seen == [str(collateral)]
