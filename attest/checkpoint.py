@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import ParseError
 from ..keys import NodeKey
 from .dsse import b64decode_strict
-from .merkle import HASH_SIZE, LogProofError
+from .merkle import EMPTY_ROOT, HASH_SIZE, LogProofError, verify_consistency
 
 ED25519_ALG = 0x01
 SIG_PREFIX = "\u2014 "  # em dash, space
@@ -219,6 +219,40 @@ def verify_checkpoint(note: str | bytes, public_keys: list[bytes], origin: str |
                                        got=cp.origin, expected=origin)
     verify_note(note, [(cp.origin, pk) for pk in public_keys])
     return cp
+
+
+def check_consistency(old: Checkpoint, new: Checkpoint, proof: list[bytes] | tuple[bytes, ...] | None) -> str:
+    """Check that checkpoint `new` extends checkpoint `old` (both already signature-verified).
+
+    Same size: the roots must be equal (else a split view). `old` larger: a rollback. `old` of
+    size 0: consistent with any later tree (RFC 9162 §2.1.4: the empty tree is a prefix of every
+    tree), provided its root is SHA-256("") and no proof is given. Otherwise `proof` must be an
+    RFC 9162 consistency proof between the two sizes. Raises LogProofError; returns a detail line.
+    """
+    if old.origin != new.origin:
+        raise CheckpointSignatureError("checkpoints of two different logs", field="checkpoint.origin",
+                                       got=new.origin, expected=old.origin)
+    if old.size > new.size:
+        raise LogProofError("log is smaller than a checkpoint it signed earlier (rollback)",
+                            field="tree_size", got=new.size, expected=f">= {old.size}")
+    if old.size == new.size:
+        if old.root != new.root:
+            raise LogProofError("two checkpoints of the same size disagree (split view)", field="checkpoint.root",
+                                got=new.root.hex(), expected=old.root.hex())
+        return f"equal to the checkpoint of size {old.size}"
+    if old.size == 0:
+        if old.root != EMPTY_ROOT:
+            raise LogProofError("a checkpoint of the empty log must have the root SHA-256('')",
+                                field="checkpoint.root", got=old.root.hex(), expected=EMPTY_ROOT.hex())
+        if proof:
+            raise LogProofError("the consistency proof from the empty tree is empty", field="consistency_proof",
+                                got=len(proof), expected=0)
+        return f"extends the empty checkpoint (size 0 -> {new.size})"
+    if proof is None:
+        raise LogProofError("checkpoint sizes differ and no consistency proof was given", field="consistency_proof",
+                            got=None, expected=f"proof between sizes {old.size} and {new.size}")
+    verify_consistency(old.size, new.size, old.root, new.root, list(proof))
+    return f"consistent with the checkpoint of size {old.size} (now {new.size})"
 
 
 def _check_text(text: object) -> None:

@@ -79,13 +79,21 @@ def disclose(transcript: Transcript, positions: Iterable[int]) -> dict[str, Any]
     }
 
 
-def verify_disclosure(doc: Any, root_hex: str) -> list[dict[str, Any]]:
-    """Check every disclosed record against the trusted root (hex, e.g. from a verified receipt).
+def verify_disclosure(doc: Any, root_hex: str, tree_size: int) -> list[dict[str, Any]]:
+    """Check every disclosed record against the trusted root and tree size, both from a verified
+    receipt (`predicate.token_records_root`, `predicate.token_records_count`).
 
+    The tree size is never taken from the disclosure: an inclusion proof is only meaningful for a
+    given size, and under a smaller claimed size a subtree hash can serve as a sibling so that a
+    record appears at another index (e.g. the record at index 2 of 3 "proven" at index 1 of 2).
     Returns the verified records ({position, token_id, logprob} plus "index"), sorted by index.
-    Raises DisclosureParseError for a malformed document and DisclosureError when a proof fails.
+    Raises DisclosureParseError for a malformed document and DisclosureError when a proof fails
+    or the document names another tree size or root.
     """
     root = _hex_bytes(root_hex, "root_hex", 32)
+    if not isinstance(tree_size, int) or isinstance(tree_size, bool) or tree_size < 0:
+        raise UsageError("tree size must be a non-negative integer (the receipt's token_records_count)",
+                         field="tree_size", got=tree_size)
     if not isinstance(doc, dict):
         raise DisclosureParseError("disclosure must be a JSON object", field="disclosure",
                                    got=type(doc).__name__)
@@ -95,9 +103,13 @@ def verify_disclosure(doc: Any, root_hex: str) -> list[dict[str, Any]]:
     if doc.get("suite") != DISCLOSURE_SUITE:
         raise DisclosureParseError("unsupported disclosure suite", field="suite", got=doc.get("suite"),
                                    expected=DISCLOSURE_SUITE)
-    size = doc.get("tree_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise DisclosureParseError("tree_size must be a non-negative integer", field="tree_size", got=size)
+    claimed = doc.get("tree_size")
+    if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed < 0:
+        raise DisclosureParseError("tree_size must be a non-negative integer", field="tree_size", got=claimed)
+    if claimed != tree_size:
+        raise DisclosureError("disclosure names another tree size than the receipt signs", field="tree_size",
+                              got=claimed, expected=tree_size)
+    size = tree_size
     if "root" in doc and doc["root"] != root_hex.lower():
         raise DisclosureError("disclosure is for another root", field="root", got=doc["root"],
                               expected=root_hex.lower())

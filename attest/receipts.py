@@ -7,12 +7,16 @@ A receipt document is
 The statement is signed; the "log" part cannot be (the signature is what gets logged) but is
 itself verifiable: the inclusion proof leads from the envelope's leaf hash to the root of a
 checkpoint signed by the same node key. `verify_receipt` walks every layer and raises one
-error class per layer (exit codes: parse 3, signature 10, response digest 11, token records
-12, log 13, evidence 14). The full format is documented in docs/receipts.md.
+error class per layer (exit codes: parse 3, signature 10, response/request digest and response
+text 11, token records 12, log 13, evidence 14; a policy rule 5). It is a pure library: what to
+check comes as one `VerifyOptions`, and evidence slots are checked by the `evidence_verifier`
+the caller passes (the CLI passes the plugins' `verify_evidence` hook). The full format is
+documented in docs/receipts.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -27,10 +31,11 @@ from ..errors import ParseError, SpecguardError, ValidationError, VerificationEr
 from ..keys import NodeKey, key_id_for
 from ..transcript import LOGPROB_DECIMALS, TokenRecord, Transcript, ids_digest
 from . import dsse, merkle
-from .checkpoint import Checkpoint, CheckpointParseError, verify_checkpoint
+from .checkpoint import Checkpoint, CheckpointParseError, check_consistency, verify_checkpoint
 from .disclosure import token_records_root
 from .dsse import SignatureError
 from .merkle import LogProofError
+from .options import EvidenceVerifier, VerifyOptions
 from .tlog import LOG_FILE, Appended, TransparencyLog
 
 log = logging.getLogger("specguard.receipts")
@@ -39,11 +44,17 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://specguard.dev/receipt/v1"
 SUBJECT_NAME = "response"
 RESPONSE_EXCLUDED_KEY = "specguard"
+#: predicate key naming the response digest format; absent means version 1 (see response_digest)
+RESPONSE_DIGEST_KEY = "response_digest_format"
+RESPONSE_DIGEST_V1 = "specguard/response-digest/v1"
+RESPONSE_DIGEST_V2 = "specguard/response-digest/v2"
+RESPONSE_DIGEST_FORMATS = (RESPONSE_DIGEST_V1, RESPONSE_DIGEST_V2)
 
 __all__ = [
     "ReceiptIssuer", "VerifiedReceipt", "verify_receipt", "build_statement", "response_digest",
     "token_records_root", "default_origin", "ReceiptParseError", "SignatureError",
-    "SubjectDigestError", "TokenRootError", "LogProofError", "EvidenceError",
+    "SubjectDigestError", "TokenRootError", "LogProofError", "EvidenceError", "RequestDigestError",
+    "ResponseTextError", "UnpinnedKeyError", "MissingEvidenceError", "VerifyOptions", "strip_nulls",
 ]
 
 
@@ -72,20 +83,67 @@ class EvidenceError(VerificationError):
     exit_code = 14
 
 
+class MissingEvidenceError(EvidenceError):
+    """A layer the user asked for (an option or the policy) is absent from the receipt, or no
+    verifier checked it (exit code 14)."""
+
+
+class RequestDigestError(VerificationError):
+    """The request the user gives is not the one whose digest the receipt signs (exit code 11)."""
+
+    exit_code = 11
+
+
+class ResponseTextError(VerificationError):
+    """The response body's text or finish reason is not what the signed output ids decode to
+    (exit code 11)."""
+
+    exit_code = 11
+
+
+class UnpinnedKeyError(SignatureError):
+    """No trusted node key was given and unpinned verification was not allowed (exit code 10)."""
+
+
 # --- building ---------------------------------------------------------------------------------
 
 
-def response_digest(response_obj: dict[str, Any]) -> str:
+def strip_nulls(value: Any) -> Any:
+    """`value` with every object member whose value is null removed, recursively.
+
+    Array elements are kept as they are (a null in an array holds a position); objects inside
+    arrays are stripped too.
+    """
+    if isinstance(value, dict):
+        return {k: strip_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [strip_nulls(v) for v in value]
+    return value
+
+
+def response_digest(response_obj: Any, version: str = RESPONSE_DIGEST_V2) -> str:
     """Hex SHA-256 of the RFC 8785 JSON of the response body without its top-level "specguard" key.
 
     The "specguard" key carries the receipt itself (and other evidence), which cannot be part
-    of what it signs; everything else the client received is covered.
+    of what it signs; everything else the client received is covered. Format v2 (what nodes
+    sign now) first removes every null-valued object member (`strip_nulls`), so a body saved by
+    the OpenAI SDK (which writes null for each absent optional field) hashes like the raw body;
+    v1 (receipts without `predicate.response_digest_format`) hashes the body as it is.
     """
     if not isinstance(response_obj, dict):
         raise ReceiptParseError("response must be a JSON object", field="response",
                                 got=type(response_obj).__name__)
+    if version not in RESPONSE_DIGEST_FORMATS:
+        raise ReceiptParseError("unknown response digest format", field="predicate." + RESPONSE_DIGEST_KEY,
+                                got=version, expected=list(RESPONSE_DIGEST_FORMATS))
     body = {k: v for k, v in response_obj.items() if k != RESPONSE_EXCLUDED_KEY}
-    return sha256_hex(canonical_json(body))
+    if version == RESPONSE_DIGEST_V2:
+        body = strip_nulls(body)
+    try:
+        return sha256_hex(canonical_json(body))
+    except CanonicalizationError as exc:
+        raise ReceiptParseError("response is not canonicalizable JSON", field="response",
+                                got=exc.message) from exc
 
 
 def default_origin(key: NodeKey) -> str:
@@ -143,6 +201,7 @@ def build_statement(
         "evidence": dict(evidence or {}),
         "issued_at": issued_at or _utc_now(),
         "receipt_id": receipt_id or uuid.uuid4().hex,
+        RESPONSE_DIGEST_KEY: RESPONSE_DIGEST_V2,
     }
     return {
         "_type": STATEMENT_TYPE,
@@ -317,7 +376,10 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     _keys(subj[0]["digest"], "statement.subject[0].digest", {"sha256"})
     _require(isinstance(subj[0]["digest"]["sha256"], str) and bool(_HEX64.fullmatch(subj[0]["digest"]["sha256"])),
              "subject digest must be 64 lowercase hex digits", "statement.subject[0].digest.sha256")
-    p = _keys(st["predicate"], "predicate", _PREDICATE_KEYS)
+    p = _keys(st["predicate"], "predicate", _PREDICATE_KEYS, frozenset({RESPONSE_DIGEST_KEY}))
+    _require(p.get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1) in RESPONSE_DIGEST_FORMATS,
+             "unknown response digest format", f"predicate.{RESPONSE_DIGEST_KEY}", p.get(RESPONSE_DIGEST_KEY),
+             list(RESPONSE_DIGEST_FORMATS))
     for name in ("binding_digest", "request_digest", "prompt_ids_digest", "output_ids_digest"):
         _require(isinstance(p[name], str) and bool(_DIGEST.fullmatch(p[name])), "must be sha256:<hex>",
                  f"predicate.{name}", p[name])
@@ -374,14 +436,14 @@ def _parse_document(doc: Any) -> tuple[dsse.Envelope, dict[str, Any]]:
     return envelope, doc
 
 
-def _tokens_from(response: dict[str, Any] | None, options: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Token records to check against the signed root: options["tokens"] (records or a Transcript),
+def _tokens_from(response: Any, options: VerifyOptions) -> Any:
+    """Token records to check against the signed root: options.tokens (records or a Transcript),
     else response["specguard"]["transcript"]["tokens"] or response["specguard"]["tokens"]."""
-    src = options.get("tokens")
+    src = options.tokens
     if isinstance(src, Transcript):
         return [t.to_json() for t in src.tokens]
     if src is not None:
-        return src
+        return list(src)
     if isinstance(response, dict) and isinstance(response.get(RESPONSE_EXCLUDED_KEY), dict):
         sg = response[RESPONSE_EXCLUDED_KEY]
         if isinstance(sg.get("transcript"), dict) and "tokens" in sg["transcript"]:
@@ -418,7 +480,7 @@ def _check_tokens(tokens: Any, predicate: dict[str, Any]) -> dict[str, Any]:
 
 
 def _verify_log(envelope_obj: dict[str, Any], lg: dict[str, Any], public_key: bytes,
-                saved: str | None, consistency: list[bytes] | None) -> tuple[Checkpoint, list[dict[str, Any]]]:
+                saved: str | None, consistency: tuple[bytes, ...] | None) -> tuple[Checkpoint, list[dict[str, Any]]]:
     cp = verify_checkpoint(lg["checkpoint"], [public_key])
     if cp.origin != lg["origin"]:
         raise LogProofError("receipt log origin differs from its checkpoint", field="receipt.log.origin",
@@ -433,106 +495,85 @@ def _verify_log(envelope_obj: dict[str, Any], lg: dict[str, Any], public_key: by
     if saved is None:
         return cp, layers
     other = verify_checkpoint(saved, [public_key], origin=cp.origin)
-    if other.size == cp.size:
-        if other.root != cp.root:
-            raise LogProofError("two checkpoints of the same size disagree (split view)",
-                                field="checkpoint.root", got=other.root.hex(), expected=cp.root.hex())
-        detail = "equal to the given checkpoint"
-    else:
-        if consistency is None:
-            raise LogProofError("checkpoint sizes differ and no consistency proof was given",
-                                field="consistency_proof", got=None,
-                                expected=f"proof between sizes {min(other.size, cp.size)} and {max(other.size, cp.size)}")
-        small, large = (other, cp) if other.size < cp.size else (cp, other)
-        merkle.verify_consistency(small.size, large.size, small.root, large.root, consistency)
-        detail = f"consistent with the given checkpoint (size {other.size})"
+    small, large = (other, cp) if other.size <= cp.size else (cp, other)
+    detail = check_consistency(small, large, consistency)
     layers.append({"layer": "log_consistency", "status": "ok", "detail": detail})
     return cp, layers
 
 
 def verify_receipt(
     receipt_doc: dict[str, Any] | bytes | str,
+    options: VerifyOptions | None = None,
     *,
+    evidence_verifier: EvidenceVerifier | None = None,
     trusted_keys: list[bytes] | None = None,
     response: dict[str, Any] | None = None,
     checkpoint: str | None = None,
-    options: dict[str, Any] | None = None,
 ) -> VerifiedReceipt:
     """Verify a receipt offline, layer by layer; raise the failing layer's error.
 
-    options: "tokens" (token records or a Transcript to check against the signed root),
-    "consistency_proof" (list of 32-byte hashes between the receipt's checkpoint and `checkpoint`),
-    and whatever evidence plugins read ("policy", "attestation_evidence", "model_commitment",
-    "verifier_keys", "trusted_keys").
+    `options` says what to check (see VerifyOptions); `trusted_keys`, `response` and
+    `checkpoint` are shorthands that replace those fields. `evidence_verifier(slot, value,
+    statement, options)` checks each evidence slot and attachment (None: no slot is verified, so
+    every layer the options require fails). Every layer the options ask for is required.
     """
-    options = dict(options or {})
-    options.setdefault("trusted_keys", list(trusted_keys or []))
+    options = options or VerifyOptions()
+    shorthand = {k: v for k, v in (("trusted_keys", trusted_keys), ("response", response),
+                                   ("checkpoint", checkpoint)) if v is not None}
+    if shorthand:
+        options = dataclasses.replace(options, **shorthand)
     layers: list[dict[str, Any]] = []
 
     # 1. Parse the receipt document and its DSSE envelope (structure only; nothing trusted yet).
     envelope, doc = _parse_document(receipt_doc)
     layers.append({"layer": "parse", "status": "ok", "detail": "receipt document and envelope well-formed"})
 
-    # 2. Signature: against a pinned key if given, else against the key the statement names.
-    if trusted_keys:
-        for k in trusted_keys:
-            if not isinstance(k, bytes) or len(k) != 32:
-                raise SignatureError("trusted key must be 32 raw bytes", field="trusted_keys", got=k)
-        key_id = dsse.verify_envelope(envelope, list(trusted_keys))
-        statement = parse_statement(envelope.payload)
-        public_key = bytes.fromhex(statement["predicate"]["node"]["public_key"])
-        if key_id_for(public_key) != key_id:
-            raise SignatureError("statement names a different node key than the one that signed it",
-                                 field="predicate.node.public_key", got=key_id_for(public_key), expected=key_id)
-        pinned, sig_detail = True, f"signed by pinned key {key_id}"
-    else:
-        statement = parse_statement(envelope.payload)
-        public_key = bytes.fromhex(statement["predicate"]["node"]["public_key"])
-        key_id = dsse.verify_envelope(envelope, [public_key])
-        pinned, sig_detail = False, f"signature valid but key not pinned ({key_id})"
-        log.warning("receipt %s: signature valid but key not pinned; pass --trusted-key", doc["receipt_id"])
+    # 2. Signature: against a pinned key; the key the statement names only if allowed.
+    statement, key_id, public_key, pinned = _verify_signature(envelope, doc, options)
     predicate = statement["predicate"]
-    if predicate["receipt_id"] != doc["receipt_id"]:
-        raise SignatureError("receipt_id outside the signature differs from the signed one",
-                             field="receipt.receipt_id", got=doc["receipt_id"], expected=predicate["receipt_id"])
-    layers.append({"layer": "signature", "status": "ok", "detail": sig_detail, "key_pinned": pinned})
+    detail = f"signed by pinned key {key_id}" if pinned else f"signature valid but key NOT pinned ({key_id})"
+    layers.append({"layer": "signature", "status": "ok", "detail": detail, "key_pinned": pinned})
 
-    # 3. Subject digest against the response the client received (minus its "specguard" key).
-    subject = statement["subject"][0]["digest"]["sha256"]
-    if response is not None:
-        got = response_digest(response)
-        if got != subject:
-            raise SubjectDigestError("response does not match the signed subject digest",
-                                     field="statement.subject[0].digest.sha256", got=got, expected=subject)
-        layers.append({"layer": "response", "status": "ok", "detail": "response digest matches the subject"})
-    else:
-        layers.append({"layer": "response", "status": "unchecked", "detail": "no response given"})
+    # 3. Digests of what the client sent and received.
+    layers.append(_check_response(options.response, statement))
+    if options.request is not None:
+        layers.append(_check_request(options.request, predicate))
 
     # 4. Token records root, when token records are available (options or the response).
-    tokens = _tokens_from(response, options)
+    tokens = _tokens_from(options.response, options)
     if tokens is not None:
         layers.append(_check_tokens(tokens, predicate))
     else:
         layers.append({"layer": "token_records", "status": "unchecked", "detail": "no token records given"})
 
-    # 5. Log inclusion against the receipt's checkpoint; consistency with a given checkpoint.
-    consistency = options.get("consistency_proof")
-    cp, log_layers = _verify_log(doc["envelope"], doc["log"], public_key, checkpoint, consistency)
+    # 5. The body's text against the decoding of the signed output ids (needs a decoder).
+    if options.decoder is not None:
+        layers.append(_check_text(options, predicate, tokens))
+
+    # 6. Log inclusion against the receipt's checkpoint; consistency with a given checkpoint.
+    cp, log_layers = _verify_log(doc["envelope"], doc["log"], public_key, options.checkpoint,
+                                 options.consistency_proof)
     layers.extend(log_layers)
 
-    # 6. Evidence slots, each through the plugin that claims it.
-    evidence_results = _verify_evidence(predicate["evidence"], statement, options)
+    # 7. Evidence slots, each through the evidence verifier.
+    evidence_results = _verify_evidence(predicate["evidence"], statement, options, evidence_verifier)
     for slot, result in evidence_results.items():
         layers.append(_evidence_layer(f"evidence:{slot}", result))
 
-    # 7. Attachments outside the signature (e.g. a quorum certificate): they bind the signed
-    #    envelope's digest, so the plugin that claims them gets the envelope too.
+    # 8. Attachments outside the signature (e.g. a quorum certificate): they bind the signed
+    #    envelope's digest, so their verifier gets the envelope too.
     attached = {k: doc[k] for k in sorted(ATTACHMENTS) if k in doc}
+    attached_results: dict[str, Any] = {}
     if attached:
-        attached_results = _verify_evidence(attached, statement, {**options, "envelope": doc["envelope"]})
+        attached_results = _verify_evidence(attached, statement, dataclasses.replace(options, envelope=doc["envelope"]),
+                                            evidence_verifier)
         for slot, result in attached_results.items():
             layers.append(_evidence_layer(f"attachment:{slot}", result))
         evidence_results.update({f"attachment:{k}": v for k, v in attached_results.items()})
+
+    # 9. Every layer the user asked for must be present and verified, never "unchecked".
+    _require_layers(options, attached_results | {
+        k: v for k, v in evidence_results.items() if not k.startswith("attachment:")})
 
     return VerifiedReceipt(
         receipt_id=doc["receipt_id"], statement=statement, key_id=key_id, public_key=public_key,
@@ -541,24 +582,150 @@ def verify_receipt(
     )
 
 
+def _verify_signature(envelope: dsse.Envelope, doc: dict[str, Any],
+                      options: VerifyOptions) -> tuple[dict[str, Any], str, bytes, bool]:
+    if options.trusted_keys:
+        key_id = dsse.verify_envelope(envelope, list(options.trusted_keys))
+        statement = parse_statement(envelope.payload)
+        public_key = bytes.fromhex(statement["predicate"]["node"]["public_key"])
+        if key_id_for(public_key) != key_id:
+            raise SignatureError("statement names a different node key than the one that signed it",
+                                 field="predicate.node.public_key", got=key_id_for(public_key), expected=key_id)
+        pinned = True
+    elif options.allow_unpinned:
+        statement = parse_statement(envelope.payload)
+        public_key = bytes.fromhex(statement["predicate"]["node"]["public_key"])
+        key_id = dsse.verify_envelope(envelope, [public_key])
+        pinned = False
+        log.warning("receipt %s: signature valid but key not pinned (--allow-unpinned)", doc["receipt_id"])
+    else:
+        raise UnpinnedKeyError("no trusted node key given: a signature under the key the receipt names "
+                               "proves nothing; pin the node key (--trusted-key) or pass --allow-unpinned",
+                               field="trusted_keys", got=0, expected=">= 1 pinned key")
+    if statement["predicate"]["receipt_id"] != doc["receipt_id"]:
+        raise SignatureError("receipt_id outside the signature differs from the signed one",
+                             field="receipt.receipt_id", got=doc["receipt_id"],
+                             expected=statement["predicate"]["receipt_id"])
+    return statement, key_id, public_key, pinned
+
+
+def _check_response(response: Any, statement: dict[str, Any]) -> dict[str, Any]:
+    """Subject digest against the response the client received (minus its "specguard" key)."""
+    if response is None:
+        return {"layer": "response", "status": "unchecked", "detail": "no response given"}
+    subject = statement["subject"][0]["digest"]["sha256"]
+    version = statement["predicate"].get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1)
+    got = response_digest(dict(response) if not isinstance(response, dict) else response, version)
+    if got != subject:
+        raise SubjectDigestError("response does not match the signed subject digest",
+                                 field="statement.subject[0].digest.sha256", got=got, expected=subject)
+    return {"layer": "response", "status": "ok", "detail": f"response digest ({version}) matches the subject"}
+
+
+def _check_request(request: Any, predicate: dict[str, Any]) -> dict[str, Any]:
+    """The signed request digest against the canonical request object the user gives."""
+    try:
+        got = json_digest(dict(request))
+    except (CanonicalizationError, TypeError, ValueError) as exc:
+        raise ReceiptParseError("request is not a canonicalizable JSON object", field="request") from exc
+    if got != predicate["request_digest"]:
+        raise RequestDigestError("request is not the one the receipt signs (prompt or parameters differ)",
+                                 field="predicate.request_digest", got=got, expected=predicate["request_digest"])
+    return {"layer": "request", "status": "ok", "detail": "request digest matches the signed one"}
+
+
+def _output_ids(response: Any, tokens: Any) -> list[int] | None:
+    sg = response.get(RESPONSE_EXCLUDED_KEY) if isinstance(response, dict) else None
+    if isinstance(sg, dict) and isinstance(sg.get("output_ids"), list):
+        return sg["output_ids"]
+    if isinstance(tokens, list) and all(isinstance(t, dict) and "token_id" in t for t in tokens):
+        return [t["token_id"] for t in tokens]
+    return None
+
+
+#: the finish reason a client body shows for each signed one; anything else is never honest
+BODY_FINISH_REASON = {"stop": "stop", "length": "length"}
+
+
+def _check_text(options: VerifyOptions, predicate: dict[str, Any], tokens: Any) -> dict[str, Any]:
+    """decode(signed output ids), stop strings trimmed, must be the body's text; finish reason honest."""
+    decoder, response = options.decoder, options.response
+    if not isinstance(response, dict):
+        raise ResponseTextError("checking the response text needs the response (--response)", field="response")
+    signed_tok = predicate["model"].get("tokenizer_digest")
+    if decoder.tokenizer_digest != signed_tok:
+        raise ResponseTextError("the given model's tokenizer is not the one the receipt signs",
+                                field="predicate.model.tokenizer_digest", got=decoder.tokenizer_digest,
+                                expected=signed_tok)
+    ids = _output_ids(response, tokens)
+    if ids is None:
+        raise ResponseTextError("no output ids to decode: the response has no specguard.output_ids and no "
+                                "token records were given", field="specguard.output_ids")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
+        raise ResponseTextError("output ids must be non-negative integers", field="specguard.output_ids")
+    if ids_digest(ids) != predicate["output_ids_digest"]:
+        raise TokenRootError("output ids do not match the signed output ids digest",
+                             field="predicate.output_ids_digest", got=ids_digest(ids),
+                             expected=predicate["output_ids_digest"])
+    choices = response.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        raise ResponseTextError("response must have exactly one choice", field="choices",
+                                got=len(choices) if isinstance(choices, list) else type(choices).__name__)
+    choice = choices[0]
+    message = choice.get("message")
+    body_text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    expected = decoder.decode(list(ids))
+    stops = predicate["params"].get("stop") or []
+    if predicate["finish_reason"] == "stop" and stops:
+        cut = min((expected.find(s) for s in stops if isinstance(s, str) and s and s in expected), default=-1)
+        expected = expected if cut < 0 else expected[:cut]
+    if body_text != expected:
+        raise ResponseTextError("response text is not the decoding of the signed output ids",
+                                field="choices[0].text" if message is None else "choices[0].message.content",
+                                got=body_text if not isinstance(body_text, str) else body_text[:200],
+                                expected=expected[:200])
+    honest = BODY_FINISH_REASON.get(predicate["finish_reason"])
+    if honest is None or choice.get("finish_reason") != honest:
+        raise ResponseTextError("response finish reason is not the signed one", field="choices[0].finish_reason",
+                                got=choice.get("finish_reason"),
+                                expected=honest or f"a finished generation (signed: {predicate['finish_reason']})")
+    return {"layer": "response_text", "status": "ok",
+            "detail": f"text is the decoding of {len(ids)} signed output ids; finish reason {honest}"}
+
+
 def _evidence_layer(name: str, result: Any) -> dict[str, Any]:
-    """A layer entry for one evidence result: "unchecked" when no plugin claimed the slot or the
-    plugin says it could not check it (e.g. no evidence file given), never a silent "ok"."""
+    """A layer entry for one evidence result: "unchecked" when no verifier claimed the slot or the
+    verifier says it could not check it (e.g. no evidence file given), never a silent "ok"."""
     if result == "unchecked":
-        return {"layer": name, "status": "unchecked", "detail": "no plugin verifies this slot"}
+        return {"layer": name, "status": "unchecked", "detail": "no verifier for this slot"}
     if isinstance(result, dict) and result.get("checked") is False:
         return {"layer": name, "status": "unchecked", "detail": str(result.get("reason") or "not checked")}
     return {"layer": name, "status": "ok", "detail": "verified"}
 
 
-def _verify_evidence(evidence: dict[str, Any], statement: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    from ..plugin_manager import load_plugins
+def _require_layers(options: VerifyOptions, results: dict[str, Any]) -> None:
+    """Each slot the options require must be in the receipt and verified by a verifier."""
+    for slot, asked_by in sorted(options.required_slots().items()):
+        if slot not in results:
+            raise MissingEvidenceError(f"{asked_by} requires the {slot!r} layer, but the receipt has none",
+                                       field=f"evidence.{slot}" if slot != "consensus" else "receipt.consensus",
+                                       got=sorted(results) or None, expected=slot)
+        result = results[slot]
+        if result == "unchecked" or (isinstance(result, dict) and result.get("checked") is False):
+            reason = result.get("reason") if isinstance(result, dict) else "no verifier claims this slot"
+            raise MissingEvidenceError(f"{asked_by} requires the {slot!r} layer, but it was not verified: {reason}",
+                                       field=f"evidence.{slot}", got="unchecked", expected="verified")
 
-    pm = load_plugins()
+
+def _verify_evidence(evidence: dict[str, Any], statement: dict[str, Any], options: VerifyOptions,
+                     verifier: EvidenceVerifier | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for slot in sorted(evidence):
+        if verifier is None:
+            results[slot] = "unchecked"
+            continue
         try:
-            result = pm.hook.verify_evidence(slot=slot, value=evidence[slot], statement=statement, options=options)
+            result = verifier(slot, evidence[slot], statement, options)
         except ValidationError:
             raise
         except VerificationError as exc:

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section  # noqa: E402
 
 from specguard.attest import dsse  # noqa: E402
+from specguard.attest.options import VerifyOptions  # noqa: E402
 from specguard.attest.receipts import ReceiptIssuer, build_statement, verify_receipt  # noqa: E402
 from specguard.canonical import canonical_json  # noqa: E402
 from specguard.keys import load_or_create_node_key  # noqa: E402
@@ -63,7 +64,7 @@ def run(n: int) -> list[list[object]]:
             t2 = time.perf_counter()
             doc = issuer.issue(t, request, response, {}, _Policy())
             t3 = time.perf_counter()
-            verify_receipt(doc, trusted_keys=[key.public_bytes], response=response, options={"tokens": t})
+            verify_receipt(doc, VerifyOptions(tokens=t), trusted_keys=[key.public_bytes], response=response)
             t4 = time.perf_counter()
             build.append(t1 - t0)
             sign.append(t2 - t1)

@@ -93,5 +93,5 @@ def verify_evidence(slot, value, statement, options):
 
     Return a dict describing what was verified if the slot is yours, None otherwise.
     Raise a `VerificationError`/`ValidationError` subclass when it does not verify.
-    `options` holds the user's verification inputs (trusted keys, policy, evidence files).
+    `options` is a `specguard.attest.options.VerifyOptions` (trusted keys, policy, evidence files).
     """

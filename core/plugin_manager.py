@@ -109,3 +109,16 @@ def collect(hook_name: str) -> dict[str, tuple[Any, str]]:
 
     getattr(pm.hook, hook_name)(register=register)
     return found
+
+
+def registered_evidence_types() -> dict[str, Any]:
+    """Every evidence type plugins register (`register_evidence_types`), indexed by name.
+
+    The attest library takes this index as a parameter (`verify_document(..., types=)`); it never
+    calls the plugin manager itself.
+    """
+    from .attest.tee.registry import evidence_types
+
+    collected: list[Any] = []
+    load_plugins().hook.register_evidence_types(register=collected.append)
+    return evidence_types(collected)

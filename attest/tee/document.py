@@ -207,6 +207,7 @@ def verify_document_evidence(
     trust: Any = None,
     collateral: Any = None,
     expected_public_key: bytes | None = None,
+    types: Any = None,
 ) -> Verified:
     """Cryptographic half of node attestation: parse and verify the CPU evidence and every GPU
     evidence next to it, check that the document binds `expected_public_key` and that each GPU
@@ -217,7 +218,7 @@ def verify_document_evidence(
     if expected_public_key is not None and doc.public_key != expected_public_key:
         raise KeyBindingError("evidence is bound to a different node key", field="public_key",
                               got=doc.public_key, expected=expected_public_key)
-    et = get_evidence_type(doc.type)
+    et = get_evidence_type(doc.type, types)
     if getattr(et, "gpu", False):
         raise KeyBindingError(
             f"{doc.type} GPU evidence alone cannot attest a node key: the requester picks its nonce and the GPU "
@@ -229,7 +230,7 @@ def verify_document_evidence(
     attached = []
     expected_nonce = doc.gpu_nonce() if doc.gpus else b""
     for i, gpu in enumerate(doc.gpus):
-        gt = get_evidence_type(gpu.type)
+        gt = get_evidence_type(gpu.type, types)
         if not getattr(gt, "gpu", False):
             raise EvidenceParseError("only GPU evidence may be listed in gpus", field=f"gpus[{i}].type",
                                      got=gpu.type, expected="a GPU evidence type (nvidia)")
@@ -241,7 +242,8 @@ def verify_document_evidence(
     return replace(verified, attached=tuple(attached)) if attached else verified
 
 
-def validate_document(verified: Verified, document: Any, policy: Any, *, now: dt.datetime | None = None) -> None:
+def validate_document(verified: Verified, document: Any, policy: Any, *, now: dt.datetime | None = None,
+                      types: Any = None) -> None:
     """Policy half of node attestation: the CPU evidence binds the document's key and nonce, and
     it and every attached GPU evidence satisfy the policy's `[attestation]` rules."""
     from .registry import get_evidence_type
@@ -249,10 +251,10 @@ def validate_document(verified: Verified, document: Any, policy: Any, *, now: dt
 
     doc = load_document(document)
     section = section_of(policy)
-    get_evidence_type(doc.type).validate(verified, section, public_key=doc.public_key, nonce=doc.nonce, now=now,
+    get_evidence_type(doc.type, types).validate(verified, section, public_key=doc.public_key, nonce=doc.nonce, now=now,
                                          collected_at=doc.collected_at)
     for gv in verified.attached:
-        get_evidence_type(gv.type).validate(gv, section, now=now, collected_at=doc.collected_at,
+        get_evidence_type(gv.type, types).validate(gv, section, now=now, collected_at=doc.collected_at,
                                             expected_report_data=doc.gpu_nonce())
 
 
@@ -265,13 +267,16 @@ def verify_document(
     trust: Any = None,
     collateral: Any = None,
     expected_public_key: bytes | None = None,
+    types: Any = None,
 ) -> Verified:
     """Parse, verify and validate a node evidence document, including the key binding.
 
     GPU-only documents fail (`KeyBindingError`); GPU evidence counts only in `gpus`, next to CPU
-    evidence binding the key, with its nonce derived from that evidence."""
+    evidence binding the key, with its nonce derived from that evidence. `types`: the evidence types
+    to look the document's type up in (a name index or a list, e.g. the registered ones); None means
+    the built-in types."""
     doc = load_document(document)
     verified = verify_document_evidence(doc, at=at, trust=trust, collateral=collateral,
-                                        expected_public_key=expected_public_key)
-    validate_document(verified, doc, policy, now=now)
+                                        expected_public_key=expected_public_key, types=types)
+    validate_document(verified, doc, policy, now=now, types=types)
     return verified

@@ -60,18 +60,37 @@ def seal_transcript(transcript, evidence, node):
 
 @hookimpl
 def verify_evidence(slot, value, statement, options):
+    """Check the receipt's signed `attestation` slot: against the evidence file given
+    (`options.attestation_evidence`), under `options.policy` (strict when none is given).
+
+    A policy that requires attestation rejects a slot that says `simulated: true` (with or without
+    a file) and a missing file; only without such a policy is "no file given" left unchecked.
+    """
     if slot != "attestation":
         return None
-    options = options or {}
-    given = options.get("attestation_evidence")
-    if not given:
-        return {"slot": "attestation", "checked": False,
-                "type": value.get("type") if isinstance(value, dict) else None,
-                "simulated": value.get("simulated") if isinstance(value, dict) else None,
-                "reason": "no evidence file given (--attestation-evidence): the attestation was NOT verified"}
-    if not isinstance(value, dict) or not isinstance(value.get("evidence_digest"), str):
+    from specguard.attest.options import VerifyOptions
+    from specguard.attest.tee.errors import AttestationPolicyError
+
+    options = options if options is not None else VerifyOptions()
+    if not isinstance(value, dict) or not isinstance(value.get("evidence_digest"), str) \
+            or not isinstance(value.get("simulated"), bool):
         raise EvidenceParseError("receipt attestation slot is malformed", field="attestation",
-                                 expected="{type, evidence_digest, simulated}")
+                                 got=sorted(value) if isinstance(value, dict) else type(value).__name__,
+                                 expected="{type, evidence_digest, simulated: bool}")
+    required = options.policy_requires_attestation
+    policy_name = getattr(options.policy, "name", None)
+    if required and value["simulated"] and not options.policy_section("attestation").get("allow_simulated"):
+        raise AttestationPolicyError(f"policy {policy_name!r} requires attestation, but the receipt's signed "
+                                     "attestation slot says the evidence is SIMULATED", field="attestation.simulated",
+                                     got=True, expected=False)
+    given = options.attestation_evidence
+    if given is None:
+        if required:
+            raise AttestationPolicyError(f"policy {policy_name!r} requires attestation, but no evidence file was "
+                                         "given (--attestation-evidence) to check the receipt's slot against",
+                                         field="attestation_evidence", got=None, expected="an evidence document")
+        return {"slot": "attestation", "checked": False, "type": value.get("type"), "simulated": value["simulated"],
+                "reason": "no evidence file given (--attestation-evidence): the attestation was NOT verified"}
     doc = load_document(given)
     if doc.digest() != value["evidence_digest"]:
         raise EvidenceVerificationError("evidence file is not the one the receipt references",
@@ -86,11 +105,12 @@ def verify_evidence(slot, value, statement, options):
     except (KeyError, TypeError, ValueError) as exc:
         raise EvidenceParseError("receipt statement lacks predicate.node.public_key (hex)",
                                  field="predicate.node.public_key") from exc
+    from specguard.plugin_manager import registered_evidence_types
     from specguard.policies import evidence_policy
 
-    policy = evidence_policy(options.get("policy"))
-    verified = verify_document(doc, policy, at=options.get("at"), now=options.get("now"),
-                               collateral=options.get("collateral"), expected_public_key=public_key)
+    policy = evidence_policy(options.policy)
+    verified = verify_document(doc, policy, at=options.at, now=options.now, collateral=options.collateral,
+                               expected_public_key=public_key, types=registered_evidence_types())
     return {"slot": "attestation", "checked": True, "type": doc.type, "simulated": doc.simulated,
             "evidence_digest": doc.digest(), "tcb_status": verified.tcb_status, "chain": list(verified.chain),
             "policy": getattr(policy, "name", None)}

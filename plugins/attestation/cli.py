@@ -128,10 +128,11 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
     try:
         from specguard.attest.tee.document import validate_document, verify_document_evidence
         from specguard.attest.tee.registry import get_evidence_type
+        from specguard.plugin_manager import registered_evidence_types
 
         doc, data = _read_input(file)
         kind = _kind(type_, doc)
-        et = get_evidence_type(kind)
+        et = get_evidence_type(kind, registered_evidence_types())
         at = parse_time(at_text, "--at") if at_text else None
         if crls and collateral:
             raise UsageError("give AMD CRLs with --crl or --collateral, not both", field="--crl")
@@ -148,7 +149,7 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
             if certs:
                 doc = replace(doc, certs=_certs(certs, None))
             stage = "verify"
-            verified = verify_document_evidence(doc, at=at, collateral=coll)
+            verified = verify_document_evidence(doc, at=at, collateral=coll, types=registered_evidence_types())
         else:
             parsed = et.parse(data)
             stage = "verify"
@@ -159,7 +160,7 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
             if doc is not None:
                 if public_key or nonce:
                     raise UsageError("--public-key/--nonce come from the evidence document", field="--public-key")
-                validate_document(verified, doc, policy, now=at)
+                validate_document(verified, doc, policy, now=at, types=registered_evidence_types())
             else:
                 pk = bytes.fromhex(public_key) if public_key else None
                 nn = parse_nonce_hex(nonce) if nonce else None
@@ -225,10 +226,11 @@ def attach_gpu_command(document: str, gpu_evidence: str, gpu_certs: str, type_: 
 def show_command(file: str, type_: str | None) -> None:
     """Pretty-print every field of a piece of evidence (no verification)."""
     from specguard.attest.tee.registry import get_evidence_type
+    from specguard.plugin_manager import registered_evidence_types
 
     doc, data = _read_input(file)
     kind = _kind(type_, doc)
-    et = get_evidence_type(kind)
+    et = get_evidence_type(kind, registered_evidence_types())
     out: dict[str, Any] = {"type": kind, "fields": et.show(et.parse(data))}
     if doc is not None:
         meta = doc.to_json()

@@ -4,8 +4,8 @@
   Pedersen commitment to the node's model digest and an equality proof to the node's published
   commitment, bound to `transcript.binding_digest()`.
 - `verify_evidence`: checks that slot offline against `statement["predicate"]["binding_digest"]`
-  (put there by the receipts plugin) and, if given, `options["model_commitment"]` (a pinned hex
-  commitment).
+  (put there by the receipts plugin) and, if given, `options.model_commitment` (a pinned hex
+  commitment; `specguard verify --model-commitment` then requires the slot).
 - `register_routes`: `GET /specguard/v1/commitment` serves the published commitment.
 - `register_commands`: `specguard commit open|show|disclose|verify-disclosure`.
 
@@ -52,7 +52,7 @@ def verify_evidence(slot, value, statement, options):
         return None
     predicate = statement.get("predicate") if isinstance(statement, dict) else None
     binding = predicate.get("binding_digest") if isinstance(predicate, dict) else None
-    pinned = (options or {}).get("model_commitment")
+    pinned = getattr(options, "model_commitment", None) if options is not None else None
     if pinned is not None and not isinstance(pinned, str):
         raise CommitmentEvidenceError("pinned model commitment must be a hex string", field="model_commitment",
                                       got=type(pinned).__name__)

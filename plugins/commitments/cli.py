@@ -75,13 +75,50 @@ def commit_disclose(transcript_path: str, positions: str) -> None:
 
 @commit_group.command(name="verify-disclosure")
 @click.option("--disclosure", "disclosure_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--root", "root_hex", required=True, help="Token-records Merkle root from a verified receipt.")
-def commit_verify_disclosure(disclosure_path: str, root_hex: str) -> None:
-    """Verify disclosed per-token records against a trusted root; print them."""
+@click.option("--receipt", "receipt_path", type=click.Path(exists=True, dir_okay=False),
+              help="The receipt (or a response holding one) the disclosure is for: its verified "
+                   "token-records root and count are used.")
+@click.option("--trusted-key", "trusted_key", multiple=True, help="Pinned node key for --receipt (hex or file).")
+@click.option("--allow-unpinned", is_flag=True, help="Accept the key the receipt names (integrity only).")
+@click.option("--root", "root_hex", help="Token-records Merkle root from a receipt you verified (with --tree-size).")
+@click.option("--tree-size", type=click.IntRange(0), help="Token-records count from the same receipt.")
+def commit_verify_disclosure(disclosure_path: str, receipt_path: str | None, trusted_key: tuple[str, ...],
+                             allow_unpinned: bool, root_hex: str | None, tree_size: int | None) -> None:
+    """Verify disclosed per-token records against a receipt's signed root and tree size; print them.
+
+    Give --receipt (verified here: signature and log inclusion) or both --root and --tree-size
+    from a receipt you verified; the disclosure's own tree_size is never trusted.
+    """
     from specguard.attest.disclosure import verify_disclosure
 
-    records = verify_disclosure(_read_json(disclosure_path), root_hex)
-    click.echo(json.dumps({"verified": True, "root": root_hex, "records": records}, indent=2))
+    if (receipt_path is None) == (root_hex is None):
+        raise UsageError("give exactly one of --receipt and --root", field="--receipt/--root")
+    if receipt_path is not None:
+        if tree_size is not None:
+            raise UsageError("--tree-size comes from the receipt; give it only with --root", field="--tree-size")
+        root_hex, tree_size, receipt_id = _receipt_root(receipt_path, trusted_key, allow_unpinned)
+    elif tree_size is None:
+        raise UsageError("--root needs --tree-size (the receipt's token_records_count)", field="--tree-size")
+    records = verify_disclosure(_read_json(disclosure_path), root_hex, tree_size)
+    out: dict[str, Any] = {"verified": True, "root": root_hex, "tree_size": tree_size, "records": records}
+    if receipt_path is not None:
+        out["receipt_id"] = receipt_id
+    click.echo(json.dumps(out, indent=2))
+
+
+def _receipt_root(path: str, trusted_key: tuple[str, ...], allow_unpinned: bool) -> tuple[str, int, str]:
+    """The token-records root and count of a receipt verified here (signature, digests, log)."""
+    from specguard.attest.options import VerifyOptions
+    from specguard.attest.receipts import load_json_file, verify_receipt
+    from specguard.key_args import parse_key_arg
+
+    doc = load_json_file(Path(path), "receipt")
+    if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict):
+        doc = doc["specguard"].get("receipt", doc)
+    options = VerifyOptions(trusted_keys=tuple(parse_key_arg(k) for k in trusted_key), allow_unpinned=allow_unpinned)
+    verified = verify_receipt(doc, options)
+    return (verified.predicate["token_records_root"], verified.predicate["token_records_count"],
+            verified.receipt_id)
 
 
 def _parse_positions(text: str) -> list[int]:

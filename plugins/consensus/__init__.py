@@ -10,7 +10,7 @@
   and log a warning), "withhold" (raise ConsensusWithheldError, HTTP 422, the dissent in its
   message) or "fail" (raise NoQuorumError, HTTP 503).
 - `specguard verify` passes receipt["consensus"] to `verify_evidence(slot="consensus")`, which
-  recounts the votes under options["verifier_keys"].
+  recounts the votes under `options.verifier_keys` (quorum default n - f of the pinned keys).
 - CLI: `specguard consensus check | verify-certificate | show-key | calibrate`.
 See docs/consensus.md."""
 
@@ -87,55 +87,64 @@ def judge_transcript(transcript: Any, receipt: Any, node: Any) -> dict[str, Any]
 # --- offline verification ---------------------------------------------------------------------
 
 
+def default_quorum(n: int) -> int:
+    """n - f accepting votes of n pinned verifier keys, f = floor((n - 1) / 3) (0 when n = 0)."""
+    return n - (n - 1) // 3 if n > 0 else 0
+
+
 @hookimpl
 def verify_evidence(slot: str, value: Any, statement: Any, options: Any) -> dict[str, Any] | None:
+    """Recount a quorum certificate under the pinned verifier keys (`options.verifier_keys`).
+
+    The quorum is the largest of `options.quorum` (default: n - f of the n pinned keys), the
+    policy's [consensus] quorum and the certificate's own; no field of the certificate lowers it.
+    """
     if slot != "consensus":
         return None
-    options = dict(options or {})
-    keys = [bytes(k) for k in options.get("verifier_keys") or []]
-    quorum = int(options.get("quorum") or 0)
-    policy = options.get("policy")
-    if policy is not None and hasattr(policy, "section"):
-        quorum = max(quorum, int(policy.section("consensus").get("quorum") or 0))
-    envelope = options.get("envelope")
-    receipt = options.get("receipt")
-    if envelope is None and isinstance(receipt, dict):
-        envelope = receipt.get("envelope")
+    from specguard.attest.options import VerifyOptions
+
+    options = options if options is not None else VerifyOptions()
+    keys = list(options.verifier_keys)
+    quorum = options.quorum if options.quorum is not None else default_quorum(len(keys))
+    quorum = max(quorum, options.policy_quorum)
+    envelope = options.envelope
     predicate = statement.get("predicate", {}) if isinstance(statement, dict) else {}
     binding = predicate.get("binding_digest")
     if not isinstance(binding, str):
         raise QuorumError("statement has no binding digest to check the certificate against",
                           field="predicate.binding_digest")
-    if not quorum:
-        log.warning("consensus certificate checked against its own quorum; pass a minimum quorum to enforce one")
+    if envelope is None:
+        raise QuorumError("no receipt envelope to check the certificate's receipt digest against",
+                          field="envelope")
     model = predicate.get("model") if isinstance(predicate.get("model"), dict) else {}
-    verified = verify_certificate(value, envelope, keys, quorum or None, binding_digest=binding,
+    verified = verify_certificate(value, dict(envelope), keys, quorum or None, binding_digest=binding,
                                   model_digest=model.get("digest"))
     out = verified.to_json()
-    out["receipt_digest_checked"] = envelope is not None
-    out.update(_attested_verifiers(verified, options, policy))
+    out["receipt_digest_checked"] = True
+    out["required_quorum"] = quorum
+    out.update(_attested_verifiers(verified, options))
     return out
 
 
-def _attested_verifiers(verified: Any, options: dict[str, Any], policy: Any) -> dict[str, Any]:
+def _attested_verifiers(verified: Any, options: Any) -> dict[str, Any]:
     """Check the verifier evidence files given (`--verifier-evidence`) and the policy's
     `[consensus] min_attested_verifiers`: how many accepting votes must come from verifiers whose
     evidence was verified here."""
     from specguard.consensus.quorum import check_verifier_evidence
 
-    documents = list(options.get("verifier_evidence") or [])
-    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
-    required = section.get("min_attested_verifiers", 0)
+    documents = list(options.verifier_evidence)
+    required = options.policy_section("consensus").get("min_attested_verifiers", 0)
     if isinstance(required, bool) or not isinstance(required, int) or required < 0:
         raise ConfigError("consensus.min_attested_verifiers must be a non-negative integer",
                           field="consensus.min_attested_verifiers", got=required)
     if not documents and not required:
         return {}
+    from specguard.plugin_manager import registered_evidence_types
     from specguard.policies import evidence_policy
 
-    policy = evidence_policy(policy)
-    attested = check_verifier_evidence(verified, documents, policy, at=options.get("at"), now=options.get("now"),
-                                       collateral=options.get("collateral"))
+    policy = evidence_policy(options.policy)
+    attested = check_verifier_evidence(verified, documents, policy, at=options.at, now=options.now,
+                                       collateral=options.collateral, types=registered_evidence_types())
     distinct = sorted({a["key_id"] for a in attested})
     if len(distinct) < required:
         raise PolicyError("too few accepting verifiers with verified TEE evidence",

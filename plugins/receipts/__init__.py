@@ -1,6 +1,7 @@
 """Built-in integrity layer: receipts and the transparency log (registered like any third-party plugin).
 
-CLI (cli.py): `specguard verify`, `specguard log verify`, `specguard log show`.
+CLI (cli.py): `specguard verify` (builds a `VerifyOptions` and passes `verify_receipt` an evidence
+verifier that calls the `verify_evidence` hook), `specguard log verify`, `specguard log show`.
 Routes (routes.py), served from the node's receipt issuer:
     GET /specguard/v1/log/checkpoint                      signed checkpoint note (text/plain)
     GET /specguard/v1/log/entries/{i}                     leaf i

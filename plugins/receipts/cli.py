@@ -14,9 +14,11 @@ import click
 from specguard.attest import merkle
 from specguard.attest.checkpoint import (
     Checkpoint,
+    check_consistency,
     split_note,
     verify_checkpoint,
 )
+from specguard.attest.options import TextDecoder, VerifyOptions
 from specguard.attest.receipts import (
     ReceiptParseError,
     load_json_file,
@@ -70,7 +72,13 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
 @click.command(name="verify")
 @click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
 @click.option("--response", "response_path", type=click.Path(exists=True, dir_okay=False),
-              help="The response JSON the receipt is for (its top-level 'specguard' key is ignored).")
+              help="The response JSON the receipt is for (its top-level 'specguard' key is ignored; "
+                   "null-valued keys, as the openai SDK writes them, do not matter).")
+@click.option("--request", "request_path", type=click.Path(exists=True, dir_okay=False),
+              help="The request JSON you sent; its canonical form must be the one the receipt signs.")
+@click.option("--model", "model_ref",
+              help="Model (directory, file or name) whose tokenizer decodes the signed output ids: the "
+                   "response text must be that decoding (stop strings trimmed).")
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True, dir_okay=False),
               help="A signed checkpoint you saved earlier; the receipt's checkpoint must be consistent with it.")
 @click.option("--consistency-proof", "consistency_path", type=click.Path(exists=True, dir_okay=False),
@@ -78,31 +86,45 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
 @click.option("--transcript", "transcript_path", type=click.Path(exists=True, dir_okay=False),
               help="Transcript JSON whose token records are checked against the signed root.")
 @click.option("--trusted-key", "trusted_key", multiple=True,
-              help="Pinned node key: 64 hex digits, a verifier key name+hash+key, or a file.")
-@click.option("--policy", "policy_ref", help="Policy (preset name or TOML file) for evidence plugins.")
-@click.option("--attestation-evidence", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model-commitment", help="Expected model commitment (hex).")
-@click.option("--verifier-key", "verifier_key", multiple=True, help="Consensus verifier key (hex or file).")
+              help="Pinned node key: 64 hex digits, a verifier key name+hash+key, or a file. Required "
+                   "unless --allow-unpinned.")
+@click.option("--allow-unpinned", is_flag=True,
+              help="Accept a signature under the key the receipt itself names (proves only integrity).")
+@click.option("--policy", "policy_ref", help="Policy (preset name or TOML file) for evidence plugins; a policy "
+                                              "that requires attestation requires the receipt's attestation.")
+@click.option("--attestation-evidence", type=click.Path(exists=True, dir_okay=False),
+              help="The node's evidence document; requires the receipt's attestation slot.")
+@click.option("--collateral", type=click.Path(exists=True),
+              help="Collateral (file or directory, e.g. TDX TCB info / AMD CRLs) for the attestation layer.")
+@click.option("--reference-values", "reference_values", type=click.Path(exists=True, dir_okay=False),
+              help="Reference values (JSON/TOML) the attestation policy pins; `strict` validates nothing without.")
+@click.option("--model-commitment", help="Expected model commitment (hex); requires commitment evidence.")
+@click.option("--verifier-key", "verifier_key", multiple=True,
+              help="Consensus verifier key (hex or file); requires a quorum certificate.")
 @click.option("--quorum", type=click.IntRange(1, 1000), default=None,
-              help="Minimum accepting verifier votes a consensus certificate must carry.")
+              help="Minimum accepting verifier votes (default n - f of the n verifier keys, f = (n-1)//3).")
 @click.option("--verifier-evidence", "verifier_evidence", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="TEE evidence document of a consensus verifier (from its /specguard/v1/attestation); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_command(receipt: str, response_path: str | None, checkpoint_path: str | None,
-                   consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
-                   policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
+def verify_command(receipt: str, response_path: str | None, request_path: str | None, model_ref: str | None,
+                   checkpoint_path: str | None, consistency_path: str | None, transcript_path: str | None,
+                   trusted_key: tuple[str, ...], allow_unpinned: bool, policy_ref: str | None,
+                   attestation_evidence: str | None, collateral: str | None, model_commitment: str | None,
                    verifier_key: tuple[str, ...], quorum: int | None, verifier_evidence: tuple[str, ...],
-                   as_json: bool) -> None:
-    """Verify a receipt offline: signature, response digest, token root, log inclusion, evidence.
+                   as_json: bool, reference_values: str | None = None) -> None:
+    """Verify a receipt offline: signature, request/response digests, response text, token root,
+    log inclusion, evidence. Every layer an option names is required.
 
     RECEIPT is a receipt document, or a response whose "specguard"."receipt" holds one (then
-    that response is also checked unless --response is given). Exit codes: 0 ok, 3 malformed,
-    10 signature, 11 response digest, 12 token records, 13 log, 14 evidence.
+    that response is also checked unless --response is given). Exit codes: 0 ok, 2 usage,
+    3 malformed, 5 policy, 10 signature (also: no --trusted-key without --allow-unpinned),
+    11 request/response digest or response text, 12 token records, 13 log, 14 evidence.
     """
     try:
         result = _verify(receipt, response_path, checkpoint_path, consistency_path, transcript_path,
                          trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum,
-                         verifier_evidence)
+                         verifier_evidence, allow_unpinned=allow_unpinned, request_path=request_path,
+                         model_ref=model_ref, collateral=collateral, reference_values=reference_values)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
         raise
@@ -111,15 +133,53 @@ def verify_command(receipt: str, response_path: str | None, checkpoint_path: str
         return
     for layer in result.layers:
         click.echo(f"{layer['status']:>9}  {layer['layer']}: {layer['detail']}")
-    pinned = "" if result.key_pinned else " (KEY NOT PINNED: pass --trusted-key)"
+    pinned = "" if result.key_pinned else " (KEY NOT PINNED: --allow-unpinned)"
     click.echo(f"OK receipt {result.receipt_id} signed by {result.key_id}{pinned}")
+
+
+def hook_evidence_verifier(slot: str, value: Any, statement: dict[str, Any],
+                           options: VerifyOptions) -> dict[str, Any] | None:
+    """The evidence verifier the CLI gives `verify_receipt`: the plugins' `verify_evidence` hook."""
+    from specguard.plugin_manager import load_plugins
+
+    return load_plugins().hook.verify_evidence(slot=slot, value=value, statement=statement, options=options)
+
+
+def canonical_request(path: str) -> dict[str, Any]:
+    """The request file as the node signs it: parsed by the server's request model (chat when it has
+    "messages", else completion), every default filled in (`dump_request`)."""
+    from pydantic import ValidationError as PydanticError
+
+    from specguard.server.openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
+
+    data = Path(path).read_bytes()
+    obj = loads_strict(data, "request")
+    if not isinstance(obj, dict):
+        raise ReceiptParseError("request must be a JSON object", field=path, got=type(obj).__name__)
+    model = ChatCompletionRequest if "messages" in obj else CompletionRequest
+    try:
+        return dump_request(model.model_validate_json(data))
+    except PydanticError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        raise ReceiptParseError("request file is not a valid " + ("chat " if "messages" in obj else "") +
+                                "completion request", field=".".join(str(p) for p in first.get("loc", ())) or path,
+                                got=str(first.get("msg", exc))[:200]) from exc
+
+
+def _decoder(model_ref: str) -> TextDecoder:
+    from specguard.models import load_model
+
+    model = load_model(model_ref)
+    return TextDecoder(decode=model.decode, tokenizer_digest=model.tokenizer_digest)
 
 
 def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None,
             consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
             policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
             verifier_key: tuple[str, ...], quorum: int | None = None,
-            verifier_evidence: tuple[str, ...] = ()) -> Any:
+            verifier_evidence: tuple[str, ...] = (), *, allow_unpinned: bool = False,
+            request_path: str | None = None, model_ref: str | None = None,
+            collateral: str | None = None, reference_values: str | None = None) -> Any:
     doc = load_json_file(Path(receipt), "receipt")
     response = None
     if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
@@ -127,30 +187,41 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
         response, doc = doc, doc["specguard"]["receipt"]
     if response_path:
         response = load_json_file(Path(response_path), "response")
-    options: dict[str, Any] = {
-        "trusted_keys": [parse_key_arg(k) for k in trusted_key],
-        "verifier_keys": [parse_key_arg(k) for k in verifier_key],
-        "attestation_evidence": attestation_evidence,
-        "model_commitment": model_commitment,
-        "quorum": quorum,
-        "verifier_evidence": list(verifier_evidence),
-        "policy": None,
-    }
-    if policy_ref:
-        from specguard.policies import load_policy
+    if model_ref is not None and response is None:
+        raise UsageError("--model checks the response text: give the response (--response, or a response file "
+                         "as RECEIPT)", field="--model")
+    policy = None
+    if policy_ref or reference_values:
+        from specguard.policies import evidence_policy
 
-        options["policy"] = load_policy(policy_ref)
+        policy = evidence_policy(policy_ref, reference_values=reference_values)
+    tokens = None
     if transcript_path:
         transcript = load_json_file(Path(transcript_path), "transcript")
         if not isinstance(transcript, dict) or not isinstance(transcript.get("tokens"), list):
             raise ReceiptParseError("transcript JSON needs a 'tokens' list", field=transcript_path)
-        options["tokens"] = transcript["tokens"]
+        tokens = transcript["tokens"]
+    consistency = None
     if consistency_path:
-        options["consistency_proof"] = _hex_list(load_json_file(Path(consistency_path), "consistency proof"),
-                                                 consistency_path)
-    checkpoint = _read_text(checkpoint_path, "checkpoint") if checkpoint_path else None
-    return verify_receipt(doc, trusted_keys=options["trusted_keys"] or None, response=response,
-                          checkpoint=checkpoint, options=options)
+        consistency = _hex_list(load_json_file(Path(consistency_path), "consistency proof"), consistency_path)
+    options = VerifyOptions(
+        trusted_keys=tuple(parse_key_arg(k) for k in trusted_key),
+        allow_unpinned=allow_unpinned,
+        response=response,
+        request=canonical_request(request_path) if request_path else None,
+        decoder=_decoder(model_ref) if model_ref is not None else None,
+        tokens=tokens,
+        checkpoint=_read_text(checkpoint_path, "checkpoint") if checkpoint_path else None,
+        consistency_proof=tuple(consistency) if consistency is not None else None,
+        policy=policy,
+        attestation_evidence=attestation_evidence,
+        collateral=collateral,
+        model_commitment=model_commitment,
+        verifier_keys=tuple(parse_key_arg(k) for k in verifier_key),
+        quorum=quorum,
+        verifier_evidence=tuple(verifier_evidence),
+    )
+    return verify_receipt(doc, options, evidence_verifier=hook_evidence_verifier)
 
 
 @click.group(name="log")
@@ -274,16 +345,10 @@ def _log_verify(url: str | None, db_path: str | None, saved_path: str | None, sa
             if key is None:
                 raise UsageError("cannot verify the saved checkpoint without a key", field="--key")
             old = verify_checkpoint(saved, [key], origin=cp.origin)
-            if old.size > cp.size:
-                raise merkle.LogProofError("log is smaller than a checkpoint it signed earlier (rollback)",
-                                           field="tree_size", got=cp.size, expected=f">= {old.size}")
-            if old.size == cp.size:
-                if old.root != cp.root:
-                    raise merkle.LogProofError("same size, different root (split view)", field="root",
-                                               got=cp.root.hex(), expected=old.root.hex())
-            else:
+            proof = None
+            if 0 < old.size < cp.size:  # a proof from the empty tree is empty (RFC 9162)
                 proof = local.consistency_proof(old.size, cp.size) if local else source.consistency(old.size, cp.size)
-                merkle.verify_consistency(old.size, cp.size, old.root, cp.root, proof)
+            check_consistency(old, cp, proof)
             checks.append(f"consistent with saved checkpoint of size {old.size}")
         for index in range(max(0, cp.size - max(0, entries)), cp.size):
             data = source.entry(index)

@@ -79,13 +79,7 @@ def test_the_graph_was_read():
     assert "specguard.errors" in GRAPH["specguard.attest.receipts"]
 
 
-#: violations being removed (issue 10): each must disappear, and the strict xfail makes that visible
-KNOWN_IMPURE = {"specguard.attest.receipts", "specguard.attest.tee.registry"}
-
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="calls the plugin manager")) if m in KNOWN_IMPURE else m
-    for m in sorted(m for m in GRAPH if _under(m, "specguard.attest"))])
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _under(m, "specguard.attest")))
 def test_attest_is_a_pure_library(module):
     bad = sorted(m for m in GRAPH[module] if any(_under(m, p) for p in NOT_IN_ATTEST))
     assert not bad, f"{module} imports {bad}: attest/ takes no CLI, HTTP, torch or plugin-manager code"

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import specguard.node_evidence as node_evidence_module
 from specguard.attest import binding
+from specguard.attest.options import VerifyOptions
 from specguard.attest.tee import collect
 from specguard.attest.tee.document import load_document, verify_document
 from specguard.attest.tee.errors import AttestationPolicyError, EvidenceParseError, EvidenceVerificationError
@@ -73,17 +74,17 @@ def test_round_trip_with_simulated_node(no_tee, tmp_path, caplog):
     path = tmp_path / "evidence.json"
     path.write_text(json.dumps(doc.to_json()))
     ok = plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node),
-                                options={"attestation_evidence": str(path), "policy": load_policy("dev")})
+                                options=VerifyOptions(attestation_evidence=str(path), policy=load_policy("dev")))
     assert ok["checked"] is True and ok["simulated"] is True and ok["evidence_digest"] == slot["evidence_digest"]
     # the strict policy rejects SIMULATED evidence
     with pytest.raises(AttestationPolicyError) as err:
         plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node),
-                               options={"attestation_evidence": str(path)})
+                               options=VerifyOptions(attestation_evidence=str(path)))
     assert "SIMULATED" in err.value.failures[0].message
     # a receipt from a different node key does not match this evidence
     with pytest.raises(EvidenceVerificationError, match="different node key"):
         plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(make_node()),
-                               options={"attestation_evidence": doc.to_json(), "policy": "dev"})
+                               options=VerifyOptions(attestation_evidence=doc.to_json(), policy=load_policy("dev")))
     assert any("SIMULATED" in r.getMessage() for r in caplog.records)
 
 
@@ -95,13 +96,13 @@ def test_tampered_or_missing_evidence(no_tee):
     other = node_evidence(node, nonce=b"z" * 32).to_json()
     with pytest.raises(EvidenceVerificationError, match="not the one the receipt references"):
         plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node),
-                               options={"attestation_evidence": other, "policy": "dev"})
-    unchecked = plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node), options={})
+                               options=VerifyOptions(attestation_evidence=other, policy=load_policy("dev")))
+    unchecked = plugin.verify_evidence(slot="attestation", value=slot, statement=statement_for(node), options=VerifyOptions())
     assert unchecked["checked"] is False and "NOT verified" in unchecked["reason"]
-    assert plugin.verify_evidence(slot="receipt", value={}, statement={}, options={}) is None
+    assert plugin.verify_evidence(slot="receipt", value={}, statement={}, options=VerifyOptions()) is None
     with pytest.raises(EvidenceParseError, match="public_key"):
         plugin.verify_evidence(slot="attestation", value=slot, statement={},
-                               options={"attestation_evidence": node_evidence(node).to_json()})
+                               options=VerifyOptions(attestation_evidence=node_evidence(node).to_json()))
 
 
 def test_report_data_mismatch_detected(no_tee):

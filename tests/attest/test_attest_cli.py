@@ -91,12 +91,14 @@ def test_collect_bad_nonce_is_usage_error(capsys, args):
 
 
 def test_evidence_types_come_from_the_hook_and_plugins_can_add_one():
-    from specguard.attest.tee import evidence_types
+    from specguard.attest.tee import evidence_types as builtin_index
     from specguard.attest.tee.builtin import SimulatedEvidenceType
     from specguard.hookspecs import hookimpl
     from specguard.plugin_manager import load_plugins
+    from specguard.plugin_manager import registered_evidence_types as evidence_types
 
     assert {"snp", "tdx", "nvidia", "simulated"} <= set(evidence_types())
+    assert set(builtin_index()) == {"snp", "tdx", "nvidia", "simulated"}  # the pure library's default
 
     class Custom(SimulatedEvidenceType):
         name = "custom-tee"

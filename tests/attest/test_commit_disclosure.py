@@ -50,7 +50,7 @@ def test_disclose_and_verify_round_trip(n: int, data) -> None:
     doc = ds.disclose(t, positions)
     root = ds.token_records_root(t.tokens)
     assert doc["root"] == root and doc["tree_size"] == n
-    records = ds.verify_disclosure(json.loads(json.dumps(doc)), root)
+    records = ds.verify_disclosure(json.loads(json.dumps(doc)), root, n)
     assert [r["index"] for r in records] == sorted(set(positions))
     for r in records:
         full = t.tokens[r["index"]].to_json()
@@ -64,11 +64,11 @@ def test_tampering_is_detected() -> None:
     doc = ds.disclose(t, [3, 8])
     other_root = ds.token_records_root(make_transcript(10).tokens)
     with pytest.raises(ds.DisclosureError):
-        ds.verify_disclosure(doc, other_root)
+        ds.verify_disclosure(doc, other_root, 9)
     no_root = {k: v for k, v in doc.items() if k != "root"}
     with pytest.raises(ds.DisclosureError):
-        ds.verify_disclosure(no_root, other_root)
-    ds.verify_disclosure(no_root, root)
+        ds.verify_disclosure(no_root, other_root, 9)
+    ds.verify_disclosure(no_root, root, 9)
     mutations = []
     for key, value in (("token_id", 1), ("logprob", -0.5), ("position", 4)):
         d = copy.deepcopy(doc)
@@ -94,7 +94,7 @@ def test_tampering_is_detected() -> None:
     mutations.append(d)
     for bad in mutations:
         with pytest.raises(ds.DisclosureError):
-            ds.verify_disclosure(bad, root)
+            ds.verify_disclosure(bad, root, 9)
 
 
 def test_malformed_documents_are_parse_errors() -> None:
@@ -114,10 +114,10 @@ def test_malformed_documents_are_parse_errors() -> None:
             dict(doc, records=[dict(item, proof=["ZZ" * 32])]), dict(doc, records=[dict(item, proof=[5])])]
     for bad in bads:
         with pytest.raises(ds.DisclosureParseError):
-            ds.verify_disclosure(bad, root)
+            ds.verify_disclosure(bad, root, 4)
     for bad_root in ("00", root.upper(), None, 5):
         with pytest.raises(ds.DisclosureParseError):
-            ds.verify_disclosure(doc, bad_root)
+            ds.verify_disclosure(doc, bad_root, 4)
 
 
 @settings(max_examples=50, deadline=None, derandomize=True)
@@ -129,7 +129,7 @@ def test_malformed_documents_are_parse_errors() -> None:
                         max_leaves=12))
 def test_fuzzed_documents_raise_only_typed_errors(doc) -> None:
     try:
-        ds.verify_disclosure(doc, "ab" * 32)
+        ds.verify_disclosure(doc, "ab" * 32, 4)
     except SpecguardError:
         return
     raise AssertionError("a random document verified")

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from specguard.attest.commitments import group as g
 from specguard.attest.commitments import model as md
 from specguard.attest.commitments.pedersen import OpeningError
+from specguard.attest.options import VerifyOptions
 from specguard.errors import ConfigError, SpecguardError, UsageError, VerificationError
 from specguard.plugins import commitments as plugin
 from specguard.plugins.commitments.routes import ROUTE
@@ -162,18 +163,18 @@ def test_seal_and_verify_hooks(tmp_path: Path) -> None:
     plugin.seal_transcript(transcript=t, evidence=evidence, node=node)
     value = evidence["commitment"]
     statement = {"predicate": {"binding_digest": t.binding_digest()}}
-    assert plugin.verify_evidence(slot="other", value=value, statement=statement, options={}) is None
-    summary = plugin.verify_evidence(slot="commitment", value=value, statement=statement, options={})
+    assert plugin.verify_evidence(slot="other", value=value, statement=statement, options=VerifyOptions()) is None
+    summary = plugin.verify_evidence(slot="commitment", value=value, statement=statement, options=VerifyOptions())
     assert summary["context"] == t.binding_digest()
-    pinned = {"model_commitment": value["published"]}
+    pinned = VerifyOptions(model_commitment=value["published"])
     assert plugin.verify_evidence(slot="commitment", value=value, statement=statement, options=pinned)["pinned"]
     with pytest.raises(VerificationError):
-        plugin.verify_evidence(slot="commitment", value=value, statement={"predicate": {}}, options={})
+        plugin.verify_evidence(slot="commitment", value=value, statement={"predicate": {}}, options=VerifyOptions())
     with pytest.raises(VerificationError):
         plugin.verify_evidence(slot="commitment", value=value, statement=statement,
-                               options={"model_commitment": g.generator_h().hex()})
-    with pytest.raises(VerificationError):
-        plugin.verify_evidence(slot="commitment", value=value, statement=statement, options={"model_commitment": 3})
+                               options=VerifyOptions(model_commitment=g.generator_h().hex()))
+    with pytest.raises(UsageError):  # typed options refuse a non-string commitment up front
+        VerifyOptions(model_commitment=3)
     # no node, or no model: nothing is added
     for n in (None, make_node(tmp_path, None)):
         ev: dict = {}
@@ -194,7 +195,7 @@ def test_hooks_through_the_plugin_manager(tmp_path: Path) -> None:
     plugin.seal_transcript(transcript=t, evidence=evidence, node=node)
     statement = {"predicate": {"binding_digest": t.binding_digest()}}
     result = pm.hook.verify_evidence(slot="commitment", value=evidence["commitment"], statement=statement,
-                                     options={})
+                                     options=VerifyOptions())
     assert result["slot"] == "commitment"
 
 
@@ -252,14 +253,15 @@ def test_cli_open_show_disclose(tmp_path: Path, monkeypatch) -> None:
     from specguard.attest.disclosure import token_records_root
 
     root = token_records_root(transcript.tokens)
-    result = runner.invoke(_cli(), ["commit", "verify-disclosure", "--disclosure", str(dpath), "--root", root])
+    result = runner.invoke(_cli(), ["commit", "verify-disclosure", "--disclosure", str(dpath), "--root", root,
+                                    "--tree-size", "6"])
     assert result.exit_code == 0, result.output
     assert [r["position"] for r in json.loads(result.output)["records"]] == [1, 4]
     for bad_pos in ("x", "-1", ""):
         res = runner.invoke(_cli(), ["commit", "disclose", "--transcript", str(tpath), "--positions", bad_pos])
         assert isinstance(res.exception, UsageError)
     res = runner.invoke(_cli(), ["commit", "verify-disclosure", "--disclosure", str(tmp_path / "none.json"),
-                                 "--root", root])
+                                 "--root", root, "--tree-size", "6"])
     assert isinstance(res.exception, SpecguardError)
 
 

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 import pytest
 
 from specguard.attest.commitments import group as g
+from specguard.attest.options import VerifyOptions
 from specguard.attest.receipts import ReceiptIssuer, verify_receipt
 from specguard.errors import VerificationError
 from specguard.keys import load_or_create_node_key
 from specguard.plugins import commitments as plugin
+from specguard.plugins.receipts.cli import hook_evidence_verifier
 from specguard.transcript import SamplingParams, TokenRecord, Transcript
 
 DIGEST = "sha256:" + "44" * 32
@@ -41,7 +43,8 @@ def issued(tmp_path: Path):
 
 def test_receipt_verification_checks_commitment_evidence(issued) -> None:
     doc, key, value = issued
-    verified = verify_receipt(doc, trusted_keys=[key.public_bytes], options={"model_commitment": value["published"]})
+    verified = verify_receipt(doc, VerifyOptions(model_commitment=value["published"]), trusted_keys=[key.public_bytes],
+                              evidence_verifier=hook_evidence_verifier)
     summary = verified.evidence["commitment"]
     assert summary["pinned"] is True and summary["response"] == value["response"]
     assert summary["context"] == verified.statement["predicate"]["binding_digest"]
@@ -51,4 +54,5 @@ def test_receipt_verification_checks_commitment_evidence(issued) -> None:
 def test_receipt_with_other_pinned_commitment_fails(issued) -> None:
     doc, key, _value = issued
     with pytest.raises(VerificationError, match="pinned"):
-        verify_receipt(doc, trusted_keys=[key.public_bytes], options={"model_commitment": g.generator_h().hex()})
+        verify_receipt(doc, VerifyOptions(model_commitment=g.generator_h().hex()), trusted_keys=[key.public_bytes],
+                       evidence_verifier=hook_evidence_verifier)

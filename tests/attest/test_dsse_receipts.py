@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 
 from specguard.attest import dsse
 from specguard.attest.checkpoint import verify_checkpoint
+from specguard.attest.options import VerifyOptions
 from specguard.attest.receipts import (
     EvidenceError,
     ReceiptIssuer,
     ReceiptParseError,
     SubjectDigestError,
     TokenRootError,
+    UnpinnedKeyError,
     loads_strict,
     response_digest,
     token_records_root,
@@ -145,11 +147,14 @@ def test_receipt_statement_fields(issued) -> None:
 
 def test_verify_pinned_unpinned_and_after_restart(issued, tmp_path: Path) -> None:
     issuer, key, t, doc = issued
-    v = verify_receipt(doc, trusted_keys=[key.public_bytes], response=RESPONSE, options={"tokens": t})
+    v = verify_receipt(doc, VerifyOptions(tokens=t), trusted_keys=[key.public_bytes], response=RESPONSE)
     assert v.key_pinned and [(x["layer"], x["status"]) for x in v.layers] == [
         ("parse", "ok"), ("signature", "ok"), ("response", "ok"), ("token_records", "ok"), ("log_inclusion", "ok")]
-    loose = verify_receipt(doc)
-    assert not loose.key_pinned and "key not pinned" in loose.layers[1]["detail"]
+    with pytest.raises(UnpinnedKeyError) as err:  # no pinned key: fail unless explicitly allowed
+        verify_receipt(doc)
+    assert err.value.exit_code == 10 and err.value.field == "trusted_keys"
+    loose = verify_receipt(doc, VerifyOptions(allow_unpinned=True))
+    assert not loose.key_pinned and "key NOT pinned" in loose.layers[1]["detail"]
     assert loose.to_json()["key_pinned"] is False
     issuer.close()
     reopened = ReceiptIssuer(tmp_path, key)
@@ -157,8 +162,8 @@ def test_verify_pinned_unpinned_and_after_restart(issued, tmp_path: Path) -> Non
     later = reopened.issue(t, REQUEST, RESPONSE, {}, _Policy())
     proof = reopened.log.consistency_proof(5, 6)
     # the old receipt against the newer checkpoint, with a consistency proof
-    verify_receipt(doc, trusted_keys=[key.public_bytes], checkpoint=later["log"]["checkpoint"],
-                   options={"consistency_proof": proof})
+    verify_receipt(doc, VerifyOptions(consistency_proof=proof), trusted_keys=[key.public_bytes],
+                   checkpoint=later["log"]["checkpoint"])
     with pytest.raises(VerificationError) as err:
         verify_receipt(doc, trusted_keys=[key.public_bytes], checkpoint=later["log"]["checkpoint"])
     assert err.value.exit_code == 13 and err.value.field == "consistency_proof"
@@ -217,7 +222,7 @@ def test_every_statement_field_change_breaks_the_signature(issued) -> None:
         assert err.value.exit_code == 10 and err.value.field, path
         # without a pinned key the statement's own key is used; the old signature still fails
         with pytest.raises(SpecguardError) as err:
-            verify_receipt(bad, response=RESPONSE)
+            verify_receipt(bad, VerifyOptions(allow_unpinned=True), response=RESPONSE)
         assert err.value.exit_code in {3, 10}, path
 
 
@@ -289,10 +294,10 @@ def test_token_records_are_checked(issued) -> None:
         bad = copy.deepcopy(records)
         bad[i][field] += 1 if field != "logprob" else 1e-5
         with pytest.raises(TokenRootError) as err:
-            verify_receipt(doc, trusted_keys=[key.public_bytes], options={"tokens": bad})
+            verify_receipt(doc, VerifyOptions(tokens=bad), trusted_keys=[key.public_bytes])
         assert err.value.exit_code == 12 and err.value.field == "predicate.token_records_root"
     with pytest.raises(TokenRootError, match="integer position"):
-        verify_receipt(doc, trusted_keys=[key.public_bytes], options={"tokens": [{"position": "0"}]})
+        verify_receipt(doc, VerifyOptions(tokens=[{"position": "0"}]), trusted_keys=[key.public_bytes])
 
 
 class _EvidencePlugin:
@@ -314,12 +319,18 @@ def test_evidence_slots(tmp_path: Path) -> None:
     try:
         t = make_transcript(3)
         doc = issuer.issue(t, REQUEST, RESPONSE, {"test-ok": 1, "nobody-claims": {"x": 1}}, _Policy())
-        v = verify_receipt(doc, trusted_keys=[key.public_bytes])
+        def through_hook(slot, value, statement, options):
+            return pm.hook.verify_evidence(slot=slot, value=value, statement=statement, options=options)
+
+        # without an evidence verifier (the pure library alone) no slot counts as verified
+        bare = verify_receipt(doc, trusted_keys=[key.public_bytes])
+        assert bare.evidence == {"nobody-claims": "unchecked", "test-ok": "unchecked"}
+        v = verify_receipt(doc, trusted_keys=[key.public_bytes], evidence_verifier=through_hook)
         assert v.evidence == {"nobody-claims": "unchecked", "test-ok": {"checked": 1}}
         assert ("evidence:nobody-claims", "unchecked") in [(x["layer"], x["status"]) for x in v.layers]
         bad = issuer.issue(t, REQUEST, RESPONSE, {"test-bad": 1}, _Policy())
         with pytest.raises(EvidenceError) as err:
-            verify_receipt(bad, trusted_keys=[key.public_bytes])
+            verify_receipt(bad, trusted_keys=[key.public_bytes], evidence_verifier=through_hook)
         assert err.value.exit_code == 14 and "test-bad" in err.value.message
     finally:
         pm.unregister(plugin)
@@ -347,7 +358,9 @@ def test_cli_verify_exit_codes(issued, tmp_path: Path, capsys: pytest.CaptureFix
     pinned = ["--trusted-key", key.public_hex]
     code, out = _cli(["verify", str(receipt), "--response", str(response), *pinned], capsys)
     assert code == 0 and "OK receipt" in out
-    code, out = _cli(["verify", str(receipt), "--json"], capsys)
+    code, out = _cli(["verify", str(receipt), "--json"], capsys)  # no pinned key: a failure
+    assert code == 10 and json.loads(out)["error"] == "UnpinnedKeyError"
+    code, out = _cli(["verify", str(receipt), "--allow-unpinned", "--json"], capsys)
     assert code == 0 and json.loads(out)["key_pinned"] is False
     full = tmp_path / "full.json"  # a response carrying its receipt under "specguard"
     full.write_text(json.dumps(dict(RESPONSE, specguard={"receipt": doc})))

@@ -374,6 +374,7 @@ def test_service_rejects_a_transcript_the_receipt_does_not_sign(receipted, model
 
 
 def test_verify_evidence_hook(receipted):
+    from specguard.attest.options import VerifyOptions
     from specguard.plugin_manager import load_plugins
 
     t, receipt, services = receipted
@@ -383,12 +384,12 @@ def test_verify_evidence_hook(receipted):
     pm = load_plugins()
     keys = [s.key.public_bytes for s in services]
     out = pm.hook.verify_evidence(slot="consensus", value=cert, statement=statement,
-                                  options={"verifier_keys": keys, "envelope": receipt["envelope"], "quorum": 3})
+                                  options=VerifyOptions(verifier_keys=tuple(keys), envelope=receipt["envelope"], quorum=3))
     assert out["certified"] and out["accepts"] == 4 and out["receipt_digest_checked"]
     with pytest.raises(QuorumError):
         pm.hook.verify_evidence(slot="consensus", value=cert, statement=statement,
-                                options={"verifier_keys": keys[:2], "receipt": receipt})
-    assert plugin.verify_evidence(slot="attestation", value={}, statement=statement, options={}) is None
+                                options=VerifyOptions(verifier_keys=tuple(keys[:2]), envelope=receipt["envelope"]))
+    assert plugin.verify_evidence(slot="attestation", value={}, statement=statement, options=VerifyOptions()) is None
 
 
 def test_routes_in_process(receipted, model):

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from support.servers import free_port, start_process
 from support.tiny import tiny_model
 
+from specguard.attest.options import VerifyOptions
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.tee.collect import collect_evidence
 from specguard.attest.tee.document import load_document
@@ -212,11 +213,11 @@ def test_votes_name_each_verifiers_tee_evidence_and_verify_checks_it(cluster, is
     statement = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
     require = policy_from_dict({"name": "t", "attestation": {"allow_simulated": True},
                                 "consensus": {"min_attested_verifiers": 4}})
-    options = {"verifier_keys": cluster.keys, "envelope": receipt["envelope"], "policy": require}
-    out = plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs})
+    options = VerifyOptions(verifier_keys=tuple(cluster.keys), envelope=receipt["envelope"], policy=require)
+    out = plugin.verify_evidence("consensus", cert, statement, dataclasses.replace(options, verifier_evidence=tuple(docs)))
     assert len(out["attested_verifiers"]) == 4
     with pytest.raises(PolicyError, match="too few accepting verifiers"):
-        plugin.verify_evidence("consensus", cert, statement, {**options, "verifier_evidence": docs[:3]})
+        plugin.verify_evidence("consensus", cert, statement, dataclasses.replace(options, verifier_evidence=tuple(docs[:3])))
 
 
 def test_serving_node_attaches_a_certificate(cluster):
@@ -229,13 +230,17 @@ def test_serving_node_attaches_a_certificate(cluster):
     ok = verify_certificate(cert, sg["receipt"]["envelope"], cluster.keys, 3)
     assert len(ok.accepted_by) == 4
     # `specguard verify` walks the certificate attached to the receipt as its last layer
+    from specguard.attest.options import VerifyOptions
     from specguard.attest.receipts import EvidenceError, verify_receipt
+    from specguard.plugins.receipts.cli import hook_evidence_verifier
 
     body = r.json()
-    full = verify_receipt(sg["receipt"], response=body, options={"verifier_keys": cluster.keys, "quorum": 3})
+    full = verify_receipt(sg["receipt"], VerifyOptions(verifier_keys=tuple(cluster.keys), quorum=3, allow_unpinned=True),
+                          response=body, evidence_verifier=hook_evidence_verifier)
     assert any(layer["layer"] == "attachment:consensus" and layer["status"] == "ok" for layer in full.layers)
     with pytest.raises(EvidenceError, match="no quorum") as failed:
-        verify_receipt(sg["receipt"], response=body, options={"verifier_keys": cluster.keys[:2], "quorum": 3})
+        verify_receipt(sg["receipt"], VerifyOptions(verifier_keys=tuple(cluster.keys[:2]), quorum=3, allow_unpinned=True),
+                       response=body, evidence_verifier=hook_evidence_verifier)
     assert failed.value.exit_code == 14
 
 
@@ -360,7 +365,8 @@ def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
         evidence += ["--verifier-evidence", str(path)]
     policy = tmp_path / "attested-verifiers.toml"
     policy.write_text('name = "t"\n[attestation]\nallow_simulated = true\n[consensus]\nmin_attested_verifiers = 4\n')
-    args = [str(tmp_path / "rc.json"), "--quorum", "3", "--policy", str(policy), *key_args]
+    args = [str(tmp_path / "rc.json"), "--quorum", "3", "--policy", str(policy), *key_args,
+            "--trusted-key", issuer.key.public_hex]
     res = runner.invoke(verify_command, [*args, *evidence, "--json"])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.output)["evidence"]["attachment:consensus"]["attested_verifiers"]) == 4
