@@ -202,8 +202,9 @@ def client(
         )
         _install_deadline(http_transport)
         transport = http_transport
+    # identity encoding: the byte cap then bounds what the peer sends, not only what it expands to
     http = httpx.Client(transport=transport, timeout=timeouts.httpx(), follow_redirects=False, trust_env=False,
-                        headers=dict(headers or {}))
+                        headers={"Accept-Encoding": "identity", **dict(headers or {})})
     http._specguard_total = timeouts.total  # type: ignore[attr-defined]  # read by request()
     return http
 
@@ -282,7 +283,7 @@ def request(
             resp = http.send(req, stream=True, follow_redirects=False)
             try:
                 chunks, size = [], 0
-                for chunk in resp.iter_raw():
+                for chunk in resp.iter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
                         raise ResponseTooLarge("answer too large", field="body", got=f"> {max_bytes} bytes",
