@@ -289,7 +289,7 @@ def request(
                         raise ResponseTooLarge("answer too large", field="body", got=f"> {max_bytes} bytes",
                                                expected=f"<= {max_bytes} bytes", url=shown)
                     if time.monotonic() > at:
-                        raise DeadlineExceeded("answer too slow", field="deadline", got=f"> {limit:g} s",
+                        raise DeadlineExceeded("Timeout: answer too slow", field="deadline", got=f"> {limit:g} s",
                                                expected=f"the whole exchange within {limit:g} s", url=shown)
                     chunks.append(chunk)
             finally:
@@ -299,7 +299,7 @@ def request(
         except httpx.HTTPError as exc:
             reason = _scrub(f"{type(exc).__name__}: {exc}", url)[:300]
             if isinstance(exc, httpx.TimeoutException) or time.monotonic() >= at:
-                raise DeadlineExceeded("no complete answer before the deadline", field="deadline", got=reason,
+                raise DeadlineExceeded("Timeout: no complete answer before the deadline", field="deadline", got=reason,
                                        expected=f"the whole exchange within {limit:g} s", url=shown) from None
             raise OutboundError("request failed", field="url", got=reason, url=shown) from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
@@ -253,7 +252,16 @@ def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 def test_log_verify_over_http_and_locally(served, tmp_path: Path, monkeypatch, capsys) -> None:
     client, issuer, key = served
-    monkeypatch.setattr(httpx, "get", lambda url, params=None, timeout=None: client.get(url, params=params))
+    from specguard import http as specguard_http
+
+    class _Borrowed:  # the in-process app's client in place of a network one (kept open)
+        def __enter__(self):
+            return client
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(specguard_http, "client", lambda **kw: _Borrowed())
     saved = tmp_path / "saved.txt"
     url = "http://testserver"
     code, out = _run_cli(["log", "verify", "--url", url, "--key", key.public_hex, "--save", str(saved)], capsys)
