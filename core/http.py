@@ -214,7 +214,9 @@ def deadline(seconds: float) -> Iterator[float]:
     """Every exchange in this block ends within `seconds` from now (nested deadlines keep the earliest)."""
     at = time.monotonic() + seconds
     outer = _DEADLINE.get()
-    token = _DEADLINE.set(at if outer is None else min(at, outer))
+    if outer is not None:
+        at = min(at, outer)
+    token = _DEADLINE.set(at)
     try:
         yield at
     finally:
@@ -273,10 +275,10 @@ def request(
     naming the redacted URL); any HTTP status, 3xx included, is returned as an answer.
     """
     shown = redact_url(url)
-    limit = timeout if timeout is not None else _client_total(http)
-    if limit is not None and (isinstance(limit, bool) or not math.isfinite(limit) or limit <= 0):
+    limit = timeout if timeout is not None else (_client_total(http) or 86400.0)
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit) or limit <= 0:
         raise OutboundError("invalid timeout", field="timeout", got=limit, expected="a positive number", url=shown)
-    with deadline(limit if limit is not None else 86400.0) as at:
+    with deadline(limit) as at:
         try:
             req = http.build_request(method, url, json=json, params=params, headers=headers,
                                      timeout=_timeout_for(http, at))

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from support.slowloris import RawServer, answer, drip
+from support.slowloris import RawServer, answer, drip, self_signed_tls
 from support.tiny import tiny_model
 
 from specguard import http
@@ -144,3 +144,17 @@ def test_credentials_never_appear_in_errors():
     with pytest.raises(ConfigError) as key:
         fetch_verifier_key("http://alice:s3cr3t@127.0.0.1:9", timeout=2.0)
     assert "s3cr3t" not in str(key.value) + key.value.diagnostics()
+
+
+def test_tls_uses_the_given_ca_bundle_only(tmp_path):
+    context, ca_path = self_signed_tls(tmp_path)
+    with RawServer(answer(body=b'{"ok": true}'), tls=context) as server:
+        with http.client(verify=ca_path) as client:
+            assert http.request(client, "GET", server.url + "/x").json() == {"ok": True}
+        with http.client() as client, pytest.raises(OutboundError, match="CERTIFICATE_VERIFY_FAILED"):
+            http.request(client, "GET", server.url + "/x")  # system CAs do not know the test CA
+    with RawServer(drip(interval=0.5), tls=context) as server, http.client(verify=ca_path) as client:
+        with pytest.raises(DeadlineExceeded):
+            http.request(client, "GET", server.url, timeout=1.0)  # the deadline holds over TLS too
+    with pytest.raises(OutboundError, match="CA bundle"):
+        http.client(verify=str(tmp_path / "missing.pem"))
