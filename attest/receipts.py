@@ -224,9 +224,12 @@ class ReceiptIssuer:
         self.log = TransparencyLog(self.home / "log" / LOG_FILE, self.origin, key)
 
     def issue(self, transcript: Transcript, request_obj: dict[str, Any], response_obj: dict[str, Any],
-              evidence: dict[str, Any], policy: Any) -> dict[str, Any]:
-        """Build, sign and log one receipt; return the receipt document once it is durable."""
-        statement = build_statement(transcript, request_obj, response_obj, evidence, policy, self.key)
+              evidence: dict[str, Any], policy: Any, *, receipt_id: str | None = None) -> dict[str, Any]:
+        """Build, sign and log one receipt; return the receipt document once it is durable.
+
+        `receipt_id` is the id chosen before sealing (evidence may bind it); a fresh one if None."""
+        statement = build_statement(transcript, request_obj, response_obj, evidence, policy, self.key,
+                                    receipt_id=receipt_id)
         envelope = dsse.sign_envelope(canonical_json(statement), self.key)
         receipt_id = statement["predicate"]["receipt_id"]
         out: dict[str, Any] = {}

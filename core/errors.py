@@ -146,3 +146,24 @@ class ValidationError(SpecguardError):
 
 class PolicyError(ValidationError):
     """A policy rule failed."""
+
+
+# --- outbound calls (specguard.http) -----------------------------------------------------------
+
+
+class OutboundError(SpecguardError):
+    """An outbound HTTP exchange failed. `url` is the redacted URL (never user info or secrets)."""
+
+    def __init__(self, message: str, *, url: str | None = None, **kw: Any) -> None:
+        self.url = url
+        if url is not None:
+            message = f"{message} ({url})"
+        super().__init__(message, **kw)
+
+
+class DeadlineExceeded(OutboundError):
+    """The whole exchange (connect, headers, body) did not finish before its hard deadline."""
+
+
+class ResponseTooLarge(OutboundError):
+    """The peer's answer exceeded the byte cap."""

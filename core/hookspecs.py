@@ -73,11 +73,12 @@ def on_step(request, step):
 
 
 @hookspec
-def seal_transcript(transcript, evidence, node):
+def seal_transcript(transcript, evidence, node, receipt_id):
     """Add evidence for a finished transcript before its receipt is signed.
 
     `evidence` is a dict of slot name -> JSON value; set your own slot(s) in it.
-    `node` is the serving node, or None when generating from the CLI.
+    `node` is the serving node, or None when generating from the CLI. `receipt_id` is the id
+    the receipt will carry (evidence may bind it, as the commitment proofs do).
     """
 
 

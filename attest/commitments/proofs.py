@@ -7,9 +7,13 @@
   Sound because C1 − C2 = d·H with m1 ≠ m2 would give log_G(H).
 
 The challenge hashes the whole statement as RFC 8235 §2.2 asks: the protocol name, the suite,
-G, H, every statement point, the prover's commitment T and the caller's context (for receipts,
-the transcript binding digest), each length-prefixed, then RFC 9380 hash_to_field into F_r. A
-proof made under one context or for one statement does not verify under another.
+G, H, every statement point, the prover's commitment T and the caller's context, each
+length-prefixed, then RFC 9380 hash_to_field into F_r. A proof made under one context or for one
+statement does not verify under another. For receipts the context is `response_context`: the
+transcript binding digest, the node's public key and the receipt id (version 2; version 1 bound
+the binding digest only, so one node's proof could be replayed under another node's key or
+receipt). An equality proof between a commitment and itself (C1 == C2) proves nothing and is
+refused by both prover and verifier.
 
 Nonces are hedged: derived from the witness, the statement and 32 fresh CSPRNG bytes, so a
 weak RNG alone does not leak the witness and a repeated RNG output does not either.
@@ -34,8 +38,10 @@ from .group import (
 )
 
 SUITE = "specguard-pedersen-bls12381g1-sha256"
-VERSION = 1
-FS_DOMAIN = b"specguard/commitments/fiat-shamir/v1"
+#: 2: the equality-proof context binds node key and receipt id, and C1 == C2 is refused
+VERSION = 2
+FS_DOMAIN = b"specguard/commitments/fiat-shamir/v2"
+RESPONSE_CONTEXT_TAG = b"specguard/commitments/response-context/v2"
 DST_CHALLENGE = b"SPECGUARD-V1-FS-CHALLENGE_XMD:SHA-256"
 DST_NONCE = b"SPECGUARD-V1-HEDGED-NONCE_XMD:SHA-256"
 PROTO_OPENING = "pedersen-opening-pok"
@@ -73,6 +79,22 @@ def _context_bytes(context: bytes | str) -> bytes:
     if isinstance(context, bytes | bytearray):
         return bytes(context)
     raise UsageError("proof context must be bytes or str", field="context", got=type(context).__name__)
+
+
+def response_context(binding_digest: str, node_public_key: bytes, receipt_id: str) -> bytes:
+    """The Fiat–Shamir context of a receipt's equality proof (version 2).
+
+    lp(RESPONSE_CONTEXT_TAG, binding digest UTF-8, the node's 32-byte Ed25519 public key, receipt id
+    UTF-8): a proof made for one node key or receipt does not verify for another."""
+    if not isinstance(binding_digest, str) or not binding_digest:
+        raise UsageError("binding digest must be a non-empty string", field="binding_digest", got=binding_digest)
+    if not isinstance(node_public_key, bytes | bytearray) or len(node_public_key) != 32:
+        raise UsageError("node public key must be 32 bytes (Ed25519)", field="node_public_key",
+                         got=type(node_public_key).__name__ if not isinstance(node_public_key, bytes | bytearray)
+                         else f"{len(node_public_key)} bytes", expected="32 bytes")
+    if not isinstance(receipt_id, str) or len(receipt_id) != 32 or any(ch not in "0123456789abcdef" for ch in receipt_id):
+        raise UsageError("receipt id must be 32 lowercase hex digits", field="receipt_id", got=receipt_id)
+    return lp(RESPONSE_CONTEXT_TAG, binding_digest.encode("utf-8"), bytes(node_public_key), receipt_id.encode("utf-8"))
 
 
 def _hedged_nonce(label: bytes, *parts: bytes) -> int:
@@ -163,6 +185,9 @@ def prove_equality(c1: G1Point, r1: int, c2: G1Point, r2: int, context: bytes | 
     _require_statement_point(c2, "c2")
     check_scalar(r1, "r1")
     check_scalar(r2, "r2")
+    if c1 == c2:
+        raise UsageError("refusing to prove: C1 and C2 are the same commitment (a fresh commitment is needed)",
+                         field="c1")
     ctx = _context_bytes(context)
     h = generator_h()
     d = (r1 - r2) % R
@@ -180,6 +205,9 @@ def verify_equality(c1: G1Point, c2: G1Point, proof: EqualityProof, context: byt
     _require_statement_point(c2, "c2")
     _require_statement_point(proof.t, "proof.t")
     check_scalar(proof.s, "proof.s")
+    if c1 == c2:  # C1 − C2 = 0: any (T = s·H, s) "verifies", so the proof would show nothing
+        raise ProofError("equality proof between a commitment and itself proves nothing", field="c1",
+                         got=c1.hex(), expected="a fresh commitment different from the published one")
     ch = _equality_challenge(c1, c2, proof.t, _context_bytes(context))
     lhs = generator_h().mul(proof.s)
     rhs = proof.t + (c1 - c2).mul(ch)

@@ -6,26 +6,38 @@ body is logged; headers (and so the API key, read from an environment variable) 
 Retries: 429, 5xx, timeouts, connection errors and unparseable bodies, with exponential
 backoff that honours Retry-After (capped). A request key is the digest of the canonical
 request body, so a resumed audit reuses logged answers instead of re-querying.
+
+Every exchange goes through specguard.http: a hard deadline for the whole exchange (a provider
+that drips its headers cannot hold the audit past `timeout`), no env proxies, no redirects, a
+byte cap, and URLs without credentials in every logged error. Every answer, fresh or read back
+from the log on resume, is checked by `validate_answer` against what was asked before any of it
+is used: a provider that breaks the contract is a recorded fault for that query, never a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .. import http
 from ..canonical import json_digest
-from . import AuditUsageError
+from ..errors import OutboundError
+from . import AuditError, AuditUsageError
 
 log = logging.getLogger("specguard.audit.client")
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+#: a provider answer larger than this is a failed attempt
+MAX_ANSWER_BYTES = 8 << 20
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -40,13 +52,13 @@ def load_raw_log(path: Path) -> dict[str, dict[str, Any]]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interrupted write
+        except (ValueError, RecursionError):
+            continue  # a line cut by an interrupted write (or a hostile body Python cannot parse)
         if not isinstance(rec, dict) or rec.get("status") != 200 or not isinstance(rec.get("body"), str):
             continue
         try:
             parsed = json.loads(rec["body"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(parsed, dict) and isinstance(rec.get("key"), str):
             done[rec["key"]] = parsed
@@ -69,6 +81,7 @@ class ProviderClient:
         max_backoff: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ca_bundle: str | None = None,
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if api_key_env:
@@ -83,7 +96,9 @@ class ProviderClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sleep = sleep
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+        self.timeout = timeout
+        self._http = http.client(timeouts=http.Timeouts.of(timeout), headers=headers, transport=transport,
+                                 verify=ca_bundle or True, max_connections=2)
         self.cache = load_raw_log(log_path)
         self.stats = {"attempts": 0, "retries": 0, "failures": 0, "reused": 0, "http_errors": {}}
 
@@ -118,12 +133,13 @@ class ProviderClient:
             rec: dict[str, Any] = {"key": key, "attempt": attempt, "time": time.time(), "request": body}
             retry_after = None
             try:
-                resp = self._http.post(self.url, json=body)
+                resp = http.request(self._http, "POST", self.url, json=body, timeout=self.timeout,
+                                    max_bytes=MAX_ANSWER_BYTES)
                 rec["status"] = resp.status_code
                 rec["body"] = resp.text
                 retry_after = resp.headers.get("retry-after")
                 rec["retry_after"] = retry_after
-            except httpx.HTTPError as exc:
+            except OutboundError as exc:  # deadline, size cap, refused: the message names the redacted URL
                 rec["status"] = None
                 rec["error"] = f"{type(exc).__name__}: {exc}"
             self._append(rec)
@@ -135,7 +151,7 @@ class ProviderClient:
             if status == 200:
                 try:
                     parsed = json.loads(rec["body"])
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
                     parsed = None
                     errs = self.stats["http_errors"]
                     errs["malformed"] = errs.get("malformed", 0) + 1
@@ -150,3 +166,117 @@ class ProviderClient:
                 self._wait(attempt, retry_after)
         self.stats["failures"] += 1
         return None
+
+
+# --- answer validation ---------------------------------------------------------------------------
+
+#: per requested token, the most characters an answer's text (or one token's text) may have
+MAX_CHARS_PER_TOKEN = 64
+MAX_TOKEN_CHARS = 256
+#: a logprob outside [MIN_LOGPROB, 0] (with a small tolerance above 0) is not a log-probability
+MIN_LOGPROB = -1.0e5
+_LOGPROB_SLACK = 1e-4
+
+
+class ProviderFault(AuditError):
+    """A provider's answer breaks the chat-completion contract for the query that was asked.
+
+    Recorded in the run as a fault of that query (never retried, never a crash)."""
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """The fields of a validated answer the audit uses."""
+
+    content: str
+    logprobs: list[dict[str, Any]] | None
+    finish_reason: str | None
+
+
+def _fault(message: str, field: str, got: Any, expected: Any) -> ProviderFault:
+    return ProviderFault(message, field=field, got=repr(got)[:120], expected=expected)
+
+
+def _bounded_int(body: dict[str, Any], name: str, default: int) -> int:
+    value = body.get(name, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _check_logprob(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fault("logprob is not a number", where, value, "a number")
+    try:
+        number = float(value)  # a 400-digit integer overflows here
+    except OverflowError:
+        raise _fault("logprob out of range", where, value, f"a number in [{MIN_LOGPROB:g}, 0]") from None
+    if not math.isfinite(number) or not (MIN_LOGPROB <= number <= _LOGPROB_SLACK):
+        raise _fault("logprob out of range", where, value, f"a finite number in [{MIN_LOGPROB:g}, 0]")
+    return min(number, 0.0)
+
+
+def _check_token(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise _fault("token entry is not an object", where, entry, '{"token", "logprob", "bytes"}')
+    token = entry.get("token")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise _fault("token is not a short string", f"{where}.token", token, f"a string of <= {MAX_TOKEN_CHARS} chars")
+    raw = entry.get("bytes")
+    if raw is not None and (not isinstance(raw, list) or len(raw) > 4 * MAX_TOKEN_CHARS
+                            or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in raw)):
+        raise _fault("token bytes are not a short list of bytes", f"{where}.bytes", raw, "null or [0..255] (short)")
+    return {"token": token, "bytes": raw, "logprob": _check_logprob(entry.get("logprob"), f"{where}.logprob")}
+
+
+def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
+    """Check a chat-completion answer against the request that asked for it; raise ProviderFault.
+
+    Types, ranges (finite logprobs in [-1e5, 0]) and lengths capped to what was asked: at most
+    `max_tokens` logprob entries, at most `top_logprobs` alternatives each, text no longer than
+    max_tokens * 64 characters. Logprobs are read only when they were requested."""
+    max_tokens = max(1, _bounded_int(request, "max_tokens", 4096))
+    wanted_top = _bounded_int(request, "top_logprobs", 0)
+    if not isinstance(answer, dict):
+        raise _fault("answer is not an object", "answer", type(answer).__name__, "a chat completion object")
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not 1 <= len(choices) <= max(1, _bounded_int(request, "n", 1)):
+        raise _fault("answer has no (or too many) choices", "choices", choices, "a list of one choice")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise _fault("choice is not an object", "choices[0]", choice, "an object")
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise _fault("answer has no message content", "choices[0].message.content", content, "a string")
+    if len(content) > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise _fault("answer text is longer than max_tokens allows", "choices[0].message.content",
+                     f"{len(content)} chars", f"<= {max_tokens * MAX_CHARS_PER_TOKEN} chars")
+    finish = choice.get("finish_reason")
+    if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
+        raise _fault("finish_reason is not a short string", "choices[0].finish_reason", finish, "null or a string")
+    entries: list[dict[str, Any]] | None = None
+    lp = choice.get("logprobs")
+    if request.get("logprobs") and lp is not None:
+        if not isinstance(lp, dict):
+            raise _fault("logprobs is not an object", "choices[0].logprobs", lp, '{"content": [...]}')
+        raw_entries = lp.get("content")
+        if raw_entries is not None:
+            if not isinstance(raw_entries, list):
+                raise _fault("logprobs.content is not a list", "choices[0].logprobs.content", raw_entries, "a list")
+            if len(raw_entries) > max_tokens:
+                raise _fault("more logprob entries than max_tokens", "choices[0].logprobs.content",
+                             f"{len(raw_entries)} entries", f"<= {max_tokens}")
+            entries = []
+            for i, raw in enumerate(raw_entries):
+                where = f"choices[0].logprobs.content[{i}]"
+                entry = _check_token(raw, where)
+                top = raw.get("top_logprobs")
+                if top is None:
+                    top = []
+                if not isinstance(top, list):
+                    raise _fault("top_logprobs is not a list", f"{where}.top_logprobs", top, "a list")
+                if len(top) > wanted_top:
+                    raise _fault("more top_logprobs than asked", f"{where}.top_logprobs", f"{len(top)} entries",
+                                 f"<= {wanted_top}")
+                entry["top_logprobs"] = [_check_token(alt, f"{where}.top_logprobs[{j}]") for j, alt in enumerate(top)]
+                entries.append(entry)
+    return ProviderAnswer(content, entries, finish)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.speculative import SpeculativeEngine
+from ..http import redact_url
 from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
 from . import AuditUsageError, calibrate
-from .client import ProviderClient
+from .client import ProviderClient, ProviderFault, validate_answer
 from .rescore import align_text, rescore
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
@@ -87,21 +88,18 @@ def load_prompts(path: str | None, n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _answer_parts(ans: dict[str, Any] | None) -> tuple[str | None, Any, str | None, str | None]:
-    """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer."""
-    if not isinstance(ans, dict):
+def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any]) -> tuple[str | None, Any, str | None, str | None]:
+    """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer.
+
+    The answer is validated against `request` first (validate_answer); a contract breach is a
+    problem of this query ("provider fault: ..."), so neither a run nor its resume can crash on it."""
+    if ans is None:
         return None, None, None, "no answer after retries"
-    choices = ans.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None, None, None, "answer has no choices"
-    ch = choices[0]
-    msg = ch.get("message")
-    content = msg.get("content") if isinstance(msg, dict) else None
-    if not isinstance(content, str):
-        return None, None, None, "answer has no message content"
-    lp = ch.get("logprobs")
-    lpc = lp.get("content") if isinstance(lp, dict) else None
-    return content, (lpc if isinstance(lpc, list) else None), ch.get("finish_reason"), None
+    try:
+        checked = validate_answer(ans, request)
+    except ProviderFault as fault:
+        return None, None, None, f"provider fault: {fault.summary()}"
+    return checked.content, checked.logprobs, checked.finish_reason, None
 
 
 def _progress(total: int, desc: str):
@@ -143,7 +141,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     by_position: list[tuple[int, bool, bool]] = []
     scatter: list[tuple[float, float]] = []
     total_tokens = unmappable = 0
-    with_logprobs = 0
+    with_logprobs = faults = 0
     bar = _progress(len(prompts), "audit")
     try:
         for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
@@ -152,8 +150,10 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             if cfg.request_logprobs:
                 body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
             ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, lpc, finish, problem = _answer_parts(ans)
+            content, lpc, finish, problem = _answer_parts(ans, body)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
+            if problem and problem.startswith("provider fault"):
+                faults += 1
             bar.update(1)
             if problem:
                 per_prompt.append(rec)
@@ -208,16 +208,17 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         verdict = {"verdict": "inconclusive", "reasons": ["the provider answered no prompt"], "rejected": {}, "alpha": cfg.alpha}
     report = {
         "format": "specguard-audit-report/v1",
-        "provider": {"base_url": cfg.base_url, "model": cfg.model},
+        "provider": {"base_url": redact_url(cfg.base_url), "model": cfg.model},
         "reference": {"name": reference.name, "digest": reference.digest},
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "base_url": redact_url(cfg.base_url)},
         **verdict,
         "tests": [r.to_json() for r in results],
         "honest_class": {"name": cfg.honest_class, "setups": null["setups"], "worst_setup": null["worst_setup"],
                          "mean_abs_delta": null["mean_abs_delta"], "tau": null["tau"], "p0": null["p0"],
                          "margin": null["margin"]},
         "distinguishes": _distinguishes(results, null),
-        "prompts": {"requested": len(prompts), "answered": answered, "with_logprobs": with_logprobs},
+        "prompts": {"requested": len(prompts), "answered": answered, "with_logprobs": with_logprobs,
+                    "provider_faults": faults},
         "tokens": {"total": total_tokens, "unmappable_or_unscored": unmappable, "unmappable_fraction": frac},
         "client": client.stats,
         "per_prompt": per_prompt,
@@ -258,7 +259,7 @@ def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, promp
             body = {"messages": [{"role": "user", "content": prompts[i]}], "temperature": 1.0,
                     "max_tokens": cfg.max_tokens, "seed": 1000 + j}
             ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, _lpc, _f, problem = _answer_parts(ans)
+            content, _lpc, _f, problem = _answer_parts(ans, body)
             if not problem and content is not None:
                 xs.append(retokenize_text(content, reference).ids)
             t = engine.generate(prompt_ids[i], SamplingParams(max_tokens=cfg.max_tokens, temperature=1.0, seed=5000 + j))

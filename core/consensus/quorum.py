@@ -79,19 +79,24 @@ class GatherResult:
 
 
 def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
-    import httpx
+    # specguard.http: a hard deadline for the whole exchange, no env proxies, no redirects, a
+    # byte cap, and errors that name the URL without credentials
+    from .. import http
+    from ..errors import DeadlineExceeded, OutboundError
 
     try:
-        resp = httpx.post(url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout)
-    except httpx.TimeoutException as exc:
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1) as client:
+            resp = http.request(client, "POST", url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout,
+                                max_bytes=1 << 20)
+    except DeadlineExceeded as exc:
         raise SpecguardError(f"timed out after {timeout:g} s") from exc
-    except httpx.HTTPError as exc:
-        raise SpecguardError(f"unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
+    except OutboundError as exc:
+        raise SpecguardError(f"unreachable: {exc.summary()}"[:300]) from exc
     if resp.status_code != 200:
         raise SpecguardError(f"answered HTTP {resp.status_code}: {resp.text[:200]}")
     try:
         return resp.json()
-    except ValueError as exc:
+    except OutboundError as exc:
         raise SpecguardError("answered something that is not JSON") from exc
 
 
@@ -379,16 +384,19 @@ def _statement_of(envelope: dict[str, Any]) -> Any:
 
 def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
     """A verifier's public key from GET /specguard/v1/verifier/key (unauthenticated: TOFU only)."""
-    import httpx
+    from .. import http
+    from ..errors import OutboundError
 
+    shown = http.redact_url(url)
     try:
-        resp = httpx.get(url.rstrip("/") + KEY_PATH, timeout=timeout)
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1) as client:
+            resp = http.request(client, "GET", url.rstrip("/") + KEY_PATH, timeout=timeout, max_bytes=64 << 10)
         data = resp.json() if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ConfigError("cannot fetch the verifier key", field=url, got=str(exc)[:200]) from exc
+    except OutboundError as exc:
+        raise ConfigError("cannot fetch the verifier key", field=shown, got=exc.summary()[:200]) from exc
     hex_key = data.get("public_key") if isinstance(data, dict) else None
     if not isinstance(hex_key, str) or not re.fullmatch(r"[0-9a-f]{64}", hex_key):
-        raise ConfigError("verifier key endpoint answered no valid public key", field=url, got=str(data)[:200])
+        raise ConfigError("verifier key endpoint answered no valid public key", field=shown, got=str(data)[:200])
     return bytes.fromhex(hex_key)
 
 

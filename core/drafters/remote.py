@@ -11,15 +11,14 @@ prompt and the output as they are generated (docs/drafters.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 from typing import Any
 
 import click
 import httpx
 
+from .. import http
 from ..errors import RequestError, UsageError
 from ..hookspecs import hookimpl
 from ..transcript import SamplingParams
@@ -97,7 +96,8 @@ class RemoteDrafter(Drafter):
         self._session = None
         self._sent = []
         self._source = None
-        self._client = httpx.Client(timeout=httpx.Timeout(self.health.timeout_seconds), follow_redirects=False, trust_env=False)
+        # a small bounded pool; every exchange ends by its step's deadline (specguard.http)
+        self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2)
         self.fallback.start(prompt_ids, params)
 
     def propose(self, context: list[int], k: int) -> Proposal:
@@ -107,7 +107,10 @@ class RemoteDrafter(Drafter):
         if self._client is None or not self.registry.available(self.url):
             return self._fallback(context, k)
         try:
-            tokens = self._remote_propose(context, k)
+            # one hard deadline for the whole step (session re-creation included): the drafter
+            # can make a step slower by at most timeout_seconds, never stall it
+            with http.deadline(self.health.timeout_seconds):
+                tokens = self._remote_propose(context, k)
         except Exception as exc:  # anything the remote does wrong costs one step's draft only
             error = f"{type(exc).__name__}: {exc}"[:300]
             self.stats["failures"] += 1
@@ -136,7 +139,8 @@ class RemoteDrafter(Drafter):
         self._client, self._session = None, None
         try:
             if client is not None and session is not None and self.registry.available(self.url):
-                client.delete(f"{self.url}/v1/draft/sessions/{session}", timeout=min(self.health.timeout_seconds, 0.5))
+                http.request(client, "DELETE", f"{self.url}/v1/draft/sessions/{session}",
+                             timeout=min(self.health.timeout_seconds, 0.5), max_bytes=4096)
         except Exception:  # the server expires idle sessions anyway
             pass
         finally:
@@ -180,24 +184,17 @@ class RemoteDrafter(Drafter):
         self._sent = list(context)
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST JSON; return the decoded answer. Bounded in time and size."""
+        """POST JSON; return the decoded answer. Bounded by the step's deadline and MAX_RESPONSE_BYTES."""
         if self._client is None:
             raise DrafterProtocolError("no request in progress (start() was not called)")
-        deadline = time.monotonic() + self.health.timeout_seconds
-        with self._client.stream("POST", self.url + path, json=body) as response:
-            if response.status_code in (404, 409) and "/propose" in path:
-                raise _SessionGone()
-            if response.status_code != 200:
-                raise DrafterProtocolError("drafting server answered an HTTP error", field="status", got=response.status_code, expected=200)
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise DrafterProtocolError("answer too large", field="body", got=f"> {MAX_RESPONSE_BYTES} bytes")
-                if time.monotonic() > deadline:
-                    raise DrafterProtocolError("answer too slow", field="body", got=f"> {self.health.timeout_seconds} s")
-                chunks.append(chunk)
-        return json.loads(b"".join(chunks))
+        response = http.request(self._client, "POST", self.url + path, json=body,
+                                timeout=self.health.timeout_seconds, max_bytes=MAX_RESPONSE_BYTES)
+        if response.status_code in (404, 409) and "/propose" in path:
+            raise _SessionGone()
+        if response.status_code != 200:
+            raise DrafterProtocolError("drafting server answered an HTTP error", field="status",
+                                       got=response.status_code, expected=200)
+        return response.json()
 
 
 def _remote(target: Any, options: dict[str, Any]) -> Drafter:

@@ -247,8 +247,9 @@ def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenTe
     body = build_body(node, prep, transcript, text_of)
     start = time.perf_counter()
     evidence: dict[str, Any] = {}
-    pm.hook.seal_transcript(transcript=transcript, evidence=evidence, node=node)
-    receipt = node.receipts.issue(transcript, prep.request_obj, body, evidence, node.policy)
+    receipt_id = uuid.uuid4().hex  # chosen first: evidence (commitment proofs) binds it
+    pm.hook.seal_transcript(transcript=transcript, evidence=evidence, node=node, receipt_id=receipt_id)
+    receipt = node.receipts.issue(transcript, prep.request_obj, body, evidence, node.policy, receipt_id=receipt_id)
     receipt_id = receipt["receipt_id"]
     node.responses.put(receipt_id, body)
     seconds = time.perf_counter() - start

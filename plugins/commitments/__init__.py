@@ -24,9 +24,8 @@ from .routes import node_secret
 log = logging.getLogger("specguard.plugins.commitments")
 
 
-
 @hookimpl
-def seal_transcript(transcript, evidence, node):
+def seal_transcript(transcript, evidence, node, receipt_id):
     if node is None or getattr(node, "model", None) is None:
         return None
     from specguard.attest.commitments.model import EVIDENCE_SLOT, CommitmentEvidenceError, response_evidence
@@ -36,7 +35,9 @@ def seal_transcript(transcript, evidence, node):
         raise CommitmentEvidenceError("transcript was produced by another model than the node commits to",
                                       field="transcript.model_digest", got=transcript.model_digest,
                                       expected=secret.model_digest)
-    evidence[EVIDENCE_SLOT] = response_evidence(secret, transcript.binding_digest())
+    # the proof's context binds the node key and the receipt id the evidence goes into
+    evidence[EVIDENCE_SLOT] = response_evidence(secret, transcript.binding_digest(),
+                                                node_public_key=node.public_key_bytes, receipt_id=receipt_id)
     return None
 
 
@@ -56,7 +57,10 @@ def verify_evidence(slot, value, statement, options):
     if pinned is not None and not isinstance(pinned, str):
         raise CommitmentEvidenceError("pinned model commitment must be a hex string", field="model_commitment",
                                       got=type(pinned).__name__)
-    return verify_response_evidence(value, binding, pinned or None)
+    node = predicate.get("node") if isinstance(predicate, dict) else None
+    return verify_response_evidence(value, binding, pinned or None,
+                                    node_public_key=node.get("public_key") if isinstance(node, dict) else None,
+                                    receipt_id=predicate.get("receipt_id") if isinstance(predicate, dict) else None)
 
 
 @hookimpl

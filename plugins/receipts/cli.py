@@ -230,12 +230,15 @@ def log_group() -> None:
 
 
 def _get(url: str, path: str, params: dict[str, Any] | None = None) -> Any:
-    import httpx
+    # specguard.http: hard deadline for the whole exchange, no env proxies, no redirects, byte cap
+    from specguard import http
+    from specguard.errors import OutboundError
 
     try:
-        resp = httpx.get(url.rstrip("/") + API + path, params=params, timeout=30.0)
-    except httpx.HTTPError as exc:
-        raise LogFetchError("cannot reach the log", field=url, got=str(exc)) from exc
+        with http.client(timeouts=http.Timeouts.of(30.0), max_connections=1) as client:
+            resp = http.request(client, "GET", url.rstrip("/") + API + path, params=params, timeout=30.0)
+    except OutboundError as exc:
+        raise LogFetchError("cannot reach the log", field=http.redact_url(url), got=exc.summary()) from exc
     if resp.status_code != 200:
         raise LogFetchError("log endpoint answered an error", field=path, got=f"{resp.status_code} {resp.text[:200]}")
     if path.endswith("/checkpoint"):

@@ -6,8 +6,9 @@ byte; the stored proofs (randomized when made) must still verify, which pins the
 transcript encoding and the challenge derivation.
 
 To regenerate deliberately (a new suite or version, never to make a failing test pass):
-    .venv/bin/python tests/test_commit_kat.py --regenerate
-and say why in the commit message.
+    .venv/bin/python tests/attest/test_commit_kat.py --regenerate
+and say why in the commit message. Regenerated for suite version 2 (Fiat–Shamir domain v2; the
+response evidence's proof context binds the node key and the receipt id).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from specguard.attest.commitments import proofs as pf
 KAT_PATH = Path(__file__).resolve().parent / "assets" / "commitments" / "kat.json"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 BINDING = "sha256:" + "fedcba9876543210" * 4
+NODE_KEY = bytes(range(32))
+RECEIPT_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 FIXED_PAIRS = [(1, 1), (42, 7), (g.R - 1, g.R - 1), (2**200 + 12345, 2**128 + 99)]
 
 
@@ -73,7 +76,10 @@ def build_kat() -> dict[str, Any]:
                           "proof": enc.opening_proof_to_json(opening)},
         "equality_proof": {"c1": c1.hex(), "c2": c_model.hex(), "context": BINDING,
                            "proof": enc.equality_proof_to_json(equality)},
-        "evidence": {"binding_digest": BINDING, "value": md.response_evidence(secret, BINDING)},
+        "evidence": {"binding_digest": BINDING, "node_public_key": NODE_KEY.hex(), "receipt_id": RECEIPT_ID,
+                     "response_context_sha256": hashlib.sha256(pf.response_context(BINDING, NODE_KEY,
+                                                                                   RECEIPT_ID)).hexdigest(),
+                     "value": md.response_evidence(secret, BINDING, node_public_key=NODE_KEY, receipt_id=RECEIPT_ID)},
     }
 
 
@@ -123,13 +129,17 @@ def test_stored_proofs_still_verify() -> None:
     pf.verify_equality(g.decode_point_hex(eq["c1"]), g.decode_point_hex(eq["c2"]),
                        enc.equality_proof_from_json(eq["proof"]), eq["context"])
     ev = kat["evidence"]
-    summary = md.verify_response_evidence(ev["value"], ev["binding_digest"], kat["commitments"][-1]["commitment"])
+    key = bytes.fromhex(ev["node_public_key"])
+    assert hashlib.sha256(pf.response_context(ev["binding_digest"], key, ev["receipt_id"])).hexdigest() \
+        == ev["response_context_sha256"]
+    summary = md.verify_response_evidence(ev["value"], ev["binding_digest"], kat["commitments"][-1]["commitment"],
+                                          node_public_key=key, receipt_id=ev["receipt_id"])
     assert summary["pinned"] is True and summary["published"] == kat["commitments"][-1]["commitment"]
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate"]:
-        sys.exit("usage: python tests/test_commit_kat.py --regenerate  (deliberate format changes only)")
+        sys.exit("usage: python tests/attest/test_commit_kat.py --regenerate  (deliberate format changes only)")
     KAT_PATH.parent.mkdir(parents=True, exist_ok=True)
     KAT_PATH.write_text(json.dumps(build_kat(), indent=2, sort_keys=True) + "\n")
     print(f"wrote {KAT_PATH}")

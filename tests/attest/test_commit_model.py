@@ -33,9 +33,19 @@ def make_transcript(model_digest: str = DIGEST, n: int = 4) -> Transcript:
         steps=[], params=SamplingParams(max_tokens=n), finish_reason="length", drafter="none")
 
 
+NODE_KEY = bytes(range(32))
+RID = "0123456789abcdef" * 2
+BOUND = {"node_public_key": NODE_KEY, "receipt_id": RID}
+
+
 def make_node(home: Path, digest: str | None = DIGEST) -> SimpleNamespace:
     model = SimpleNamespace(digest=digest) if digest is not None else None
-    return SimpleNamespace(home=home, model=model, key_id="ed25519:0123456789abcdef")
+    return SimpleNamespace(home=home, model=model, key_id="ed25519:0123456789abcdef", public_key_bytes=NODE_KEY)
+
+
+def make_statement(t: Transcript) -> dict:
+    return {"predicate": {"binding_digest": t.binding_digest(), "receipt_id": RID,
+                          "node": {"key_id": "ed25519:0123456789abcdef", "public_key": NODE_KEY.hex()}}}
 
 
 @pytest.fixture(autouse=True)
@@ -96,34 +106,34 @@ def test_response_evidence_verifies_and_binds(tmp_path: Path) -> None:
     secret = md.load_or_create_secret(tmp_path, DIGEST)
     t = make_transcript()
     binding = t.binding_digest()
-    ev1 = md.response_evidence(secret, binding)
-    ev2 = md.response_evidence(secret, binding)
+    ev1 = md.response_evidence(secret, binding, **BOUND)
+    ev2 = md.response_evidence(secret, binding, **BOUND)
     assert ev1["response"] != ev2["response"]  # fresh commitment per response: unlinkable by value
     assert set(ev1) == md.EVIDENCE_KEYS and ev1["published"] == secret.commitment.hex()
-    summary = md.verify_response_evidence(ev1, binding)
+    summary = md.verify_response_evidence(ev1, binding, **BOUND)
     assert summary["pinned"] is False
-    assert md.verify_response_evidence(ev1, binding, secret.commitment.hex())["pinned"] is True
+    assert md.verify_response_evidence(ev1, binding, secret.commitment.hex(), **BOUND)["pinned"] is True
     with pytest.raises(md.CommitmentEvidenceError, match="another response"):
-        md.verify_response_evidence(ev1, make_transcript(n=5).binding_digest())
+        md.verify_response_evidence(ev1, make_transcript(n=5).binding_digest(), **BOUND)
     with pytest.raises(md.CommitmentEvidenceError, match="pinned"):
-        md.verify_response_evidence(ev1, binding, g.generator_h().hex())
+        md.verify_response_evidence(ev1, binding, g.generator_h().hex(), **BOUND)
     # moving the evidence onto another response, context rewritten: the proof fails
     moved = dict(ev1, context=make_transcript(n=5).binding_digest())
     with pytest.raises(VerificationError):
-        md.verify_response_evidence(moved, moved["context"])
+        md.verify_response_evidence(moved, moved["context"], **BOUND)
     # a commitment to another model, with an honest-looking proof, cannot link to the published one
     other = md.load_or_create_secret(tmp_path / "x", OTHER_DIGEST)
-    forged = dict(md.response_evidence(other, binding), published=secret.commitment.hex())
+    forged = dict(md.response_evidence(other, binding, **BOUND), published=secret.commitment.hex())
     with pytest.raises(VerificationError):
-        md.verify_response_evidence(forged, binding)
+        md.verify_response_evidence(forged, binding, **BOUND)
 
 
 def test_malformed_evidence_is_a_verification_error(tmp_path: Path) -> None:
     secret = md.load_or_create_secret(tmp_path, DIGEST)
     binding = make_transcript().binding_digest()
-    ev = md.response_evidence(secret, binding)
+    ev = md.response_evidence(secret, binding, **BOUND)
     bad_values = [None, [], {}, dict(ev, extra=1), {k: v for k, v in ev.items() if k != "response"},
-                  dict(ev, version=2), dict(ev, version=True), dict(ev, suite="x"),
+                  dict(ev, version=1), dict(ev, version=3), dict(ev, version=True), dict(ev, suite="x"),
                   dict(ev, response="c0" + "00" * 47), dict(ev, response=ev["response"].upper()),
                   dict(ev, published=(bytes([0x80]) + (4).to_bytes(47, "big")).hex()),
                   dict(ev, response=(bytes([0x80]) + (1).to_bytes(47, "big")).hex()),
@@ -132,10 +142,10 @@ def test_malformed_evidence_is_a_verification_error(tmp_path: Path) -> None:
                   dict(ev, response=ev["published"])]
     for bad in bad_values:
         with pytest.raises(VerificationError):
-            md.verify_response_evidence(bad, binding)
+            md.verify_response_evidence(bad, binding, **BOUND)
     for bad_binding in (None, "", 5):
         with pytest.raises(VerificationError):
-            md.verify_response_evidence(ev, bad_binding)
+            md.verify_response_evidence(ev, bad_binding, **BOUND)
 
 
 def test_check_opening(tmp_path: Path) -> None:
@@ -160,9 +170,9 @@ def test_seal_and_verify_hooks(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     t = make_transcript()
     evidence: dict = {}
-    plugin.seal_transcript(transcript=t, evidence=evidence, node=node)
+    plugin.seal_transcript(transcript=t, evidence=evidence, node=node, receipt_id=RID)
     value = evidence["commitment"]
-    statement = {"predicate": {"binding_digest": t.binding_digest()}}
+    statement = make_statement(t)
     assert plugin.verify_evidence(slot="other", value=value, statement=statement, options=VerifyOptions()) is None
     summary = plugin.verify_evidence(slot="commitment", value=value, statement=statement, options=VerifyOptions())
     assert summary["context"] == t.binding_digest()
@@ -178,11 +188,11 @@ def test_seal_and_verify_hooks(tmp_path: Path) -> None:
     # no node, or no model: nothing is added
     for n in (None, make_node(tmp_path, None)):
         ev: dict = {}
-        plugin.seal_transcript(transcript=t, evidence=ev, node=n)
+        plugin.seal_transcript(transcript=t, evidence=ev, node=n, receipt_id=RID)
         assert ev == {}
     # the node refuses to vouch for a transcript of another model
     with pytest.raises(VerificationError):
-        plugin.seal_transcript(transcript=make_transcript(OTHER_DIGEST), evidence={}, node=node)
+        plugin.seal_transcript(transcript=make_transcript(OTHER_DIGEST), evidence={}, node=node, receipt_id=RID)
 
 
 def test_hooks_through_the_plugin_manager(tmp_path: Path) -> None:
@@ -192,8 +202,8 @@ def test_hooks_through_the_plugin_manager(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     t = make_transcript()
     evidence: dict = {}
-    plugin.seal_transcript(transcript=t, evidence=evidence, node=node)
-    statement = {"predicate": {"binding_digest": t.binding_digest()}}
+    plugin.seal_transcript(transcript=t, evidence=evidence, node=node, receipt_id=RID)
+    statement = make_statement(t)
     result = pm.hook.verify_evidence(slot="commitment", value=evidence["commitment"], statement=statement,
                                      options=VerifyOptions())
     assert result["slot"] == "commitment"

@@ -29,13 +29,16 @@ def _transcript() -> Transcript:
 @pytest.fixture()
 def issued(tmp_path: Path):
     key = load_or_create_node_key(tmp_path)
-    node = SimpleNamespace(home=tmp_path, model=SimpleNamespace(digest=DIGEST), key_id=key.key_id)
+    node = SimpleNamespace(home=tmp_path, model=SimpleNamespace(digest=DIGEST), key_id=key.key_id,
+                           public_key_bytes=key.public_bytes)
     transcript = _transcript()
     evidence: dict = {}
-    plugin.seal_transcript(transcript=transcript, evidence=evidence, node=node)
+    receipt_id = "ab" * 16
+    plugin.seal_transcript(transcript=transcript, evidence=evidence, node=node, receipt_id=receipt_id)
     issuer = ReceiptIssuer(tmp_path, key)
     try:
-        doc = issuer.issue(transcript, {"prompt": "hi"}, {"id": "r1", "text": "x"}, evidence, None)
+        doc = issuer.issue(transcript, {"prompt": "hi"}, {"id": "r1", "text": "x"}, evidence, None,
+                           receipt_id=receipt_id)
     finally:
         issuer.close()
     return doc, key, evidence["commitment"]

@@ -174,13 +174,14 @@ def test_every_requested_layer_of_an_honest_receipt_passes(issuer, tmp_path, cap
     from specguard.plugins import commitments
 
     node = SimpleNamespace(home=tmp_path / "node", model=SimpleNamespace(digest=MODEL_DIGEST),
-                           key_id=issuer.key.key_id)
+                           key_id=issuer.key.key_id, public_key_bytes=issuer.key.public_bytes)
     slot, evidence = _simulated(issuer, tmp_path)
     ev: dict = {"attestation": slot}
     t = transcript()
-    commitments.seal_transcript(transcript=t, evidence=ev, node=node)
+    rid = "ab" * 16
+    commitments.seal_transcript(transcript=t, evidence=ev, node=node, receipt_id=rid)
     verifiers = _verifiers(tmp_path, 4)
-    doc = issuer.issue(ev, t=t)
+    doc = issuer.issue(ev, t=t, receipt_id=rid)
     doc["consensus"] = _certificate(doc, verifiers, claimed_quorum=3, n=4)
     receipt = write_json(tmp_path / "r.json", doc)
     keys = [a for k in verifiers for a in ("--verifier-key", k.public_hex)]

@@ -44,9 +44,10 @@ class Issuer:
         self._issuer = ReceiptIssuer(self.home, self.key)
 
     def issue(self, evidence: dict[str, Any] | None = None, *, t: Transcript | None = None,
-              request: dict[str, Any] | None = None, response: dict[str, Any] | None = None) -> dict[str, Any]:
+              request: dict[str, Any] | None = None, response: dict[str, Any] | None = None,
+              receipt_id: str | None = None) -> dict[str, Any]:
         return self._issuer.issue(t or transcript(), request or REQUEST, response or RESPONSE,
-                                  dict(evidence or {}), Policy())
+                                  dict(evidence or {}), Policy(), receipt_id=receipt_id)
 
     def checkpoint(self) -> str:
         return self._issuer.log.checkpoint()
