@@ -17,10 +17,12 @@ from specguard.attest.commitments import group as g
 from specguard.attest.commitments import model as md
 from specguard.attest.commitments import proofs as pf
 from specguard.attest.commitments.encoding import equality_proof_to_json
+from specguard.attest.options import VerifyOptions
 from specguard.attest.receipts import ReceiptIssuer, verify_receipt
 from specguard.errors import UsageError, VerificationError
 from specguard.keys import load_or_create_node_key
 from specguard.plugins import commitments as plugin
+from specguard.plugins.receipts.cli import hook_evidence_verifier
 from specguard.transcript import SamplingParams, TokenRecord, Transcript
 
 DIGEST = "sha256:" + "44" * 32
@@ -52,7 +54,8 @@ def _issue(home: Path, evidence_for=None, receipt_id: str = "aa" * 16, key_home:
 
 def test_honest_receipt_verifies_with_its_own_key_and_id(tmp_path):
     doc, key, value = _issue(tmp_path)
-    verified = verify_receipt(doc, trusted_keys=[key.public_bytes], options={"model_commitment": value["published"]})
+    verified = verify_receipt(doc, trusted_keys=[key.public_bytes], options=VerifyOptions(model_commitment=value["published"]),
+                       evidence_verifier=hook_evidence_verifier)
     summary = verified.evidence["commitment"]
     assert summary["receipt_id"] == doc["receipt_id"] and summary["node_key"] == key.public_bytes.hex()
 
@@ -62,7 +65,8 @@ def test_proof_made_for_receipt_a_fails_in_receipt_b(tmp_path):
     # the node seals evidence for receipt A, then puts it into receipt B (same key, same response)
     doc, key, value = _issue(tmp_path, evidence_for=(key.public_bytes, "aa" * 16), receipt_id="bb" * 16)
     with pytest.raises(VerificationError, match="equality proof does not verify"):
-        verify_receipt(doc, trusted_keys=[key.public_bytes], options={"model_commitment": value["published"]})
+        verify_receipt(doc, trusted_keys=[key.public_bytes], options=VerifyOptions(model_commitment=value["published"]),
+                       evidence_verifier=hook_evidence_verifier)
 
 
 def test_proof_made_under_key_a_fails_under_key_b(tmp_path):
@@ -72,7 +76,8 @@ def test_proof_made_under_key_a_fails_under_key_b(tmp_path):
                                receipt_id="cc" * 16, key_home=tmp_path / "b")
     assert key_b.public_bytes != key_a.public_bytes
     with pytest.raises(VerificationError, match="equality proof does not verify"):
-        verify_receipt(doc, trusted_keys=[key_b.public_bytes], options={"model_commitment": value["published"]})
+        verify_receipt(doc, trusted_keys=[key_b.public_bytes], options=VerifyOptions(model_commitment=value["published"]),
+                       evidence_verifier=hook_evidence_verifier)
 
 
 def test_response_commitment_equal_to_published_is_rejected(tmp_path):
