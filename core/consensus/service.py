@@ -80,6 +80,7 @@ class VerifyRequest:
     request: dict[str, Any]
     response: dict[str, Any]
     nonce: str
+    client: Any = None  # the request parsed by the server's own request models
 
     @property
     def request_digest(self) -> str:
@@ -180,14 +181,15 @@ class VerifierService:
                                      field="transcript.output_ids", got=f"{len(transcript.prompt_ids)} prompt + "
                                      f"{len(transcript.output_ids)} output tokens",
                                      expected=f"<= {context} tokens in all, <= {MAX_OUTPUT_TOKENS} output")
-        return VerifyRequest(transcript, envelope, statement, body["request"], body["response"], nonce)
+        client = _parse_client_request(body["request"])
+        return VerifyRequest(transcript, envelope, statement, body["request"], body["response"], nonce, client)
 
     def judge(self, req: VerifyRequest) -> Judgement:
         """The verdict on a parsed request: binding checks first (cheap), then re-derivation."""
         reasons = self._binding_reasons(req)
         if reasons:
             return Judgement(REJECT, reasons, {})
-        client = _parse_client_request(req.request)
+        client = req.client
         reasons = self._request_reasons(req.transcript, client)
         if reasons:
             return Judgement(REJECT, ["the transcript is not what the client's request gives"] + reasons, {})

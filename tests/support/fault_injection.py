@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+from starlette.requests import Request
+
 from specguard.consensus.rederive import ACCEPT, REJECT, Judgement
 from specguard.consensus.service import VerifierService, VerifyRequest, VerifyRequestError
 from specguard.hookspecs import hookimpl
@@ -78,7 +80,6 @@ class FaultPlugin:
         if getattr(node, "role", "serve") != "verifier":
             return
         from fastapi.responses import JSONResponse
-        from starlette.requests import Request
 
         from specguard.attest.receipts import loads_strict
         from specguard.errors import SpecguardError
