@@ -5,8 +5,10 @@ nodes, per-client rate limit), and the layer's errors."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +174,11 @@ def key_value(value: Any, where: str) -> bytes:
         return value
     if not isinstance(value, str):
         raise ConfigError("verifier key must be a string (64 hex digits or a file)", field=where, got=value)
-    return parse_key_arg(value)
+    try:
+        return parse_key_arg(value)
+    except SpecguardError as exc:
+        raise ConfigError(f"not a public key: {exc.message}", field=where, got=value[:100],
+                          expected="64 hex digits, a signed-note key or a key file") from exc
 
 
 def consensus_config(node: Any) -> ConsensusConfig | None:
@@ -242,6 +248,28 @@ def redact_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+class RedactUserInfo(logging.Filter):
+    """A logging filter that removes user info from every URL in a record's message (HTTP client
+    libraries log the request URL as given)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = _USERINFO.sub(r"\g<scheme>", message), None
+        return True
+
+
+def redact_http_client_logs() -> None:
+    """Install `RedactUserInfo` on the HTTP client loggers (once)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactUserInfo) for f in logger.filters):
+            logger.addFilter(RedactUserInfo())
 
 
 def redact_text(text: str, url: str) -> str:

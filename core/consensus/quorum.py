@@ -44,7 +44,7 @@ from typing import Any
 
 from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
-from .config import redact_text, redact_url
+from .config import redact_http_client_logs, redact_text, redact_url
 from .rederive import ACCEPT
 from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
 
@@ -65,6 +65,7 @@ MAX_INFLIGHT_CALLS = 64
 #: Seconds the whole gathering may take beyond the per-verifier timeout.
 GRACE_SECONDS = 1.0
 _INFLIGHT = threading.BoundedSemaphore(MAX_INFLIGHT_CALLS)
+redact_http_client_logs()  # the HTTP client logs request URLs: never with a verifier's credentials
 
 
 class CertificateParseError(ParseError):
