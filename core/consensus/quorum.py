@@ -154,11 +154,6 @@ class VoteMismatchError(VerificationError):
     """A validly signed vote is for another receipt, binding, request, response or nonce (a replay)."""
 
 
-def _release_slot(_: Future[Any]) -> None:
-    """Give back a slot of the process-wide in-flight bound (when a call ends or is cancelled)."""
-    _INFLIGHT.release()
-
-
 def gather_votes(
     verifiers: list[str],
     transcript_json: dict[str, Any],
@@ -191,17 +186,18 @@ def gather_votes(
     pool = ThreadPoolExecutor(max_workers=min(len(verifiers), MAX_INFLIGHT_CALLS), thread_name_prefix="specguard-vote")
     futures: dict[Future[Any], str] = {}
     try:
+        inflight = _INFLIGHT
         for url in verifiers:
-            if not _INFLIGHT.acquire(blocking=False):
+            if not inflight.acquire(blocking=False):
                 result.failures.append({"verifier": redact_url(url),
                                         "error": f"not asked: {MAX_INFLIGHT_CALLS} verifier calls already in flight"})
                 continue
             try:
                 fut = pool.submit(_post_one, url, body, timeout)
             except RuntimeError:
-                _INFLIGHT.release()
+                inflight.release()
                 raise
-            fut.add_done_callback(_release_slot)
+            fut.add_done_callback(lambda _done, sem=inflight: sem.release())  # when the call ends or is cancelled
             futures[fut] = url
         _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         seen: set[bytes] = set()
