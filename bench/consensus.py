@@ -102,7 +102,10 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 
 
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
+    from support.consensus_node import build_body
     from support.servers import free_port, start_process
+
+    from specguard.server.openai_schema import CompletionRequest, dump_request
 
     root = Path(tempfile.mkdtemp(prefix="specguard-consensus-bench-"))
     homes = [root / f"v{i}" for i in range(n_verifiers)]
@@ -118,12 +121,16 @@ def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[o
         rows = []
         for ids in encoded:
             t = generate(target, ids, SamplingParams(max_tokens=tokens))
+            # what the server does: the canonical request and the body the receipt signs, sent to the verifiers
+            request_obj = dump_request(CompletionRequest.model_validate(
+                {"model": "bench", "prompt": list(ids), "max_tokens": tokens, "temperature": 0, "logprobs": 5}))
+            body = build_body(target, request_obj, t, served_name="bench")
             start = time.perf_counter()
-            receipt = issuer.issue(t, {"ids": ids}, {"text": t.text}, {}, policy)
+            receipt = issuer.issue(t, request_obj, body, {}, policy)
             receipt_s = time.perf_counter() - start
             start = time.perf_counter()
             cert = request_certificate([p.url for p in procs], t.to_json(include_steps=False), receipt, keys,
-                                       n_verifiers, timeout=120)
+                                       n_verifiers, request=request_obj, response=body, timeout=120)
             consensus_s = time.perf_counter() - start
             rows.append([len(t.output_ids), f"{t.seconds:.2f}", f"{receipt_s:.3f}", f"{consensus_s:.2f}",
                          f"{consensus_s / t.seconds:.0%}", f"{cert['accepts']}/{n_verifiers}"])

@@ -83,9 +83,13 @@ def seal_transcript(transcript, evidence, node, receipt_id):
 
 
 @hookspec
-def judge_transcript(transcript, receipt, node):
+def judge_transcript(transcript, receipt, node, request, response):
     """Judge a finished, receipted response; return a dict to attach (e.g. a quorum
-    certificate) or None. Raise a SpecguardError to fail the request."""
+    certificate) or None. Raise a SpecguardError to fail the request.
+
+    `request` is the canonical request object the receipt's request digest covers and
+    `response` the response body its subject digest covers (without the "specguard" key), so
+    judges check what the client sent and receives, not only the node's token ids."""
 
 
 @hookspec(firstresult=True)

@@ -136,6 +136,7 @@ class Node:
         role: str = "serve",
         verifiers: list[str] | tuple[str, ...] = (),
         quorum: int | None = None,
+        verifier_keys: list[bytes] | tuple[bytes, ...] = (),
         served_model_name: str | None = None,
         default_max_tokens: int = 256,
         max_model_len: int | None = None,
@@ -166,7 +167,7 @@ class Node:
         self.receipts = ReceiptIssuer(self.home, self.node_key)
         self.responses = ResponseStore(self.home / "responses")
         self.role = role
-        self.consensus = {"verifiers": list(verifiers), "quorum": quorum}
+        self.consensus = {"verifiers": list(verifiers), "quorum": quorum, "verifier_keys": list(verifier_keys)}
         self.served_model_name = served_model_name or model.name
         self.drafter_name = drafter
         self.drafter_options = self._drafter_options(drafter_options or {})

@@ -1,11 +1,18 @@
-"""Consensus settings of a serving node: who to ask, how many must accept, which keys count, and
-what to do without quorum (command line over the policy's [consensus] table), and its errors."""
+"""Consensus settings: the policy's [consensus] table (read and type-checked here and nowhere else),
+a serving node's settings (command line over policy: who to ask, how many must accept, which
+keys count, what to do without quorum), a verifier's settings (tolerances, allowed serving
+nodes, per-client rate limit), and the layer's errors."""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError, SpecguardError, VerificationError
 from ..key_args import parse_key_arg
@@ -19,7 +26,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 PIN_FILE = Path("consensus") / "pinned_verifier_keys.json"
 
 
-FAULT_PATH = "/specguard/v1/test/fault"
+#: Environment variable of a standalone verifier: comma-separated serving-node keys (hex or files) it accepts.
+ALLOWED_NODES_ENV = "SPECGUARD_VERIFIER_ALLOWED_NODES"
 
 
 class NoQuorumError(SpecguardError):
@@ -34,12 +42,118 @@ class ConsensusWithheldError(VerificationError):
     http_status = 422
 
 
-# --- configuration ----------------------------------------------------------------------------
+# --- the policy table ---------------------------------------------------------------------------
 
 
 def default_quorum(n: int) -> int:
     """2f + 1 for n = 3f + 1 (n - f with f = floor((n - 1) / 3))."""
     return n - (n - 1) // 3 if n > 0 else 0
+
+
+@dataclass(frozen=True)
+class ConsensusPolicy:
+    """The policy's [consensus] table, typed. Unknown keys are a ConfigError (a typo must not
+    silently turn a check off)."""
+
+    verifiers: tuple[str, ...] = ()
+    verifier_entry_keys: tuple[bytes, ...] = ()  # keys given inline as {url, key}
+    verifier_keys: tuple[bytes, ...] = ()
+    quorum: int | None = None
+    on_no_quorum: str = "flag"
+    trust_on_first_use: bool = False
+    timeout_seconds: float = 10.0
+    margin: float | None = None
+    logprob_tolerance: float | None = None
+    min_attested_verifiers: int = 0
+    allowed_nodes: tuple[bytes, ...] | None = None  # None: any serving node (logged as open)
+    rate_limit_per_second: float = 5.0
+    rate_limit_burst: int = 20
+
+
+_POLICY_KEYS = {"verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
+                "margin", "logprob_tolerance", "min_attested_verifiers", "allowed_nodes", "rate_limit_per_second",
+                "rate_limit_burst"}
+
+
+def _number(section: dict[str, Any], name: str, default: float | None, lo: float, hi: float) -> float | None:
+    value = section.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ConfigError(f"consensus.{name} must be a number in [{lo:g}, {hi:g}]", field=f"consensus.{name}",
+                          got=value)
+    return float(value)
+
+
+def _integer(section: dict[str, Any], name: str, default: int | None, lo: int) -> int | None:
+    value = section.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"consensus.{name} must be an integer >= {lo}", field=f"consensus.{name}", got=value)
+    return value
+
+
+def _key_list(value: Any, where: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("must be a list of keys (64 hex digits or files)", field=where, got=type(value).__name__)
+    return tuple(k if isinstance(k, bytes) else key_value(k, f"{where}[{i}]") for i, k in enumerate(value))
+
+
+def consensus_policy(policy: Any) -> ConsensusPolicy:
+    """The [consensus] table of `policy` (None or a policy without the table: all defaults)."""
+    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
+    unknown = sorted(set(section) - _POLICY_KEYS)
+    if unknown:
+        raise ConfigError("unknown key(s) in the policy's [consensus] table", field="consensus", got=unknown,
+                          expected=sorted(_POLICY_KEYS))
+    urls: list[str] = []
+    entry_keys: list[bytes] = []
+    raw_verifiers = section.get("verifiers", [])
+    if not isinstance(raw_verifiers, list):
+        raise ConfigError("consensus.verifiers must be a list", field="consensus.verifiers", got=raw_verifiers)
+    for i, entry in enumerate(raw_verifiers):
+        url, key = _verifier_entry(entry, f"consensus.verifiers[{i}]")
+        urls.append(url)
+        if key is not None:
+            entry_keys.append(key)
+    on_no = section.get("on_no_quorum", "flag")
+    if on_no not in ON_NO_QUORUM:
+        raise ConfigError("unknown consensus.on_no_quorum", field="consensus.on_no_quorum", got=on_no,
+                          expected=ON_NO_QUORUM)
+    tofu = section.get("trust_on_first_use", False)
+    if not isinstance(tofu, bool):
+        raise ConfigError("consensus.trust_on_first_use must be true or false", field="consensus.trust_on_first_use",
+                          got=tofu)
+    allowed = section.get("allowed_nodes")
+    return ConsensusPolicy(
+        verifiers=tuple(urls),
+        verifier_entry_keys=tuple(entry_keys),
+        verifier_keys=_key_list(section.get("verifier_keys", []), "consensus.verifier_keys"),
+        quorum=_integer(section, "quorum", None, 1),
+        on_no_quorum=on_no,
+        trust_on_first_use=tofu,
+        timeout_seconds=float(_number(section, "timeout_seconds", 10.0, 0.1, 600.0) or 10.0),
+        margin=_number(section, "margin", None, 0.0, 1.0),
+        logprob_tolerance=_number(section, "logprob_tolerance", None, 0.0, 1.0),
+        min_attested_verifiers=int(_integer(section, "min_attested_verifiers", 0, 0) or 0),
+        allowed_nodes=None if allowed is None else _key_list(allowed, "consensus.allowed_nodes"),
+        rate_limit_per_second=float(_number(section, "rate_limit_per_second", 5.0, 0.0, 1e6) or 0.0),
+        rate_limit_burst=int(_integer(section, "rate_limit_burst", 20, 1) or 1),
+    )
+
+
+def _verifier_entry(entry: Any, where: str) -> tuple[str, bytes | None]:
+    if isinstance(entry, str):
+        return entry, None
+    if isinstance(entry, dict) and isinstance(entry.get("url"), str) and set(entry) <= {"url", "key"}:
+        key = entry.get("key")
+        return entry["url"], None if key is None else key_value(key, f"{where}.key")
+    raise ConfigError("a verifier must be a URL or a table {url, key}", field=where, got=entry)
+
+
+# --- a serving node's settings -------------------------------------------------------------------
 
 
 @dataclass
@@ -56,40 +170,116 @@ class ConsensusConfig:
 
 def key_value(value: Any, where: str) -> bytes:
     """A verifier key from a policy or command-line value (64 hex digits, a signed-note key or a file)."""
+    if isinstance(value, bytes) and len(value) == 32:
+        return value
     if not isinstance(value, str):
         raise ConfigError("verifier key must be a string (64 hex digits or a file)", field=where, got=value)
-    return parse_key_arg(value)
+    try:
+        return parse_key_arg(value)
+    except SpecguardError as exc:
+        raise ConfigError(f"not a public key: {exc.message}", field=where, got=value[:100],
+                          expected="64 hex digits, a signed-note key or a key file") from exc
 
 
 def consensus_config(node: Any) -> ConsensusConfig | None:
-    """The node's consensus settings (command line over policy), or None when no verifiers are set."""
-    policy = getattr(node, "policy", None)
-    section = policy.section("consensus") if policy is not None else {}
+    """The node's consensus settings (command line over policy), or None when no verifiers are set.
+
+    The quorum is the command line's, else the policy's, else n - f of the n verifiers; it is
+    fixed here and never taken from a certificate.
+    """
+    pol = consensus_policy(getattr(node, "policy", None))
     cons = getattr(node, "consensus", None) or {}
     urls: list[str] = []
-    keys: list[bytes] = []
-    for i, entry in enumerate(cons.get("verifiers") or section.get("verifiers") or []):
-        if isinstance(entry, str):
-            urls.append(entry)
-        elif isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            urls.append(entry["url"])
-            if entry.get("key") is not None:
-                keys.append(key_value(entry["key"], f"consensus.verifiers[{i}].key"))
-        else:
-            raise ConfigError("a verifier must be a URL or a table {url, key}", field=f"consensus.verifiers[{i}]",
-                              got=entry)
+    keys: list[bytes] = list(pol.verifier_entry_keys) if not cons.get("verifiers") else []
+    if cons.get("verifiers"):
+        for i, entry in enumerate(cons["verifiers"]):
+            url, key = _verifier_entry(entry, f"--verifier[{i}]")
+            urls.append(url)
+            if key is not None:
+                keys.append(key)
+    else:
+        urls = list(pol.verifiers)
     if not urls:
         return None
-    for i, k in enumerate(list(section.get("verifier_keys") or []) + list(cons.get("verifier_keys") or [])):
-        keys.append(k if isinstance(k, bytes) else key_value(k, f"consensus.verifier_keys[{i}]"))
-    quorum = cons.get("quorum") or section.get("quorum") or default_quorum(len(urls))
-    on_no = section.get("on_no_quorum", "flag")
-    if on_no not in ON_NO_QUORUM:
-        raise ConfigError("unknown consensus.on_no_quorum", field="consensus.on_no_quorum", got=on_no,
-                          expected=ON_NO_QUORUM)
+    keys.extend(pol.verifier_keys)
+    for i, k in enumerate(cons.get("verifier_keys") or []):
+        keys.append(key_value(k, f"--verifier-key[{i}]"))
+    keys = list(dict.fromkeys(keys))
+    quorum = cons.get("quorum") or pol.quorum or default_quorum(len(urls))
     if not 1 <= int(quorum) <= len(urls):
         raise ConfigError("consensus quorum must be between 1 and the number of verifiers", field="consensus.quorum",
                           got=quorum, expected=f"1..{len(urls)}")
     return ConsensusConfig(verifiers=urls, quorum=int(quorum), trusted_keys=keys,
-                           trust_on_first_use=bool(section.get("trust_on_first_use", False)),
-                           timeout=float(section.get("timeout_seconds", 10.0)), on_no_quorum=on_no)
+                           trust_on_first_use=pol.trust_on_first_use, timeout=pol.timeout_seconds,
+                           on_no_quorum=pol.on_no_quorum)
+
+
+# --- a verifier's settings -----------------------------------------------------------------------
+
+
+def allowed_nodes(node: Any) -> tuple[bytes, ...] | None:
+    """The serving-node keys a verifier accepts receipts from: the command line / environment
+    (`node.consensus["allowed_nodes"]`) over the policy's `allowed_nodes`; None = any node."""
+    cons = getattr(node, "consensus", None) or {}
+    given = cons.get("allowed_nodes")
+    if given is not None:
+        return tuple(key_value(k, f"allowed_nodes[{i}]") for i, k in enumerate(given))
+    return consensus_policy(getattr(node, "policy", None)).allowed_nodes
+
+
+def allowed_nodes_from_env(environ: dict[str, str] | None = None) -> list[bytes] | None:
+    """Keys listed in SPECGUARD_VERIFIER_ALLOWED_NODES (comma-separated hex or files), or None."""
+    raw = (os.environ if environ is None else environ).get(ALLOWED_NODES_ENV)
+    if raw is None:
+        return None
+    return [key_value(part.strip(), ALLOWED_NODES_ENV) for part in raw.split(",") if part.strip()]
+
+
+# --- URLs ------------------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """`url` without user info (user:password@): what certificates, errors and logs may show."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.username is None and parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+class RedactUserInfo(logging.Filter):
+    """A logging filter that removes user info from every URL in a record's message (HTTP client
+    libraries log the request URL as given)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = _USERINFO.sub(r"\g<scheme>", message), None
+        return True
+
+
+def redact_http_client_logs() -> None:
+    """Install `RedactUserInfo` on the HTTP client loggers (once)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactUserInfo) for f in logger.filters):
+            logger.addFilter(RedactUserInfo())
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` with every occurrence of `url`'s user info removed (error messages may quote the URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    if "@" not in parts.netloc:
+        return text
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    text = text.replace(url, redact_url(url))
+    return text.replace(userinfo + "@", "").replace(userinfo, "<redacted>")

@@ -2,21 +2,26 @@
 
 A quorum certificate is the JSON object
 
-    {"type": "specguard/quorum-certificate/v1",
+    {"type": "specguard/quorum-certificate/v2",
      "receipt_digest": "sha256:<hex>",   # of the canonical DSSE envelope (vote.envelope_digest)
      "binding_digest": "sha256:<hex>",   # Transcript.binding_digest(), as in the receipt
+     "request_digest": "sha256:<hex>",   # the receipt's request digest (of the client's request)
+     "response_digest": "sha256:<hex>",  # the receipt's subject digest (of the response body)
      "nonce": "<hex>",                   # the requester's fresh nonce, bound by every vote
      "quorum": q, "verifiers": n,        # policy at issue time: q accepts needed of n asked
      "accepts": k, "certified": k >= q,
      "votes": [<signed vote>...],        # every valid vote received, accepting or dissenting
      "dissent": [{"key_id", "verdict", "reasons"}...],   # copied from the non-accepting votes
-     "failures": [{"verifier": url, "error": text}...],  # verifiers that gave no valid vote
+     "failures": [{"verifier": url, "error": text}...],  # verifiers that gave no valid vote (URLs without
+                                                         # user info)
      "issued_at": "<RFC 3339>"}
 
 Only the signed votes are evidence. Offline verification (`verify_certificate`) recounts them:
-each must verify under a trusted key, keys must be distinct, and each vote's receipt digest,
-binding digest and nonce must equal the certificate's (so replayed votes do not count); the
-number of accepting votes must reach max(certificate quorum, the verifier's own minimum).
+each must verify under a trusted key, keys must be distinct, and each vote's receipt, binding,
+request and response digests and nonce must equal the certificate's, which must equal the
+receipt's (so replayed votes do not count); the number of accepting votes must reach
+max(certificate quorum, the verifier's own minimum). v2 (this format) adds the request and
+response digests; v1 certificates (votes that never saw the request or body) do not parse.
 `accepts`, `certified`, `dissent` and `failures` are informational and never trusted.
 
 Safety with n = 3f + 1 verifiers and q in [f + 1, 2f + 1]: f faulty verifiers cannot reach q
@@ -30,27 +35,37 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
+from .config import redact_http_client_logs, redact_text, redact_url
 from .rederive import ACCEPT
 from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
 
 log = logging.getLogger("specguard.consensus")
 
-CERTIFICATE_TYPE = "specguard/quorum-certificate/v1"
+CERTIFICATE_TYPE = "specguard/quorum-certificate/v2"
 VERIFY_PATH = "/specguard/v1/verify"
 KEY_PATH = "/specguard/v1/verifier/key"
 MAX_VOTES = 64
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NONCE = re.compile(r"(?:[0-9a-f]{2}){8,64}")
-_CERT_KEYS = {"type", "receipt_digest", "binding_digest", "nonce", "quorum", "verifiers", "accepts", "certified",
-              "votes", "dissent", "failures", "issued_at"}
+_CERT_KEYS = {"type", "receipt_digest", "binding_digest", "request_digest", "response_digest", "nonce", "quorum",
+              "verifiers", "accepts", "certified", "votes", "dissent", "failures", "issued_at"}
+_BOUND = ("receipt_digest", "binding_digest", "request_digest", "response_digest", "nonce")
+#: Outbound verify calls in flight at once, over all requests of this process. A call that would
+#: exceed it fails at once ("too many verifier calls in flight") instead of queueing a thread.
+MAX_INFLIGHT_CALLS = 64
+#: Seconds the whole gathering may take beyond the per-verifier timeout.
+GRACE_SECONDS = 1.0
+_INFLIGHT = threading.BoundedSemaphore(MAX_INFLIGHT_CALLS)
+redact_http_client_logs()  # the HTTP client logs request URLs: never with a verifier's credentials
 
 
 class CertificateParseError(ParseError):
@@ -100,14 +115,37 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
         raise SpecguardError("answered something that is not JSON") from exc
 
 
-def check_vote(obj: Any, trusted_keys: list[bytes], receipt_digest: str, binding_digest: str, nonce: str,
-               model_digest: str | None = None, where: str = "vote") -> Vote:
-    """Verify one vote for this request: trusted signature, same receipt, binding and nonce.
+@dataclass(frozen=True)
+class Bound:
+    """What every vote of one request must bind: receipt, binding, request and response digests, nonce."""
 
-    An accepting vote must also name the response's model digest (when known).
+    receipt_digest: str
+    binding_digest: str
+    request_digest: str
+    response_digest: str
+    nonce: str
+
+    @classmethod
+    def of_receipt(cls, envelope: dict[str, Any], nonce: str) -> Bound:
+        """The digests a receipt envelope signs (its statement's), with `nonce`."""
+        statement = _statement_of(envelope)
+        try:
+            predicate = statement["predicate"]
+            return cls(envelope_digest(envelope), predicate["binding_digest"], predicate["request_digest"],
+                       "sha256:" + statement["subject"][0]["digest"]["sha256"], nonce)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise CertificateParseError("receipt statement lacks the digests a vote binds", field="envelope.payload",
+                                        got=f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def check_vote(obj: Any, trusted_keys: list[bytes], bound: Bound, model_digest: str | None = None,
+               where: str = "vote") -> Vote:
+    """Verify one vote for this request: trusted signature, same receipt, binding, request,
+    response and nonce. An accepting vote must also name the response's model digest (when known).
     """
     vote = verify_vote(obj, trusted_keys, where)
-    for name, want in (("receipt_digest", receipt_digest), ("binding_digest", binding_digest), ("nonce", nonce)):
+    for name in _BOUND:
+        want = getattr(bound, name)
         if vote.body[name] != want:
             raise VoteMismatchError(f"vote is for another {name.replace('_', ' ')} (replayed or misdirected)",
                                     field=f"{where}.vote.{name}", got=vote.body[name], expected=want)
@@ -118,7 +156,7 @@ def check_vote(obj: Any, trusted_keys: list[bytes], receipt_digest: str, binding
 
 
 class VoteMismatchError(VerificationError):
-    """A validly signed vote is for another receipt, binding or nonce (a replay)."""
+    """A validly signed vote is for another receipt, binding, request, response or nonce (a replay)."""
 
 
 def gather_votes(
@@ -127,39 +165,59 @@ def gather_votes(
     receipt: dict[str, Any],
     trusted_keys: list[bytes],
     *,
+    request: dict[str, Any],
+    response: dict[str, Any],
     nonce: str,
     timeout: float = 10.0,
     model_digest: str | None = None,
 ) -> GatherResult:
     """Ask every verifier URL in parallel; keep the valid votes, record why the others failed.
 
-    Each request has `timeout` seconds; the whole gathering ends after `timeout` plus a small
-    grace period, whatever slow verifiers do.
+    Each call has `timeout` seconds; the whole gathering returns after `timeout` + GRACE_SECONDS
+    at the latest, whatever slow verifiers do. Calls run on a pool sized for this round whose
+    threads exit when their call returns; at most MAX_INFLIGHT_CALLS calls are in flight in the
+    process (beyond that a verifier is recorded as a failure, no thread is started). Failures
+    name verifiers by their URL without user info.
     """
     envelope = receipt["envelope"] if "envelope" in receipt else receipt
-    receipt_digest = envelope_digest(envelope)
-    binding = _binding_of(transcript_json)
-    body = {"transcript": transcript_json, "receipt": receipt, "nonce": nonce}
+    bound = Bound.of_receipt(envelope, nonce)
+    body = {"transcript": transcript_json, "receipt": receipt, "request": request,
+            "response": {k: v for k, v in response.items() if k != "specguard"}, "nonce": nonce}
     result = GatherResult()
     start = time.perf_counter()
     if not verifiers:
         return result
-    pool = ThreadPoolExecutor(max_workers=len(verifiers), thread_name_prefix="specguard-vote")
+    deadline = time.monotonic() + timeout + GRACE_SECONDS
+    pool = ThreadPoolExecutor(max_workers=min(len(verifiers), MAX_INFLIGHT_CALLS), thread_name_prefix="specguard-vote")
+    futures: dict[Future[Any], str] = {}
     try:
-        futures = {pool.submit(_post_one, url, body, timeout): url for url in verifiers}
-        done, pending = wait(futures, timeout=timeout + 1.0)
-        seen: set[bytes] = set()
-        for fut, url in futures.items():
-            if fut in pending:
-                result.failures.append({"verifier": url, "error": f"no answer within {timeout:g} s"})
+        inflight = _INFLIGHT
+        for url in verifiers:
+            if not inflight.acquire(blocking=False):
+                result.failures.append({"verifier": redact_url(url),
+                                        "error": f"not asked: {MAX_INFLIGHT_CALLS} verifier calls already in flight"})
                 continue
             try:
-                vote = check_vote(fut.result(), trusted_keys, receipt_digest, binding, nonce, model_digest)
+                fut = pool.submit(_post_one, url, body, timeout)
+            except RuntimeError:
+                inflight.release()
+                raise
+            fut.add_done_callback(lambda _done, sem=inflight: sem.release())  # when the call ends or is cancelled
+            futures[fut] = url
+        _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        seen: set[bytes] = set()
+        for fut, url in futures.items():
+            shown = redact_url(url)
+            if fut in pending:
+                result.failures.append({"verifier": shown, "error": f"no answer within {timeout:g} s"})
+                continue
+            try:
+                vote = check_vote(fut.result(), trusted_keys, bound, model_digest)
             except SpecguardError as exc:
-                result.failures.append({"verifier": url, "error": exc.summary()[:400]})
+                result.failures.append({"verifier": shown, "error": redact_text(exc.summary(), url)[:400]})
                 continue
             if vote.public_key in seen:
-                result.failures.append({"verifier": url, "error": f"duplicate vote by key {vote.key_id}"})
+                result.failures.append({"verifier": shown, "error": f"duplicate vote by key {vote.key_id}"})
                 continue
             seen.add(vote.public_key)
             result.votes.append(vote)
@@ -180,15 +238,16 @@ def _binding_of(transcript_json: dict[str, Any]) -> str:
         raise CertificateParseError("transcript JSON is malformed", field="transcript", got=str(exc)) from exc
 
 
-def build_certificate(receipt_digest: str, binding_digest: str, nonce: str, quorum: int, n_verifiers: int,
-                      gathered: GatherResult) -> dict[str, Any]:
+def build_certificate(bound: Bound, quorum: int, n_verifiers: int, gathered: GatherResult) -> dict[str, Any]:
     """The certificate JSON for the votes gathered (certified when accepts >= quorum)."""
     accepts = sum(1 for v in gathered.votes if v.verdict == ACCEPT)
     return {
         "type": CERTIFICATE_TYPE,
-        "receipt_digest": receipt_digest,
-        "binding_digest": binding_digest,
-        "nonce": nonce,
+        "receipt_digest": bound.receipt_digest,
+        "binding_digest": bound.binding_digest,
+        "request_digest": bound.request_digest,
+        "response_digest": bound.response_digest,
+        "nonce": bound.nonce,
         "quorum": int(quorum),
         "verifiers": int(n_verifiers),
         "accepts": accepts,
@@ -196,7 +255,7 @@ def build_certificate(receipt_digest: str, binding_digest: str, nonce: str, quor
         "votes": [v.to_json() for v in gathered.votes],
         "dissent": [{"key_id": v.key_id, "verdict": v.verdict, "reasons": list(v.body["reasons"])}
                     for v in gathered.votes if v.verdict != ACCEPT],
-        "failures": list(gathered.failures),
+        "failures": [{"verifier": redact_url(f["verifier"]), "error": f["error"]} for f in gathered.failures],
         "issued_at": utc_now(),
     }
 
@@ -208,10 +267,13 @@ def request_certificate(
     trusted_keys: list[bytes],
     quorum: int,
     *,
+    request: dict[str, Any],
+    response: dict[str, Any],
     timeout: float = 10.0,
     nonce: str | None = None,
 ) -> dict[str, Any]:
-    """Gather votes with a fresh nonce and build the certificate (certified or not)."""
+    """Gather votes with a fresh nonce on the client's `request` and the `response` body, and
+    build the certificate (certified or not)."""
     if quorum < 1:
         raise ConfigError("consensus quorum must be at least 1", field="quorum", got=quorum)
     if quorum > len(verifiers):
@@ -220,10 +282,9 @@ def request_certificate(
     nonce = nonce or new_nonce()
     envelope = receipt["envelope"] if "envelope" in receipt else receipt
     model_digest = transcript_json.get("model_digest") if isinstance(transcript_json, dict) else None
-    gathered = gather_votes(verifiers, transcript_json, receipt, trusted_keys, nonce=nonce, timeout=timeout,
-                            model_digest=model_digest)
-    return build_certificate(envelope_digest(envelope), _binding_of(transcript_json), nonce, quorum,
-                             len(verifiers), gathered)
+    gathered = gather_votes(verifiers, transcript_json, receipt, trusted_keys, request=request, response=response,
+                            nonce=nonce, timeout=timeout, model_digest=model_digest)
+    return build_certificate(Bound.of_receipt(envelope, nonce), quorum, len(verifiers), gathered)
 
 
 # --- offline verification ---------------------------------------------------------------------
@@ -241,9 +302,12 @@ class VerifiedCertificate:
     dissent: list[dict[str, Any]]  # valid non-accepting votes: key_id, verdict, reasons
     ignored: list[str]  # why other votes did not count
     accepted_verifiers: list[dict[str, Any]] = field(default_factory=list)  # the accepting votes' verifier objects
+    request_digest: str = ""
+    response_digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"certified": True, "receipt_digest": self.receipt_digest, "binding_digest": self.binding_digest,
+                "request_digest": self.request_digest, "response_digest": self.response_digest,
                 "nonce": self.nonce, "quorum": self.quorum, "accepts": len(self.accepted_by),
                 "accepted_by": self.accepted_by, "dissent": self.dissent, "ignored": self.ignored}
 
@@ -256,10 +320,10 @@ def _creq(cond: bool, message: str, field: str, got: Any = None, expected: Any =
 def parse_certificate(cert: Any) -> dict[str, Any]:
     """Check a certificate's structure (votes are parsed later, one by one)."""
     _creq(isinstance(cert, dict), "must be a JSON object", "consensus", type(cert).__name__)
+    _creq(cert.get("type") == CERTIFICATE_TYPE, "unknown certificate type (v1 certificates do not bind the request "
+          "and response)", "consensus.type", cert.get("type"), CERTIFICATE_TYPE)
     _creq(set(cert) == _CERT_KEYS, "unexpected or missing keys", "consensus", sorted(cert), sorted(_CERT_KEYS))
-    _creq(cert["type"] == CERTIFICATE_TYPE, "unknown certificate type", "consensus.type", cert["type"],
-          CERTIFICATE_TYPE)
-    for name in ("receipt_digest", "binding_digest"):
+    for name in ("receipt_digest", "binding_digest", "request_digest", "response_digest"):
         _creq(isinstance(cert[name], str) and bool(_DIGEST.fullmatch(cert[name])), "must be sha256:<64 hex>",
               f"consensus.{name}", cert[name])
     _creq(isinstance(cert["nonce"], str) and bool(_NONCE.fullmatch(cert["nonce"])),
@@ -284,9 +348,11 @@ def verify_certificate(
 ) -> VerifiedCertificate:
     """Verify a quorum certificate offline; raise unless at least q trusted verifiers accepted.
 
-    `envelope` is the receipt's DSSE envelope (its digest must be the certificate's receipt
-    digest; its statement gives the binding and model digests). Without it, `binding_digest`
-    must be given. The quorum is max(certificate's quorum, `quorum`).
+    `envelope` is the receipt's DSSE envelope: its digest must be the certificate's receipt
+    digest, and its statement gives the binding, request, response and model digests the votes
+    must bind. Without it, `binding_digest` must be given (and the certificate's own request and
+    response digests are what the votes are checked against). The quorum is max(certificate's
+    quorum, `quorum`): no field of the certificate can lower the caller's minimum.
     """
     cert = parse_certificate(cert)
     keys = [bytes(k) for k in trusted_keys or []]
@@ -298,6 +364,11 @@ def verify_certificate(
         if got != cert["receipt_digest"]:
             raise QuorumError("certificate is for another receipt", field="consensus.receipt_digest",
                               got=cert["receipt_digest"], expected=got)
+        signed = Bound.of_receipt(envelope, cert["nonce"])
+        for name in ("binding_digest", "request_digest", "response_digest"):
+            if cert[name] != getattr(signed, name):
+                raise QuorumError(f"certificate is for another {name.split('_')[0]} than the receipt signs",
+                                  field=f"consensus.{name}", got=cert[name], expected=getattr(signed, name))
         statement = _statement_of(envelope)
         predicate = statement.get("predicate", {}) if isinstance(statement, dict) else {}
         binding_digest = binding_digest or predicate.get("binding_digest")
@@ -312,6 +383,7 @@ def verify_certificate(
     q = max(int(cert["quorum"]), int(quorum or 0))
     if q < 1:
         raise QuorumError("quorum must be at least 1", field="consensus.quorum", got=q)
+    bound = Bound(*(cert[name] for name in _BOUND))
     accepted: list[str] = []
     dissent: list[dict[str, Any]] = []
     ignored: list[str] = []
@@ -320,8 +392,7 @@ def verify_certificate(
     for i, obj in enumerate(cert["votes"]):
         where = f"consensus.votes[{i}]"
         try:
-            vote = check_vote(obj, keys, cert["receipt_digest"], cert["binding_digest"], cert["nonce"],
-                              model_digest, where)
+            vote = check_vote(obj, keys, bound, model_digest, where)
         except (VoteParseError, VerificationError) as exc:
             ignored.append(exc.summary()[:300])
             continue
@@ -341,7 +412,7 @@ def verify_certificate(
             + (f"; ignored: {ignored}" if ignored else ""),
             field="consensus.votes", got=len(accepted), expected=f">= {q}")
     return VerifiedCertificate(cert["receipt_digest"], cert["binding_digest"], cert["nonce"], q, accepted,
-                               dissent, ignored, verifiers)
+                               dissent, ignored, verifiers, cert["request_digest"], cert["response_digest"])
 
 
 def check_verifier_evidence(verified: VerifiedCertificate, documents: list[Any], policy: Any,
@@ -404,7 +475,7 @@ def pinned_keys(urls: list[str], pin_file: Path, timeout: float = 5.0) -> list[b
     """Trust-on-first-use: the key pinned for each URL, fetching and pinning unknown ones.
 
     INSECURE on first contact (an attacker on the path could answer with its own key); later
-    contacts use the pinned key. Pins live in `pin_file` (JSON {url: hex key}).
+    contacts use the pinned key. Pins live in `pin_file` (JSON {url without user info: hex key}).
     """
     pins: dict[str, str] = {}
     if pin_file.is_file():
@@ -416,17 +487,18 @@ def pinned_keys(urls: list[str], pin_file: Path, timeout: float = 5.0) -> list[b
             pins = {k: v for k, v in loaded.items() if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)}
     changed = False
     for url in urls:
-        if url not in pins:
+        if redact_url(url) not in pins:
             try:
                 key = fetch_verifier_key(url, timeout)
             except ConfigError as exc:
-                log.warning("consensus: cannot pin a key for %s yet: %s", url, exc.summary())
+                log.warning("consensus: cannot pin a key for %s yet: %s", redact_url(url),
+                            redact_text(exc.summary(), url))
                 continue
-            log.warning("INSECURE trust-on-first-use: pinned verifier key %s for %s", key_id_for(key), url)
-            pins[url] = key.hex()
+            log.warning("INSECURE trust-on-first-use: pinned verifier key %s for %s", key_id_for(key), redact_url(url))
+            pins[redact_url(url)] = key.hex()  # no credentials on disk
             changed = True
     if changed:
         pin_file.parent.mkdir(parents=True, exist_ok=True)
         pin_file.write_text(json.dumps(pins, indent=2, sort_keys=True), "utf-8")
-    return [bytes.fromhex(pins[u]) for u in urls if u in pins]
+    return [bytes.fromhex(pins[redact_url(u)]) for u in urls if redact_url(u) in pins]
 

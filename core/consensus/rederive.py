@@ -13,7 +13,8 @@ output ids, sampling parameters, seed, claimed per-token log-probabilities):
    `logprob_tolerance` of the recomputed value;
 5. stops and lengths: "stop" needs EOS as the last token or a stop string completed by the last
    token; "length" needs len == max_tokens or the end of the context; no EOS or stop string
-   may occur earlier; "cancelled" is a prefix that ended early.
+   may occur earlier; "cancelled" (a generation the client abandoned) is never certified.
+   Stop strings are found with O(log n) decodes of the output, not one per prefix.
 
 The default margin and tolerance come from `specguard.consensus.calibrate` (see
 docs/consensus.md for the measurement): honest fp32 runs differ only by kernel rounding (<2e-5
@@ -66,11 +67,14 @@ class Tolerances:
                 raise RequestError(f"{name} must be a number in [0, 1]", field=name, got=value)
 
     @classmethod
-    def from_policy(cls, section: dict[str, Any]) -> Tolerances:
-        """Tolerances from a policy's [consensus] table (defaults where absent)."""
+    def from_policy(cls, policy: Any) -> Tolerances:
+        """Tolerances from a policy's typed [consensus] table (`config.consensus_policy`), defaults where absent."""
+        from .config import ConsensusPolicy, consensus_policy
+
+        pol = policy if isinstance(policy, ConsensusPolicy) else consensus_policy(policy)
         return cls(
-            margin=float(section.get("margin", DEFAULT_MARGIN)),
-            logprob_tolerance=float(section.get("logprob_tolerance", DEFAULT_LOGPROB_TOLERANCE)),
+            margin=DEFAULT_MARGIN if pol.margin is None else pol.margin,
+            logprob_tolerance=DEFAULT_LOGPROB_TOLERANCE if pol.logprob_tolerance is None else pol.logprob_tolerance,
         )
 
 
@@ -81,6 +85,8 @@ class Judgement:
     verdict: str
     reasons: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the re-derived positions (`engine.scoring` results) when the transcript was re-scored
+    positions: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -95,47 +101,71 @@ def _r(x: float) -> float | None:
     return round(float(x), 6) if math.isfinite(x) else None
 
 
+def stop_string_hit(model: LoadedModel, ids: list[int], stops: tuple[str, ...] | list[str]) -> bool:
+    """True when the decoding of `ids` contains one of `stops`."""
+    if not stops or not ids:
+        return False
+    text = model.decode(list(ids))
+    return any(s in text for s in stops)
+
+
+def first_stop_prefix(model: LoadedModel, ids: list[int], stops: tuple[str, ...] | list[str]) -> int | None:
+    """The length of the shortest prefix of `ids` whose decoding contains a stop string, or None.
+
+    What the engine cuts at. Decoding a longer prefix only appends text, so "contains a stop
+    string" is monotone in the prefix length and a binary search needs O(log n) decodes (one
+    decode per prefix, as before, cost 47 s under the verifier's lock for a long output).
+    """
+    if not stop_string_hit(model, ids, stops):
+        return None
+    lo, hi = 1, len(ids)  # the answer is in [lo, hi]; hi always hits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stop_string_hit(model, ids[:mid], stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 def check_stop_and_length(model: LoadedModel, transcript: Transcript) -> list[str]:
-    """Reasons why the finish reason is inconsistent with the output (empty when consistent)."""
+    """Reasons why the finish reason is inconsistent with the output (empty when consistent).
+
+    A handful of decodes of the output whatever its length (see `first_stop_prefix`).
+    """
     out = transcript.output_ids
     params = transcript.params
     eos = params.stop_token_ids(model.eos_token_ids)
     reasons: list[str] = []
     finish = transcript.finish_reason
-    if finish not in ("stop", "length", "cancelled"):
-        return [f"finish_reason: unknown value {finish!r}, expected stop|length|cancelled"]
+    if finish == "cancelled":
+        return ["finish_reason: 'cancelled' is never certified (the generation was abandoned; the client's body "
+                "would show a truncated output as 'length')"]
+    if finish not in ("stop", "length"):
+        return [f"finish_reason: unknown value {finish!r}, expected stop|length"]
     early_eos = next((i for i, t in enumerate(out[:-1]) if t in eos), None)
     if early_eos is not None:
         reasons.append(f"output_ids[{early_eos}]: EOS before the last token (generation must stop there)")
     if len(out) > params.max_tokens:
         reasons.append(f"output_ids: {len(out)} tokens, more than max_tokens={params.max_tokens}")
     context_end = len(transcript.prompt_ids) + len(out) >= model.max_context
-
-    def stop_hit(n: int) -> bool:
-        return bool(params.stop) and n > 0 and any(s in model.decode(out[:n]) for s in params.stop)
-
+    first = first_stop_prefix(model, out, params.stop) if params.stop else None
     # the engine cuts at the shortest prefix containing a stop string: no shorter prefix may contain one
-    if params.stop and len(out) > 1:
-        first = next((n for n in range(1, len(out)) if stop_hit(n)), None)
-        if first is not None:
-            reasons.append(f"output_ids: stop string already complete after {first} tokens, output has {len(out)}")
+    if first is not None and first < len(out):
+        reasons.append(f"output_ids: stop string already complete after {first} tokens, output has {len(out)}")
+    ends_with_stop = first is not None
     last_is_eos = bool(out) and out[-1] in eos
     if finish == "stop":
-        if not (last_is_eos or stop_hit(len(out))):
+        if not (last_is_eos or ends_with_stop):
             reasons.append("finish_reason: 'stop' but the last token is not EOS and no stop string ends the output")
-    elif finish == "length":
+    else:  # length
         if last_is_eos:
             reasons.append("finish_reason: 'length' but the last token is EOS (expected 'stop')")
-        elif stop_hit(len(out)):
+        elif ends_with_stop:
             reasons.append("finish_reason: 'length' but a stop string ends the output (expected 'stop')")
         elif len(out) != params.max_tokens and not context_end:
             reasons.append(f"finish_reason: 'length' with {len(out)} tokens; expected max_tokens="
                            f"{params.max_tokens} or the end of the context ({model.max_context})")
-    else:  # cancelled: an early, honest prefix
-        if last_is_eos or stop_hit(len(out)):
-            reasons.append("finish_reason: 'cancelled' but the output ends with EOS or a stop string")
-        if len(out) >= params.max_tokens:
-            reasons.append("finish_reason: 'cancelled' but the output reached max_tokens")
     return reasons
 
 
@@ -226,6 +256,7 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
         "max_logprob_error": _r(max_lp_err),
         "min_margin": _r(min_margin),
     })
+    positions = list(result.positions)
     if mismatches:
         reasons.append(f"{mismatches} output token(s) are not the target's choice")
     if lp_errors:
@@ -233,4 +264,4 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     if top_errors:
         reasons.append(f"{top_errors} claimed top-k alternative(s) differ from the target's")
     reasons.extend(details)
-    return Judgement(REJECT if reasons else ACCEPT, reasons, stats)
+    return Judgement(REJECT if reasons else ACCEPT, reasons, stats, positions)

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..models import load_model
     from ..policies import load_policy
+    from .config import ALLOWED_NODES_ENV, allowed_nodes_from_env, key_value
 
     parser = argparse.ArgumentParser(prog="python -m specguard.consensus.verifier_app")
     parser.add_argument("--model", help="model reference (default: the embedded model)")
@@ -66,10 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--home", help="node home with keys/node.key (default $SPECGUARD_HOME)")
     parser.add_argument("--policy", default="dev", help="policy preset or TOML file ([consensus] tolerances)")
+    parser.add_argument("--allowed-node", action="append", default=None, metavar="KEY",
+                        help="serving-node key (64 hex or a file) whose receipts this verifier judges (repeatable; "
+                             f"also ${ALLOWED_NODES_ENV}, comma-separated); default: the policy's allowed_nodes")
     args = parser.parse_args(argv)
+    allowed = [key_value(k, "--allowed-node") for k in args.allowed_node] if args.allowed_node else \
+        allowed_nodes_from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = VerifierNode(load_model(args.model), load_policy(args.policy),
                         Path(args.home) if args.home else home_dir())
+    if allowed is not None:
+        node.consensus["allowed_nodes"] = allowed
     node.model.digest  # compute the digest before serving  # noqa: B018
     uvicorn.run(create_app(node), host=args.host, port=args.port, log_level="warning")
 

@@ -2,14 +2,17 @@
 
 A vote is the JSON object
 
-    {"vote": BODY, "signature": base64(Ed25519(key, lp("specguard/consensus-vote/v1", JCS(BODY))))}
+    {"vote": BODY, "signature": base64(Ed25519(key, lp("specguard/consensus-vote/v2", JCS(BODY))))}
 
 where JCS is RFC 8785 canonical JSON, lp the 8-byte big-endian length-prefixed concatenation
 (specguard.canonical.lp) and BODY has exactly these keys:
 
-    type               "specguard/consensus-vote/v1"
+    type               "specguard/consensus-vote/v2"
     receipt_digest     "sha256:<hex>" of the canonical JSON of the receipt's DSSE envelope
     binding_digest     the response binding (Transcript.binding_digest(), also in the receipt)
+    request_digest     the receipt's request digest: of the client's request the verifier checked
+    response_digest    "sha256:" + the receipt's subject digest (`attest.receipts.response_digest`)
+                       of the response body the verifier checked
     nonce              lowercase hex (16..128 digits) chosen fresh by the requester
     verdict            "accept" | "reject" | "unverifiable"
     reasons            list of strings (why not accept; empty on accept)
@@ -18,7 +21,9 @@ where JCS is RFC 8785 canonical JSON, lp the 8-byte big-endian length-prefixed c
     issued_at          RFC 3339 UTC time
 
 Binding the receipt digest and the requester's nonce means a vote cannot be replayed onto
-another response or another request for the same response.
+another response or another request for the same response. v2 (this format) adds the request
+and response-body digests: a v2 vote says the verifier re-derived the prompt from that request
+and the body from the output ids. v1 votes (which only judged the node's token ids) do not parse.
 """
 
 from __future__ import annotations
@@ -37,15 +42,15 @@ from ..errors import ParseError, VerificationError
 from ..keys import NodeKey, key_id_for
 from .rederive import VERDICTS
 
-VOTE_TYPE = "specguard/consensus-vote/v1"
-VOTE_TAG = b"specguard/consensus-vote/v1"
+VOTE_TYPE = "specguard/consensus-vote/v2"
+VOTE_TAG = b"specguard/consensus-vote/v2"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NONCE = re.compile(r"(?:[0-9a-f]{2}){8,64}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-_BODY_KEYS = {"type", "receipt_digest", "binding_digest", "nonce", "verdict", "reasons", "stats", "verifier",
-              "issued_at"}
+_BODY_KEYS = {"type", "receipt_digest", "binding_digest", "request_digest", "response_digest", "nonce", "verdict",
+              "reasons", "stats", "verifier", "issued_at"}
 _VERIFIER_KEYS = {"key_id", "public_key", "model_digest", "attestation_digest"}
 MAX_REASONS = 64
 MAX_REASON_CHARS = 500
@@ -97,6 +102,14 @@ class Vote:
         return self.body["receipt_digest"]
 
     @property
+    def request_digest(self) -> str:
+        return self.body["request_digest"]
+
+    @property
+    def response_digest(self) -> str:
+        return self.body["response_digest"]
+
+    @property
     def nonce(self) -> str:
         return self.body["nonce"]
 
@@ -109,6 +122,8 @@ def sign_vote(
     *,
     receipt_digest: str,
     binding_digest: str,
+    request_digest: str,
+    response_digest: str,
     nonce: str,
     verdict: str,
     reasons: list[str],
@@ -122,6 +137,8 @@ def sign_vote(
         "type": VOTE_TYPE,
         "receipt_digest": receipt_digest,
         "binding_digest": binding_digest,
+        "request_digest": request_digest,
+        "response_digest": response_digest,
         "nonce": nonce,
         "verdict": verdict,
         "reasons": [str(r)[:MAX_REASON_CHARS] for r in reasons[:MAX_REASONS]],
@@ -145,9 +162,10 @@ def _req(cond: bool, message: str, field: str, got: Any = None, expected: Any = 
 
 def _check_body(body: Any, where: str = "vote") -> None:
     _req(isinstance(body, dict), "must be a JSON object", where, type(body).__name__)
+    _req(body.get("type") == VOTE_TYPE, "unknown vote type (v1 votes do not bind the request and response)",
+         f"{where}.type", body.get("type"), VOTE_TYPE)
     _req(set(body) == _BODY_KEYS, "unexpected or missing keys", where, sorted(body), sorted(_BODY_KEYS))
-    _req(body["type"] == VOTE_TYPE, "unknown vote type", f"{where}.type", body["type"], VOTE_TYPE)
-    for name in ("receipt_digest", "binding_digest"):
+    for name in ("receipt_digest", "binding_digest", "request_digest", "response_digest"):
         _req(isinstance(body[name], str) and bool(_DIGEST.fullmatch(body[name])), "must be sha256:<64 hex>",
              f"{where}.{name}", body[name])
     _req(isinstance(body["nonce"], str) and bool(_NONCE.fullmatch(body["nonce"])),

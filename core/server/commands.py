@@ -28,27 +28,33 @@ log = logging.getLogger("specguard.server")
               help="Cap the context length requests may use (default: the model's).")
 @click.option("--role", type=click.Choice(["serve", "verifier"]), default="serve", show_default=True)
 @click.option("--verifier", "verifiers", multiple=True, help="URL of a verifier node (repeatable; consensus).")
-@click.option("--quorum", type=int, default=None, help="Verifier votes needed (consensus).")
+@click.option("--verifier-key", "verifier_keys", multiple=True,
+              help="Trusted verifier key, 64 hex digits or a file (repeatable; consensus). Required with --verifier "
+                   "unless the policy lists verifier_keys.")
+@click.option("--quorum", type=int, default=None, help="Verifier votes needed (consensus; default n - f).")
 @click.option("--served-model-name", default=None, help="Name clients use in `model` (default: the model reference).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch CPU threads.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
 def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
-                  max_queue, default_max_tokens, max_model_len, role, verifiers, quorum, served_model_name, threads,
-                  log_level) -> None:
+                  max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
+                  served_model_name, threads, log_level) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
     import torch
     import uvicorn
 
+    from ..consensus.config import key_value
     from ..node import build_node
     from .app import create_app
 
+    trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
     if threads is not None:
         torch.set_num_threads(threads)
     node = build_node(
         model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
         policy=policy_ref, max_concurrency=max_concurrency, max_queue=max_queue, role=role,
         verifiers=list(verifiers), quorum=quorum, served_model_name=served_model_name,
+        verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
     )
     app = create_app(node)

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import RequestError
 from ..plugin_manager import pm
 from ..transcript import SamplingParams, Transcript
+from . import prompting
 from .errors import ContextLengthError, ModelNotFoundError
 from .format import TokenText, chat_body, completion_body
 from .openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
@@ -55,26 +56,11 @@ def _check_model(node: Any, name: str) -> None:
 
 
 def _chat_prompt(node: Any, req: ChatCompletionRequest) -> list[int]:
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    try:
-        return node.model.encode_chat(messages)
-    except Exception as exc:  # the chat template is user-facing input handling: any failure is the request's
-        raise RequestError(f"cannot apply the model's chat template to these messages: {exc}"[:300],
-                           field="messages") from exc
+    return prompting.chat_prompt_ids(node.model, req)
 
 
 def _completion_prompt(node: Any, req: CompletionRequest) -> list[int]:
-    prompt: Any = req.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
-        prompt = prompt[0]  # a batch of exactly one prompt
-    if isinstance(prompt, str):
-        return node.model.encode(prompt)
-    vocab = node.model.vocab_size
-    bad = next((t for t in prompt if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise RequestError("prompt token id outside the vocabulary", field="prompt", got=bad,
-                           expected=f"0..{vocab - 1}")
-    return [int(t) for t in prompt]
+    return prompting.completion_prompt_ids(node.model, req)
 
 
 def _max_tokens(node: Any, requested: int | None, prompt_len: int) -> int:
@@ -109,32 +95,18 @@ def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepar
                                field="max_completion_tokens", got=req.max_completion_tokens,
                                expected=req.max_tokens)
         prompt_ids = _chat_prompt(node, req)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        logprobs = bool(req.logprobs)
-        top_n = (req.top_logprobs or 0) if logprobs else 0
-        completion_lp = None
         prefix = "chatcmpl-"
     else:
         assert isinstance(req, CompletionRequest)
         if req.echo:
             raise RequestError("echo is not supported", field="echo", got=True, expected=False)
         prompt_ids = _completion_prompt(node, req)
-        requested = req.max_tokens
-        logprobs = req.logprobs is not None
-        top_n = req.logprobs or 0
-        completion_lp = req.logprobs
         prefix = "cmpl-"
     if not prompt_ids:
         raise RequestError("the prompt is empty after tokenization", field="messages" if kind == "chat" else "prompt")
-    max_tokens = _max_tokens(node, requested, len(prompt_ids))
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else float(req.temperature),
-        top_p=1.0 if req.top_p is None else float(req.top_p),
-        seed=req.seed,
-        stop=req.stop_list(),
-        ignore_eos=bool(req.ignore_eos),
-    )
+    logprobs, top_n, completion_lp = prompting.logprob_options(req)
+    max_tokens = _max_tokens(node, prompting.requested_max_tokens(req), len(prompt_ids))
+    params = prompting.sampling_params(req, max_tokens)
     request_obj = dump_request(req)
     hook_request = dict(request_obj)
     hook_request["_specguard"] = {"endpoint": kind, "prompt_tokens": len(prompt_ids), "max_tokens": max_tokens}
@@ -258,7 +230,8 @@ def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenTe
     specguard: dict[str, Any] = {"receipt_id": receipt_id, "receipt": receipt,
                                  "prompt_ids": list(transcript.prompt_ids),
                                  "output_ids": list(transcript.output_ids)}
-    for extra in pm.hook.judge_transcript(transcript=transcript, receipt=receipt, node=node):
+    for extra in pm.hook.judge_transcript(transcript=transcript, receipt=receipt, node=node,
+                                          request=prep.request_obj, response=body):
         if isinstance(extra, dict):
             for key, value in extra.items():
                 if key not in ("receipt_id", "receipt"):

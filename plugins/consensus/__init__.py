@@ -3,8 +3,9 @@
 - Verifier nodes (`node.role == "verifier"`) get POST /specguard/v1/verify and
   GET /specguard/v1/verifier/key.
 - Serving nodes with verifiers configured (`node.consensus` from `specguard serve --verifier URL
-  --quorum Q`, or the policy's [consensus] table) gather signed votes for every response and
-  attach a quorum certificate: returned as {"consensus": certificate} (the server puts it in the
+  --verifier-key KEY --quorum Q`, or the policy's [consensus] table) refuse to start without
+  trusted verifier keys, send each verifier the client's request, the response body, the
+  transcript and the receipt, gather signed votes and attach a quorum certificate: returned as {"consensus": certificate} (the server puts it in the
   response's "specguard" object) and set as receipt["consensus"].
 - Without quorum the policy's `on_no_quorum` decides: "flag" (attach the uncertified certificate
   and log a warning), "withhold" (raise ConsensusWithheldError, HTTP 422, the dissent in its
@@ -28,6 +29,8 @@ from specguard.consensus.config import (
     ConsensusWithheldError,
     NoQuorumError,
     consensus_config,
+    consensus_policy,
+    default_quorum,
 )
 from specguard.consensus.quorum import (
     QuorumError,
@@ -35,7 +38,7 @@ from specguard.consensus.quorum import (
     request_certificate,
     verify_certificate,
 )
-from specguard.errors import ConfigError, PolicyError
+from specguard.errors import ConfigError, PolicyError, SpecguardError
 from specguard.hookspecs import hookimpl
 
 from . import cli as cli_commands
@@ -56,40 +59,60 @@ def _trusted_keys(config: ConsensusConfig, node: Any) -> list[bytes]:
     return keys
 
 
+def check_serving_config(node: Any) -> ConsensusConfig | None:
+    """A serving node with verifiers must trust verifier keys (or opt into trust-on-first-use):
+    otherwise every certificate would be uncertifiable. Raises ConfigError at start."""
+    config = consensus_config(node)
+    if config is None:
+        return None
+    if not config.trusted_keys and not config.trust_on_first_use:
+        raise ConfigError("verifiers are set but no trusted verifier keys: give --verifier-key FILE|HEX (one per "
+                          "verifier) or [consensus] verifier_keys", field="--verifier-key", got=0,
+                          expected=f"keys of the {len(config.verifiers)} verifiers")
+    return config
+
+
 @hookimpl
-def judge_transcript(transcript: Any, receipt: Any, node: Any) -> dict[str, Any] | None:
+def judge_transcript(transcript: Any, receipt: Any, node: Any, request: Any, response: Any) -> dict[str, Any] | None:
     if node is None or getattr(node, "role", "serve") == "verifier":
         return None
     config = consensus_config(node)
     if config is None:
         return None
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        raise ConfigError("consensus needs the client's request and the response body to have them verified",
+                          field="judge_transcript", got=type(request).__name__)
     keys = _trusted_keys(config, node)
     if not keys:
-        log.error("consensus: no trusted verifier keys (set [consensus].verifier_keys or trust_on_first_use)")
+        log.error("consensus: no trusted verifier keys (give --verifier-key or [consensus].verifier_keys)")
     cert = request_certificate(config.verifiers, transcript.to_json(include_steps=False), receipt, keys,
-                               config.quorum, timeout=config.timeout)
+                               config.quorum, request=request, response=response, timeout=config.timeout)
     if isinstance(receipt, dict):
         receipt["consensus"] = cert
-    if not cert["certified"]:
+    # the node decides by recounting the signed votes under its own keys and quorum, like a client would
+    certified = False
+    if keys:
+        try:
+            verify_certificate(cert, receipt["envelope"] if "envelope" in receipt else receipt, keys, config.quorum)
+            certified = True
+        except SpecguardError as exc:
+            log.debug("consensus: certificate does not verify: %s", exc.summary())
+    if not certified:
+        cert["certified"] = False
         summary = (f"no consensus quorum: {cert['accepts']} of {cert['verifiers']} verifiers accepted, "
-                   f"need {cert['quorum']}; dissent {[(d['key_id'], d['verdict']) for d in cert['dissent']]}; "
+                   f"need {config.quorum}; dissent {[(d['key_id'], d['verdict']) for d in cert['dissent']]}; "
                    f"failures {len(cert['failures'])}")
         if config.on_no_quorum == "fail":
-            raise NoQuorumError(summary, field="consensus", got=cert["accepts"], expected=f">= {cert['quorum']}")
+            raise NoQuorumError(summary, field="consensus", got=cert["accepts"], expected=f">= {config.quorum}")
         if config.on_no_quorum == "withhold":
             reasons = list(dict.fromkeys(r for d in cert["dissent"] for r in d["reasons"][:3]))
             raise ConsensusWithheldError(summary + f"; reasons {reasons[:6]}", field="consensus",
-                                         got=cert["accepts"], expected=f">= {cert['quorum']}")
+                                         got=cert["accepts"], expected=f">= {config.quorum}")
         log.warning("consensus: FLAGGED response %s", summary)
     return {"consensus": cert}
 
 
 # --- offline verification ---------------------------------------------------------------------
-
-
-def default_quorum(n: int) -> int:
-    """n - f accepting votes of n pinned verifier keys, f = floor((n - 1) / 3) (0 when n = 0)."""
-    return n - (n - 1) // 3 if n > 0 else 0
 
 
 @hookimpl
@@ -133,10 +156,7 @@ def _attested_verifiers(verified: Any, options: Any) -> dict[str, Any]:
     from specguard.consensus.quorum import check_verifier_evidence
 
     documents = list(options.verifier_evidence)
-    required = options.policy_section("consensus").get("min_attested_verifiers", 0)
-    if isinstance(required, bool) or not isinstance(required, int) or required < 0:
-        raise ConfigError("consensus.min_attested_verifiers must be a non-negative integer",
-                          field="consensus.min_attested_verifiers", got=required)
+    required = consensus_policy(options.policy).min_attested_verifiers
     if not documents and not required:
         return {}
     from specguard.plugin_manager import registered_evidence_types
@@ -159,5 +179,7 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def register_routes(app, node):
-    """HTTP routes of this layer (see routes.py)."""
+    """HTTP routes of this layer (see routes.py); a serving node's consensus settings are checked here, at start."""
+    if getattr(node, "role", "serve") != "verifier":
+        check_serving_config(node)
     routes.register(app, node)

@@ -48,6 +48,10 @@ def consensus_group() -> None:
 @click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
 @click.option("--transcript", "transcript_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The response's transcript JSON (Transcript.to_json()).")
+@click.option("--request", "request_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The request the client sent (the JSON object the receipt's request digest covers).")
+@click.option("--response", "response_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The response body the client received (a \"specguard\" key in it is ignored).")
 @click.option("--verifier", "verifiers", multiple=True, required=True, help="Verifier node base URL (repeat).")
 @click.option("--verifier-key", "verifier_keys", multiple=True, help="Trusted verifier key: 64 hex or a file.")
 @click.option("--quorum", type=int, help="Accepting votes needed (default 2f+1 of n = 3f+1).")
@@ -55,23 +59,31 @@ def consensus_group() -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the certificate here.")
 @click.option("--attach", "attach_path", type=click.Path(dir_okay=False),
               help="Write the receipt document with the certificate attached as receipt['consensus'].")
-def check_command(receipt: str, transcript_path: str, verifiers: tuple[str, ...], verifier_keys: tuple[str, ...],
-                  quorum: int | None, timeout: float, out_path: str | None, attach_path: str | None) -> None:
+def check_command(receipt: str, transcript_path: str, request_path: str, response_path: str,
+                  verifiers: tuple[str, ...], verifier_keys: tuple[str, ...], quorum: int | None, timeout: float,
+                  out_path: str | None, attach_path: str | None) -> None:
     """Ask verifiers to re-check a receipted response and build a quorum certificate.
 
-    Exits 0 when certified, 4 when there is no quorum (the certificate, with dissent, is still
-    printed and written).
+    The verifiers check the request (through the pinned tokenizer and template), the response
+    body and the transcript against the receipt. Exits 0 when certified, 4 when there is no
+    quorum (the certificate, with dissent, is still printed and written).
     """
+    from specguard.consensus.config import redact_url
+
     doc = _receipt_from(_load_json(receipt, "receipt"))
     transcript = _load_json(transcript_path, "transcript")
-    if not isinstance(transcript, dict):
-        raise UsageError("transcript must be a JSON object", field="--transcript")
+    request = _load_json(request_path, "request")
+    response = _load_json(response_path, "response")
+    for value, name in ((transcript, "--transcript"), (request, "--request"), (response, "--response")):
+        if not isinstance(value, dict):
+            raise UsageError("must be a JSON object", field=name, got=type(value).__name__)
     keys = [key_value(k, "--verifier-key") for k in verifier_keys]
     if not keys:
         raise UsageError("give the trusted verifier keys with --verifier-key", field="--verifier-key")
     q = quorum or default_quorum(len(verifiers))
     doc = {k: v for k, v in doc.items() if k != "consensus"}
-    cert = request_certificate(list(verifiers), transcript, doc, keys, q, timeout=timeout)
+    cert = request_certificate(list(verifiers), transcript, doc, keys, q, request=request, response=response,
+                               timeout=timeout)
     text = json.dumps(cert, indent=2)
     if out_path:
         Path(out_path).write_text(text + "\n", "utf-8")
@@ -81,7 +93,11 @@ def check_command(receipt: str, transcript_path: str, verifiers: tuple[str, ...]
     for d in cert["dissent"]:
         click.echo(f"dissent {d['key_id']} {d['verdict']}: {'; '.join(d['reasons'][:4])}", err=True)
     for f in cert["failures"]:
-        click.echo(f"no vote from {f['verifier']}: {f['error']}", err=True)
+        click.echo(f"no vote from {redact_url(f['verifier'])}: {f['error']}", err=True)
+    try:  # certified means: the signed votes recount to the quorum under the keys given here
+        verify_certificate(cert, doc["envelope"], keys, q)
+    except QuorumError:
+        cert["certified"] = False
     if not cert["certified"]:
         raise QuorumError(f"no quorum: {cert['accepts']} of {len(verifiers)} verifiers accepted, need {q}",
                           field="consensus", got=cert["accepts"], expected=f">= {q}")

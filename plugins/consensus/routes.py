@@ -1,4 +1,10 @@
-"""HTTP routes of the consensus layer, registered by the plugin's `register_routes` hook."""
+"""HTTP routes of the consensus layer, registered by the plugin's `register_routes` hook.
+
+Verifier nodes get POST /specguard/v1/verify and GET /specguard/v1/verifier/key. The
+`VerifierService` lives in the routes' closure (never on the node). Verify requests are
+rate-limited per client address (token buckets, [consensus] `rate_limit_per_second` and
+`rate_limit_burst`; 429 in OpenAI's error shape) before their body is read.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +13,38 @@ from typing import Any
 
 from starlette.requests import Request
 
-from specguard.consensus.config import FAULT_PATH, MAX_BODY_BYTES
-from specguard.consensus.quorum import (
-    KEY_PATH,
-    VERIFY_PATH,
-)
+from specguard.consensus.config import MAX_BODY_BYTES, consensus_policy
+from specguard.consensus.quorum import KEY_PATH, VERIFY_PATH
+from specguard.consensus.ratelimit import RateLimitedError, TokenBuckets
 from specguard.errors import SpecguardError
 
 log = logging.getLogger("specguard.consensus")
 
 
-# --- verifier routes --------------------------------------------------------------------------
+def _error(exc: SpecguardError, headers: dict[str, str] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    status = int(getattr(exc, "http_status", 400))
+    if not 400 <= status < 500:
+        status = 400
+    kind = "rate_limit_error" if status == 429 else "permission_error" if status == 403 else "invalid_request_error"
+    return JSONResponse(status_code=status, headers=headers, content={"error": {
+        "message": exc.summary(), "type": kind, "param": exc.field, "code": type(exc).__name__}})
 
 
-def _service(node: Any) -> Any:
-    from specguard.consensus.service import VerifierService
-
-    service = getattr(node, "verifier_service", None)
-    if service is None:
-        service = VerifierService.for_node(node)
-        node.verifier_service = service
-    return service
+def limiter_for(node: Any) -> TokenBuckets:
+    """The per-client rate limiter of a verifier node (its policy's [consensus] rate limit)."""
+    pol = consensus_policy(getattr(node, "policy", None))
+    return TokenBuckets(pol.rate_limit_per_second, pol.rate_limit_burst)
 
 
-def register(app: Any, node: Any) -> None:
-    if getattr(node, "role", "serve") != "verifier":
-        return
+def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets) -> None:
+    """Add the verifier routes for `service` (a `VerifierService` or a subclass) to `app`."""
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     from specguard.attest.receipts import loads_strict
-
-    service = _service(node)
-    log.info("consensus verifier %s ready (model %s)", service.key.key_id, service.model.digest)
-
-    def error(exc: SpecguardError) -> Any:
-        status = int(getattr(exc, "http_status", 400))
-        return JSONResponse(status_code=status, content={"error": {
-            "message": exc.summary(), "type": "invalid_request_error", "param": exc.field,
-            "code": type(exc).__name__}})
+    from specguard.consensus.service import VerifyRequestError
 
     @app.get(KEY_PATH)
     def verifier_key() -> Any:
@@ -53,27 +52,31 @@ def register(app: Any, node: Any) -> None:
 
     @app.post(VERIFY_PATH)
     async def verify(request: Request) -> Any:
-        from specguard.consensus.service import VerifyRequestError
-
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return error(VerifyRequestError("request body too large", field="body", got=len(raw),
-                                            expected=f"<= {MAX_BODY_BYTES}"))
+        client = request.client.host if request.client is not None else "unknown"
         try:
-            body = loads_strict(raw, "body")
+            limiter.take(client)
+        except RateLimitedError as exc:
+            return _error(exc, {"Retry-After": str(limiter.retry_after(client))})
+        raw = bytearray()
+        async for chunk in request.stream():  # the limit applies to the bytes received, chunked or not
+            raw.extend(chunk)
+            if len(raw) > MAX_BODY_BYTES:
+                return _error(VerifyRequestError("request body too large", field="body", got=f"> {MAX_BODY_BYTES}",
+                                                 expected=f"<= {MAX_BODY_BYTES}"))
+        try:
+            body = loads_strict(bytes(raw), "body")
             vote = await run_in_threadpool(service.handle, body)
         except SpecguardError as exc:
-            return error(exc)
+            return _error(exc)
         return JSONResponse(vote)
 
-    if service.fault is not None:  # only when SPECGUARD_TEST_VERIFIER_BEHAVIOUR is set: tests only
-        log.warning("TEST FAULT INJECTION route %s enabled", FAULT_PATH)
 
-        @app.post(FAULT_PATH)
-        async def set_fault(request: Request) -> Any:
-            try:
-                body = loads_strict(await request.body(), "body")
-                service.fault.set(body.get("behaviour") if isinstance(body, dict) else None)
-            except SpecguardError as exc:
-                return error(exc)
-            return JSONResponse({"behaviour": service.fault.behaviour})
+def register(app: Any, node: Any) -> None:
+    """Verifier routes on a verifier node; nothing on a serving node."""
+    if getattr(node, "role", "serve") != "verifier":
+        return
+    from specguard.consensus.service import VerifierService
+
+    service = VerifierService.for_node(node)
+    log.info("consensus verifier %s ready (model %s)", service.key.key_id, service.model.digest)
+    add_verifier_routes(app, service, limiter_for(node))

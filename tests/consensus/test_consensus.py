@@ -12,11 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.consensus_node import respond
 from support.tiny import tiny_model
 
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.consensus.config import consensus_config, default_quorum
 from specguard.consensus.quorum import (
+    Bound,
     CertificateParseError,
     GatherResult,
     QuorumError,
@@ -40,6 +42,7 @@ from specguard.errors import ConfigError, RequestError
 from specguard.keys import NodeKey
 from specguard.plugins import consensus as plugin
 from specguard.policies import load_policy
+from specguard.policies.model import policy_from_dict
 from specguard.transcript import SamplingParams, Transcript
 
 EOS = 3
@@ -158,8 +161,9 @@ def test_stop_and_length_consistency(model, honest):
     assert j.verdict == REJECT and any("finish_reason" in r for r in j.reasons)
     stop = dataclasses.replace(t, finish_reason="stop")  # "stop" without EOS
     assert judge(model, stop).verdict == REJECT
-    cancelled = dataclasses.replace(short, finish_reason="cancelled")
-    assert judge(model, cancelled).verdict == ACCEPT
+    cancelled = dataclasses.replace(short, finish_reason="cancelled")  # never certified (the body says "length")
+    j = judge(model, cancelled)
+    assert j.verdict == REJECT and any("'cancelled' is never certified" in r for r in j.reasons)
     unknown = dataclasses.replace(t, finish_reason="bored")
     assert judge(model, unknown).verdict == REJECT
 
@@ -205,9 +209,10 @@ def test_margin_admits_only_near_ties(model, honest):
     flipped.tokens[pos].token_id = runner_up
     flipped.tokens[pos].logprob = dict(r.positions[pos].top)[runner_up]
     flipped.output_ids, flipped.tokens = flipped.output_ids[: pos + 1], flipped.tokens[: pos + 1]
-    flipped = dataclasses.replace(flipped, finish_reason="cancelled")
+    flipped = dataclasses.replace(flipped, params=dataclasses.replace(t.params, max_tokens=pos + 1))
     gap = r.positions[pos].margin
-    assert judge(model, flipped, Tolerances(margin=min(1.0, gap * 2))).stats["near_ties"] == 1
+    near = judge(model, flipped, Tolerances(margin=min(1.0, gap * 2)))
+    assert near.stats["near_ties"] == 1 and near.verdict == ACCEPT, near.reasons
     assert judge(model, flipped, Tolerances(margin=gap / 2)).verdict == REJECT
 
 
@@ -216,7 +221,8 @@ def test_tolerances_validate():
         Tolerances(margin=float("nan"))
     with pytest.raises(RequestError):
         Tolerances(logprob_tolerance=-1)
-    assert Tolerances.from_policy(load_policy("strict").section("consensus")).margin > 0
+    assert Tolerances.from_policy(load_policy("strict")).margin > 0
+    assert Tolerances.from_policy(policy_from_dict({"name": "t", "consensus": {"margin": 0.01}})).margin == 0.01
 
 
 # --- votes ---------------------------------------------------------------------------------------
@@ -226,8 +232,8 @@ DIG = "sha256:" + "ab" * 32
 
 
 def a_vote(k: NodeKey, verdict: str = ACCEPT, nonce: str = "00" * 16, receipt: str = DIG) -> dict:
-    return sign_vote(k, receipt_digest=receipt, binding_digest=DIG, nonce=nonce, verdict=verdict, reasons=[],
-                     stats={"n": 1}, model_digest=DIG)
+    return sign_vote(k, receipt_digest=receipt, binding_digest=DIG, request_digest=DIG, response_digest=DIG,
+                     nonce=nonce, verdict=verdict, reasons=[], stats={"n": 1}, model_digest=DIG)
 
 
 def test_vote_roundtrip_and_tamper():
@@ -259,8 +265,8 @@ def test_parse_vote_raises_only_parse_errors(value):
 
 
 @settings(deadline=None, max_examples=100, derandomize=True)
-@given(st.sampled_from(["type", "receipt_digest", "binding_digest", "nonce", "verdict", "reasons", "stats",
-                        "verifier", "issued_at"]), json_values)
+@given(st.sampled_from(["type", "receipt_digest", "binding_digest", "request_digest", "response_digest", "nonce",
+                        "verdict", "reasons", "stats", "verifier", "issued_at"]), json_values)
 def test_vote_field_mutations_never_verify(name, value):
     k = key()
     v = a_vote(k)
@@ -274,42 +280,49 @@ def test_vote_field_mutations_never_verify(name, value):
 # --- certificates ------------------------------------------------------------------------------
 
 
+def request_for(t: Transcript) -> dict:
+    """The completion request that gives `t` (token-id prompt, greedy)."""
+    return {"model": "tiny", "prompt": list(t.prompt_ids), "max_tokens": t.params.max_tokens, "temperature": 0}
+
+
 @pytest.fixture
 def receipted(model, honest, tmp_home):
-    """An honest transcript, its receipt document, and four verifier services."""
-    t = honest
+    """An honest answer (transcript, receipt, request, body) and four verifier services."""
     issuer = ReceiptIssuer(tmp_home, key())
-    receipt = issuer.issue(t, {"prompt": "x"}, {"choices": []}, {}, load_policy("dev"))
+    served = respond(model, issuer, request_for(honest))
     services = [VerifierService(model=model, key=key()) for _ in range(4)]
-    yield t, receipt, services
+    yield served, services
     issuer.close()
 
 
-def votes_for(services, t, receipt, nonce):
-    body = {"transcript": t.to_json(), "receipt": receipt, "nonce": nonce}
+def votes_for(services, served, nonce, transcript=None):
+    body = served.verify_body(nonce)
+    if transcript is not None:
+        body["transcript"] = transcript.to_json()
     return [s.handle(body) for s in services]
 
 
-def certificate(votes, t, receipt, nonce, q=3):
+def certificate(votes, served, nonce, q=3):
     from specguard.consensus.vote import parse_vote as pv
 
     gathered = GatherResult(votes=[pv(v) for v in votes])
-    return build_certificate(envelope_digest(receipt["envelope"]), t.binding_digest(), nonce, q, 4, gathered)
+    return build_certificate(Bound.of_receipt(served.receipt["envelope"], nonce), q, 4, gathered)
 
 
 def test_certificate_verifies_and_enforces_quorum(receipted):
-    t, receipt, services = receipted
+    served, services = receipted
+    t, receipt = served.transcript, served.receipt
     nonce = new_nonce()
-    votes = votes_for(services, t, receipt, nonce)
+    votes = votes_for(services, served, nonce)
     keys = [s.key.public_bytes for s in services]
-    cert = certificate(votes, t, receipt, nonce)
+    cert = certificate(votes, served, nonce)
     assert cert["certified"] and cert["accepts"] == 4
     ok = verify_certificate(cert, receipt["envelope"], keys, 3)
     assert len(ok.accepted_by) == 4 and not ok.ignored
     assert verify_certificate(cert, None, keys, binding_digest=t.binding_digest()).quorum == 3
     # the verifier's own minimum wins over a lower certificate quorum
     with pytest.raises(QuorumError, match="need 3"):
-        verify_certificate(certificate(votes[:2], t, receipt, nonce, q=1), receipt["envelope"], keys, 3)
+        verify_certificate(certificate(votes[:2], served, nonce, q=1), receipt["envelope"], keys, 3)
     # only trusted keys count
     with pytest.raises(QuorumError, match="1 valid"):
         verify_certificate(cert, receipt["envelope"], keys[:1], 3)
@@ -318,27 +331,30 @@ def test_certificate_verifies_and_enforces_quorum(receipted):
 
 
 def test_replayed_duplicated_and_forged_votes_do_not_count(receipted, model):
-    t, receipt, services = receipted
+    served, services = receipted
+    t, receipt = served.transcript, served.receipt
     keys = [s.key.public_bytes for s in services]
     old_nonce, nonce = new_nonce(), new_nonce()
-    old = votes_for(services, t, receipt, old_nonce)
-    fresh = votes_for(services[:2], t, receipt, nonce)
+    old = votes_for(services, served, old_nonce)
+    fresh = votes_for(services[:2], served, nonce)
     # two fresh votes + replayed old votes from the other two: only 2 count
-    cert = certificate(fresh + old[2:], t, receipt, nonce)
+    cert = certificate(fresh + old[2:], served, nonce)
     with pytest.raises(QuorumError, match="2 valid accepting") as err:
         verify_certificate(cert, receipt["envelope"], keys, 3)
     assert "replayed" in err.value.message
     # the same vote three times counts once
-    cert = certificate([fresh[0]] * 3, t, receipt, nonce)
+    cert = certificate([fresh[0]] * 3, served, nonce)
     with pytest.raises(QuorumError, match="1 valid accepting"):
         verify_certificate(cert, receipt["envelope"], keys, 3)
     # a forged accept (altered reject) does not verify
+    bound = Bound.of_receipt(receipt["envelope"], nonce)
     reject = sign_vote(services[3].key, receipt_digest=envelope_digest(receipt["envelope"]),
-                       binding_digest=t.binding_digest(), nonce=nonce, verdict=REJECT, reasons=["bad"], stats={},
+                       binding_digest=t.binding_digest(), request_digest=bound.request_digest,
+                       response_digest=bound.response_digest, nonce=nonce, verdict=REJECT, reasons=["bad"], stats={},
                        model_digest=model.digest)
     forged = copy.deepcopy(reject)
     forged["vote"]["verdict"], forged["vote"]["reasons"] = ACCEPT, []
-    cert = certificate(fresh + [votes_for(services[2:3], t, receipt, nonce)[0], forged], t, receipt, nonce)
+    cert = certificate(fresh + [votes_for(services[2:3], served, nonce)[0], forged], served, nonce)
     ok = verify_certificate(cert, receipt["envelope"], keys, 3)
     assert len(ok.accepted_by) == 3 and any("does not verify" in i for i in ok.ignored)
     # votes moved onto another receipt do not count
@@ -349,9 +365,10 @@ def test_replayed_duplicated_and_forged_votes_do_not_count(receipted, model):
 
 
 def test_certificate_parse_errors(receipted):
-    t, receipt, services = receipted
+    served, services = receipted
+    receipt = served.receipt
     nonce = new_nonce()
-    cert = certificate(votes_for(services, t, receipt, nonce), t, receipt, nonce)
+    cert = certificate(votes_for(services, served, nonce), served, nonce)
     for mutate in (lambda c: c.pop("nonce"), lambda c: c.update(quorum=-1), lambda c: c.update(votes="x"),
                    lambda c: c.update(type="other")):
         bad = copy.deepcopy(cert)
@@ -361,25 +378,28 @@ def test_certificate_parse_errors(receipted):
 
 
 def test_service_rejects_a_transcript_the_receipt_does_not_sign(receipted, model):
-    t, receipt, services = receipted
-    other = tampered(model, t, 4)
-    vote = parse_vote(services[0].handle({"transcript": other.to_json(), "receipt": receipt,
-                                          "nonce": new_nonce()}))
+    served, services = receipted
+    other = tampered(model, served.transcript, 4)
+    vote = parse_vote(votes_for(services[:1], served, new_nonce(), transcript=other)[0])
     assert vote.verdict == REJECT and any("binding_digest" in r for r in vote.body["reasons"])
-    for body in ({}, {"transcript": {}, "receipt": receipt, "nonce": new_nonce()},
-                 {"transcript": t.to_json(), "receipt": {"envelope": 1}, "nonce": new_nonce()},
-                 {"transcript": t.to_json(), "receipt": receipt, "nonce": "xyz"}):
+    good = served.verify_body(new_nonce())
+    for change in ({"transcript": {}}, {"receipt": {"envelope": 1}}, {"nonce": "xyz"}, {"request": []},
+                   {"response": "x"}, {"request": {"model": "tiny", "prompt": [1], "bogus": 1}}):
         with pytest.raises(VerifyRequestError):
-            services[0].handle(body)
+            services[0].handle({**good, **change})
+    for missing in ("transcript", "receipt", "request", "response", "nonce"):
+        with pytest.raises(VerifyRequestError):
+            services[0].handle({k: v for k, v in good.items() if k != missing})
 
 
 def test_verify_evidence_hook(receipted):
     from specguard.attest.options import VerifyOptions
     from specguard.plugin_manager import load_plugins
 
-    t, receipt, services = receipted
+    served, services = receipted
+    receipt = served.receipt
     nonce = new_nonce()
-    cert = certificate(votes_for(services, t, receipt, nonce), t, receipt, nonce)
+    cert = certificate(votes_for(services, served, nonce), served, nonce)
     statement = json.loads(__import__("base64").b64decode(receipt["envelope"]["payload"]))
     pm = load_plugins()
     keys = [s.key.public_bytes for s in services]
@@ -396,7 +416,7 @@ def test_routes_in_process(receipted, model):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    t, receipt, _ = receipted
+    served, _ = receipted
     node = SimpleNamespace(role="verifier", model=model, policy=load_policy("dev"), signing_key=key().private,
                            node_key=None, home=Path("."))
     app = FastAPI()
@@ -404,13 +424,14 @@ def test_routes_in_process(receipted, model):
     client = TestClient(app)
     info = client.get("/specguard/v1/verifier/key").json()
     nonce = new_nonce()
-    resp = client.post("/specguard/v1/verify", json={"transcript": t.to_json(), "receipt": receipt, "nonce": nonce})
+    resp = client.post("/specguard/v1/verify", json=served.verify_body(nonce))
     assert resp.status_code == 200
     vote = verify_vote(resp.json(), [bytes.fromhex(info["public_key"])])
     assert vote.verdict == ACCEPT and vote.nonce == nonce
     assert client.post("/specguard/v1/verify", content=b"{nope").status_code == 400
     assert client.post("/specguard/v1/verify", json={"nonce": 1}).status_code == 400
     assert client.post("/specguard/v1/test/fault", json={"behaviour": "always-accept"}).status_code in (404, 405)
+    assert not hasattr(node, "verifier_service")  # the service lives in the routes' closure
     serving = FastAPI()
     plugin.register_routes(serving, SimpleNamespace(role="serve"))
     assert not any(getattr(r, "path", "").startswith("/specguard/v1/verif") for r in serving.routes)
@@ -419,7 +440,7 @@ def test_routes_in_process(receipted, model):
 def test_consensus_config_and_no_verifiers(monkeypatch):
     node = SimpleNamespace(policy=load_policy("dev"), consensus={"verifiers": [], "quorum": None}, role="serve")
     assert consensus_config(node) is None
-    assert plugin.judge_transcript(transcript=None, receipt={}, node=node) is None
+    assert plugin.judge_transcript(transcript=None, receipt={}, node=node, request=None, response=None) is None
     k = key()
     node.consensus = {"verifiers": ["http://a", {"url": "http://b", "key": k.public_hex}, "http://c", "http://d"],
                       "quorum": None}
@@ -431,23 +452,64 @@ def test_consensus_config_and_no_verifiers(monkeypatch):
         consensus_config(node)
 
 
+def test_serving_node_needs_trusted_verifier_keys():
+    """`serve --verifier URL` without keys refuses to start; `--verifier-key` (node.consensus) supplies them."""
+    k = key()
+    node = SimpleNamespace(policy=load_policy("dev"), role="serve",
+                           consensus={"verifiers": ["http://a", "http://b", "http://c", "http://d"], "quorum": None})
+    with pytest.raises(ConfigError, match="no trusted verifier keys") as err:
+        plugin.check_serving_config(node)
+    assert err.value.field == "--verifier-key"
+    from fastapi import FastAPI
+
+    with pytest.raises(ConfigError):  # at start: the app is never built
+        plugin.register_routes(FastAPI(), node)
+    node.consensus["verifier_keys"] = [k.public_bytes, k.public_hex]
+    cfg = plugin.check_serving_config(node)
+    assert cfg.trusted_keys == [k.public_bytes] and cfg.quorum == 3  # n - f of 4, deduplicated keys
+
+
+def test_consensus_policy_is_typed_and_rejects_unknown_keys():
+    from specguard.consensus.config import consensus_policy
+
+    assert consensus_policy(load_policy("strict")).on_no_quorum == "fail"
+    assert consensus_policy(load_policy("dev")).allowed_nodes is None
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        consensus_policy(policy_from_dict({"name": "t", "consensus": {"quorom": 3}}))
+    assert err.value.got == ["quorom"]
+    for bad in ({"quorum": 0}, {"quorum": True}, {"margin": "x"}, {"timeout_seconds": -1}, {"allowed_nodes": "ab"},
+                {"trust_on_first_use": "yes"}, {"verifiers": [{"url": "http://a", "keys": "x"}]},
+                {"rate_limit_burst": 0}, {"min_attested_verifiers": -1}):
+        with pytest.raises(ConfigError):
+            consensus_policy(policy_from_dict({"name": "t", "consensus": bad}))
+    k = key()
+    pol = consensus_policy(policy_from_dict({"name": "t", "consensus": {"allowed_nodes": [k.public_hex]}}))
+    assert pol.allowed_nodes == (k.public_bytes,)
+
+
 @pytest.fixture(scope="module")
 def fuzz_setup(model, honest, tmp_path_factory):
     issuer = ReceiptIssuer(tmp_path_factory.mktemp("fuzz-home"), key())
-    receipt = issuer.issue(honest, {"prompt": "x"}, {"choices": []}, {}, load_policy("dev"))
-    yield honest.to_json(), receipt, VerifierService(model=model, key=key())
+    served = respond(model, issuer, request_for(honest))
+    yield served, VerifierService(model=model, key=key())
     issuer.close()
 
 
-@settings(deadline=None, max_examples=60, derandomize=True,
+@settings(deadline=None, max_examples=80, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.sampled_from(["prompt_ids", "output_ids", "tokens", "params", "finish_reason", "model_digest", "steps"]),
-       json_values)
+@given(st.sampled_from(["transcript.prompt_ids", "transcript.output_ids", "transcript.tokens", "transcript.params",
+                        "transcript.finish_reason", "transcript.model_digest", "transcript.steps", "request.prompt",
+                        "request.max_tokens", "request.stop", "request.messages", "response.choices",
+                        "response.id", "response.created", "response.usage"]), json_values)
 def test_verify_requests_get_a_vote_or_a_typed_error(fuzz_setup, name, value):
-    transcript, receipt, service = fuzz_setup
-    body = {"transcript": {**transcript, name: value}, "receipt": receipt, "nonce": "ab" * 8}
+    served, service = fuzz_setup
+    body = served.verify_body("ab" * 8)
+    part, field = name.split(".")
+    body[part] = {**body[part], field: value}
     try:
         vote = parse_vote(service.handle(body))
     except VerifyRequestError:
         return
     assert vote.verdict in (ACCEPT, REJECT, UNVERIFIABLE)
+    if field != "steps":  # anything but the unsigned steps changes what the receipt signs
+        assert vote.verdict == REJECT or body[part] == served.verify_body("ab" * 8)[part]

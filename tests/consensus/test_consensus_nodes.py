@@ -1,10 +1,12 @@
 """Multi-node consensus: four verifier processes on loopback ports, real sockets, real signatures.
 
-The verifiers run `python -m specguard.consensus.verifier_app` with the test-only fault
-injection enabled (SPECGUARD_TEST_VERIFIER_BEHAVIOUR=honest), so each scenario can make one or
-two of them lie, stall, sign with a wrong key or replay old votes. Responses (honest, tampered,
-from a substituted model) are produced in this process with a tiny model saved to disk, receipted
-with a real ReceiptIssuer, and sent to the verifier processes.
+The verifiers run `python -m specguard.consensus.verifier_app` (and one `specguard serve --role
+verifier`) through tests/support/fault_verifier.py, which loads the test-only fault-injection
+plugin (tests/support/fault_injection.py), so each scenario can make one or two of them lie,
+stall, sign with a wrong key or replay old votes. Responses (honest, tampered, from a
+substituted model) are produced in this process with a tiny model saved to disk, the server's
+own prompting and body code, receipted with a real ReceiptIssuer, and sent to the verifier
+processes with the request and body.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import httpx
 import pytest
 import torch
 from click.testing import CliRunner
+from support.consensus_node import Served, answer, generate
+from support.fault_injection import FAULT_PATH
+from support.fault_verifier import fault_env, fault_verifier_cmd
 from support.servers import free_port, start_process
 from support.tiny import tiny_model
 
@@ -29,7 +34,7 @@ from specguard.attest.options import VerifyOptions
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.tee.collect import collect_evidence
 from specguard.attest.tee.document import load_document
-from specguard.consensus.config import FAULT_PATH, ConsensusWithheldError, NoQuorumError
+from specguard.consensus.config import ConsensusWithheldError, NoQuorumError
 from specguard.consensus.quorum import (
     QuorumError,
     check_verifier_evidence,
@@ -38,7 +43,6 @@ from specguard.consensus.quorum import (
 )
 from specguard.consensus.rederive import ACCEPT, REJECT
 from specguard.engine.scoring import score
-from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import PolicyError, ValidationError
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
@@ -46,7 +50,6 @@ from specguard.plugins import consensus as plugin
 from specguard.plugins.consensus import cli as consensus_cli
 from specguard.policies import load_policy
 from specguard.policies.model import policy_from_dict
-from specguard.transcript import SamplingParams, Transcript
 
 VOCAB = 64
 PROMPT = [5, 9, 17, 30, 2]
@@ -73,30 +76,29 @@ def cluster(tmp_path_factory):
     model_dir = make_model_dir(root / "model")
     homes = [root / f"verifier{i}" for i in range(4)]
     keys = [load_or_create_node_key(h).public_bytes for h in homes]  # keys given as files, not fetched
-    env = {"SPECGUARD_TEST_VERIFIER_BEHAVIOUR": "honest", "SPECGUARD_TEST_VERIFIER_SLOW_SECONDS": "15",
-           "OMP_NUM_THREADS": "1"}
+    env = fault_env("honest", SPECGUARD_TEST_VERIFIER_SLOW_SECONDS="15", OMP_NUM_THREADS="1")
 
     def start(i: int) -> object:
         port = free_port()
         if i == 0:  # one verifier is the full server in verifier role, the others the standalone app
-            args = [sys.executable, "-m", "specguard", "serve", "--role", "verifier", "--model", str(model_dir),
-                    "--port", str(port), "--log-level", "warning"]
+            args = fault_verifier_cmd("serve", "--role", "verifier", "--model", str(model_dir), "--port", str(port),
+                                      "--log-level", "warning")
             return start_process(args, port, env={**env, "SPECGUARD_HOME": str(homes[0])})
-        return start_process([sys.executable, "-m", "specguard.consensus.verifier_app", "--model", str(model_dir),
-                              "--port", str(port), "--home", str(homes[i])], port, env=env)
+        return start_process(fault_verifier_cmd("app", "--model", str(model_dir), "--port", str(port), "--home",
+                                                str(homes[i])), port, env=env)
 
     with ThreadPoolExecutor(4) as pool:
         procs = list(pool.map(start, range(4)))
-    # the serving node: asks the four verifiers, trusts their keys (given in its policy file)
+    # the serving node: asks the four verifiers, trusts their keys (given with --verifier-key, as files and hex)
     policy = root / "serving-policy.toml"
-    key_list = ", ".join(f'"{k.hex()}"' for k in keys)
-    policy.write_text(f'name = "consensus-test"\n[consensus]\nverifier_keys = [{key_list}]\n'
-                      f"timeout_seconds = {TIMEOUT}\n")
+    policy.write_text(f'name = "consensus-test"\n[consensus]\ntimeout_seconds = {TIMEOUT}\n')
+    (root / "v0.pub").write_text(keys[0].hex() + "\n")
+    key_args = ["--verifier-key", str(root / "v0.pub")] + [a for k in keys[1:] for a in ("--verifier-key", k.hex())]
     port = free_port()
     verifier_args = [a for p in procs for a in ("--verifier", p.url)]
     serving = start_process([sys.executable, "-m", "specguard", "serve", "--model", str(model_dir), "--port",
                              str(port), "--policy", str(policy), "--quorum", "3", "--log-level", "warning",
-                             "--served-model-name", "tiny",
+                             "--served-model-name", "tiny", *key_args,
                              *verifier_args], port, env={"SPECGUARD_HOME": str(root / "serving-node")})
     procs_all = [*procs, serving]
     try:
@@ -128,30 +130,32 @@ def issuer(cluster):
     iss.close()
 
 
-def serve(cluster, issuer, transcript: Transcript) -> dict:
-    """What a serving node does: sign and log a receipt for the transcript it answers with."""
-    return issuer.issue(transcript, {"prompt_ids": transcript.prompt_ids}, {"text": transcript.text}, {},
-                        policy_from_dict({"name": "test"}))
+def request(max_tokens: int = 24, temperature: float = 0.0, seed: int | None = None) -> dict:
+    """A completion request with the token-id prompt PROMPT."""
+    out = {"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": temperature}
+    return out if seed is None else {**out, "seed": seed}
 
 
-def honest(cluster, params: SamplingParams | None = None) -> Transcript:
-    return SpeculativeEngine(cluster.model).generate(PROMPT, params or SamplingParams(max_tokens=24))
+def honest(cluster, issuer, req: dict | None = None) -> Served:
+    """An honest node's answer: generated, body built and receipt signed as the server does."""
+    request_obj, t = generate(cluster.model, req or request())
+    return answer(cluster.model, issuer, request_obj, t)
 
 
-def certify(cluster, issuer, transcript: Transcript, q: int = 3, receipt: dict | None = None) -> tuple[dict, dict]:
-    receipt = receipt or serve(cluster, issuer, transcript)
-    cert = request_certificate(cluster.urls, transcript.to_json(include_steps=False), receipt, cluster.keys, q,
-                               timeout=TIMEOUT)
-    return cert, receipt
+def certify(cluster, issuer, served: Served, q: int = 3) -> tuple[dict, dict]:
+    cert = request_certificate(cluster.urls, served.transcript.to_json(include_steps=False), served.receipt,
+                               cluster.keys, q, request=served.request, response=served.response, timeout=TIMEOUT)
+    return cert, served.receipt
 
 
-def lying_node(cluster, transcript_of) -> Transcript:
+def lying_node(cluster, issuer, transcript_of) -> Served:
     """A node serving a substituted model while claiming the genuine model's digests."""
     fake = copy.deepcopy(cluster.model)
     transcript_of(fake)
     fake._digest = None
-    t = SpeculativeEngine(fake).generate(PROMPT, SamplingParams(max_tokens=24))
-    return dataclasses.replace(t, model_digest=cluster.model.digest, tokenizer_digest=cluster.model.tokenizer_digest)
+    request_obj, t = generate(fake, request())
+    t = dataclasses.replace(t, model_digest=cluster.model.digest, tokenizer_digest=cluster.model.tokenizer_digest)
+    return answer(cluster.model, issuer, request_obj, t)
 
 
 def round_to_4_bits(m) -> None:
@@ -168,29 +172,30 @@ def drop_two_layers(m) -> None:
         m.model.config.layer_types = m.model.config.layer_types[:2]
 
 
-def tamper(cluster, t: Transcript, position: int) -> Transcript:
+def tamper(cluster, issuer, served: Served, position: int) -> Served:
+    """A node that changed one output token (and answers consistently with the change)."""
+    t = served.transcript
     r = score(cluster.model, t.prompt_ids, t.output_ids, t.params, top_k=VOCAB)
     worst = int(r.positions[position].top[-1][0])
     out = copy.deepcopy(t)
     out.output_ids[position] = worst
     out.tokens[position].token_id = worst
-    return out
+    return answer(cluster.model, issuer, served.request, out)
 
 
 # --- scenarios -------------------------------------------------------------------------------------
 
 
 def test_all_honest_certified_and_verifiable_offline(cluster, issuer):
-    for params in (SamplingParams(max_tokens=24), SamplingParams(max_tokens=24, temperature=0.8, seed=99)):
-        t = honest(cluster, params)
-        cert, receipt = certify(cluster, issuer, t)
+    for req in (request(), request(temperature=0.8, seed=99)):
+        cert, receipt = certify(cluster, issuer, honest(cluster, issuer, req))
         assert cert["certified"] and cert["accepts"] == 4 and not cert["dissent"] and not cert["failures"]
         ok = verify_certificate(cert, receipt["envelope"], cluster.keys, 3)
         assert sorted(ok.accepted_by) == sorted(v["vote"]["verifier"]["key_id"] for v in cert["votes"])
 
 
 def test_votes_name_each_verifiers_tee_evidence_and_verify_checks_it(cluster, issuer, tmp_path):
-    cert, receipt = certify(cluster, issuer, honest(cluster))
+    cert, receipt = certify(cluster, issuer, honest(cluster, issuer))
     docs = []
     for i, url in enumerate(cluster.urls):  # both the `serve --role verifier` node and the standalone app
         path = tmp_path / f"verifier{i}.evidence.json"
@@ -248,7 +253,7 @@ def test_serving_node_attaches_a_certificate(cluster):
     ("slow", "no answer"), ("always-reject", "dissent"), ("wrong-key", "not a trusted verifier key")])
 def test_one_faulty_verifier_still_certifies(cluster, issuer, behave, behaviour, outcome):
     behave(3, behaviour)
-    cert, receipt = certify(cluster, issuer, honest(cluster))
+    cert, receipt = certify(cluster, issuer, honest(cluster, issuer))
     assert cert["certified"] and cert["accepts"] == 3
     if outcome == "dissent":
         assert [d["verdict"] for d in cert["dissent"]] == [REJECT]
@@ -261,10 +266,9 @@ def test_one_faulty_verifier_still_certifies(cluster, issuer, behave, behaviour,
 
 def test_replayed_votes_rejected(cluster, issuer, behave):
     behave(3, "replay")
-    first, _ = certify(cluster, issuer, honest(cluster))
+    first, _ = certify(cluster, issuer, honest(cluster, issuer))
     assert first["accepts"] == 4  # the replayer's first vote is fresh; it keeps it to replay later
-    second, receipt = certify(cluster, issuer, honest(cluster, SamplingParams(max_tokens=16, temperature=0.7,
-                                                                              seed=5)))
+    second, receipt = certify(cluster, issuer, honest(cluster, issuer, request(16, temperature=0.7, seed=5)))
     assert second["certified"] and second["accepts"] == 3
     assert "replayed" in second["failures"][0]["error"]
     # pasting the old vote into the new certificate does not add a vote either
@@ -275,7 +279,7 @@ def test_replayed_votes_rejected(cluster, issuer, behave):
 
 
 def test_forged_votes_rejected(cluster, issuer):
-    cert, receipt = certify(cluster, issuer, honest(cluster))
+    cert, receipt = certify(cluster, issuer, honest(cluster, issuer))
     forged = copy.deepcopy(cert)
     for v in forged["votes"][1:]:
         v["vote"]["stats"]["output_tokens"] = 1  # any change breaks the signature
@@ -285,8 +289,7 @@ def test_forged_votes_rejected(cluster, issuer):
 
 
 def test_tampered_token_not_certified_and_dissent_says_why(cluster, issuer):
-    t = tamper(cluster, honest(cluster), 6)
-    cert, receipt = certify(cluster, issuer, t)
+    cert, receipt = certify(cluster, issuer, tamper(cluster, issuer, honest(cluster, issuer), 6))
     assert not cert["certified"] and cert["accepts"] == 0 and len(cert["dissent"]) == 4
     for d in cert["dissent"]:
         assert any("output_ids[6]" in r for r in d["reasons"]), d["reasons"]
@@ -296,8 +299,7 @@ def test_tampered_token_not_certified_and_dissent_says_why(cluster, issuer):
 
 @pytest.mark.parametrize("substitute", [round_to_4_bits, drop_two_layers])
 def test_substituted_model_not_certified(cluster, issuer, substitute):
-    t = lying_node(cluster, substitute)
-    cert, _ = certify(cluster, issuer, t)
+    cert, _ = certify(cluster, issuer, lying_node(cluster, issuer, substitute))
     assert not cert["certified"] and cert["accepts"] == 0
     reasons = " ".join(r for d in cert["dissent"] for r in d["reasons"])
     assert "not the target's choice" in reasons or "logprob" in reasons
@@ -306,8 +308,7 @@ def test_substituted_model_not_certified(cluster, issuer, substitute):
 def test_two_liars_cannot_certify_a_wrong_response(cluster, issuer, behave):
     behave(2, "always-accept")
     behave(3, "always-accept")
-    t = tamper(cluster, honest(cluster), 3)
-    cert, receipt = certify(cluster, issuer, t, q=3)
+    cert, receipt = certify(cluster, issuer, tamper(cluster, issuer, honest(cluster, issuer), 3), q=3)
     assert not cert["certified"] and cert["accepts"] == 2
     assert {d["verdict"] for d in cert["dissent"]} == {REJECT}
     with pytest.raises(QuorumError, match="2 valid accepting"):
@@ -322,31 +323,37 @@ def test_judge_hook_and_policy_on_no_quorum(cluster, issuer, tmp_path):
         return SimpleNamespace(role="serve", policy=policy, home=tmp_path,
                                consensus={"verifiers": list(cluster.urls), "quorum": 3})
 
-    t = honest(cluster)
-    receipt = serve(cluster, issuer, t)
-    out = plugin.judge_transcript(transcript=t, receipt=receipt, node=node("fail"))
-    assert out["consensus"]["certified"] and receipt["consensus"] is out["consensus"]
-    bad = tamper(cluster, t, 2)
-    bad_receipt = serve(cluster, issuer, bad)
-    flagged = plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("flag"))
+    good = honest(cluster, issuer)
+
+    def judge(served: Served, on_no_quorum: str) -> dict:
+        return plugin.judge_transcript(transcript=served.transcript, receipt=served.receipt, node=node(on_no_quorum),
+                                       request=served.request, response=served.response)
+
+    out = judge(good, "fail")
+    assert out["consensus"]["certified"] and good.receipt["consensus"] is out["consensus"]
+    bad = tamper(cluster, issuer, good, 2)
+    flagged = judge(bad, "flag")
     assert not flagged["consensus"]["certified"]
     with pytest.raises(ConsensusWithheldError, match="not the target's choice"):
-        plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("withhold"))
+        judge(bad, "withhold")
     with pytest.raises(NoQuorumError) as err:
-        plugin.judge_transcript(transcript=bad, receipt=bad_receipt, node=node("fail"))
+        judge(bad, "fail")
     assert err.value.http_status == 503
 
 
 def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
-    t = honest(cluster)
-    receipt = serve(cluster, issuer, t)
-    (tmp_path / "r.json").write_text(json.dumps(receipt))
-    (tmp_path / "t.json").write_text(json.dumps(t.to_json()))
+    served = honest(cluster, issuer)
+    (tmp_path / "r.json").write_text(json.dumps(served.receipt))
+    (tmp_path / "t.json").write_text(json.dumps(served.transcript.to_json()))
+    (tmp_path / "req.json").write_text(json.dumps(served.request))
+    (tmp_path / "resp.json").write_text(json.dumps(served.response))
     key_args = [a for k in cluster.keys for a in ("--verifier-key", k.hex())]
     url_args = [a for u in cluster.urls for a in ("--verifier", u)]
     runner = CliRunner()
     res = runner.invoke(consensus_cli.consensus_group, ["check", str(tmp_path / "r.json"), "--transcript",
-                                                 str(tmp_path / "t.json"), "--quorum", "3", "--timeout", "5",
+                                                 str(tmp_path / "t.json"), "--request", str(tmp_path / "req.json"),
+                                                 "--response", str(tmp_path / "resp.json"), "--quorum", "3",
+                                                 "--timeout", "5",
                                                  "--attach", str(tmp_path / "rc.json"), *url_args, *key_args])
     assert res.exit_code == 0, res.output
     res = runner.invoke(consensus_cli.consensus_group, ["verify-certificate", str(tmp_path / "rc.json"), "--quorum", "4",
@@ -377,7 +384,7 @@ def test_cli_check_and_verify_certificate(cluster, issuer, tmp_path):
 
 def test_verifier_down_still_certified(cluster, issuer):
     cluster.procs[3].kill9()
-    cert, _ = certify(cluster, issuer, honest(cluster))
+    cert, _ = certify(cluster, issuer, honest(cluster, issuer))
     assert cert["certified"] and cert["accepts"] == 3
     assert cert["failures"][0]["verifier"] == cluster.urls[3] and "unreachable" in cert["failures"][0]["error"]
     assert {parse["vote"]["verdict"] for parse in cert["votes"]} == {ACCEPT}
