@@ -7,8 +7,6 @@ Each test runs the real CLI entry point and asserts the failing layer's exit cod
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +15,8 @@ from support.receipt_factory import MODEL_DIGEST, Issuer, run_cli, transcript, w
 
 from specguard.attest.tee import collect
 from specguard.attest.tee.collect import collect_evidence
-from specguard.consensus.quorum import CERTIFICATE_TYPE
-from specguard.consensus.vote import envelope_digest, sign_vote
+from specguard.consensus.quorum import CERTIFICATE_TYPE, Bound
+from specguard.consensus.vote import sign_vote
 from specguard.keys import NodeKey, load_or_create_node_key
 
 
@@ -46,13 +44,13 @@ def _verifiers(tmp_path: Path, n: int) -> list[NodeKey]:
 
 def _certificate(receipt: dict, voters: list[NodeKey], *, claimed_quorum: int, n: int) -> dict:
     """A well-formed quorum certificate whose votes are validly signed accepts by `voters`."""
-    statement = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
-    binding = statement["predicate"]["binding_digest"]
-    digest = envelope_digest(receipt["envelope"])
-    nonce = "ab" * 16
-    votes = [sign_vote(k, receipt_digest=digest, binding_digest=binding, nonce=nonce, verdict="accept", reasons=[],
-                       stats={}, model_digest=MODEL_DIGEST) for k in voters]
-    return {"type": CERTIFICATE_TYPE, "receipt_digest": digest, "binding_digest": binding, "nonce": nonce,
+    bound = Bound.of_receipt(receipt["envelope"], "ab" * 16)
+    votes = [sign_vote(k, receipt_digest=bound.receipt_digest, binding_digest=bound.binding_digest,
+                       request_digest=bound.request_digest, response_digest=bound.response_digest,
+                       nonce=bound.nonce, verdict="accept", reasons=[], stats={}, model_digest=MODEL_DIGEST)
+             for k in voters]
+    return {"type": CERTIFICATE_TYPE, "receipt_digest": bound.receipt_digest, "binding_digest": bound.binding_digest,
+            "request_digest": bound.request_digest, "response_digest": bound.response_digest, "nonce": bound.nonce,
             "quorum": claimed_quorum, "verifiers": n, "accepts": len(votes), "certified": True, "votes": votes,
             "dissent": [], "failures": [], "issued_at": "2026-01-01T00:00:00Z"}
 
