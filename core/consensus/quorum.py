@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -82,7 +83,9 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
     import httpx
 
     try:
-        resp = httpx.post(url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout)
+        key = os.environ.get("SPECGUARD_VERIFIER_API_KEY")  # verifiers started with --api-key
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        resp = httpx.post(url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout, headers=headers)
     except httpx.TimeoutException as exc:
         raise SpecguardError(f"timed out after {timeout:g} s") from exc
     except httpx.HTTPError as exc:
