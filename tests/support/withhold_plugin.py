@@ -24,7 +24,7 @@ def judge_transcript(transcript, receipt, node):
 def plugin_serve_cmd(*args: str, plugin: str = "support.withhold_plugin") -> list[str]:
     """argv running `specguard *args` with `plugin` registered first (tests/ goes on sys.path)."""
     tests_dir = str(Path(__file__).resolve().parent.parent)
-    code = ("import sys, importlib; sys.path.insert(0, %r); from specguard.plugin_manager import pm; "
-            "pm.register(importlib.import_module(%r), name='test-plugin'); "
-            "from specguard.cli import main; sys.argv = ['specguard', *sys.argv[1:]]; main()") % (tests_dir, plugin)
+    code = (f"import sys, importlib; sys.path.insert(0, {tests_dir!r}); from specguard.plugin_manager import pm; "
+            f"pm.register(importlib.import_module({plugin!r}), name='test-plugin'); "
+            "from specguard.cli import main; sys.argv = ['specguard', *sys.argv[1:]]; main()")
     return [sys.executable, "-c", code, *args]
