@@ -116,7 +116,7 @@ def key_matches(token: str | None, keys: Iterable[str]) -> bool:
     found = False
     for key in keys:
         found |= hmac.compare_digest(given, key.encode("utf-8"))
-    return found and token is not None
+    return found and bool(token)
 
 
 class BearerAuth:
@@ -175,6 +175,8 @@ def create_base_app(
         kwargs["version"] = version
     app = FastAPI(**kwargs)
     keys = tuple(api_keys)
+    if any(not isinstance(k, str) or not k.strip() for k in keys):
+        raise UsageError("an API key must be a non-empty string", field="api_keys", got=[type(k).__name__ for k in keys])
     app.state.auth_enabled = bool(keys)
     install_handlers(app, metrics)
     app.add_middleware(BodyLimit, limit=body_limit, metrics=metrics)
