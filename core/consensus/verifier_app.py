@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpecguardError
 from ..keys import NodeKey, home_dir, load_or_create_node_key
 from ..models import LoadedModel
 
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default="dev", help="policy preset or TOML file ([consensus] tolerances)")
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    security = server_security(args.api_key, args.api_keys_file, args.ssl_certfile, args.ssl_keyfile)
+    try:
+        security = server_security(args.api_key, args.api_keys_file, args.ssl_certfile, args.ssl_keyfile)
+    except SpecguardError as exc:
+        parser.error(exc.summary())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = VerifierNode(load_model(args.model), load_policy(args.policy),
                         Path(args.home) if args.home else home_dir())
