@@ -147,3 +147,30 @@ def test_api_key_helpers():
         load_api_keys("short", None, env={})
     with pytest.raises(UsageError):
         server_security(None, None, "cert.pem", None)
+
+
+def test_response_store_serves_only_with_the_secret(tmp_path):
+    import json
+    import stat
+
+    from specguard.node import ResponseStore
+
+    store = ResponseStore(tmp_path / "responses")
+    rid, body = "ab" * 16, {"id": "chatcmpl-1", "choices": []}
+    token = store.new_token()
+    assert len(token) == 43 and token != store.new_token()
+    store.put(rid, body, token)
+    assert store.get(rid, token) == body
+    for wrong in (None, "", token[:-1], token + "x", store.new_token()):
+        assert store.get(rid, wrong) is None
+    path = tmp_path / "responses" / rid[:2] / f"{rid}.json"
+    assert token not in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    # a body stored by an older version, without a token digest, is never served
+    legacy = "cd" * 16
+    (tmp_path / "responses" / "cd").mkdir()
+    (tmp_path / "responses" / "cd" / f"{legacy}.json").write_text(json.dumps(body))
+    assert store.get(legacy, token) is None and store.get(legacy, "") is None
+    with pytest.raises(ValueError):
+        store.put(rid, body, "short")
