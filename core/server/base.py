@@ -16,6 +16,7 @@ server and the simulated audit provider.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -112,10 +113,11 @@ def parse_bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 def key_matches(token: str | None, keys: Iterable[str]) -> bool:
     """Constant-time check of `token` against every key (no early exit, so timing names no key)."""
-    given = (token or "").encode("utf-8")
+    # compare fixed-length digests, so neither a key's length nor its prefix shows in the timing
+    given = hashlib.sha256((token or "").encode("utf-8")).digest()
     found = False
     for key in keys:
-        found |= hmac.compare_digest(given, key.encode("utf-8"))
+        found |= hmac.compare_digest(given, hashlib.sha256(key.encode("utf-8")).digest())
     return found and bool(token)
 
 
