@@ -2,8 +2,9 @@
 
 Registration hooks receive a `register` callback (as in simonw/llm) so a plugin can add any
 number of things. Lifecycle hooks see one request as it flows: check_request -> on_step (each
-verification step) -> seal_transcript (add evidence) -> judge_transcript. Offline verification
-walks back through verify_evidence.
+verification step) -> seal_transcript (add evidence) -> issue_receipt (the receipts layer signs
+and logs) -> judge_transcript. Offline verification walks back through verify_evidence.
+Hooks that take `node` receive a `specguard.context.NodeContext` (or None outside a server).
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def seal_transcript(transcript, evidence, node, receipt_id):
     `evidence` is a dict of slot name -> JSON value; set your own slot(s) in it.
     `node` is the serving node, or None when generating from the CLI. `receipt_id` is the id
     the receipt will carry (evidence may bind it, as the commitment proofs do).
+    """
+
+
+@hookspec(firstresult=True)
+def issue_receipt(transcript, request, response, evidence, node, receipt_id):
+    """Sign and log a receipt for a finished response; return the receipt document
+    (`{"receipt_id", "envelope", "log"}`) once it is durable, or None.
+
+    `receipt_id` was chosen before `seal_transcript` (evidence such as commitment proofs binds
+    it); the receipt must carry exactly this id.
+
+    `request` is the canonical request dict, `response` the body the receipt covers (without the
+    `specguard` key), `evidence` the slots `seal_transcript` filled, `node` the NodeContext. The
+    built-in receipts plugin implements it with `node.receipts`; with no implementation the server
+    still answers, without a receipt, and says so in /health (`"receipts": false`).
     """
 
 

@@ -67,6 +67,11 @@ def load_or_create_node_key(home: Path | None = None) -> NodeKey:
     """Load the node key from `home`/keys/node.key, creating it (mode 0600) on first use."""
     keys_dir = Path(home if home is not None else home_dir()) / "keys"
     path = keys_dir / KEY_FILE
+    if keys_dir.is_dir() and keys_dir.stat().st_mode & 0o077:
+        try:  # mkdir's mode does not apply to a folder that already existed: tighten it
+            os.chmod(keys_dir, 0o700)
+        except OSError as exc:
+            log.warning("cannot make %s private (0700): %s", keys_dir, exc)
     if not path.exists():
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = Ed25519PrivateKey.generate()

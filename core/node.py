@@ -8,18 +8,22 @@ server answers 429. With max_concurrency > 1 several threads run forward passes 
 torch model at once, each with its own KV cache; torch inference is safe for that, but the
 threads share the CPU cores, so throughput rarely improves on a small machine.
 
-Attributes that plugins may read (documented in docs/server.md): `model`, `policy`, `home`,
-`signing_key`, `public_key_bytes`, `key_id`, `node_key`, `receipts`, `role`, `consensus`,
-`served_model_name`, `drafter_name`, `drafter_options`, `metrics`, `responses`.
+`Node` implements `specguard.context.NodeContext`, the typed view hooks receive: `model`,
+`policy`, `home`, `node_key`, `public_key_bytes`, `key_id`, `role`, `served_model_name`,
+`consensus`, `receipts` (the issuer), `responses` (the store), `metrics`; also `signing_key`,
+`drafter_name`, `drafter_options`. Plugins read them and never attach new attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -92,32 +96,66 @@ class ConcurrencyLimiter:
 
 
 class ResponseStore:
-    """The exact response objects receipts were issued for, by receipt id (for streamed responses,
-    whose client never sees the assembled body). Files under `home`/responses/, written atomically."""
+    """The exact response bodies receipts were issued for, by receipt id (for streamed responses,
+    whose client never sees the assembled body), readable only by whoever made the request.
+
+    Each body is stored with the SHA-256 of a per-response secret (`new_token()`, 32 random
+    bytes) that only the requester received; `get` needs that secret and compares digests in
+    constant time. Files live under `home`/responses/ (folders 0700, files 0600), written
+    atomically. Bodies stored without a token digest (older versions) are never served.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+
+    @staticmethod
+    def new_token() -> str:
+        """A fresh per-response secret: 32 random bytes, URL-safe base64."""
+        return secrets.token_urlsafe(32)
+
+    @staticmethod
+    def _digest(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
     def _path(self, receipt_id: str) -> Path | None:
         if not isinstance(receipt_id, str) or not re.fullmatch(r"[0-9a-f]{32}", receipt_id):
             return None
         return self.root / receipt_id[:2] / f"{receipt_id}.json"
 
-    def put(self, receipt_id: str, response_obj: dict[str, Any]) -> None:
+    def put(self, receipt_id: str, response_obj: dict[str, Any], token: str) -> None:
+        """Store `response_obj` readable with `token` only."""
         path = self._path(receipt_id)
         if path is None:
             raise ValueError(f"bad receipt id {receipt_id!r}")
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(response_obj, ensure_ascii=False), "utf-8")
+        if not isinstance(token, str) or len(token) < 32:
+            raise ValueError("a response token must be at least 32 characters")
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        data = json.dumps({"token_sha256": self._digest(token), "response": response_obj}, ensure_ascii=False)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
         os.replace(tmp, path)
 
-    def get(self, receipt_id: str) -> dict[str, Any] | None:
+    def get(self, receipt_id: str, token: str | None) -> dict[str, Any] | None:
+        """The stored body if `token` is its secret; None for an unknown id or a wrong/missing token
+        (the same answer, so a reader without the secret learns nothing)."""
         path = self._path(receipt_id)
         if path is None or not path.is_file():
             return None
-        return json.loads(path.read_text("utf-8"))
+        try:
+            doc = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        want = doc.get("token_sha256") if isinstance(doc, dict) else None
+        if not isinstance(want, str) or not isinstance(token, str):
+            return None
+        if not hmac.compare_digest(self._digest(token).encode(), want.encode()):
+            return None
+        body = doc.get("response")
+        return body if isinstance(body, dict) else None
 
 
 class Node:
@@ -141,6 +179,9 @@ class Node:
         default_max_tokens: int = 256,
         max_model_len: int | None = None,
         engine_name: str = "specguard",
+        receipts: Any = None,
+        responses: ResponseStore | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         from .attest.receipts import ReceiptIssuer
         from .engine.factory import make_drafter
@@ -164,8 +205,9 @@ class Node:
         self.signing_key = self.node_key.private
         self.public_key_bytes = self.node_key.public_bytes
         self.key_id = self.node_key.key_id
-        self.receipts = ReceiptIssuer(self.home, self.node_key)
-        self.responses = ResponseStore(self.home / "responses")
+        # services are built here (or passed in) and handed to plugins through the NodeContext
+        self.receipts = receipts if receipts is not None else ReceiptIssuer(self.home, self.node_key)
+        self.responses = responses if responses is not None else ResponseStore(self.home / "responses")
         self.role = role
         self.consensus = {"verifiers": list(verifiers), "quorum": quorum, "verifier_keys": list(verifier_keys)}
         self.served_model_name = served_model_name or model.name
@@ -175,6 +217,12 @@ class Node:
         self.default_max_tokens = default_max_tokens
         #: the context length requests are validated against (the model's, or less with --max-model-len)
         self.max_context = min(model.max_context, max_model_len or model.max_context)
+        #: prompts longer than this (characters of all message contents, or token ids) are refused
+        #: before tokenizing: a token is rarely longer than 16 characters, so 16 per context slot
+        if max_prompt_chars is not None and max_prompt_chars < 1:
+            raise UsageError("max prompt characters must be positive", field="max_prompt_chars",
+                             got=max_prompt_chars)
+        self.max_prompt_chars = max_prompt_chars or max(4096, 16 * self.max_context)
         self.metrics = ServerMetrics()
         self.limiter = ConcurrencyLimiter(max_concurrency, max_queue, self.metrics)
         # build one drafter now so a bad drafter name or option fails at start, not per request
@@ -204,6 +252,14 @@ class Node:
         drafter = make_drafter(self.drafter_name, self.model, self.drafter_options)
         return make_engine(self.model, drafter, self.engine_name, {})
 
+    @property
+    def hold_streams(self) -> bool:
+        """True when a response may still be refused after generation (the policy's
+        `[consensus] on_no_quorum` is "withhold" or "fail"): streams are then held back until
+        the verdict, so no token leaves before the certificate is in."""
+        section = self.policy.section("consensus") if hasattr(self.policy, "section") else {}
+        return section.get("on_no_quorum") in ("withhold", "fail")
+
     def describe(self) -> dict[str, Any]:
         """What `specguard serve` prints at start and GET /health returns."""
         return {
@@ -216,13 +272,14 @@ class Node:
             "public_key": self.public_key_bytes.hex(),
             "policy": {"name": self.policy.name, "digest": self.policy.digest, "insecure": self.policy.insecure},
             "role": self.role,
-            "log_origin": self.receipts.origin,
+            "log_origin": getattr(self.receipts, "origin", None),
             "max_concurrency": self.limiter.max_concurrency,
             "max_queue": self.limiter.max_queue,
         }
 
     def close(self) -> None:
-        self.receipts.close()
+        if self.receipts is not None and hasattr(self.receipts, "close"):
+            self.receipts.close()
 
 
 def build_node(
@@ -233,6 +290,7 @@ def build_node(
     drafter_url: str | None = None,
     exit_layer: int | None = None,
     policy: str | None = None,
+    drafter_api_key: str | None = None,
     **kwargs: Any,
 ) -> Node:
     """Load the model and policy named on the command line and build a Node."""
@@ -243,5 +301,6 @@ def build_node(
         raise ConfigError("--drafter remote needs --drafter-url URL", field="--drafter-url")
     pol = load_policy(policy or "dev")
     target = load_model(model_ref)
-    options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url}
+    options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url,
+               "drafter_api_key": drafter_api_key}
     return Node(target, drafter=drafter, drafter_options=options, policy=pol, **kwargs)

@@ -24,6 +24,7 @@ from ..canonical import json_digest
 from ..engine.speculative import SpeculativeEngine
 from ..errors import SpecguardError
 from ..models import LoadedModel
+from ..server.base import create_base_app
 from ..transcript import SamplingParams
 from .substitutes import Substitute, apply_substitute, mixed_in
 from .tokens import TokenMap
@@ -52,7 +53,7 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
     lock = threading.Lock()
     rng = random.Random(bad.fault_seed)
     name = served_name or reference.name
-    app = FastAPI(title="specguard simulated provider")
+    app = create_base_app("specguard simulated provider")
 
     @app.get("/health")
     def health() -> dict[str, Any]:

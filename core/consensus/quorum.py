@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -100,7 +101,9 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
     from ..errors import DeadlineExceeded, OutboundError
 
     try:
-        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1) as client:
+        key = os.environ.get("SPECGUARD_VERIFIER_API_KEY")  # verifiers started with --api-key
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
             resp = http.request(client, "POST", url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout,
                                 max_bytes=1 << 20)
     except DeadlineExceeded as exc:
@@ -459,8 +462,10 @@ def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
     from ..errors import OutboundError
 
     shown = http.redact_url(url)
+    key = os.environ.get("SPECGUARD_VERIFIER_API_KEY")  # verifiers started with --api-key guard this route too
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     try:
-        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1) as client:
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
             resp = http.request(client, "GET", url.rstrip("/") + KEY_PATH, timeout=timeout, max_bytes=64 << 10)
         data = resp.json() if resp.status_code == 200 else None
     except OutboundError as exc:

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpecguardError
 from ..keys import NodeKey, home_dir, load_or_create_node_key
 from ..models import LoadedModel
 
 
 class VerifierNode:
-    """The node attributes the consensus plugin reads, for a verifier-only process."""
+    """The NodeContext of a verifier-only process (specguard.context.NodeContext): it issues no
+    receipts and stores no responses."""
 
     role = "verifier"
+    served_model_name: str | None = None
+    receipts: Any = None
+    responses: Any = None
+    metrics: Any = None
 
     def __init__(self, model: LoadedModel, policy: Any, home: Path, attestation_digest: str | None = None) -> None:
         self.model = model
@@ -34,18 +41,20 @@ class VerifierNode:
         self.attestation_digest = attestation_digest
 
 
-def create_app(node: VerifierNode) -> Any:
-    """A FastAPI app with /health, the consensus verifier routes and the node's attestation route."""
-    from fastapi import FastAPI
-
+def create_app(node: VerifierNode, *, api_keys: Iterable[str] = ()) -> Any:
+    """A FastAPI app with /health, the consensus verifier routes and the node's attestation route,
+    on the common server base (OpenAI error shape, streamed body limit, optional bearer auth)."""
     from ..plugin_manager import load_plugins
+    from ..server.base import create_base_app
+    from .config import MAX_BODY_BYTES
 
-    app = FastAPI(title="specguard verifier")
+    app = create_base_app("specguard verifier", api_keys=api_keys, body_limit=MAX_BODY_BYTES)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "role": "verifier", "key_id": node.key_id,
-                "public_key": node.public_key_bytes.hex(), "model_digest": node.model.digest}
+                "public_key": node.public_key_bytes.hex(), "model_digest": node.model.digest,
+                "auth": bool(app.state.auth_enabled)}
 
     # every layer's routes, as on a serving node: the consensus verifier routes (role "verifier") and
     # GET /specguard/v1/attestation, the evidence the votes name
@@ -55,10 +64,9 @@ def create_app(node: VerifierNode) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the model and run the verifier with uvicorn."""
-    import uvicorn
-
     from ..models import load_model
     from ..policies import load_policy
+    from ..server.base import add_server_arguments, run_uvicorn, server_security
     from .config import ALLOWED_NODES_ENV, allowed_nodes_from_env, key_value
 
     parser = argparse.ArgumentParser(prog="python -m specguard.consensus.verifier_app")
@@ -70,7 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allowed-node", action="append", default=None, metavar="KEY",
                         help="serving-node key (64 hex or a file) whose receipts this verifier judges (repeatable; "
                              f"also ${ALLOWED_NODES_ENV}, comma-separated); default: the policy's allowed_nodes")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        security = server_security(args.api_key, args.api_keys_file, args.ssl_certfile, args.ssl_keyfile)
+    except SpecguardError as exc:
+        parser.error(exc.summary())
     allowed = [key_value(k, "--allowed-node") for k in args.allowed_node] if args.allowed_node else \
         allowed_nodes_from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -79,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if allowed is not None:
         node.consensus["allowed_nodes"] = allowed
     node.model.digest  # compute the digest before serving  # noqa: B018
-    uvicorn.run(create_app(node), host=args.host, port=args.port, log_level="warning")
+    run_uvicorn(create_app(node, api_keys=security.api_keys), args.host, args.port, security)
 
 
 if __name__ == "__main__":

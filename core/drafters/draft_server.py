@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -26,10 +26,13 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from ..models import LoadedModel
+from ..server.base import create_base_app
 from ..transcript import SamplingParams
 from .base import Drafter
 
 MAX_K = 64
+#: request bodies are token-id lists; 4 MiB holds far more than any context
+MAX_BODY_BYTES = 4 * 1024 * 1024
 PROTOCOL = "specguard-draft/v1"
 
 
@@ -177,8 +180,12 @@ def create_draft_app(
     max_sessions: int = 64,
     idle_seconds: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
+    api_keys: Iterable[str] = (),
 ) -> FastAPI:
-    """The drafting server's FastAPI app: one `drafter_name` drafter per session over `target`."""
+    """The drafting server's FastAPI app: one `drafter_name` drafter per session over `target`.
+
+    Built on the common server base (OpenAI error shape, streamed body limit, optional bearer
+    auth with `api_keys`; `/v1/draft/health` stays open)."""
     from ..engine.factory import make_drafter
     from ..errors import UsageError
 
@@ -187,7 +194,9 @@ def create_draft_app(
     opts = dict(options or {})
     make_drafter(drafter_name, target, opts)  # fail at startup, not on the first request
     sessions = DraftSessions(target, lambda: make_drafter(drafter_name, target, opts), max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock)
-    app = FastAPI(title="specguard drafting server", version=PROTOCOL)
+    app = create_base_app("specguard drafting server", version=PROTOCOL, api_keys=api_keys,
+                          body_limit=MAX_BODY_BYTES, public_paths=("/health", "/v1/draft/health"),
+                          public_prefixes=())
     app.state.sessions = sessions
 
     @app.get("/v1/draft/health")

@@ -12,6 +12,7 @@ prompt and the output as they are generated (docs/drafters.md).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 from .. import http
 from ..errors import RequestError, UsageError
 from ..hookspecs import hookimpl
+from ..server.base import server_options
 from ..transcript import SamplingParams
 from .base import Drafter, NoDrafter, Proposal
 from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
@@ -30,7 +32,9 @@ log = logging.getLogger("specguard.drafters.remote")
 #: an answer larger than this is a failure (a hostile drafter cannot make the verifier buffer more)
 MAX_RESPONSE_BYTES = 1 << 20
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_REMOTE_OPTIONS = ("drafter_url", "policy", "fallback")
+_REMOTE_OPTIONS = ("drafter_url", "policy", "fallback", "drafter_api_key")
+#: bearer key for a drafting server started with --api-key (also the `drafter_api_key` option)
+API_KEY_ENV = "SPECGUARD_DRAFTER_API_KEY"
 
 
 class DrafterProtocolError(RequestError):
@@ -63,6 +67,7 @@ class RemoteDrafter(Drafter):
         fallback: Drafter | None = None,
         health: HealthPolicy | None = None,
         registry: DrafterHealthRegistry | None = None,
+        api_key: str | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(url)
@@ -74,6 +79,7 @@ class RemoteDrafter(Drafter):
         self.fallback = fallback or NoDrafter()
         self.health = health or HealthPolicy()
         self.registry = registry or REGISTRY
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client: httpx.Client | None = None
         self._session: str | None = None
         self._sent: list[int] = []
@@ -97,7 +103,8 @@ class RemoteDrafter(Drafter):
         self._sent = []
         self._source = None
         # a small bounded pool; every exchange ends by its step's deadline (specguard.http)
-        self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2)
+        self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2,
+                                   headers=self._headers)
         self.fallback.start(prompt_ids, params)
 
     def propose(self, context: list[int], k: int) -> Proposal:
@@ -209,7 +216,8 @@ def _remote(target: Any, options: dict[str, Any]) -> Drafter:
     health = HealthPolicy.from_policy(options.get("policy"))
     local_options = {k: v for k, v in options.items() if k not in _REMOTE_OPTIONS}
     fallback = make_drafter(str(fallback_name), target, local_options)
-    return RemoteDrafter(str(url), fallback=fallback, health=health)
+    api_key = options.get("drafter_api_key") or os.environ.get(API_KEY_ENV) or None
+    return RemoteDrafter(str(url), fallback=fallback, health=health, api_key=api_key)
 
 
 @hookimpl
@@ -226,13 +234,15 @@ def register_drafters(register):
 @click.option("--port", type=int, default=8100, show_default=True)
 @click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
 @click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
-def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds) -> None:
+@server_options
+def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds,
+                        api_key=None, api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
     """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
-    import uvicorn
-
     from ..models import load_model
+    from ..server.base import run_uvicorn, server_security
     from .draft_server import create_draft_app
 
+    security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
     target = load_model(model_ref)
     app = create_draft_app(
         target,
@@ -240,9 +250,11 @@ def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port,
         {"draft_model": draft_model, "exit_layer": exit_layer},
         max_sessions=max_sessions,
         idle_seconds=session_idle_seconds,
+        api_keys=security.api_keys,
     )
-    click.echo(f"drafting server for {target.name} ({drafter}) on http://{host}:{port}/v1/draft", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    click.echo(f"drafting server for {target.name} ({drafter}) on {security.scheme}://{host}:{port}/v1/draft",
+               err=True)
+    run_uvicorn(app, host, port, security)
 
 
 @hookimpl

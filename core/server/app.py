@@ -1,15 +1,17 @@
 """The FastAPI application of a serving node: OpenAI-compatible routes plus specguard's own.
 
 Routes: GET /health, GET /metrics, GET /v1/models, GET /v1/models/{model},
-POST /v1/completions, POST /v1/chat/completions, GET /specguard/v1/responses/{receipt_id};
-plugins add more through `register_routes(app, node)` (receipts and log, consensus...).
+POST /v1/completions, POST /v1/chat/completions, GET /specguard/v1/responses/{receipt_id}
+(only with the response's secret token); plugins add more through `register_routes(app, node)`
+(receipts and log, consensus...). The app is built on specguard.server.base (error shape,
+streamed body limit, optional bearer auth).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -20,9 +22,10 @@ from pydantic import BaseModel
 from .. import __version__
 from ..errors import SpecguardError
 from ..plugin_manager import load_plugins, pm
-from .errors import error_body, error_response, install_handlers, status_of
+from .base import MAX_BODY_BYTES, BodyLimit, create_base_app, parse_bearer
+from .errors import error_body, error_response, status_of
 from .format import TokenText, finish_reason, system_fingerprint, usage
-from .generation import ClientGone, GenerationRun, Prepared, finalize, prepare
+from .generation import ClientGone, Finalized, GenerationRun, Prepared, check_prompt_size, finalize, prepare
 from .metrics import CONTENT_TYPE
 from .openai_schema import ChatCompletionRequest, CompletionRequest
 from .streaming import DONE, ChunkMaker, TextDeltas, sse
@@ -30,29 +33,8 @@ from .streaming import DONE, ChunkMaker, TextDeltas, sse
 log = logging.getLogger("specguard.server")
 
 RECEIPT_HEADER = "X-Specguard-Receipt"
-MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-class BodyLimit:
-    """Pure ASGI middleware: refuse a declared Content-Length over the limit with 413 before reading it."""
-
-    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length":
-                    try:
-                        size = int(value)
-                    except ValueError:
-                        size = -1
-                    if size < 0 or size > self.limit:
-                        msg = f"request body must be at most {self.limit} bytes (Content-Length {value.decode('latin-1')[:20]})"
-                        await error_response(413, msg, None, "body_too_large")(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
+#: the per-response secret that reads the stored body back (GET /specguard/v1/responses/{id})
+TOKEN_HEADER = "X-Specguard-Response-Token"
 
 
 class ErrorDetail(BaseModel):
@@ -68,23 +50,31 @@ class ErrorResponse(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (message names the problem)"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
     404: {"model": ErrorResponse, "description": "Unknown model or resource"},
     429: {"model": ErrorResponse, "description": "All generation slots busy and the queue is full"},
 }
 
 
-def create_app(node: Any) -> FastAPI:
-    """The ASGI app serving `node` (a specguard.node.Node)."""
+def receipts_enabled() -> bool:
+    """Whether any loaded plugin implements `issue_receipt` (the receipts layer is not blocked)."""
+    return bool(pm.hook.issue_receipt.get_hookimpls())
+
+
+def create_app(node: Any, *, api_keys: Iterable[str] = (), body_limit: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI app serving `node` (a specguard.node.Node). With `api_keys`, every route but
+    /health and the public log routes needs `Authorization: Bearer <one of them>`."""
     load_plugins()
-    app = FastAPI(
-        title="specguard",
-        version=__version__,
+    app = create_base_app(
+        "specguard", version=__version__, metrics=node.metrics, body_limit=body_limit, api_keys=api_keys,
         description="OpenAI-compatible, verifiable LLM inference. Every response carries a signed receipt "
                     "(the `specguard` object) that is appended to the node's transparency log.",
     )
     app.state.node = node
-    app.add_middleware(BodyLimit)
-    install_handlers(app, node.metrics)
+    auth_enabled = bool(app.state.auth_enabled)
+    with_receipts = receipts_enabled()
+    if not with_receipts:
+        log.warning("no plugin issues receipts (receipts plugin blocked?): responses carry no receipt")
     text_of = TokenText(node.model)
 
     @app.get("/health")
@@ -92,7 +82,13 @@ def create_app(node: Any) -> FastAPI:
         """Liveness plus the node's identity (model digest, key id, policy) and remote drafter health."""
         from ..drafters.health import drafter_health
 
-        return {"status": "ok", **node.describe(), "remote_drafters": drafter_health()}
+        out: dict[str, Any] = {"status": "ok", **node.describe(), "remote_drafters": drafter_health(),
+                               "receipts": with_receipts, "auth": auth_enabled,
+                               "hold_streams": bool(getattr(node, "hold_streams", False))}
+        if not with_receipts:
+            out["warnings"] = ["no receipts: no plugin implements issue_receipt (the receipts plugin is not "
+                               "loaded), so responses carry no receipt and are not logged"]
+        return out
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
@@ -121,31 +117,48 @@ def create_app(node: Any) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await _serve(request, body)
 
-    @app.get("/specguard/v1/responses/{receipt_id}", responses={404: _ERRORS[404]})
-    async def get_response(receipt_id: str) -> Any:
-        """The exact response object a receipt's subject digest covers (needed to verify streams)."""
-        found = await anyio.to_thread.run_sync(node.responses.get, receipt_id)
-        if found is None:
-            return error_response(404, "no stored response for this receipt id", "receipt_id", "response_not_found")
+    @app.get("/specguard/v1/responses/{receipt_id}", responses={401: _ERRORS[401], 404: _ERRORS[404]})
+    async def get_response(receipt_id: str, request: Request) -> Any:
+        """The exact response object a receipt's subject digest covers (needed to verify streams).
+
+        Only for whoever made the request: send the response's secret (`specguard.response_token`,
+        also the `X-Specguard-Response-Token` header of the response) as that header or as `?token=`
+        (or as `Authorization: Bearer` when the server has no API keys)."""
+        token = request.headers.get(TOKEN_HEADER) or request.query_params.get("token")
+        if not token and not auth_enabled:
+            token = parse_bearer(request.scope.get("headers", []))
+        if not token:
+            return error_response(401, f"a stored response is served only to its requester: send its "
+                                       f"response_token as the {TOKEN_HEADER} header or ?token=",
+                                  "token", "missing_response_token")
+        if node.responses is None:
+            found = None
+        else:
+            found = await anyio.to_thread.run_sync(node.responses.get, receipt_id, token)
+        if found is None:  # unknown id and wrong token answer alike
+            return error_response(404, "no stored response for this receipt id and token", "receipt_id",
+                                  "response_not_found")
         return found
 
     async def _serve(request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
-        prep = await anyio.to_thread.run_sync(prepare, node, body)  # tokenizing and plugin checks may block
-        await node.limiter.acquire()
+        check_prompt_size(node, body)  # a length check, before admission and before any tokenizing
+        await node.limiter.acquire()  # admission: tokenizing and generation both run inside a slot
         try:
+            prep = await anyio.to_thread.run_sync(prepare, node, body)  # tokenizing and plugin checks block
             run = GenerationRun(node, prep)
             run.start()
         except BaseException:
             node.limiter.release()
             raise
-        if prep.stream:
+        if prep.stream and not getattr(node, "hold_streams", False):
             first = await _first(run, request)
             if first is None:
                 return Response(status_code=499)
-            return StreamingResponse(_stream(run, prep, first), media_type="text/event-stream",
+            return StreamingResponse(_stream(run.next, prep, first, cancel=run.cancel), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        events: list[tuple[str, Any]] = []
         try:
-            transcript = await run.collect(request)
+            transcript = await run.collect(request, events if prep.stream else None)
         except ClientGone:
             node.metrics.requests_rejected.inc(reason="client_disconnected")
             return Response(status_code=499)
@@ -156,9 +169,28 @@ def create_app(node: Any) -> FastAPI:
                                                                      - transcript.seconds))
         done = await anyio.to_thread.run_sync(finalize, node, prep, transcript, text_of)
         _count(prep, transcript)
+        headers = _headers(done)
+        if prep.stream:  # held back until the verdict: only now does any token leave the node
+            replay = iter([*events, ("done", transcript)])
+
+            async def next_item() -> tuple[str, Any]:
+                return next(replay)
+
+            first_item = await next_item()
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(_stream(next_item, prep, first_item, done), media_type="text/event-stream",
+                                     headers=headers)
         out = dict(done.body)
         out["specguard"] = done.specguard
-        return JSONResponse(out, headers={RECEIPT_HEADER: done.receipt_id})
+        return JSONResponse(out, headers=headers)
+
+    def _headers(done: Finalized) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if done.receipt_id:
+            headers[RECEIPT_HEADER] = done.receipt_id
+        if done.response_token:
+            headers[TOKEN_HEADER] = done.response_token
+        return headers
 
     async def _first(run: GenerationRun, request: Request) -> tuple[str, Any] | None:
         """Wait for the first event so that a failure before any token still gets a proper 4xx status."""
@@ -171,7 +203,11 @@ def create_app(node: Any) -> FastAPI:
             raise value
         return kind, value
 
-    async def _stream(run: GenerationRun, prep: Prepared, first: tuple[str, Any]) -> AsyncIterator[bytes]:
+    async def _stream(next_item: Callable[[], Awaitable[tuple[str, Any]]], prep: Prepared,
+                      first: tuple[str, Any], done: Finalized | None = None,
+                      cancel: Any = None) -> AsyncIterator[bytes]:
+        """SSE chunks from engine events; `done` is given when the response was finalized (and judged)
+        before streaming (held streams), else finalize runs after the last token."""
         maker = ChunkMaker(prep.kind, prep.response_id, prep.created, prep.model_name,
                            "sg-" + node.model.digest.split(":", 1)[-1][:16], prep.logprobs, prep.top_n, text_of)
         deltas = TextDeltas(node.model, prep.params.stop)
@@ -180,9 +216,9 @@ def create_app(node: Any) -> FastAPI:
             if prep.kind == "chat":
                 yield sse(maker.role())
             item: tuple[str, Any] | None = first
-            ttft_seen = False
+            ttft_seen = done is not None
             while True:
-                kind, value = item if item is not None else await run.next()
+                kind, value = item if item is not None else await next_item()
                 item = None
                 if kind == "error":
                     raise value
@@ -198,8 +234,9 @@ def create_app(node: Any) -> FastAPI:
             tail = deltas.finish(transcript.text)
             if tail:
                 yield sse(maker.delta(tail, []))
-            done = await anyio.to_thread.run_sync(finalize, node, prep, transcript, text_of)
-            _count(prep, transcript)
+            if done is None:
+                done = await anyio.to_thread.run_sync(finalize, node, prep, transcript, text_of)
+                _count(prep, transcript)
             last = maker.finish(finish_reason(transcript))
             if prep.include_usage:
                 yield sse(last)
@@ -220,8 +257,9 @@ def create_app(node: Any) -> FastAPI:
             yield sse(error_body(500, f"internal server error ({type(exc).__name__})", None, "internal_error"))
             yield DONE
         finally:
-            if not finished:  # the client left: stop the engine; its thread then frees the slot
-                run.cancel.set()
+            if not finished:  # the client left: stop the engine (if still running); its thread frees the slot
+                if cancel is not None:
+                    cancel.set()
                 node.metrics.requests_rejected.inc(reason="client_disconnected")
 
     def _count(prep: Prepared, transcript: Any) -> None:
@@ -231,14 +269,6 @@ def create_app(node: Any) -> FastAPI:
         m.e2e_latency.observe(time.perf_counter() - prep.admitted_at)
 
     pm.hook.register_routes(app=app, node=node)
-    if not any(getattr(r, "path", None) == "/specguard/v1/receipts/{receipt_id}" for r in app.routes):
-        @app.get("/specguard/v1/receipts/{receipt_id}", responses={404: _ERRORS[404]})
-        async def get_receipt(receipt_id: str) -> Any:
-            doc = await anyio.to_thread.run_sync(node.receipts.get_receipt, receipt_id)
-            if doc is None:
-                return error_response(404, "no receipt with this id", "receipt_id", "receipt_not_found")
-            return doc
-
     _pin_model_enum(app, node)
     return app
 
@@ -281,4 +311,4 @@ def _build_schema(app: FastAPI) -> dict[str, Any]:
         return build(usable)
 
 
-__all__ = ["create_app", "RECEIPT_HEADER", "system_fingerprint"]
+__all__ = ["create_app", "RECEIPT_HEADER", "TOKEN_HEADER", "BodyLimit", "MAX_BODY_BYTES", "system_fingerprint"]

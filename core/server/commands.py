@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from .base import run_uvicorn, server_options, server_security
+
 log = logging.getLogger("specguard.server")
 
 
@@ -36,18 +38,24 @@ log = logging.getLogger("specguard.server")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch CPU threads.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
+@click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
+              help="Bearer key sent to the --drafter-url drafting server (or SPECGUARD_DRAFTER_API_KEY).")
+@click.option("--max-prompt-chars", type=click.IntRange(1, 1 << 30), default=None,
+              help="Refuse prompts longer than this, before tokenizing (default 16 x the context length).")
+@server_options
 def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
                   max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
-                  served_model_name, threads, log_level) -> None:
+                  served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
+                  api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
     import torch
-    import uvicorn
 
     from ..consensus.config import key_value
     from ..node import build_node
     from .app import create_app
 
     trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
+    security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
     if threads is not None:
         torch.set_num_threads(threads)
     node = build_node(
@@ -56,17 +64,20 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
         verifiers=list(verifiers), quorum=quorum, served_model_name=served_model_name,
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
+        drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
     )
-    app = create_app(node)
+    app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
     shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"specguard serving {info['model']} at http://{shown_host}:{port}/v1", err=True)
+    click.echo(f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1", err=True)
     click.echo(f"  model digest   {info['model_digest']}", err=True)
     click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
     click.echo(f"  log origin     {info['log_origin']}", err=True)
     click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
     click.echo(f"  drafter        {drafter}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
                err=True)
+    click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
+               else "  auth           none (every route open)", err=True)
     if node.policy.insecure:
         banner = "!" * 78
         click.echo(banner, err=True)
@@ -75,10 +86,8 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
                    err=True)
         click.echo(banner, err=True)
         log.warning("serving with INSECURE policy %r", node.policy.name)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: the API has no authentication; put it behind an authenticating proxy", host)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        run_uvicorn(app, host, port, security, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         node.close()
 

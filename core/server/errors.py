@@ -135,6 +135,18 @@ def install_handlers(app: FastAPI, metrics: Any = None) -> None:
             message, code = f"no route {request.method} {request.url.path}", "not_found"
         elif status == 405:
             message, code = f"method {request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        elif status == 413:
+            message, code = str(exc.detail), "body_too_large"
+        elif isinstance(exc.detail, dict):  # {"field", "error", "got", "expected"} (drafting server)
+            d = exc.detail
+            message = str(d.get("error") or d.get("message") or "invalid request")
+            extra = [f"{k} {d[k]!r}" for k in ("got", "expected") if k in d]
+            message = message + (f" ({', '.join(extra)})" if extra else "")
+            param = d.get("field") if isinstance(d.get("field"), str) else None
+            if status < 500:
+                rejected(f"http_{status}")
+            return error_response(status, message[:500], param, d.get("code") if isinstance(d.get("code"), str)
+                                  else None, headers=getattr(exc, "headers", None))
         else:
             message, code = str(exc.detail), None
         if status < 500:

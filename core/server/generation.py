@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RequestError
+from ..errors import PluginError, RequestError
 from ..plugin_manager import pm
 from ..transcript import SamplingParams, Transcript
 from . import prompting
@@ -61,6 +61,43 @@ def _chat_prompt(node: Any, req: ChatCompletionRequest) -> list[int]:
 
 def _completion_prompt(node: Any, req: CompletionRequest) -> list[int]:
     return prompting.completion_prompt_ids(node.model, req)
+
+
+class PromptTooLargeError(RequestError):
+    """The prompt is larger than this node accepts, refused before tokenizing (HTTP 400)."""
+
+    code = "prompt_too_large"
+
+
+def check_prompt_size(node: Any, req: ChatCompletionRequest | CompletionRequest) -> None:
+    """Refuse an oversized prompt by counting characters (or token ids), before any tokenizing.
+
+    Cheap and bounded: runs on the event loop before admission, so a 15 MiB prompt costs a
+    length check, not a tokenizer pass. The limit is `node.max_prompt_chars` characters of all
+    message contents together (chat) or of the prompt text, and the context length for token ids.
+    """
+    limit = int(getattr(node, "max_prompt_chars", 0) or 0)
+    if isinstance(req, ChatCompletionRequest):
+        size = sum(len(m.text()) for m in req.messages)
+        field_name, unit = "messages", "characters"
+    else:
+        prompt: Any = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            size, field_name, unit = len(prompt), "prompt", "characters"
+        else:  # token ids: the context length is the bound (the same answer prepare() would give)
+            context = int(node.max_context)
+            if len(prompt) >= context:
+                raise ContextLengthError(
+                    f"the prompt has {len(prompt)} tokens but this model's context length is {context} tokens "
+                    f"(room is needed for at least one generated token)", field="prompt",
+                    got=len(prompt), expected=f"< {context}")
+            return
+    if limit and size > limit:
+        raise PromptTooLargeError(f"the prompt has {size} {unit}; this server accepts at most {limit} "
+                                  f"(refused before tokenizing)", field=field_name, got=size,
+                                  expected=f"<= {limit} {unit}")
 
 
 def _max_tokens(node: Any, requested: int | None, prompt_len: int) -> int:
@@ -188,22 +225,32 @@ class GenerationRun:
             except TimeoutError:
                 continue
 
-    async def collect(self, request: Any) -> Transcript:
-        """Run to the end (non-streaming)."""
+    async def collect(self, request: Any, events: list[tuple[str, Any]] | None = None) -> Transcript:
+        """Run to the end; with `events`, keep every step event (a held-back stream replays them)."""
         while True:
             kind, value = await self.next(request)
             if kind == "done":
                 return value
             if kind == "error":
                 raise value
+            if events is not None:
+                events.append((kind, value))
 
 
 @dataclass
 class Finalized:
     body: dict[str, Any]
-    receipt_id: str
+    receipt_id: str | None
     specguard: dict[str, Any]
     receipt_seconds: float
+    response_token: str | None = None
+
+
+class NoReceiptError(RequestError):
+    """The node's policy must judge this response (consensus), but no receipt was issued (HTTP 503)."""
+
+    http_status = 503
+    code = "no_receipt"
 
 
 def build_body(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> dict[str, Any]:
@@ -215,25 +262,46 @@ def build_body(node: Any, prep: Prepared, transcript: Transcript, text_of: Token
 
 
 def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> Finalized:
-    """Body, evidence, signed + logged receipt, judges. Runs in a worker thread (disk and plugins block)."""
+    """Body, evidence, receipt (`issue_receipt` hook), judges, then the stored body.
+
+    Runs in a worker thread (disk and plugins block). The body is stored only once every judge
+    has passed: a response a judge withholds or fails (e.g. no consensus quorum) is never stored,
+    so it can never be fetched. The stored body is readable only with the per-response secret
+    returned here (`response_token`), which goes to the requester alone.
+    """
     body = build_body(node, prep, transcript, text_of)
     start = time.perf_counter()
     evidence: dict[str, Any] = {}
     receipt_id = uuid.uuid4().hex  # chosen first: evidence (commitment proofs) binds it
     pm.hook.seal_transcript(transcript=transcript, evidence=evidence, node=node, receipt_id=receipt_id)
-    receipt = node.receipts.issue(transcript, prep.request_obj, body, evidence, node.policy, receipt_id=receipt_id)
-    receipt_id = receipt["receipt_id"]
-    node.responses.put(receipt_id, body)
+    receipt = pm.hook.issue_receipt(transcript=transcript, request=prep.request_obj, response=body,
+                                    evidence=evidence, node=node, receipt_id=receipt_id)
     seconds = time.perf_counter() - start
+    specguard: dict[str, Any] = {"prompt_ids": list(transcript.prompt_ids),
+                                 "output_ids": list(transcript.output_ids)}
+    if not isinstance(receipt, dict):
+        if getattr(node, "hold_streams", False):  # a judge must decide, and judges need a receipt
+            raise NoReceiptError("this node's policy requires a judged (consensus) response, but no receipt "
+                                 "plugin issued a receipt", field="receipt", got=None,
+                                 expected="a receipt from the issue_receipt hook")
+        specguard["receipt_id"] = None
+        return Finalized(body=body, receipt_id=None, specguard=specguard, receipt_seconds=seconds)
+    if receipt.get("receipt_id") != receipt_id:  # evidence sealed for one id must not ride in another
+        raise PluginError("the issue_receipt hook returned a receipt with another id than the one sealed",
+                          field="receipt_id", got=receipt.get("receipt_id"), expected=receipt_id)
     node.metrics.receipts.inc()
     node.metrics.receipt_seconds.observe(seconds)
-    specguard: dict[str, Any] = {"receipt_id": receipt_id, "receipt": receipt,
-                                 "prompt_ids": list(transcript.prompt_ids),
-                                 "output_ids": list(transcript.output_ids)}
+    specguard = {"receipt_id": receipt_id, "receipt": receipt, **specguard}
     for extra in pm.hook.judge_transcript(transcript=transcript, receipt=receipt, node=node,
                                           request=prep.request_obj, response=body):
         if isinstance(extra, dict):
             for key, value in extra.items():
-                if key not in ("receipt_id", "receipt"):
+                if key not in ("receipt_id", "receipt", "response_token"):
                     specguard[key] = value
-    return Finalized(body=body, receipt_id=receipt_id, specguard=specguard, receipt_seconds=seconds)
+    token = None
+    if getattr(node, "responses", None) is not None:
+        token = node.responses.new_token()
+        node.responses.put(receipt_id, body, token)
+        specguard["response_token"] = token
+    return Finalized(body=body, receipt_id=receipt_id, specguard=specguard, receipt_seconds=seconds,
+                     response_token=token)

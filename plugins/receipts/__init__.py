@@ -9,6 +9,8 @@ Routes (routes.py), served from the node's receipt issuer:
     GET /specguard/v1/log/proof/consistency?old=&new=     consistency proof
     GET /specguard/v1/receipts/{id}                       a stored receipt document
 Bad or out-of-range parameters answer 400/404 with an OpenAI-shaped error body.
+Issuing (`issue_receipt` hook): signs and logs each response's receipt with the node's issuer
+(`node.receipts`, a specguard.attest.receipts.ReceiptIssuer the node was given).
 """
 
 from __future__ import annotations
@@ -32,3 +34,12 @@ def register_commands(cli: click.Group) -> None:
 @hookimpl
 def register_routes(app: Any, node: Any) -> None:
     routes.register(app, node)
+
+
+@hookimpl
+def issue_receipt(transcript: Any, request: Any, response: Any, evidence: Any, node: Any, receipt_id: str) -> Any:
+    """Sign and log the receipt with the node's issuer; None when the node has no issuer."""
+    issuer = routes.issuer_for(node)
+    if issuer is None:
+        return None
+    return issuer.issue(transcript, request, response, evidence, node.policy, receipt_id=receipt_id)

@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -17,7 +16,6 @@ from specguard.attest.receipts import (
     ReceiptIssuer,
 )
 from specguard.attest.tlog import LogRangeError
-from specguard.keys import NodeKey, home_dir
 
 log = logging.getLogger("specguard.plugins.receipts")
 
@@ -27,13 +25,10 @@ API = "/specguard/v1"
 # --- HTTP routes ------------------------------------------------------------------------------
 
 
-def issuer_for(node: Any) -> ReceiptIssuer:
-    """The node's ReceiptIssuer (`node.receipts`), created from node.home/node.signing_key if absent."""
-    issuer = getattr(node, "receipts", None)
-    if issuer is None:
-        issuer = ReceiptIssuer(Path(getattr(node, "home", None) or home_dir()), NodeKey(node.signing_key))
-        node.receipts = issuer
-    return issuer
+def issuer_for(node: Any) -> ReceiptIssuer | None:
+    """The issuer the node was given (`node.receipts`), or None. Never creates or attaches one:
+    services are passed in by whoever builds the node."""
+    return getattr(node, "receipts", None) if node is not None else None
 
 
 def _error(status: int, message: str, param: str | None, code: str) -> Any:
@@ -54,6 +49,8 @@ def _int_param(raw: str | None, name: str, default: int | None = None) -> int:
 
 def register(app: Any, node: Any) -> None:
     issuer = issuer_for(node)
+    if issuer is None:  # a node without a log (e.g. a verifier-only process) serves no log routes
+        return
     tlog = issuer.log
 
     def guarded(fn: Any) -> Any:

@@ -29,7 +29,7 @@ SPECGUARD = str(Path(sys.executable).parent / "specguard")
 def test_hook_list_is_what_we_expect():
     assert {"register_commands", "register_drafters", "register_engines", "register_evidence_types",
             "register_routes", "check_request", "on_step", "seal_transcript", "judge_transcript",
-            "verify_evidence", "node_attestation"} == set(HOOKS)
+            "verify_evidence", "node_attestation", "issue_receipt"} == set(HOOKS)
 
 
 def test_node_attestation_hook_feeds_receipts_and_verifier_votes(tmp_path):

@@ -88,7 +88,8 @@ def test_openai_client_chat_completion_streaming_logprobs_and_verify_cli(server,
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == chat.choices[0].message.content
     sg = chunks[-1].model_extra["specguard"]
-    stored = httpx.get(f"{server.url}/specguard/v1/responses/{sg['receipt_id']}", timeout=10).json()
+    stored = httpx.get(f"{server.url}/specguard/v1/responses/{sg['receipt_id']}", timeout=10,
+                       headers={"X-Specguard-Response-Token": sg["response_token"]}).json()
     assert stored["choices"][0]["message"]["content"] == streamed
     assert httpx.get(f"{server.url}/specguard/v1/receipts/{sg['receipt_id']}", timeout=10).json() == sg["receipt"]
 
@@ -96,7 +97,8 @@ def test_openai_client_chat_completion_streaming_logprobs_and_verify_cli(server,
                                                  seed=7, stream=True))
     assert "".join(c.choices[0].text for c in comp_stream if c.choices) == completion.choices[0].text
     sg2 = comp_stream[-1].model_extra["specguard"]
-    stored2 = httpx.get(f"{server.url}/specguard/v1/responses/{sg2['receipt_id']}", timeout=10).json()
+    stored2 = httpx.get(f"{server.url}/specguard/v1/responses/{sg2['receipt_id']}", timeout=10,
+                        params={"token": sg2["response_token"]}).json()
 
     jobs = [_save(tmp_path, "chat", body), _save(tmp_path, "completion", comp_body),
             _save(tmp_path, "chat-stream", {**stored, "specguard": sg}),
