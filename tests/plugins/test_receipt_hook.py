@@ -103,4 +103,4 @@ def test_receipt_routes_never_attach_an_issuer_to_the_node(tmp_path):
     routes.register(app, bare)
     assert not hasattr(bare, "receipts")
     assert not any(getattr(r, "path", "").startswith("/specguard/v1/log") for r in app.routes)
-    assert issue_receipt(transcript=None, request={}, response={}, evidence={}, node=bare) is None
+    assert issue_receipt(transcript=None, request={}, response={}, evidence={}, node=bare, receipt_id="ab" * 16) is None
