@@ -26,6 +26,7 @@ the drafter proposes its own argmax for sampled requests too.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from pathlib import Path
@@ -101,11 +102,19 @@ class _Pool:
                 idle.append(llama)
 
     def clear(self) -> None:
+        """Close every idle context (at exit, while llama_cpp can still free them)."""
         with self._lock:
+            idle = [llama for group in self._idle.values() for llama in group]
             self._idle.clear()
+        for llama in idle:
+            try:
+                llama.close()
+            except Exception:  # closing at exit is best effort
+                pass
 
 
 POOL = _Pool()
+atexit.register(POOL.clear)
 
 
 class LlamaCppDrafter(Drafter):

@@ -139,13 +139,14 @@ def test_sampled_output_identical_and_shared_seed_raises_acceptance(default_mode
     rates = {}
     for share in (False, True):
         accepted = drafted = 0
-        for prompt in prompts:
+        for prompt in prompts[:2]:
             drafter = make_drafter("llamacpp", default_model, {"share_seed": share})
             transcript = SpeculativeEngine(default_model, drafter).generate(prompt, SAMPLED)
             assert transcript.output_ids == plain(default_model, prompt, SAMPLED)
             accepted += transcript.metrics()["accepted_tokens"]
             drafted += transcript.metrics()["drafted_tokens"]
         rates[share] = accepted / max(drafted, 1)
+    print("sampled draft acceptance without / with the seed:", rates)
     # with the seed the drafter samples with the verifier's own noise, so it agrees far more often
     assert rates[True] > rates[False], rates
     assert rates[True] > 0.5, rates
