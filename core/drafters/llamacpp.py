@@ -162,7 +162,7 @@ class LlamaCppDrafter(Drafter):
             self.start(list(context), SamplingParams())
         llama = self._llama
         vocab = int(llama.n_vocab())
-        # the last drafted token is never evaluated, so the context may reach n_ctx - 1 + k
+        # context + k - 1 drafted tokens are evaluated; keep them inside llama.cpp's context
         k = min(k, self.n_ctx - len(context))
         if k <= 0:
             return Proposal([])
@@ -176,6 +176,8 @@ class LlamaCppDrafter(Drafter):
         self.counters["reused"] += common
         self.counters["proposals"] += 1
         pending = [int(t) for t in context[common:]]
+        if any(not 0 <= t < vocab for t in pending):
+            return Proposal([])  # a target with a larger vocabulary than the GGUF: llama.cpp would abort
         drafted: list[int] = []
         sampled = self._shares_seed()
         while True:

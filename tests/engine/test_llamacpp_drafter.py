@@ -135,6 +135,22 @@ def test_wrong_model_drafter_does_not_change_the_output():
         assert sum(len(s.drafted) for s in transcript.steps) > 0
 
 
+def test_context_ids_outside_the_gguf_vocabulary_get_no_draft_instead_of_a_crash():
+    # llama.cpp aborts the process on an out-of-range token id; a larger target vocabulary must not reach it
+    from specguard.models import resolve
+
+    _, gguf = resolve("smollm2-135m")
+    target = tiny_model(seed=6, vocab_size=49152 + 64)
+    drafter = make_drafter("llamacpp", target, {"gguf": str(gguf)})
+    drafter.start([1, 2], GREEDY)
+    try:
+        assert len(drafter.propose([1, 2, 3], 3).tokens) == 3
+        assert drafter.propose([1, 2, 3, 49152 + 10], 3).tokens == []
+        assert len(drafter.propose([1, 2, 3, 4], 3).tokens) == 3  # and it keeps drafting afterwards
+    finally:
+        drafter.finish()
+
+
 def test_sampled_output_identical_and_shared_seed_raises_acceptance(default_model, prompts):
     rates = {}
     for share in (False, True):
