@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads (plain and drafter)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--section", default="speed", help="docs/benchmarks.md section to write")
+    ap.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,6 +158,7 @@ def main() -> None:
             f"difference whose first position has a reference top-2 margin below {NEAR_TIE_EPSILON}. Draft "
             "acceptance is accepted / drafted tokens. llama.cpp plain runs the 4-bit GGUF with its own kernels: "
             "its output is a different implementation's and is not expected to be identical.\n"
+            + (f"\n{args.note}\n" if args.note else "")
         )
         title = "Decoding speed (issue: foundation)" if args.section == "speed" else f"Decoding speed ({args.section})"
         write_section(args.section, title, "python bench/speed.py " + " ".join(sys.argv[1:]), body)
