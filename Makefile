@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.specguard-installed
+LLAMA_STAMP := $(VENV)/.llama-cpp-installed
+# llama-cpp-python ships only as an sdist; the default (native) build uses AVX512/AMX kernels that
+# crash on VMs that refuse them, so build it portably (docs/drafters.md, llamacpp drafter)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
@@ -20,7 +24,13 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py
 	$(BIN)/specguard models smollm2-135m >/dev/null
 	touch $(STAMP)
 
-install: $(STAMP)
+$(LLAMA_STAMP): $(BIN)/python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/python -m pip install -q llama-cpp-python==0.3.36
+	$(BIN)/python -c "import llama_cpp"
+	touch $(LLAMA_STAMP)
+
+install: $(STAMP) $(LLAMA_STAMP)
 
 serve: install
 	$(BIN)/specguard serve --host $(HOST) --port $(PORT)

@@ -31,6 +31,9 @@ class Drafter:
     #: proposing costs next to nothing (a lookup, no model forward), so the engine asks for
     #: enough tokens to fill every verification row it pays for anyway (see engine.pad_rows)
     cheap_drafts: bool = False
+    #: the longest draft the engine's adaptive draft length may grow to for this drafter; engine
+    #: drafters (llamacpp) that propose long runs the target accepts declare more (32)
+    max_draft: int = 12
 
     def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Called once per request before the first proposal."""

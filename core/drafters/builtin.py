@@ -1,4 +1,4 @@
-"""Built-in drafters, registered as an ordinary plugin: none, ngram, draft-model, early-exit."""
+"""Built-in drafters, registered as an ordinary plugin: none, ngram, draft-model, early-exit, llamacpp."""
 
 from __future__ import annotations
 
@@ -39,9 +39,16 @@ def _early_exit(target: LoadedModel, options: dict[str, Any]) -> Drafter:
     return drafter
 
 
+def _llamacpp(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    from .llamacpp import build  # imports llama_cpp only when this drafter is built
+
+    return build(target, options)
+
+
 @hookimpl
 def register_drafters(register):
     register("none", _none, "plain decoding through the same verification loop")
     register("ngram", _ngram, "prompt lookup: copy continuations of the context's last n-gram")
     register("draft-model", _draft_model, "a small causal LM with the target's tokenizer (--draft-model)")
     register("early-exit", _early_exit, "self-speculation: the target's first L layers + final norm + LM head")
+    register("llamacpp", _llamacpp, "untrusted: llama.cpp on the target's GGUF drafts long runs (llama-cpp-python)")

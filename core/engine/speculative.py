@@ -123,7 +123,7 @@ class SpeculativeEngine:
         self.target = target
         self.drafter = drafter or NoDrafter()
         self.top_logprobs = top_logprobs
-        self.draft_length = draft_length or DraftLength()
+        self.draft_length = draft_length or DraftLength(maximum=int(getattr(self.drafter, "max_draft", 12)))
         if min_verify_rows < 1:
             raise ValueError("min_verify_rows must be at least 1")
         self.min_verify_rows = min_verify_rows

@@ -1,0 +1,282 @@
+"""The `llamacpp` drafter: llama.cpp (llama-cpp-python) running a GGUF of the target proposes long drafts.
+
+llama.cpp runs SmolLM2-135M's Q4_1 GGUF several times faster than the fp32 torch target on a CPU
+core, and its greedy tokens agree with the target's on most positions, so it makes a good drafter.
+It is **untrusted**: its kernels are a different implementation (4-bit weights), its
+probabilities are never read, and every token it proposes is checked by the target's own
+verification forward. Whatever it proposes, the output is the target's.
+
+Per drafter (one per request), the llama.cpp context keeps its KV cache across steps: each
+`propose` reuses the longest common prefix of what the context holds and the verifier's
+current context (`Llama.n_tokens` is truncated to it, which also re-syncs after a rejection) and
+evaluates only the new tokens. Llama objects are pooled per (GGUF, threads, n_ctx), so a server
+does not reload the file for every request; one object serves one request at a time.
+
+Options (`make_drafter("llamacpp", target, options)`, or the policy's `[drafter]` table):
+`gguf` (path; default: the target's own GGUF, e.g. the default model's), `n_threads` (1),
+`n_ctx` (min(target context, 4096)), `max_draft` (32), `confidence` (0.0: stop a draft when
+llama.cpp's top probability falls below it), `share_seed` (false: see below).
+
+Sampled requests: with `share_seed = true` the drafter drafts with specguard's own Gumbel-max
+noise for the request's seed (specguard.engine.sampling applied to llama.cpp's logits), so its
+proposals match the target's sampled choices about as often as greedy ones. The seed reveals
+future samples (never integrity), so sharing it is a policy choice and off by default; without it
+the drafter proposes its own argmax for sampled requests too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..models import LoadedModel
+from ..transcript import SamplingParams
+from .base import Drafter, Proposal
+
+log = logging.getLogger("specguard.drafters.llamacpp")
+
+INSTALL_HINT = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" FORCE_CMAKE=1 '
+    "pip install llama-cpp-python==0.3.36   (or: pip install 'specguard[llamacpp]' with those CMAKE_ARGS, or make install)"
+)
+DEFAULT_MAX_DRAFT = 32
+DEFAULT_MAX_CTX = 4096
+
+
+def llama_cpp_module() -> Any:
+    """Import llama_cpp, or raise a UsageError that names the (portable) install command."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise UsageError(
+            f"the llamacpp drafter needs llama-cpp-python ({exc}); install it with: {INSTALL_HINT}",
+            field="drafter",
+            got="llamacpp",
+        ) from exc
+    return llama_cpp
+
+
+def target_gguf(target: LoadedModel) -> Path | None:
+    """The GGUF file the target was loaded from (an alias like smollm2-135m, or a .gguf path), or None."""
+    from ..errors import SpecguardError
+    from ..models import resolve
+
+    try:
+        kind, location = resolve(target.name)
+    except SpecguardError:
+        return None
+    return Path(location) if kind == "gguf" else None
+
+
+class _Pool:
+    """Idle llama.cpp contexts per (path, n_threads, n_ctx); each is lent to one drafter at a time."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._idle: dict[tuple[str, int, int], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, path: str, n_threads: int, n_ctx: int) -> Any:
+        key = (path, n_threads, n_ctx)
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        llama_cpp = llama_cpp_module()
+        return llama_cpp.Llama(
+            model_path=path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
+            logits_all=False, verbose=False,
+        )
+
+    def release(self, path: str, n_threads: int, n_ctx: int, llama: Any) -> None:
+        key = (path, n_threads, n_ctx)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.keep:
+                idle.append(llama)
+
+    def clear(self) -> None:
+        """Close every idle context (at exit, while llama_cpp can still free them)."""
+        with self._lock:
+            idle = [llama for group in self._idle.values() for llama in group]
+            self._idle.clear()
+        for llama in idle:
+            try:
+                llama.close()
+            except Exception:  # closing at exit is best effort
+                pass
+
+
+POOL = _Pool()
+atexit.register(POOL.clear)
+
+
+class LlamaCppDrafter(Drafter):
+    """Greedy (or shared-seed Gumbel-max) drafts from llama.cpp, with its KV cache kept across steps."""
+
+    name = "llamacpp"
+    trusted = False
+    max_draft = DEFAULT_MAX_DRAFT
+
+    def __init__(
+        self,
+        gguf: str | Path,
+        *,
+        n_threads: int = 1,
+        n_ctx: int = DEFAULT_MAX_CTX,
+        max_draft: int = DEFAULT_MAX_DRAFT,
+        confidence: float = 0.0,
+        share_seed: bool = False,
+        pool: _Pool | None = None,
+    ) -> None:
+        self.gguf = str(gguf)
+        self.n_threads = n_threads
+        self.n_ctx = n_ctx
+        self.max_draft = max_draft
+        self.confidence = confidence
+        self.share_seed = share_seed
+        self._pool = pool or POOL
+        self._llama: Any = None
+        self._params: SamplingParams | None = None
+        self._prompt_len = 0
+        self.counters = {"proposals": 0, "drafted": 0, "evaluated": 0, "reused": 0, "accepted": 0}
+
+    # -- Drafter interface ---------------------------------------------------------------
+
+    def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        self._params = params
+        self._prompt_len = len(prompt_ids)
+        if self._llama is None:
+            self._llama = self._pool.acquire(self.gguf, self.n_threads, self.n_ctx)
+
+    def propose(self, context: list[int], k: int) -> Proposal:
+        if k <= 0 or not context:
+            return Proposal([])
+        if self._llama is None:  # used without start(): draft greedily
+            self.start(list(context), SamplingParams())
+        llama = self._llama
+        vocab = int(llama.n_vocab())
+        # context + k - 1 drafted tokens are evaluated; keep them inside llama.cpp's context
+        k = min(k, self.n_ctx - len(context))
+        if k <= 0:
+            return Proposal([])
+        # re-sync: keep the longest common prefix of the cached tokens and the context, but always
+        # evaluate at least the context's last token (its logits give the first draft token)
+        cached = llama.input_ids[: llama.n_tokens]
+        n = min(len(cached), len(context) - 1)
+        mismatch = np.flatnonzero(cached[:n] != np.asarray(context[:n], dtype=cached.dtype))
+        common = int(mismatch[0]) if mismatch.size else n
+        llama.n_tokens = common
+        self.counters["reused"] += common
+        self.counters["proposals"] += 1
+        pending = [int(t) for t in context[common:]]
+        if any(not 0 <= t < vocab for t in pending):
+            return Proposal([])  # a target with a larger vocabulary than the GGUF: llama.cpp would abort
+        drafted: list[int] = []
+        sampled = self._shares_seed()
+        while True:
+            llama.eval(pending)
+            self.counters["evaluated"] += len(pending)
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(vocab,))
+            position = len(context) + len(drafted) - self._prompt_len
+            token = self._choose(logits, position) if sampled else int(np.argmax(logits))
+            drafted.append(token)
+            if len(drafted) >= k or (self.confidence > 0 and _top_probability(logits, token) < self.confidence):
+                break
+            pending = [token]
+        self.counters["drafted"] += len(drafted)
+        return Proposal(drafted)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.counters["accepted"] += accepted
+
+    def finish(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            self._pool.release(self.gguf, self.n_threads, self.n_ctx, llama)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "trusted": self.trusted, "gguf": Path(self.gguf).name, "n_threads": self.n_threads,
+            "max_draft": self.max_draft, "share_seed": self.share_seed, **self.counters,
+        }
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _shares_seed(self) -> bool:
+        p = self._params
+        return bool(self.share_seed and p is not None and not p.greedy and p.seed is not None)
+
+    def _choose(self, logits: np.ndarray, position: int) -> int:
+        """The target's sampling rule (Gumbel-max with the request's seed) on llama.cpp's logits."""
+        import torch
+
+        from ..engine.sampling import decision_scores
+
+        assert self._params is not None
+        row = torch.from_numpy(np.array(logits, dtype=np.float32))[None]
+        return int(torch.argmax(decision_scores(row, self._params, [position])[0]))
+
+
+def _top_probability(logits: np.ndarray, token: int) -> float:
+    shifted = logits.astype(np.float64) - float(logits[token])
+    return float(1.0 / np.exp(shifted).sum())
+
+
+def build(target: LoadedModel, options: dict[str, Any]) -> Drafter:
+    """The `llamacpp` drafter factory: check the package and the GGUF now, load lazily per request."""
+    llama_cpp_module()
+    ref = options.get("gguf")
+    if ref is None:
+        draft = options.get("draft_model")
+        if isinstance(draft, LoadedModel):
+            path = target_gguf(draft)
+        elif isinstance(draft, str | Path) and str(draft).endswith(".gguf"):
+            path = Path(draft)
+        else:
+            path = target_gguf(target)
+    else:
+        path = Path(str(ref)).expanduser()
+    if path is None:
+        raise UsageError(
+            "the llamacpp drafter needs a GGUF of the target: the target was not loaded from one; "
+            "set the drafter option gguf = PATH (policy [drafter] table)",
+            field="gguf", got=target.name,
+        )
+    if not path.is_file():
+        raise UsageError("GGUF file not found", field="gguf", got=str(path))
+    n_threads = _int_option(options, "n_threads", 1, 1, 1024)
+    n_ctx = _int_option(options, "n_ctx", min(target.max_context, DEFAULT_MAX_CTX), 16, 1 << 20)
+    max_draft = _int_option(options, "max_draft", DEFAULT_MAX_DRAFT, 1, 64)
+    try:
+        confidence = float(options.get("confidence") or 0.0)
+    except (TypeError, ValueError) as exc:
+        raise UsageError("confidence must be a number", field="confidence", got=options.get("confidence")) from exc
+    if not 0.0 <= confidence < 1.0:
+        raise UsageError("confidence out of range", field="confidence", got=confidence, expected="0 <= c < 1")
+    share = options.get("share_seed", False)
+    if not isinstance(share, bool):
+        raise UsageError("share_seed must be true or false", field="share_seed", got=share)
+    return LlamaCppDrafter(path, n_threads=n_threads, n_ctx=n_ctx, max_draft=max_draft, confidence=confidence,
+                           share_seed=share)
+
+
+def _int_option(options: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = options.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UsageError(f"{key} must be an integer", field=key, got=value)
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise UsageError(f"{key} must be an integer", field=key, got=value) from exc
+    if not low <= number <= high:
+        raise UsageError(f"{key} out of range", field=key, got=number, expected=f"{low}..{high}")
+    return number
