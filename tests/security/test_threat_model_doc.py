@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from support.paths import ROOT
 
 DOC = (ROOT / "docs" / "security.md").read_text("utf-8")
