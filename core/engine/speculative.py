@@ -133,10 +133,7 @@ class SpeculativeEngine:
         top_logprobs: int | None = None,
     ) -> EngineStream:
         """Yield a StepEvent per verification step; return the Transcript."""
-        top_n = check_top_logprobs(self.top_logprobs if top_logprobs is None else top_logprobs)
-        prompt_ids = check_prompt(prompt_ids, self.target)
-        params = with_seed(params)
-        check_mode(params, self.drafter)
+        prompt_ids, params, top_n = self._check_request(prompt_ids, params, top_logprobs)
         spec_sampling = uses_speculative_sampling(params)
         rng = np.random.Generator(np.random.Philox(key=params.seed or 0)) if spec_sampling else None
 
@@ -204,6 +201,16 @@ class SpeculativeEngine:
                                 seconds=time.perf_counter() - start, first_token_seconds=first_token_at)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _check_request(
+        self, prompt_ids: list[int], params: SamplingParams, top_logprobs: int | None
+    ) -> tuple[list[int], SamplingParams, int]:
+        """The checked prompt, the parameters to record (seed drawn if needed) and top_logprobs."""
+        top_n = check_top_logprobs(self.top_logprobs if top_logprobs is None else top_logprobs)
+        prompt_ids = check_prompt(prompt_ids, self.target)
+        params = with_seed(params)
+        check_mode(params, self.drafter)
+        return prompt_ids, params, top_n
 
     def _draft_budget(self, remaining: int) -> int:
         """How many tokens to ask the drafter for, leaving room for the target's own token."""
