@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from .engine.interface import Engine
 from .errors import ConfigError, UsageError
 from .models import LoadedModel
 from .server.errors import QueueFullError
@@ -245,7 +246,7 @@ class Node:
         merged.setdefault("policy", self.policy)
         return merged
 
-    def make_engine(self) -> Any:
+    def make_engine(self) -> Engine:
         """A fresh engine with a fresh drafter for one request."""
         from .engine.factory import make_drafter, make_engine
 

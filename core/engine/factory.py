@@ -1,4 +1,9 @@
-"""Build a drafter and an engine by name through the plugin registries."""
+"""Build a drafter and an engine by name through the plugin registries.
+
+`make_engine` checks that what an engine factory returns satisfies the `Engine` protocol
+(specguard.engine.interface) and raises PluginError otherwise, so a broken adapter fails at
+construction with its name, not in the middle of a request.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from ..drafters.base import Drafter
 from ..errors import UsageError
 from ..models import LoadedModel
 from ..plugin_manager import collect
+from .interface import Engine, check_engine
 
 
 def drafter_names() -> list[str]:
@@ -22,9 +28,16 @@ def make_drafter(name: str, target: LoadedModel, options: dict[str, Any] | None 
     return factory(target, dict(options or {}))
 
 
-def make_engine(target: LoadedModel, drafter: Drafter, name: str = "specguard", options: dict[str, Any] | None = None) -> Any:
+def engine_names() -> list[str]:
+    return sorted(collect("register_engines"))
+
+
+def make_engine(
+    target: LoadedModel, drafter: Drafter, name: str = "specguard", options: dict[str, Any] | None = None
+) -> Engine:
+    """The engine registered as `name`, built for `target` with `drafter` (one per request)."""
     engines = collect("register_engines")
     if name not in engines:
         raise UsageError("unknown engine", field="engine", got=name, expected=sorted(engines))
     factory, _ = engines[name]
-    return factory(target, drafter, dict(options or {}))
+    return check_engine(factory(target, drafter, dict(options or {})), name)

@@ -2,13 +2,16 @@
 
 Per step (cf. gpt-fast's `speculative_decode`):
 1. ask the drafter for up to k tokens (k adapts: +1 after full acceptance, down to the
-   accepted count + 1 after a rejection);
-2. check the proposal's shape; a malformed proposal is dropped as a whole and counted;
-3. run the target once over the uncached tokens plus the draft, keeping k+1 logits rows;
-4. for each draft token, compute the target's own choice (argmax, or Gumbel-max argmax for
-   sampled requests); accept while they agree; emit the target's choice at the first
-   disagreement, or a bonus token after full acceptance;
-5. roll the KV cache back to the accepted prefix.
+   accepted count + 1 after a rejection) and check the proposal's shape; a malformed proposal
+   is dropped as a whole and counted (`proposals.ask_drafter`);
+2. run the target once over the uncached tokens plus the draft, keeping k+1 logits rows;
+3. decide with the acceptance rule (`acceptance.verify_step`): accept draft tokens while they
+   equal the target's own choice (argmax, or Gumbel-max argmax for sampled requests); emit the
+   target's choice at the first disagreement, or a bonus token after full acceptance;
+4. apply stop tokens, the budget and stop strings (`stops`), build the per-token records
+   (`records`), and roll the KV cache back to the accepted prefix.
+
+Request checks live in `inputs`; the loop below only sequences these parts.
 
 Every emitted token is the target's choice, so the output depends only on (model, prompt,
 parameters, seed): never on the drafter. `speculative-sampling` mode (Leviathan et al. Alg. 1)
@@ -17,24 +20,29 @@ is available for trusted local drafters only and is not re-derivable.
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..drafters.base import Drafter, Proposal
-from ..errors import RequestError
+from .. import __version__
+from ..drafters.base import Drafter, NoDrafter
 from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from . import kv
-from .sampling import choose, decision_scores
+from .acceptance import uses_speculative_sampling, verify_step
+from .inputs import MAX_TOP_LOGPROBS, check_mode, check_prompt, check_top_logprobs, with_seed
+from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
+from .proposals import ask_drafter, validate_proposal
+from .records import token_records
+from .stops import cut_at_stop_token, cut_text, stop_string_cut
 
-MAX_TOP_LOGPROBS = 20
-
+__all__ = [
+    "MAX_TOP_LOGPROBS", "MIN_VERIFY_ROWS", "DraftLength", "SpeculativeEngine", "StepEvent", "pad_rows",
+    "validate_proposal",
+]
 
 #: Verification forwards with a draft use at least this many rows (see pad_rows).
 MIN_VERIFY_ROWS = 4
@@ -57,39 +65,6 @@ class DraftLength:
             self.k = max(self.minimum, accepted + 1)
 
 
-@dataclass
-class StepEvent:
-    """What the engine yields while streaming: the tokens one step made final."""
-
-    step: Step
-    tokens: list[TokenRecord]
-
-
-def validate_proposal(proposal: Any, k: int, vocab_size: int, want_probs: bool) -> str | None:
-    """Why a proposal is unusable, or None. Bad proposals are dropped whole, never repaired."""
-    if not isinstance(proposal, Proposal):
-        return f"not a Proposal ({type(proposal).__name__})"
-    tokens = proposal.tokens
-    if not isinstance(tokens, list):
-        return "tokens is not a list"
-    if len(tokens) > k:
-        return f"{len(tokens)} tokens proposed, at most {k} asked"
-    for t in tokens:
-        if isinstance(t, bool) or not isinstance(t, int | np.integer):
-            return f"token {t!r} is not an integer"
-        if not 0 <= int(t) < vocab_size:
-            return f"token id {int(t)} outside the vocabulary [0, {vocab_size})"
-    if want_probs and tokens:
-        q = proposal.probs
-        if not isinstance(q, torch.Tensor) or tuple(q.shape) != (len(tokens), vocab_size):
-            return "q is missing or has the wrong shape"
-        if not torch.isfinite(q).all() or (q < 0).any():
-            return "q has NaN, infinite or negative entries"
-        if (q.sum(dim=-1) - 1).abs().max() > 1e-3:
-            return "q rows do not sum to 1"
-    return None
-
-
 def pad_rows(draft: list[int], min_rows: int) -> list[int]:
     """Filler tokens that bring a verification forward of len(draft)+1 rows up to `min_rows` rows.
 
@@ -105,9 +80,17 @@ def pad_rows(draft: list[int], min_rows: int) -> list[int]:
 
 
 class SpeculativeEngine:
-    """Target-verified speculative decoding over a LoadedModel."""
+    """Target-verified speculative decoding over a LoadedModel (implements `Engine`)."""
 
     name = "specguard"
+    capabilities = EngineCapabilities(
+        rederivable=True,
+        uses_drafter=True,
+        logprobs=True,
+        max_top_logprobs=MAX_TOP_LOGPROBS,
+        sampling_modes=("gumbel", "speculative-sampling"),
+        version=__version__,
+    )
 
     def __init__(
         self,
@@ -118,8 +101,6 @@ class SpeculativeEngine:
         draft_length: DraftLength | None = None,
         min_verify_rows: int = MIN_VERIFY_ROWS,
     ) -> None:
-        from ..drafters.base import NoDrafter
-
         self.target = target
         self.drafter = drafter or NoDrafter()
         self.top_logprobs = top_logprobs
@@ -130,57 +111,40 @@ class SpeculativeEngine:
 
     # -- public API -----------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, **kw: Any) -> Transcript:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        top_logprobs: int | None = None,
+    ) -> Transcript:
         """Run to completion and return the transcript."""
-        stream = self.stream(prompt_ids, params, **kw)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return done.value
+        return drain(self.stream(prompt_ids, params, on_step=on_step, should_stop=should_stop, top_logprobs=top_logprobs))
 
     def stream(
         self,
         prompt_ids: list[int],
         params: SamplingParams,
         *,
-        on_step: Callable[[Step], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
         top_logprobs: int | None = None,
-    ) -> Iterator[StepEvent]:
+    ) -> EngineStream:
         """Yield a StepEvent per verification step; return the Transcript."""
-        top_n = self.top_logprobs if top_logprobs is None else top_logprobs
-        if not 0 <= top_n <= MAX_TOP_LOGPROBS:
-            raise RequestError("top_logprobs out of range", field="top_logprobs", got=top_n, expected=f"0..{MAX_TOP_LOGPROBS}")
-        prompt_ids = [int(t) for t in prompt_ids]
-        target = self.target
-        vocab = target.vocab_size
-        if not prompt_ids:
-            raise RequestError("the prompt is empty", field="prompt")
-        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise RequestError("prompt token id outside the vocabulary", field="prompt", got=bad, expected=f"0..{vocab - 1}")
-        if len(prompt_ids) >= target.max_context:
-            raise RequestError(
-                "prompt is longer than the model's context", field="prompt", got=len(prompt_ids), expected=f"< {target.max_context}"
-            )
-        if not params.greedy and params.seed is None:
-            # randomness comes only from the verifier; the seed is recorded so the output is re-derivable
-            params = replace(params, seed=secrets.randbits(63))
-        spec_sampling = params.mode == "speculative-sampling" and not params.greedy
-        if spec_sampling and not self.drafter.trusted:
-            raise RequestError("speculative-sampling mode needs a trusted local drafter", field="mode", got=self.drafter.name)
+        prompt_ids, params, top_n = self._check_request(prompt_ids, params, top_logprobs)
+        spec_sampling = uses_speculative_sampling(params)
         rng = np.random.Generator(np.random.Philox(key=params.seed or 0)) if spec_sampling else None
 
-        model = target.model
-        cache = kv.new_cache(model)
-        tokens = list(prompt_ids)
-        cached = 0
+        cache = kv.new_cache(self.target.model)
+        tokens = list(prompt_ids)  # prompt + output so far
+        cached = 0  # how many of `tokens` the KV cache holds
         output: list[int] = []
         records: list[TokenRecord] = []
         steps: list[Step] = []
-        eos = params.stop_token_ids(target.eos_token_ids)
-        budget = min(params.max_tokens, target.max_context - len(prompt_ids))
+        eos = params.stop_token_ids(self.target.eos_token_ids)
+        budget = min(params.max_tokens, self.target.max_context - len(prompt_ids))
         finish = "length"
         start = time.perf_counter()
         first_token_at = 0.0
@@ -190,82 +154,38 @@ class SpeculativeEngine:
                 if should_stop is not None and should_stop():
                     finish = "cancelled"
                     break
-                k = self.draft_length.k
-                if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
-                    k = max(k, self.min_verify_rows - 1)
-                k = max(0, min(k, budget - len(output) - 1))
+                k = self._draft_budget(budget - len(output))
                 t0 = time.perf_counter()
-                rejected: str | None = None
-                try:
-                    proposal = self.drafter.propose(list(tokens), k) if k > 0 else Proposal([])
-                except Exception as exc:  # an untrusted drafter failing is counted, never fatal
-                    proposal, rejected = Proposal([]), f"drafter raised {type(exc).__name__}: {exc}"[:200]
-                if rejected is None:
-                    rejected = validate_proposal(proposal, k, vocab, want_probs=spec_sampling)
-                draft = [] if rejected else [int(t) for t in proposal.tokens]
+                draft, q, rejected = ask_drafter(self.drafter, tokens, k, self.target.vocab_size, spec_sampling)
                 t1 = time.perf_counter()
-
-                n_rows = len(draft) + 1
-                pad = pad_rows(draft, self.min_verify_rows)
-                with torch.inference_mode():
-                    logits = kv.forward(model, tokens[cached:] + draft + pad, cache, n_rows + len(pad))[:n_rows]
-                positions = list(range(len(output), len(output) + n_rows))
-                if spec_sampling:
-                    emitted, n_acc = self._speculative_sampling(logits, draft, proposal.probs, params, rng)
-                    margins = [float("inf")] * len(emitted)
-                else:
-                    chosen, margins = choose(decision_scores(logits, params, positions))
-                    n_acc = 0
-                    while n_acc < len(draft) and draft[n_acc] == chosen[n_acc]:
-                        n_acc += 1
-                    emitted = draft[:n_acc] + [chosen[n_acc]]
-                # stop at EOS and at the budget
-                for i, tok in enumerate(emitted):
-                    if tok in eos:
-                        emitted = emitted[: i + 1]
-                        finish = "stop"
-                        break
+                logits = self._verify_forward(cache, tokens[cached:], draft)
+                outcome = verify_step(logits, draft, params, start=len(output), draft_probs=q, rng=rng)
+                emitted, hit_stop = cut_at_stop_token(outcome.emitted, eos)
+                if hit_stop:
+                    finish = "stop"
                 emitted = emitted[: budget - len(output)]
-                n_acc = min(n_acc, len(emitted))
-                # roll the cache back: keep everything but the last emitted token
+                accepted = min(outcome.accepted, len(emitted))
+                # roll the cache back to the accepted prefix; the last emitted token is fed next step
                 tokens.extend(emitted)
                 cached = len(tokens) - 1
                 kv.crop(cache, cached)
                 t2 = time.perf_counter()
 
-                logp = torch.log_softmax(logits[: len(emitted)], dim=-1)
-                top = torch.topk(logp, top_n, dim=-1) if top_n else None
-                new_records = []
-                for i, tok in enumerate(emitted):
-                    new_records.append(
-                        TokenRecord(
-                            position=len(output) + i,
-                            token_id=tok,
-                            logprob=float(logp[i, tok]),
-                            top=list(zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)) if top is not None else [],
-                            margin=margins[i] if i < len(margins) else float("inf"),
-                        )
-                    )
+                new_records = token_records(logits, emitted, outcome.margins, start=len(output), top_n=top_n)
                 output.extend(emitted)
                 records.extend(new_records)
                 if not first_token_at:
                     first_token_at = time.perf_counter() - start
                 step = Step(
-                    index=len(steps),
-                    drafter=self.drafter.name,
-                    drafted=draft,
-                    accepted=n_acc,
-                    emitted=list(emitted),
-                    rejected_proposal=rejected,
-                    draft_seconds=t1 - t0,
-                    verify_seconds=t2 - t1,
+                    index=len(steps), drafter=self.drafter.name, drafted=draft, accepted=accepted, emitted=list(emitted),
+                    rejected_proposal=rejected, draft_seconds=t1 - t0, verify_seconds=t2 - t1,
                 )
                 steps.append(step)
-                self.drafter.observe(len(draft), n_acc)
-                self.draft_length.update(len(draft), n_acc)
+                self.drafter.observe(len(draft), accepted)
+                self.draft_length.update(len(draft), accepted)
                 if on_step is not None:
                     on_step(step)
-                stop_at = self._stop_string_cut(output, params.stop)
+                stop_at = stop_string_cut(self.target.decode, output, params.stop)
                 if stop_at is not None:
                     cut = len(output) - stop_at
                     del output[stop_at:]
@@ -277,13 +197,46 @@ class SpeculativeEngine:
                     break
         finally:
             self.drafter.finish()
-        text = target.decode(output)
+        return self._transcript(prompt_ids, output, records, steps, params, finish,
+                                seconds=time.perf_counter() - start, first_token_seconds=first_token_at)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _check_request(
+        self, prompt_ids: list[int], params: SamplingParams, top_logprobs: int | None
+    ) -> tuple[list[int], SamplingParams, int]:
+        """The checked prompt, the parameters to record (seed drawn if needed) and top_logprobs."""
+        top_n = check_top_logprobs(self.top_logprobs if top_logprobs is None else top_logprobs)
+        prompt_ids = check_prompt(prompt_ids, self.target)
+        params = with_seed(params)
+        check_mode(params, self.drafter)
+        return prompt_ids, params, top_n
+
+    def _draft_budget(self, remaining: int) -> int:
+        """How many tokens to ask the drafter for, leaving room for the target's own token."""
+        k = self.draft_length.k
+        if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
+            k = max(k, self.min_verify_rows - 1)
+        return max(0, min(k, remaining - 1))
+
+    def _verify_forward(self, cache: Any, uncached: list[int], draft: list[int]) -> torch.Tensor:
+        """One target forward over the uncached tokens plus the draft: len(draft)+1 logits rows."""
+        n_rows = len(draft) + 1
+        pad = pad_rows(draft, self.min_verify_rows)
+        with torch.inference_mode():
+            return kv.forward(self.target.model, uncached + draft + pad, cache, n_rows + len(pad))[:n_rows]
+
+    def _transcript(
+        self, prompt_ids: list[int], output: list[int], records: list[TokenRecord], steps: list[Step],
+        params: SamplingParams, finish: str, *, seconds: float, first_token_seconds: float,
+    ) -> Transcript:
+        text = self.target.decode(output)
         if params.stop and finish == "stop":
-            text = _cut_text(text, params.stop)
+            text = cut_text(text, params.stop)
         return Transcript(
-            model_name=target.name,
-            model_digest=target.digest,
-            tokenizer_digest=target.tokenizer_digest,
+            model_name=self.target.name,
+            model_digest=self.target.digest,
+            tokenizer_digest=self.target.tokenizer_digest,
             prompt_ids=prompt_ids,
             output_ids=output,
             tokens=records,
@@ -294,53 +247,6 @@ class SpeculativeEngine:
             drafter_trusted=self.drafter.trusted,
             engine=self.name,
             text=text,
-            seconds=time.perf_counter() - start,
-            first_token_seconds=first_token_at,
+            seconds=seconds,
+            first_token_seconds=first_token_seconds,
         )
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _stop_string_cut(self, output: list[int], stops: tuple[str, ...]) -> int | None:
-        """The shortest token prefix whose text contains a stop string, or None."""
-        if not stops:
-            return None
-        text = self.target.decode(output)
-        if not any(s in text for s in stops):
-            return None
-        for n in range(1, len(output) + 1):
-            partial = self.target.decode(output[:n])
-            if any(s in partial for s in stops):
-                return n
-        return len(output)
-
-    @staticmethod
-    def _speculative_sampling(
-        logits: torch.Tensor, draft: list[int], q: Any, params: SamplingParams, rng: np.random.Generator
-    ) -> tuple[list[int], int]:
-        """Leviathan et al. Algorithm 1 with the verifier's own random numbers."""
-        from .sampling import filtered_logprobs
-
-        p = filtered_logprobs(logits, params).exp()
-        for i, tok in enumerate(draft):
-            qi = q[i].to(torch.float64)
-            ratio = float(p[i, tok]) / max(float(qi[tok]), 1e-300)
-            if rng.random() < min(1.0, ratio):
-                continue
-            residual = torch.clamp(p[i] - qi, min=0)
-            total = float(residual.sum())
-            dist = residual / total if total > 0 else p[i]
-            return draft[:i] + [_sample(dist, rng)], i
-        return draft + [_sample(p[len(draft)], rng)], len(draft)
-
-
-def _sample(dist: torch.Tensor, rng: np.random.Generator) -> int:
-    cdf = torch.cumsum(dist, dim=0)
-    u = rng.random() * float(cdf[-1])
-    return int(min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=cdf.dtype))), dist.shape[0] - 1))
-
-
-def _cut_text(text: str, stops: tuple[str, ...]) -> str:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
