@@ -295,7 +295,7 @@ class VerifierService:
 
     def _body_reasons(self, req: VerifyRequest, client: Any, judgement: Judgement) -> list[str]:
         """The response body must be what an honest node sends for these output ids."""
-        from ..engine.speculative import _cut_text
+        from ..engine.stops import cut_text
         from ..server import prompting
         from ..server.format import TokenText, chat_body, completion_body
 
@@ -310,7 +310,7 @@ class VerifierService:
             return out
         text = self.model.decode(list(t.output_ids))
         if t.params.stop and t.finish_reason == "stop":
-            text = _cut_text(text, t.params.stop)
+            text = cut_text(text, t.params.stop)
         records = list(t.tokens)
         if len(judgement.positions) == len(records):  # the body's logprobs must be the re-derived ones
             records = [_rederived_record(rec, pos) for rec, pos in zip(records, judgement.positions, strict=True)]

@@ -75,11 +75,11 @@ def respond(model: Any, issuer: Any, request: dict[str, Any], **body_kw: Any) ->
 def answer(model: Any, issuer: Any, request_obj: dict[str, Any], transcript: Transcript, **body_kw: Any) -> Served:
     """A node's consistent answer with `transcript` (honest or not): the body shows the decoding
     of its output ids (stop-trimmed), as the server would, and the receipt signs request and body."""
-    from specguard.engine.speculative import _cut_text
+    from specguard.engine.stops import cut_text
 
     text = model.decode(list(transcript.output_ids))
     if transcript.params.stop and transcript.finish_reason == "stop":
-        text = _cut_text(text, transcript.params.stop)
+        text = cut_text(text, transcript.params.stop)
     transcript = dataclasses.replace(transcript, text=text)
     body = build_body(model, request_obj, transcript, **body_kw)
     return Served(transcript, issue(issuer, transcript, request_obj, body), request_obj, body)
