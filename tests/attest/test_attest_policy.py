@@ -8,11 +8,10 @@ import datetime as dt
 import logging
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
+from support.tee_fakes import make_cert
 
 from specguard.attest.binding import report_data_for
 from specguard.attest.tee import roots
@@ -38,20 +37,6 @@ PUBKEY = bytes(range(32))
 NONCE = b"n" * 32
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject, issuer, key, signer, *, ca, not_after=dt.datetime(2030, 1, 1, tzinfo=UTC), extensions=()):
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(dt.datetime(2024, 1, 1, tzinfo=UTC)).not_valid_after(not_after)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    for oid, value in extensions:
-        b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
-    return b.sign(signer, hashes.SHA384())
-
-
 class FakeAmdCA:
     """ARK -> ASK -> VCEK, all ECDSA P-384, VCEK with the AMD TCB/hwID extensions."""
 
@@ -59,12 +44,12 @@ class FakeAmdCA:
         self.ark_key = ec.generate_private_key(ec.SECP384R1())
         self.ask_key = ec.generate_private_key(ec.SECP384R1())
         self.vcek_key = ec.generate_private_key(ec.SECP384R1())
-        self.ark = _cert("ARK-Test", "ARK-Test", self.ark_key, self.ark_key, ca=True)
-        self.ask = _cert("SEV-Test", "ARK-Test", self.ask_key, self.ark_key, ca=True)
+        self.ark = make_cert("ARK-Test", "ARK-Test", self.ark_key, self.ark_key, ca=True)
+        self.ask = make_cert("SEV-Test", "ARK-Test", self.ask_key, self.ark_key, ca=True)
         bl, tee, snp, ucode = tcb
         ext = [(AMD + ".2", b"\x16\x08Milan-B0"), (AMD + ".3.1", bytes([2, 1, bl])), (AMD + ".3.2", bytes([2, 1, tee])),
                (AMD + ".3.3", bytes([2, 1, snp])), (AMD + ".3.8", bytes([2, 1, ucode])), (AMD + ".4", CHIP_ID)]
-        self.vcek = _cert("SEV-VCEK", "SEV-Test", self.vcek_key, self.ask_key, ca=False, not_after=vcek_not_after,
+        self.vcek = make_cert("SEV-VCEK", "SEV-Test", self.vcek_key, self.ask_key, ca=False, not_after=vcek_not_after,
                           extensions=ext)
         self.trust = roots.custom([self.ark], [self.ask])
 
