@@ -5,23 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.cli import run
 from support.paths import SHARED
 
 from specguard.attest.tee import collect
-from specguard.cli import main
 
 TEE = SHARED / "vectors" / "tee"
 SNP = TEE / "sev-snp"
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_verify_snp_ok_json(capsys):

@@ -8,13 +8,9 @@ import datetime as dt
 import logging
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from support.tee_fakes import make_cert
+from support import tee_fakes
 
 from specguard.attest.binding import report_data_for
-from specguard.attest.tee import roots
 from specguard.attest.tee.builtin import SimulatedEvidenceType, SnpEvidenceType, TdxEvidenceType
 from specguard.attest.tee.errors import (
     AttestationPolicyError,
@@ -37,42 +33,8 @@ PUBKEY = bytes(range(32))
 NONCE = b"n" * 32
 
 
-class FakeAmdCA:
-    """ARK -> ASK -> VCEK, all ECDSA P-384, VCEK with the AMD TCB/hwID extensions."""
-
-    def __init__(self, tcb=(3, 0, 8, 115), vcek_not_after=dt.datetime(2030, 1, 1, tzinfo=UTC)):
-        self.ark_key = ec.generate_private_key(ec.SECP384R1())
-        self.ask_key = ec.generate_private_key(ec.SECP384R1())
-        self.vcek_key = ec.generate_private_key(ec.SECP384R1())
-        self.ark = make_cert("ARK-Test", "ARK-Test", self.ark_key, self.ark_key, ca=True)
-        self.ask = make_cert("SEV-Test", "ARK-Test", self.ask_key, self.ark_key, ca=True)
-        bl, tee, snp, ucode = tcb
-        ext = [(AMD + ".2", b"\x16\x08Milan-B0"), (AMD + ".3.1", bytes([2, 1, bl])), (AMD + ".3.2", bytes([2, 1, tee])),
-               (AMD + ".3.3", bytes([2, 1, snp])), (AMD + ".3.8", bytes([2, 1, ucode])), (AMD + ".4", CHIP_ID)]
-        self.vcek = make_cert("SEV-VCEK", "SEV-Test", self.vcek_key, self.ask_key, ca=False, not_after=vcek_not_after,
-                          extensions=ext)
-        self.trust = roots.custom([self.ark], [self.ask])
-
-    def report(self, *, report_data=bytes(64), debug=False, vmpl=0, guest_svn=2, measurement=MEASUREMENT,
-               host_data=bytes(32), tcb=(3, 0, 8, 115), chip_id=CHIP_ID) -> bytes:
-        buf = bytearray(0x4A0)
-        buf[0:4] = (2).to_bytes(4, "little")
-        buf[4:8] = guest_svn.to_bytes(4, "little")
-        buf[8:16] = (0x30000 | (1 << 19 if debug else 0)).to_bytes(8, "little")
-        buf[0x30:0x34] = vmpl.to_bytes(4, "little")
-        buf[0x34:0x38] = (1).to_bytes(4, "little")
-        bl, tee, snp, ucode = tcb
-        tcb_raw = bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
-        for off in (0x38, 0x180, 0x1E0, 0x1F0):
-            buf[off : off + 8] = tcb_raw
-        buf[0x50:0x90] = report_data
-        buf[0x90:0xC0] = measurement
-        buf[0xC0:0xE0] = host_data
-        buf[0x1A0:0x1E0] = chip_id
-        r, s = decode_dss_signature(self.vcek_key.sign(bytes(buf[:0x2A0]), ec.ECDSA(hashes.SHA384())))
-        buf[0x2A0:0x2E8] = r.to_bytes(72, "little")
-        buf[0x2E8:0x330] = s.to_bytes(72, "little")
-        return bytes(buf)
+class FakeAmdCA(tee_fakes.FakeAmdCA):
+    """The shared fake AMD chain (support.tee_fakes), verifying its own reports."""
 
     def verify(self, report: bytes, at=NOW) -> Verified:
         return verify_snp(parse_snp_report(report), at=at, trust=self.trust, certs=[self.vcek])

@@ -14,6 +14,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from support.cli import run
 from support.paths import ROOT, SHARED
 from support.tee_fakes import NOW, FakeAmdCA, FakeNvidia, make_crl, pem
 
@@ -34,7 +35,6 @@ from specguard.attest.tee.nvidia_verify import verify_nvidia
 from specguard.attest.tee.snp import parse_snp_report
 from specguard.attest.tee.snp_verify import verify_snp
 from specguard.attest.tee.tdx import parse_tdx_quote
-from specguard.cli import main
 from specguard.errors import ConfigError
 from specguard.policies import load_policy
 
@@ -70,14 +70,6 @@ def hopper():
                                        certs=(NV / "hopperCertChain.txt").read_bytes())
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --- strict refuses to validate without reference values ------------------------------------------

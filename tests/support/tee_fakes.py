@@ -57,7 +57,7 @@ def pem(*certs: x509.Certificate) -> bytes:
 class FakeAmdCA:
     """ARK -> ASK -> VCEK, all ECDSA P-384, VCEK with the AMD TCB/hwID extensions."""
 
-    def __init__(self, tcb=(3, 0, 8, 115)):
+    def __init__(self, tcb=(3, 0, 8, 115), vcek_not_after=dt.datetime(2030, 1, 1, tzinfo=UTC)):
         self.ark_key = ec.generate_private_key(ec.SECP384R1())
         self.ask_key = ec.generate_private_key(ec.SECP384R1())
         self.vcek_key = ec.generate_private_key(ec.SECP384R1())
@@ -66,11 +66,12 @@ class FakeAmdCA:
         bl, tee, snp, ucode = tcb
         ext = [(AMD + ".2", b"\x16\x08Milan-B0"), (AMD + ".3.1", bytes([2, 1, bl])), (AMD + ".3.2", bytes([2, 1, tee])),
                (AMD + ".3.3", bytes([2, 1, snp])), (AMD + ".3.8", bytes([2, 1, ucode])), (AMD + ".4", CHIP_ID)]
-        self.vcek = make_cert("SEV-VCEK", "SEV-Test", self.vcek_key, self.ask_key, ca=False, extensions=ext)
+        self.vcek = make_cert("SEV-VCEK", "SEV-Test", self.vcek_key, self.ask_key, ca=False, not_after=vcek_not_after,
+                              extensions=ext)
         self.trust = roots.custom([self.ark], [self.ask])
 
     def report(self, *, report_data=bytes(64), debug=False, vmpl=0, guest_svn=2, measurement=MEASUREMENT,
-               tcb=(3, 0, 8, 115)) -> bytes:
+               host_data=bytes(32), tcb=(3, 0, 8, 115), chip_id=CHIP_ID) -> bytes:
         buf = bytearray(0x4A0)
         buf[0:4] = (2).to_bytes(4, "little")
         buf[4:8] = guest_svn.to_bytes(4, "little")
@@ -82,7 +83,8 @@ class FakeAmdCA:
             buf[off : off + 8] = bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
         buf[0x50:0x90] = report_data
         buf[0x90:0xC0] = measurement
-        buf[0x1A0:0x1E0] = CHIP_ID
+        buf[0xC0:0xE0] = host_data
+        buf[0x1A0:0x1E0] = chip_id
         r, s = decode_dss_signature(self.vcek_key.sign(bytes(buf[:0x2A0]), ec.ECDSA(hashes.SHA384())))
         buf[0x2A0:0x2E8] = r.to_bytes(72, "little")
         buf[0x2E8:0x330] = s.to_bytes(72, "little")
