@@ -6,6 +6,7 @@ from typing import Any
 
 from ..hookspecs import hookimpl
 from .speculative import SpeculativeEngine
+from .transformers_engine import build as _transformers
 
 
 def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> SpeculativeEngine:
@@ -15,3 +16,4 @@ def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> Speculativ
 @hookimpl
 def register_engines(register):
     register("specguard", _specguard, "target-verified speculative decoding (the reference engine)")
+    register("transformers", _transformers, "transformers generate (greedy, prompt lookup, assisted) + specguard sampling")
