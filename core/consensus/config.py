@@ -36,6 +36,13 @@ class NoQuorumError(SpecguardError):
     http_status = 503
 
 
+class UnknownEngineError(VerificationError):
+    """A transcript names an engine this verifier has no calibrated tolerance for: it refuses to
+    vote rather than judge it with the exact margin (rejecting honest work) or a loose one (HTTP 422)."""
+
+    http_status = 422
+
+
 class ConsensusWithheldError(VerificationError):
     """Consensus policy "withhold": the response is withheld because it was not certified (HTTP 422)."""
 
@@ -48,6 +55,68 @@ class ConsensusWithheldError(VerificationError):
 def default_quorum(n: int) -> int:
     """2f + 1 for n = 3f + 1 (n - f with f = floor((n - 1) / 3))."""
     return n - (n - 1) // 3 if n > 0 else 0
+
+
+#: Engines whose transcripts are the reference rule's choices on the verifier's own fp32 torch model
+#: (`EngineCapabilities.rederivable`): re-checked exactly, never with a cross-engine table.
+EXACT_ENGINES = ("specguard", "transformers")
+
+
+@dataclass(frozen=True)
+class EngineTolerance:
+    """A [consensus.engines.NAME] table: how a verifier re-checks transcripts of engine NAME
+    (another implementation of the same model, e.g. llama.cpp on its GGUF) against its torch model.
+
+    - `margin`: a token that is not the verifier's choice is accepted only if its decision score
+      is within `margin` of the best (logit units for greedy; divided by the temperature for
+      sampled requests, whose scores are log p at that temperature plus noise);
+    - `logprob_tolerance`: claimed log-probabilities may differ this much from the verifier's;
+    - `max_near_tie_fraction` / `max_near_ties`: at most ceil(fraction x tokens) such
+      within-margin disagreements per response (and never more than `max_near_ties` when set):
+      this bounds how many tokens of one response a dishonest engine may choose differently.
+    """
+
+    engine: str
+    margin: float
+    logprob_tolerance: float
+    max_near_tie_fraction: float
+    max_near_ties: int | None = None
+
+    def allowed_near_ties(self, tokens: int) -> int:
+        """How many within-margin disagreements a response of `tokens` tokens may have."""
+        n = math.ceil(self.max_near_tie_fraction * tokens - 1e-12)
+        return n if self.max_near_ties is None else min(n, self.max_near_ties)
+
+
+_ENGINE_KEYS = {"margin", "logprob_tolerance", "max_near_tie_fraction", "max_near_ties"}
+_ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _engine_tables(value: Any) -> tuple[EngineTolerance, ...]:
+    """Parse [consensus.engines]: every key required except max_near_ties; unknown keys refused."""
+    if not isinstance(value, dict):
+        raise ConfigError("consensus.engines must be a table of engine tables", field="consensus.engines",
+                          got=type(value).__name__)
+    out = []
+    for name, table in sorted(value.items()):
+        where = f"consensus.engines.{name}"
+        if not isinstance(name, str) or not _ENGINE_NAME.fullmatch(name):
+            raise ConfigError("engine name must be 1-64 letters, digits, '.', '_' or '-'", field=where, got=name)
+        if name in EXACT_ENGINES:
+            raise ConfigError("this engine is re-checked exactly (the top-level margin and logprob_tolerance)",
+                              field=where, got=name, expected=f"an engine other than {', '.join(EXACT_ENGINES)}")
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", field=where, got=type(table).__name__)
+        unknown = sorted(set(table) - _ENGINE_KEYS)
+        missing = sorted(_ENGINE_KEYS - {"max_near_ties"} - set(table))
+        if unknown or missing:
+            raise ConfigError("unknown or missing key(s)", field=where, got={"unknown": unknown, "missing": missing},
+                              expected=sorted(_ENGINE_KEYS))
+        numbers = {k: _number(table, k, None, 0.0, 1.0, where) for k in ("margin", "logprob_tolerance",
+                                                                          "max_near_tie_fraction")}
+        cap = _integer(table, "max_near_ties", None, 0, where)
+        out.append(EngineTolerance(engine=name, max_near_ties=cap, **numbers))  # type: ignore[arg-type]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -68,30 +137,32 @@ class ConsensusPolicy:
     allowed_nodes: tuple[bytes, ...] | None = None  # None: any serving node (logged as open)
     rate_limit_per_second: float = 5.0
     rate_limit_burst: int = 20
+    engines: tuple[EngineTolerance, ...] = ()  # [consensus.engines.NAME]: cross-engine re-checking
 
 
-_POLICY_KEYS = {"verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
+_POLICY_KEYS = {"engines", "verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
                 "margin", "logprob_tolerance", "min_attested_verifiers", "allowed_nodes", "rate_limit_per_second",
                 "rate_limit_burst"}
 
 
-def _number(section: dict[str, Any], name: str, default: float | None, lo: float, hi: float) -> float | None:
+def _number(section: dict[str, Any], name: str, default: float | None, lo: float, hi: float,
+            prefix: str = "consensus") -> float | None:
     value = section.get(name, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or not lo <= value <= hi:
-        raise ConfigError(f"consensus.{name} must be a number in [{lo:g}, {hi:g}]", field=f"consensus.{name}",
-                          got=value)
+        where = f"{prefix}.{name}"
+        raise ConfigError(f"{where} must be a number in [{lo:g}, {hi:g}]", field=where, got=value)
     return float(value)
 
 
-def _integer(section: dict[str, Any], name: str, default: int | None, lo: int) -> int | None:
+def _integer(section: dict[str, Any], name: str, default: int | None, lo: int, prefix: str = "consensus") -> int | None:
     value = section.get(name, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"consensus.{name} must be an integer >= {lo}", field=f"consensus.{name}", got=value)
+        raise ConfigError(f"{prefix}.{name} must be an integer >= {lo}", field=f"{prefix}.{name}", got=value)
     return value
 
 
@@ -141,6 +212,7 @@ def consensus_policy(policy: Any) -> ConsensusPolicy:
         allowed_nodes=None if allowed is None else _key_list(allowed, "consensus.allowed_nodes"),
         rate_limit_per_second=float(_number(section, "rate_limit_per_second", 5.0, 0.0, 1e6) or 0.0),
         rate_limit_burst=int(_integer(section, "rate_limit_burst", 20, 1) or 1),
+        engines=_engine_tables(section.get("engines", {})),
     )
 
 

@@ -16,6 +16,14 @@ output ids, sampling parameters, seed, claimed per-token log-probabilities):
    may occur earlier; "cancelled" (a generation the client abandoned) is never certified.
    Stop strings are found with O(log n) decodes of the output, not one per prefix.
 
+Which tolerances apply depends on the engine the transcript names (`Tolerances.for_engine`):
+engines that compute the reference rule on the same fp32 torch model (`EXACT_ENGINES`: specguard,
+transformers) are re-checked exactly (the margin and tolerance below); another engine (llama.cpp
+on the model's GGUF, ...) needs a calibrated [consensus.engines.NAME] table, which also caps how
+many within-margin disagreements one response may have; an engine with neither is refused
+(`UnknownEngineError`: no vote). The judgement's stats (signed into the vote) say which engine,
+profile, margin, tolerance and cap were used.
+
 The default margin and tolerance come from `specguard.consensus.calibrate` (see
 docs/consensus.md for the measurement): honest fp32 runs differ only by kernel rounding (<2e-5
 in logits and log-probabilities), so the defaults (1e-3) leave a 50x safety factor while staying
@@ -32,6 +40,7 @@ from typing import Any
 from ..errors import RequestError
 from ..models import LoadedModel
 from ..transcript import Transcript
+from .config import EXACT_ENGINES, EngineTolerance, UnknownEngineError
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -54,11 +63,48 @@ MAX_DETAILS = 8
 
 
 @dataclass(frozen=True)
+class EngineCheck:
+    """The tolerances one transcript is judged with, resolved from its engine name."""
+
+    engine: str
+    profile: str  # "exact" | "cross-engine"
+    margin: float
+    logprob_tolerance: float
+    cross: EngineTolerance | None = None
+
+    def margin_for(self, params: Any) -> float:
+        """The margin in decision-score units: cross-engine margins are calibrated in logits, and a
+        sampled request's scores are log p at temperature T (plus noise), so logit drift is / T."""
+        if self.cross is None or params.greedy:
+            return self.margin
+        return self.margin / float(params.temperature)
+
+    def allowed_near_ties(self, tokens: int) -> int | None:
+        """The per-response cap on within-margin disagreements (None: no cap, exact re-checking)."""
+        return None if self.cross is None else self.cross.allowed_near_ties(tokens)
+
+
+@dataclass(frozen=True)
 class Tolerances:
-    """How far an honest re-derivation may differ from the transcript."""
+    """How far an honest re-derivation may differ from the transcript: exact for the engines in
+    EXACT_ENGINES, per [consensus.engines.NAME] table for others, refused for the rest."""
 
     margin: float = DEFAULT_MARGIN
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE
+    engines: tuple[EngineTolerance, ...] = ()
+
+    def for_engine(self, engine: Any) -> EngineCheck:
+        """The check for a transcript of `engine`; UnknownEngineError when there is none."""
+        if engine in EXACT_ENGINES:
+            return EngineCheck(engine, "exact", self.margin, self.logprob_tolerance)
+        for table in self.engines:
+            if table.engine == engine:
+                return EngineCheck(engine, "cross-engine", table.margin, table.logprob_tolerance, table)
+        raise UnknownEngineError(
+            "no calibrated tolerance for the transcript's engine: this verifier does not vote on it",
+            field="transcript.engine", got=engine if isinstance(engine, str) else type(engine).__name__,
+            expected=sorted([*EXACT_ENGINES, *(t.engine for t in self.engines)]),
+        )
 
     def __post_init__(self) -> None:
         for name in ("margin", "logprob_tolerance"):
@@ -75,6 +121,7 @@ class Tolerances:
         return cls(
             margin=DEFAULT_MARGIN if pol.margin is None else pol.margin,
             logprob_tolerance=DEFAULT_LOGPROB_TOLERANCE if pol.logprob_tolerance is None else pol.logprob_tolerance,
+            engines=pol.engines,
         )
 
 
@@ -173,14 +220,19 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     """Re-derive `transcript` with `model` and return accept / reject / unverifiable with reasons."""
     from ..engine.scoring import score
 
-    tol = tolerances or Tolerances()
     params = transcript.params
+    tol = (tolerances or Tolerances()).for_engine(transcript.engine)  # unknown engine: no vote at all
+    margin = tol.margin_for(params) if params.mode == "gumbel" else tol.margin
+    allowed = tol.allowed_near_ties(len(transcript.output_ids))
     stats: dict[str, Any] = {
         "output_tokens": len(transcript.output_ids),
         "prompt_tokens": len(transcript.prompt_ids),
         "mode": "greedy" if params.greedy else params.mode,
-        "margin": tol.margin,
+        "engine": tol.engine,
+        "tolerance_profile": tol.profile,
+        "margin": margin,
         "logprob_tolerance": tol.logprob_tolerance,
+        "max_near_ties": allowed,
     }
     if params.mode != "gumbel" and not params.greedy:
         return Judgement(UNVERIFIABLE, [f"params.mode: {params.mode!r} is not re-derivable (only greedy or "
@@ -221,13 +273,13 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     for pos, rec in zip(result.positions, transcript.tokens, strict=True):
         min_margin = min(min_margin, pos.margin)
         if not pos.agrees:
-            if pos.given_score_gap <= tol.margin:
+            if pos.given_score_gap <= margin:
                 near_ties += 1
             else:
                 mismatches += 1
                 if len(details) < MAX_DETAILS:
                     details.append(f"output_ids[{pos.position}]: token {pos.token_id} is not the target's choice "
-                                   f"{pos.expected_id} (score gap {_r(pos.given_score_gap)} > margin {tol.margin})")
+                                   f"{pos.expected_id} (score gap {_r(pos.given_score_gap)} > margin {_r(margin)})")
         err = abs(rec.logprob - pos.logprob) if math.isfinite(rec.logprob) else math.inf
         max_lp_err = max(max_lp_err, err)
         if err > tol.logprob_tolerance:
@@ -259,6 +311,11 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     positions = list(result.positions)
     if mismatches:
         reasons.append(f"{mismatches} output token(s) are not the target's choice")
+    if allowed is not None and near_ties > allowed:
+        reasons.append(f"{near_ties} output token(s) differ from the target's choice within the margin, more than "
+                       f"the {allowed} engine {tol.engine!r} may have in {len(transcript.output_ids)} tokens "
+                       f"(max_near_tie_fraction {tol.cross.max_near_tie_fraction}, max_near_ties "
+                       f"{tol.cross.max_near_ties})")
     if lp_errors:
         reasons.append(f"{lp_errors} claimed logprob(s) differ from the target's beyond tolerance")
     if top_errors:
