@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import table, write_section  # noqa: E402
@@ -43,7 +45,14 @@ def main() -> None:
     ap.add_argument("--questions", default=str(QUESTIONS))
     ap.add_argument("--json", default=None, help="write the raw report here")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (llama.cpp always uses 1)")
+    ap.add_argument("--from-json", default=None, help="only write the docs section from a saved raw report")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.from_json:
+        write_doc(json.loads(Path(args.from_json).read_text()),
+                  "python bench/cross_engine.py --prompts 32 --tokens 32 --json " + args.from_json)
+        return
     model = load_model(args.model)
     gguf = target_gguf(model)
     if gguf is None:
@@ -58,6 +67,7 @@ def main() -> None:
     def recording(prompt, n):
         ids, lps = generate(prompt, n)
         outputs.append(ids)
+        print(f"prompt {len(outputs)}/{len(prompts)}", file=sys.stderr, flush=True)
         return ids, lps
 
     t0 = time.perf_counter()
@@ -75,25 +85,31 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(raw, indent=1) + "\n")
     if args.no_doc:
         return
-    q = report.quantiles()
+    write_doc(raw, "python bench/cross_engine.py " + " ".join(sys.argv[1:]))
+
+
+def write_doc(raw: dict, command: str) -> None:
+    """The docs/benchmarks.md section for a raw report (also from a saved one: --from-json)."""
+    rep, rec = raw["report"], raw["recommended"]
+    q = rep["gap_quantiles"]
     body = (
-        f"{report.responses} Spec-Bench prompts × {args.tokens} greedy tokens from llama.cpp (Q4_1 GGUF, "
-        f"llama-cpp-python, 1 thread) re-scored by the fp32 torch model ({report.tokens} tokens, "
-        f"{seconds:.0f} s in all). The box was loaded by other jobs; only the distributions matter here.\n\n"
+        f"{rep['responses']} Spec-Bench prompts × {raw['max_tokens']} greedy tokens from llama.cpp "
+        f"({raw['gguf']}, llama-cpp-python, 1 thread) re-scored by the fp32 torch model ({rep['tokens']} tokens, "
+        f"{raw['seconds']:.0f} s in all). The box was loaded by other jobs; only the distributions matter here.\n\n"
         + table(["agreement", "disagreements", "gap p50", "gap p90", "gap max", "max per response",
                  "max fraction per response", "max abs Δ logprob (chosen)"],
-                [[1 - report.disagreements / max(1, report.tokens), report.disagreements, q["p50"], q["p90"],
-                  q["max"], report.max_count, report.max_fraction, report.max_logprob_error or 0.0]])
+                [[rep["agreement"], rep["disagreements"], q["p50"], q["p90"], q["max"],
+                  rep["max_disagreements_per_response"], rep["max_fraction_per_response"],
+                  rep["max_logprob_error"] or 0.0]])
         + "\n\nRecommended `[consensus.engines.llamacpp]`: "
         + ", ".join(f"`{k} = {v}`" for k, v in rec.items())
         + ".\n\nFreedom a margin leaves a dishonest engine (greedy, on these contexts; top 64 inspected):\n\n"
         + table(["margin", "positions with an alternative within it", "alternatives per position",
                  "alternatives where any"],
-                [[f.margin, f.to_json()["fraction_with_alternative"], f.to_json()["mean_alternatives"],
-                  f.to_json()["mean_alternatives_where_any"]] for f in free])
+                [[f["margin"], f["fraction_with_alternative"], f["mean_alternatives"],
+                  f["mean_alternatives_where_any"]] for f in raw["freedom"]])
     )
-    write_section("cross_engine", "Cross-engine re-checking (llama.cpp vs torch)",
-                  "python bench/cross_engine.py " + " ".join(sys.argv[1:]), body)
+    write_section("cross_engine", "Cross-engine re-checking (llama.cpp vs torch)", command, body)
 
 
 if __name__ == "__main__":

@@ -261,7 +261,11 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     top_n = max((len(t.top) for t in transcript.tokens), default=0)
     t0 = time.perf_counter()
     try:
-        result = score(model, transcript.prompt_ids, transcript.output_ids, params, top_k=min(top_n + 2, model.vocab_size))
+        # claimed alternatives must be among the target's top n + 2 (n + 16 across engines, whose ranks
+        # near the n-th alternative can swap)
+        extra = 2 if tol.cross is None else 16
+        result = score(model, transcript.prompt_ids, transcript.output_ids, params,
+                       top_k=min(top_n + extra, model.vocab_size))
     except RequestError as exc:
         return Judgement(REJECT, reasons + [f"rescoring refused the transcript: {exc.summary()}"], stats)
     stats["score_seconds"] = round(time.perf_counter() - t0, 6)
