@@ -289,3 +289,43 @@ def test_llamacpp_vs_torch_on_the_default_model():
         gen = engine_greedy(sub)
         judged = [judge(model, transcript(model, p, *gen(p, n), "llamacpp"), tol) for p in prompts]
         assert all(j.verdict == REJECT for j in judged), (name, [j.stats for j in judged])
+
+
+def test_verifier_route_refuses_an_unknown_engine_with_422_and_no_vote(tmp_home):
+    """Through the verifier's HTTP route: same receipt, request and body, the transcript naming
+    another engine; without a table for it the answer is a typed 422 error, not a vote."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from support.consensus_node import respond
+
+    from specguard.attest.receipts import ReceiptIssuer
+    from specguard.consensus.quorum import new_nonce
+    from specguard.consensus.vote import verify_vote
+    from specguard.plugins import consensus as plugin
+
+    model = tiny_model(seed=11, vocab_size=64, layers=2, scale=4.0)
+    issuer = ReceiptIssuer(tmp_home, NodeKey(Ed25519PrivateKey.generate()))
+    try:
+        served = respond(model, issuer, {"model": "tiny", "prompt": [5, 9, 17, 30], "max_tokens": 12,
+                                         "temperature": 0})
+    finally:
+        issuer.close()
+    table = {"margin": 0.5, "logprob_tolerance": 0.5, "max_near_tie_fraction": 0.2}
+    for engines, expected in (({}, 422), ({"llamacpp": table}, 200)):
+        node = dataclasses.make_dataclass("N", ["role", "model", "policy", "signing_key", "node_key", "home"])(
+            "verifier", model, policy({"engines": engines}), Ed25519PrivateKey.generate(), None, Path("."))
+        app = FastAPI()
+        plugin.register_routes(app, node)
+        client = TestClient(app)
+        body = served.verify_body(new_nonce())
+        assert client.post("/specguard/v1/verify", json=body).status_code == 200  # the node's own engine: exact
+        body["transcript"]["engine"] = "llamacpp"
+        resp = client.post("/specguard/v1/verify", json=body)
+        assert resp.status_code == expected, resp.text
+        if expected == 422:
+            assert "engine" in resp.json()["error"]["message"] + str(resp.json()["error"].get("param"))
+        else:
+            info = client.get("/specguard/v1/verifier/key").json()
+            vote = verify_vote(resp.json(), [bytes.fromhex(info["public_key"])])
+            assert vote.verdict == ACCEPT and vote.body["stats"]["engine"] == "llamacpp"
+            assert vote.body["stats"]["tolerance_profile"] == "cross-engine"
