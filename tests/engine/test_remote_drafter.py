@@ -408,3 +408,42 @@ def test_llamacpp_behind_draft_serve_gets_drafts_of_up_to_32():
         drafter.finish()  # deletes the session: the server stops and joins its draft-ahead thread
     assert TestClient(app).get("/v1/draft/health").json()["sessions"] == 0
     assert not [t for t in threading.enumerate() if t.name == "specguard-draft-ahead"]
+
+
+def test_a_session_deleted_during_its_propose_is_finished_after_the_propose(target):
+    from fastapi import HTTPException
+
+    from specguard.drafters.base import Drafter, Proposal
+    from specguard.drafters.draft_server import CreateSession, DraftSessions, ProposeRequest
+
+    events: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(Drafter):
+        def propose(self, context, k):
+            events.append("propose-start")
+            entered.set()
+            assert release.wait(60)
+            events.append("propose-end")
+            return Proposal([1])
+
+        def finish(self):
+            events.append("finish")
+
+    sessions = DraftSessions(target, Blocking)
+
+    sid = sessions.create(CreateSession(prompt_ids=[1, 2, 3]))
+    body = ProposeRequest(append=[], rollback_to=3, k=2)
+    proposer = threading.Thread(target=sessions.propose, args=(sid, body))
+    proposer.start()
+    assert entered.wait(60)
+    deleter = threading.Thread(target=sessions.delete, args=(sid,))
+    deleter.start()  # the drafter is in use: finishing it must wait for the propose to end
+    deleter.join(timeout=0.5)  # give a buggy delete the chance to finish it now (passes either way when correct)
+    release.set()
+    proposer.join()
+    deleter.join()
+    assert events == ["propose-start", "propose-end", "finish"]
+    with pytest.raises(HTTPException) as err:
+        sessions.propose(sid, body)
+    assert err.value.status_code == 404
