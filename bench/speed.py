@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=2)
     ap.add_argument("--max-tokens", "--tokens", dest="tokens", type=int, default=128)
     ap.add_argument("--categories", default="", help="comma-separated Spec-Bench categories (default: all)")
-    ap.add_argument("--drafters", default="none,ngram,llamacpp,llamacpp-ahead,llamacpp-ahead+receipts",
+    ap.add_argument("--drafters", default="none,ngram,llamacpp,llamacpp-ahead,llamacpp-ahead-ready,llamacpp-ahead-pinned,llamacpp-ahead+receipts",
                     help="specguard rows: a drafter name, '-ahead' (draft-ahead, wait all), '-ahead-ready', "
                          "'-ahead-pinned' (drafter thread on CPU 1, target on CPU 0), '+receipts' (sign and log "
                          "a receipt per response, as the server does)")

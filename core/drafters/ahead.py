@@ -141,9 +141,13 @@ class AheadDrafter(Drafter):
             return
         job = _Job(base, ahead + 1)
         job.thread = threading.Thread(target=self._run, args=(job,), name=THREAD_NAME, daemon=True)
+        try:
+            job.thread.start()
+        except RuntimeError:  # no thread available: draft synchronously next step
+            self.counters["failed"] += 1
+            return
         self.counters["started"] += 1
         self._job = job
-        job.thread.start()
 
     def _run(self, job: _Job) -> None:
         """The background thread: only the wrapped drafter, never the target."""
@@ -207,12 +211,6 @@ class AheadDrafter(Drafter):
         if job is not None:
             self._join(job, stop=True)
             self.counters["discarded"] += 1
-
-    @property
-    def busy(self) -> bool:
-        """True while a background job's thread is alive (tests: no thread outlives finish())."""
-        job = self._job
-        return bool(job is not None and job.thread is not None and job.thread.is_alive())
 
 
 def _keep_going(job: _Job, drafted: list[int]) -> bool:
