@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--exit-layer", type=int, default=20)
     ap.add_argument("--no-llama-plain", dest="llama_plain", action="store_false",
                     help="skip llama.cpp plain greedy decoding")
+    ap.add_argument("--llama-plain", dest="llama_plain", action="store_true", default=True,
+                    help="time llama.cpp plain greedy decoding (the default; kept for older commands)")
     ap.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false")
     ap.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads (plain and drafter)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
