@@ -1,23 +1,28 @@
 """Decoding speed on a fixed Spec-Bench sample: transformers, llama.cpp and specguard's drafters.
 
-Greedy, N tokens per prompt, every Spec-Bench category. Methods: transformers plain
-`generate`, transformers prompt lookup (`prompt_lookup_num_tokens`), llama.cpp plain greedy
-decoding of the same GGUF (`--llama-plain`, needs llama-cpp-python), and specguard with each
-drafter (`llamacpp` is the untrusted llama.cpp drafter). Every method's output is compared with
-transformers plain decoding (near-tie flips are counted). Writes the `--section` ("speed")
-section of docs/benchmarks.md.
+Greedy, N tokens per prompt, every Spec-Bench category (or `--categories`). Methods, side by side
+in one run: transformers plain `generate`, transformers prompt lookup (`prompt_lookup_num_tokens`),
+llama.cpp plain greedy decoding of the same GGUF (needs llama-cpp-python), and specguard with each
+`--drafters` spec: a drafter name (`llamacpp` is the untrusted llama.cpp drafter), `-ahead` for
+draft-ahead (`-ahead-ready`, `-ahead-pinned`), `+receipts` to sign and log a receipt per response
+as the server does. Every method's output is compared with transformers plain decoding (near-tie
+flips are counted). Writes the `--section` ("speed-issue12") section of docs/benchmarks.md.
 
-    python bench/speed.py [--per-category 2] [--tokens 128] [--drafters none,ngram,early-exit,draft-model]
-    python bench/speed.py --drafters none,ngram,llamacpp --llama-plain --section speed-llamacpp
+    python bench/speed.py [--per-category 2] [--max-tokens 128] [--threads 1]
+    python bench/speed.py --drafters none,ngram,early-exit,draft-model --no-llama-plain --section speed
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,12 +40,32 @@ from specguard.transcript import SamplingParams  # noqa: E402
 QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
 
 
-def sample(per_category: int) -> list[tuple[str, str]]:
+@dataclass
+class Run:
+    """One method on one prompt."""
+
+    out: list[int]
+    s: float
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    receipt_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    reused: int = 0
+    started: int = 0
+
+
+def sample(per_category: int, categories: list[str] | None = None) -> list[tuple[str, str]]:
     rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
     by_cat: dict[str, list[str]] = {}
     for row in rows:
         by_cat.setdefault(row["category"], []).append(row["turns"][0])
-    return [(cat, by_cat[cat][i]) for cat in sorted(by_cat) for i in range(per_category)]
+    unknown = sorted(set(categories or ()) - set(by_cat))
+    if unknown:
+        raise SystemExit(f"unknown Spec-Bench categories {unknown}; known: {sorted(by_cat)}")
+    chosen = [c for c in sorted(by_cat) if not categories or c in categories]
+    return [(cat, by_cat[cat][i]) for cat in chosen for i in range(per_category)]
 
 
 def hf(model, ids, n, lookup: int | None):
@@ -71,40 +96,68 @@ def llama_plain(llama, ids: list[int], n: int, eos: set[int]) -> tuple[list[int]
     return out, time.perf_counter() - t
 
 
+def spec_label(spec: str, args: argparse.Namespace) -> str:
+    """A readable row name for a specguard method spec like `llamacpp-ahead+receipts`."""
+    name, receipts = (spec.split("+", 1)[0], "+receipts" in spec)
+    base, *flags = name.split("-ahead")
+    label = f"specguard {base}"
+    if base == "draft-model":
+        label += " (draft = target itself)"
+    elif base == "early-exit":
+        label += f" (exit layer {args.exit_layer}/30)"
+    elif base == "llamacpp":
+        label += f" (untrusted, Q4_1 GGUF, {args.llama_threads} thread)"
+    if flags:
+        mode = "ready" if "-ready" in flags[0] else "all"
+        label += f" + draft-ahead ({mode}{', pinned' if '-pinned' in flags[0] else ''})"
+    if receipts:
+        label += " + receipts"
+    return label
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-category", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--drafters", default="none,ngram,early-exit,draft-model")
+    ap.add_argument("--max-tokens", "--tokens", dest="tokens", type=int, default=128)
+    ap.add_argument("--categories", default="", help="comma-separated Spec-Bench categories (default: all)")
+    ap.add_argument("--drafters", default="none,ngram,llamacpp,llamacpp-ahead,llamacpp-ahead-ready,llamacpp-ahead-pinned,llamacpp-ahead+receipts",
+                    help="specguard rows: a drafter name, '-ahead' (draft-ahead, wait all), '-ahead-ready', "
+                         "'-ahead-pinned' (drafter thread on CPU 1, target on CPU 0), '+receipts' (sign and log "
+                         "a receipt per response, as the server does)")
     ap.add_argument("--exit-layer", type=int, default=20)
-    ap.add_argument("--llama-plain", action="store_true", help="also time llama.cpp plain greedy decoding")
+    ap.add_argument("--no-llama-plain", dest="llama_plain", action="store_false",
+                    help="skip llama.cpp plain greedy decoding")
+    ap.add_argument("--llama-plain", dest="llama_plain", action="store_true", default=True,
+                    help="time llama.cpp plain greedy decoding (the default; kept for older commands)")
+    ap.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false")
     ap.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads (plain and drafter)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--section", default="speed", help="docs/benchmarks.md section to write")
+    ap.add_argument("--section", default="speed-issue12", help="docs/benchmarks.md section to write")
+    ap.add_argument("--title", default="", help="the section's title")
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model()
-    prompts = sample(args.per_category)
+    prompts = sample(args.per_category, [c for c in args.categories.split(",") if c])
     encoded = [target.encode_chat([{"role": "user", "content": text[:2000]}]) for _, text in prompts]
     eos = target.eos_token_ids
     # warm up
     SpeculativeEngine(target).generate(encoded[0], SamplingParams(max_tokens=8))
 
-    # every method is a function ids -> (output ids, seconds, steps, drafted, accepted); the methods run
-    # interleaved, prompt by prompt, so a load spike on a shared machine hits all of them alike
-    Method = Callable[[list[int]], tuple[list[int], float, int, int, int]]
-    methods: dict[str, Method] = {}
+    # every method is a function ids -> Run; the methods run interleaved, prompt by prompt, so a
+    # load spike on a shared machine hits all of them alike
+    methods: dict[str, Callable[[list[int]], Run]] = {}
 
-    def hf_method(lookup: int | None) -> Method:
+    def hf_method(lookup: int | None) -> Callable[[list[int]], Run]:
         def run(ids):
             out, s = hf(target.model, ids, args.tokens, lookup)
-            return out, s, len(out) if not lookup else 0, 0, 0
+            return Run(out, s, len(out) if not lookup else 0)
         return run
 
     methods["transformers generate"] = hf_method(None)
-    methods["transformers prompt lookup (10)"] = hf_method(10)
+    if args.prompt_lookup:
+        methods["transformers prompt lookup (10)"] = hf_method(10)
     if args.llama_plain:
         from specguard.drafters.llamacpp import llama_cpp_module, target_gguf
 
@@ -115,27 +168,78 @@ def main() -> None:
 
         def run_llama(ids):
             out, s = llama_plain(llama, ids, args.tokens, eos)
-            return out, s, 0, 0, 0
+            return Run(out, s)
 
         methods[f"llama.cpp plain (Q4_1 GGUF, {args.llama_threads} thread{plural})"] = run_llama
 
-    def spec_method(name: str) -> Method:
-        options = {"exit_layer": args.exit_layer, "draft_model": target}
-        if name == "llamacpp":
+    home = Path(tempfile.mkdtemp(prefix="specguard-bench-speed-"))
+    issuer = None
+
+    def receipt_issuer():
+        nonlocal issuer
+        if issuer is None:
+            from specguard.attest.receipts import ReceiptIssuer
+            from specguard.keys import load_or_create_node_key
+            from specguard.policies import load_policy
+
+            issuer = (ReceiptIssuer(home, load_or_create_node_key(home)), load_policy("dev"))
+        return issuer
+
+    def spec_method(spec: str) -> Callable[[list[int]], Run]:
+        name = spec.split("+", 1)[0]
+        base, *flags = name.split("-ahead")
+        options: dict = {"exit_layer": args.exit_layer, "draft_model": target}
+        if base == "llamacpp":
             options = {"n_threads": args.llama_threads}
+        pinned = bool(flags and "-pinned" in flags[0])
+        if flags:
+            options.update(draft_ahead=True, ahead_wait="ready" if "-ready" in flags[0] else "all")
+            if pinned:
+                options["ahead_cpus"] = [1]
+        receipts = "+receipts" in spec
 
         def run(ids):
-            engine = SpeculativeEngine(target, make_drafter(name, target, options))
-            t = engine.generate(ids, SamplingParams(max_tokens=args.tokens))
+            before = os.sched_getaffinity(0) if pinned else None
+            if pinned:
+                os.sched_setaffinity(0, {0})  # the target (this thread; torch on 1 thread) on CPU 0
+            try:
+                t0 = time.perf_counter()
+                drafter = make_drafter(base, target, options)
+                engine = SpeculativeEngine(target, drafter)
+                t = engine.generate(ids, SamplingParams(max_tokens=args.tokens))
+                receipt_s = 0.0
+                if receipts:
+                    r0 = time.perf_counter()
+                    rec, policy = receipt_issuer()
+                    text = target.decode(t.output_ids)
+                    request = {"model": target.name, "messages": [{"role": "user", "content": "..."}],
+                               "max_tokens": args.tokens}
+                    response = {"id": "chatcmpl-bench", "object": "chat.completion", "model": target.name,
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                             "finish_reason": t.finish_reason}]}
+                    rec.issue(t, request, response, {}, policy)
+                    receipt_s = time.perf_counter() - r0
+                seconds = time.perf_counter() - t0
+            finally:
+                if before is not None:
+                    os.sched_setaffinity(0, before)
             m = t.metrics()
-            return t.output_ids, t.seconds, m["steps"], m["drafted_tokens"], m["accepted_tokens"]
+            ahead = getattr(drafter, "counters", {}) if flags else {}
+            return Run(t.output_ids, seconds, m["steps"], m["drafted_tokens"], m["accepted_tokens"], receipt_s,
+                       sum(s.draft_seconds for s in t.steps), sum(s.verify_seconds for s in t.steps),
+                       int(ahead.get("reused", 0)), int(ahead.get("started", 0)))
         return run
 
-    for name in args.drafters.split(","):
-        label = f"specguard {name}" + (" (draft = target itself)" if name == "draft-model" else "") + (
-            f" (exit layer {args.exit_layer}/30)" if name == "early-exit" else "") + (
-            f" (untrusted, Q4_1 GGUF, {args.llama_threads} thread)" if name == "llamacpp" else "")
-        methods[label] = spec_method(name)
+    for spec in args.drafters.split(","):
+        methods[spec_label(spec, args)] = spec_method(spec)
+    # warm up outside the timed region: llama.cpp contexts (pooled per GGUF) and the receipt log
+    if any(spec.startswith("llamacpp") for spec in args.drafters.split(",")):
+        SpeculativeEngine(target, make_drafter("llamacpp", target, {"n_threads": args.llama_threads})).generate(
+            encoded[0], SamplingParams(max_tokens=8))
+    if any("+receipts" in spec for spec in args.drafters.split(",")):
+        rec, policy = receipt_issuer()
+        warm = SpeculativeEngine(target).generate(encoded[0], SamplingParams(max_tokens=4))
+        rec.issue(warm, {"model": target.name}, {"id": "warm-up"}, {}, policy)
 
     def report(done: int) -> str:
         partial = "" if done == len(encoded) else f"; partial: {done} of {len(encoded)} prompts done"
@@ -146,47 +250,65 @@ def main() -> None:
             mat = f"{v['tok'] / v['steps']:.2f}" if v["steps"] else "-"
             acc = f"{v['accepted'] / v['drafted']:.0%}" if v["drafted"] else "-"
             ties = v["ties"] if k.startswith("specguard") else "-"
-            rows.append([k, f"{tps:.1f}", f"{tps / base:.2f}x", mat, acc, f"{v['same']}/{done}", ties])
+            split = (f"{v['draft_s'] / v['s']:.0%} / {v['verify_s'] / v['s']:.0%}" if k.startswith("specguard")
+                     else "-")
+            reuse = f"{v['reused']}/{v['started']}" if v["started"] else "-"
+            rec = f"{1e3 * v['receipt_s'] / done:.1f}" if v["receipt_s"] else "-"
+            rows.append([k, f"{tps:.1f}", f"{tps / base:.2f}x", mat, acc, f"{v['same']}/{done}", ties, split, reuse,
+                         rec])
         body = (
             f"SmolLM2-135M-Instruct (fp32, dequantized from the Q4_1 GGUF), greedy, {args.tokens} tokens, "
-            f"{len(encoded)} Spec-Bench prompts ({args.per_category} per category, first turn{partial}); methods interleaved "
-            f"prompt by prompt; torch threads {torch.get_num_threads()}.\n\n"
+            f"{len(encoded)} Spec-Bench prompts ({args.per_category} per category"
+            + (f" of {args.categories}" if args.categories else "")
+            + f", first turn{partial}); methods interleaved prompt by prompt; torch threads {torch.get_num_threads()}; "
+            f"llama.cpp threads {args.llama_threads}.\n\n"
             + table(["method", "tokens/s", "vs transformers", "tokens/step", "draft acceptance",
-                     "identical to plain", "near-tie flips"], rows)
+                     "identical to plain", "near-tie flips", "draft / verify time", "ahead blocks used",
+                     "receipt ms/response"], rows)
             + "\n\nTokens per step counts the bonus token (as Spec-Bench and vLLM do). "
             "'identical to plain' compares with transformers plain greedy output; a 'near-tie flip' is a "
             f"difference whose first position has a reference top-2 margin below {NEAR_TIE_EPSILON}. Draft "
-            "acceptance is accepted / drafted tokens. llama.cpp plain runs the 4-bit GGUF with its own kernels: "
-            "its output is a different implementation's and is not expected to be identical.\n"
+            "acceptance is accepted / drafted tokens. 'draft / verify time' is the share of the method's wall time "
+            "the engine's thread spent getting proposals (with draft-ahead: waiting for the background block or "
+            "drafting synchronously) and verifying. 'ahead blocks used' counts background blocks reused / started. "
+            "Receipt rows include signing and durably logging one receipt per response (Ed25519 DSSE + SQLite "
+            "transparency log with fsync, specguard.attest.receipts.ReceiptIssuer), inside the timed region. "
+            "llama.cpp plain runs the 4-bit GGUF with its own kernels: its output is a different implementation's "
+            "and is not expected to be identical.\n"
             + (f"\n{args.note}\n" if args.note else "")
         )
-        title = "Decoding speed (issue: foundation)" if args.section == "speed" else f"Decoding speed ({args.section})"
+        title = args.title or ("Decoding speed (issue: foundation)" if args.section == "speed"
+                               else f"Decoding speed ({args.section})")
         write_section(args.section, title, "python bench/speed.py " + " ".join(sys.argv[1:]), body)
         return body
 
-    totals = {k: {"tok": 0, "s": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "same": 0, "ties": 0} for k in methods}
+    keys = ("tok", "s", "steps", "drafted", "accepted", "same", "ties", "receipt_s", "draft_s", "verify_s", "reused",
+            "started")
+    totals = {k: dict.fromkeys(keys, 0) for k in methods}
     for n, ids in enumerate(encoded):
         ref = None
         for label, run in methods.items():
-            out, s, steps, drafted, accepted = run(ids)
+            r = run(ids)
             if ref is None:
-                ref = out  # transformers plain greedy is the reference
+                ref = r.out  # transformers plain greedy is the reference
             tot = totals[label]
-            tot["tok"] += len(out)
-            tot["s"] += s
-            tot["steps"] += steps
-            tot["drafted"] += drafted
-            tot["accepted"] += accepted
-            if out == ref:
+            tot["tok"] += len(r.out)
+            for key in ("s", "steps", "drafted", "accepted", "receipt_s", "draft_s", "verify_s", "reused", "started"):
+                tot[key] += getattr(r, key)
+            if r.out == ref:
                 tot["same"] += 1
             elif label.startswith("specguard"):
-                i = next((j for j, (a, b) in enumerate(zip(out, ref, strict=False)) if a != b), None)
+                i = next((j for j, (a, b) in enumerate(zip(r.out, ref, strict=False)) if a != b), None)
                 if i is not None and score(target, ids, ref[: i + 1]).positions[i].margin < NEAR_TIE_EPSILON:
                     tot["ties"] += 1
         print(f"prompt {n + 1}/{len(encoded)}: " + ", ".join(
-            f"{k.split(' (')[0]} {v['tok'] / max(v['s'], 1e-9):.1f}" for k, v in totals.items()), flush=True)
+            f"{k.split(' (')[0]}{' +ahead' if 'ahead' in k else ''}{' +rcpt' if 'receipts' in k else ''} "
+            f"{v['tok'] / max(v['s'], 1e-9):.1f}" for k, v in totals.items()), flush=True)
 
         body = report(n + 1)
+    if issuer is not None:
+        issuer[0].close()
+    shutil.rmtree(home, ignore_errors=True)
     print(body)
 
 

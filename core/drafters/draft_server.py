@@ -2,12 +2,13 @@
 meant to run on an untrusted accelerator and be used by `--drafter remote`.
 
 Protocol (exact shapes in docs/drafters.md):
-- `POST /v1/draft/sessions` {"prompt_ids": [int], "params": {...}} -> {"session": id}
+- `POST /v1/draft/sessions` {"prompt_ids": [int], "params": {...}} -> {"session": id, "max_draft": n}
+  (`max_draft`: the longest draft this server's drafter proposes; clients cap it at their own limit)
 - `POST /v1/draft/sessions/{id}/propose` {"append": [int], "rollback_to": n, "k": k} -> {"tokens": [int]}
   The session's context is cropped to its first `rollback_to` tokens, then `append` is added, so
   only new tokens cross the wire; the drafter keeps its own state (e.g. a KV cache) per session.
 - `DELETE /v1/draft/sessions/{id}` -> {"deleted": bool}
-- `GET /v1/draft/health` -> model, drafter, session and traffic counters.
+- `GET /v1/draft/health` -> model, drafter, max_draft, session and traffic counters.
 
 Sessions expire after `idle_seconds` without use; at most `max_sessions` live at once (the least
 recently used one is evicted when a new one is needed; its client recreates it on a 404).
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from ..models import LoadedModel
 from ..server.base import create_base_app
 from ..transcript import SamplingParams
+from .ahead import AheadDrafter, with_draft_ahead
 from .base import Drafter
 
 MAX_K = 64
@@ -65,6 +67,8 @@ class _Session:
     context: list[int]
     last_used: float
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set (under `lock`) once the drafter is finished: a propose racing an eviction gets a 404
+    closed: bool = False
 
 
 class DraftSessions:
@@ -95,18 +99,29 @@ class DraftSessions:
         if bad is not None:
             raise HTTPException(400, detail={"field": name, "error": "token id outside the vocabulary", "got": bad, "expected": f"0..{self.vocab_size - 1}"})
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> list[_Session]:
+        """Remove idle sessions (call under self._lock); finish them with _finish() after releasing it."""
+        gone = []
         for sid in [s for s, sess in self._sessions.items() if now - sess.last_used > self.idle_seconds]:
-            self._drop(sid)
+            gone += self._drop(sid)
             self.counters["sessions_expired"] += 1
+        return gone
 
-    def _drop(self, sid: str) -> None:
+    def _drop(self, sid: str) -> list[_Session]:
         session = self._sessions.pop(sid, None)
-        if session is not None:
-            try:
-                session.drafter.finish()
-            except Exception:  # a drafter's cleanup failing must not break the server
-                pass
+        return [session] if session is not None else []
+
+    @staticmethod
+    def _finish(sessions: list[_Session]) -> None:
+        """Finish dropped sessions' drafters, each under its own lock (never while a propose runs on it,
+        and never under the sessions lock: a draft-ahead drafter joins its thread here)."""
+        for session in sessions:
+            with session.lock:
+                session.closed = True
+                try:
+                    session.drafter.finish()
+                except Exception:  # a drafter's cleanup failing must not break the server
+                    pass
 
     def create(self, body: CreateSession) -> str:
         ids = list(body.prompt_ids)
@@ -122,26 +137,30 @@ class DraftSessions:
         drafter.start(ids, params)
         now = self._clock()
         with self._lock:
-            self._expire(now)
+            gone = self._expire(now)
             while len(self._sessions) >= self.max_sessions:
                 oldest = min(self._sessions, key=lambda s: self._sessions[s].last_used)
-                self._drop(oldest)
+                gone += self._drop(oldest)
                 self.counters["sessions_evicted"] += 1
             sid = secrets.token_urlsafe(16)
             self._sessions[sid] = _Session(drafter=drafter, context=ids, last_used=now)
             self.counters["sessions_created"] += 1
             self.counters["tokens_received"] += len(ids)
+        self._finish(gone)
         return sid
 
     def propose(self, sid: str, body: ProposeRequest) -> list[int]:
         with self._lock:
-            self._expire(self._clock())
+            gone = self._expire(self._clock())
             session = self._sessions.get(sid)
+        self._finish(gone)
         if session is None:
             raise HTTPException(404, detail={"field": "session", "error": "unknown or expired session"})
         append = list(body.append)
         self._check_ids(append, "append")
         with session.lock:
+            if session.closed:  # evicted or deleted while this request waited for the lock
+                raise HTTPException(404, detail={"field": "session", "error": "unknown or expired session"})
             if body.rollback_to > len(session.context):
                 raise HTTPException(409, detail={"field": "rollback_to", "error": "beyond the session's context", "got": body.rollback_to, "expected": f"<= {len(session.context)}"})
             context = session.context[: body.rollback_to] + append
@@ -162,14 +181,16 @@ class DraftSessions:
 
     def delete(self, sid: str) -> bool:
         with self._lock:
-            found = sid in self._sessions
-            self._drop(sid)
-        return found
+            gone = self._drop(sid)
+        self._finish(gone)
+        return bool(gone)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            self._expire(self._clock())
-            return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, **self.counters}
+            gone = self._expire(self._clock())
+            out = {"sessions": len(self._sessions), "max_sessions": self.max_sessions, **self.counters}
+        self._finish(gone)
+        return out
 
 
 def create_draft_app(
@@ -192,8 +213,15 @@ def create_draft_app(
     if drafter_name == "remote":
         raise UsageError("a drafting server cannot itself use the remote drafter", field="drafter", got=drafter_name)
     opts = dict(options or {})
-    make_drafter(drafter_name, target, opts)  # fail at startup, not on the first request
-    sessions = DraftSessions(target, lambda: make_drafter(drafter_name, target, opts), max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock)
+
+    def make() -> Drafter:
+        return with_draft_ahead(make_drafter(drafter_name, target, opts), opts)
+
+    probe = make()  # fail at startup, not on the first request
+    # what this server's drafter can use (the engine drafters, llamacpp: 32); clients take the
+    # minimum of this and their own cap
+    max_draft = max(1, min(MAX_K, int(getattr(probe, "max_draft", Drafter.max_draft))))
+    sessions = DraftSessions(target, make, max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock)
     app = create_base_app("specguard drafting server", version=PROTOCOL, api_keys=api_keys,
                           body_limit=MAX_BODY_BYTES, public_paths=("/health", "/v1/draft/health"),
                           public_prefixes=())
@@ -208,12 +236,14 @@ def create_draft_app(
             "vocab_size": sessions.vocab_size,
             "drafter": drafter_name,
             "max_k": MAX_K,
+            "max_draft": max_draft,
+            "draft_ahead": isinstance(probe, AheadDrafter),
             **sessions.stats(),
         }
 
     @app.post("/v1/draft/sessions")
-    def create(body: CreateSession) -> dict[str, str]:
-        return {"session": sessions.create(body)}
+    def create(body: CreateSession) -> dict[str, Any]:
+        return {"session": sessions.create(body), "max_draft": max_draft}
 
     @app.post("/v1/draft/sessions/{sid}/propose")
     def propose(sid: str, body: ProposeRequest) -> dict[str, list[int]]:

@@ -15,7 +15,8 @@ does not reload the file for every request; one object serves one request at a t
 Options (`make_drafter("llamacpp", target, options)`, or the policy's `[drafter]` table):
 `gguf` (path; default: the target's own GGUF, e.g. the default model's), `n_threads` (1),
 `n_ctx` (min(target context, 4096)), `max_draft` (32), `confidence` (0.0: stop a draft when
-llama.cpp's top probability falls below it), `share_seed` (false: see below).
+llama.cpp's top probability falls below it), `share_seed` (false: see below), and the
+draft-ahead options (`draft_ahead`, false; specguard.drafters.ahead).
 
 Sampled requests: with `share_seed = true` the drafter drafts with specguard's own Gumbel-max
 noise for the request's seed (specguard.engine.sampling applied to llama.cpp's logits), so its
@@ -29,6 +30,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 from ..errors import UsageError
 from ..models import LoadedModel
 from ..transcript import SamplingParams
+from .ahead import with_draft_ahead
 from .base import Drafter, Proposal
 
 log = logging.getLogger("specguard.drafters.llamacpp")
@@ -156,6 +159,11 @@ class LlamaCppDrafter(Drafter):
             self._llama = self._pool.acquire(self.gguf, self.n_threads, self.n_ctx)
 
     def propose(self, context: list[int], k: int) -> Proposal:
+        return self.propose_until(context, k, None)
+
+    def propose_until(self, context: list[int], k: int, keep_going: Callable[[list[int]], bool] | None) -> Proposal:
+        """`propose`, stopping early (with the tokens drafted so far) once `keep_going(drafted)` is
+        False; draft-ahead (specguard.drafters.ahead) uses it to stop a background block."""
         if k <= 0 or not context:
             return Proposal([])
         if self._llama is None:  # used without start(): draft greedily
@@ -188,6 +196,8 @@ class LlamaCppDrafter(Drafter):
             token = self._choose(logits, position) if sampled else int(np.argmax(logits))
             drafted.append(token)
             if len(drafted) >= k or (self.confidence > 0 and _top_probability(logits, token) < self.confidence):
+                break
+            if keep_going is not None and not keep_going(drafted):
                 break
             pending = [token]
         self.counters["drafted"] += len(drafted)
@@ -263,8 +273,9 @@ def build(target: LoadedModel, options: dict[str, Any]) -> Drafter:
     share = options.get("share_seed", False)
     if not isinstance(share, bool):
         raise UsageError("share_seed must be true or false", field="share_seed", got=share)
-    return LlamaCppDrafter(path, n_threads=n_threads, n_ctx=n_ctx, max_draft=max_draft, confidence=confidence,
-                           share_seed=share)
+    drafter = LlamaCppDrafter(path, n_threads=n_threads, n_ctx=n_ctx, max_draft=max_draft, confidence=confidence,
+                              share_seed=share)
+    return with_draft_ahead(drafter, options)
 
 
 def _int_option(options: dict[str, Any], key: str, default: int, low: int, high: int) -> int:

@@ -35,6 +35,11 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _REMOTE_OPTIONS = ("drafter_url", "policy", "fallback", "drafter_api_key")
 #: bearer key for a drafting server started with --api-key (also the `drafter_api_key` option)
 API_KEY_ENV = "SPECGUARD_DRAFTER_API_KEY"
+#: the longest draft this client ever asks a drafting server for (engine drafters behind
+#: draft-serve, e.g. llamacpp, propose up to 32); the server's advertised max_draft lowers it
+REMOTE_MAX_DRAFT = 32
+#: what a server that advertises nothing (protocol v1 before max_draft) is asked for
+LEGACY_MAX_DRAFT = 12
 
 
 class DrafterProtocolError(RequestError):
@@ -59,6 +64,9 @@ class RemoteDrafter(Drafter):
 
     name = "remote"
     trusted = False
+    #: the engine's adaptive draft length may grow to this; each request to the server asks for
+    #: at most min(this, the server's advertised max_draft) tokens
+    max_draft = REMOTE_MAX_DRAFT
 
     def __init__(
         self,
@@ -86,6 +94,8 @@ class RemoteDrafter(Drafter):
         self._params: dict[str, Any] = {}
         self._source: str | None = None
         self._remote_count = 0
+        #: min(the server's advertised max_draft, REMOTE_MAX_DRAFT), learnt at session creation
+        self.remote_max_draft = LEGACY_MAX_DRAFT
         self.stats: dict[str, Any] = {"remote_steps": 0, "fallback_steps": 0, "failures": 0, "last_error": None}
 
     # -- Drafter interface -------------------------------------------------------------------
@@ -163,19 +173,20 @@ class RemoteDrafter(Drafter):
     def _fallback(self, context: list[int], k: int) -> Proposal:
         self.stats["fallback_steps"] += 1
         self._source = "fallback"
-        proposal = self.fallback.propose(context, k)
+        proposal = self.fallback.propose(context, min(k, int(getattr(self.fallback, "max_draft", k))))
         return Proposal(proposal.tokens)
 
     def _remote_propose(self, context: list[int], k: int) -> Any:
         if self._session is None:
             self._create(context)
         common = _common_prefix(self._sent, context)
-        body = {"append": context[common:], "rollback_to": common, "k": k}
+        body = {"append": context[common:], "rollback_to": common, "k": min(k, self.remote_max_draft)}
         try:
             data = self._post(f"/v1/draft/sessions/{self._session}/propose", body)
         except _SessionGone:
             self._create(context)
-            data = self._post(f"/v1/draft/sessions/{self._session}/propose", {"append": [], "rollback_to": len(context), "k": k})
+            data = self._post(f"/v1/draft/sessions/{self._session}/propose",
+                              {"append": [], "rollback_to": len(context), "k": min(k, self.remote_max_draft)})
         self._sent = list(context)
         if not isinstance(data, dict) or "tokens" not in data:
             raise DrafterProtocolError("answer has no tokens", field="tokens", got=type(data).__name__, expected='{"tokens": [int]}')
@@ -187,6 +198,7 @@ class RemoteDrafter(Drafter):
         sid = data.get("session") if isinstance(data, dict) else None
         if not isinstance(sid, str) or not _SESSION_ID.fullmatch(sid):
             raise DrafterProtocolError("invalid session id", field="session", got=repr(sid)[:80], expected="[A-Za-z0-9_-]{1,128}")
+        self.remote_max_draft = _advertised_max_draft(data)
         self._session = sid
         self._sent = list(context)
 
@@ -202,6 +214,16 @@ class RemoteDrafter(Drafter):
             raise DrafterProtocolError("drafting server answered an HTTP error", field="status",
                                        got=response.status_code, expected=200)
         return response.json()
+
+
+def _advertised_max_draft(data: dict[str, Any]) -> int:
+    """The server's advertised max_draft, capped at REMOTE_MAX_DRAFT (an untrusted server cannot make
+    the verifier run longer drafts than the client allows); absent: LEGACY_MAX_DRAFT."""
+    value = data.get("max_draft", LEGACY_MAX_DRAFT)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DrafterProtocolError("invalid max_draft", field="max_draft", got=repr(value)[:80],
+                                   expected=f"an integer >= 1 (capped at {REMOTE_MAX_DRAFT})")
+    return min(value, REMOTE_MAX_DRAFT)
 
 
 def _remote(target: Any, options: dict[str, Any]) -> Drafter:
@@ -234,9 +256,14 @@ def register_drafters(register):
 @click.option("--port", type=int, default=8100, show_default=True)
 @click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
 @click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
+@click.option("--draft-ahead", is_flag=True,
+              help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
+@click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
+              help="llama.cpp threads for --drafter llamacpp (default 1).")
 @server_options
 def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds,
-                        api_key=None, api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
+                        draft_ahead=False, drafter_threads=None, api_key=None, api_keys_file=None, ssl_certfile=None,
+                        ssl_keyfile=None) -> None:
     """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
     from ..models import load_model
     from ..server.base import run_uvicorn, server_security
@@ -247,7 +274,7 @@ def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port,
     app = create_draft_app(
         target,
         drafter,
-        {"draft_model": draft_model, "exit_layer": exit_layer},
+        {"draft_model": draft_model, "exit_layer": exit_layer, "draft_ahead": draft_ahead, "n_threads": drafter_threads},
         max_sessions=max_sessions,
         idle_seconds=session_idle_seconds,
         api_keys=security.api_keys,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -303,3 +304,146 @@ def test_client_recreates_an_evicted_session(target):
     assert drafter.propose(context, 2).tokens == NgramDrafter().propose(context, 2).tokens
     assert drafter.stats["failures"] == 0 and drafter.stats["remote_steps"] == 2
     drafter.finish()
+
+
+# -- the draft cap: the server advertises max_draft, the client takes min(advertised, 32) ---------
+
+
+def scripted_server(max_draft, seen: list):
+    """An in-memory drafting server answering session creation with `max_draft` (None: absent, as
+    servers before it did) and every propose with as many tokens as asked; records the k asked."""
+    import json as _json
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _json.loads(request.content or b"{}")
+        if request.url.path == "/v1/draft/sessions":
+            answer = {"session": "s1"}
+            if max_draft is not None:
+                answer["max_draft"] = max_draft
+            return httpx.Response(200, json=answer)
+        if request.url.path.endswith("/propose"):
+            seen.append(body["k"])
+            return httpx.Response(200, json={"tokens": [1] * body["k"]})
+        return httpx.Response(200, json={"deleted": True})
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(("advertised", "cap"), [(None, 12), (8, 8), (32, 32), (1000, 32), (1 << 62, 32)])
+def test_client_asks_for_at_most_min_of_advertised_and_its_own_cap(advertised, cap):
+    seen: list[int] = []
+    drafter = remote("http://drafter.invalid:9")
+    assert drafter.max_draft == 32  # the engine's draft length may grow to 32 with a remote drafter
+    drafter.start(PROMPTS[0], GREEDY)
+    drafter._client = scripted_server(advertised, seen)
+    try:
+        tokens = drafter.propose(list(PROMPTS[0]), 40).tokens
+        assert seen == [cap] and len(tokens) == cap and drafter.remote_max_draft == cap
+        assert drafter.propose(list(PROMPTS[0]) + tokens, 5).tokens == [1] * 5 and seen[-1] == 5
+        assert drafter.stats["failures"] == 0
+    finally:
+        drafter.finish()
+
+
+@pytest.mark.parametrize("advertised", [0, -3, True, "32", 2.5, [32]])
+def test_invalid_advertised_max_draft_is_a_failure_and_the_step_falls_back(advertised):
+    seen: list[int] = []
+    drafter = remote("http://drafter.invalid:9")
+    drafter.start(PROMPTS[0], GREEDY)
+    drafter._client = scripted_server(advertised, seen)
+    try:
+        tokens = drafter.propose(list(PROMPTS[0]), 6).tokens
+        assert tokens == NgramDrafter().propose(list(PROMPTS[0]), 6).tokens  # the local fallback drafted
+        assert seen == [] and drafter.stats["failures"] == 1 and "max_draft" in drafter.stats["last_error"]
+    finally:
+        drafter.finish()
+
+
+def test_fallback_is_asked_for_no_more_than_its_own_max_draft():
+    class Recording(NgramDrafter):
+        asked: list[int] = []
+
+        def propose(self, context, k):
+            self.asked.append(k)
+            return super().propose(context, k)
+
+    fallback = Recording()
+    drafter = RemoteDrafter(f"http://127.0.0.1:{free_port()}", fallback=fallback, health=FAST,
+                            registry=DrafterHealthRegistry())
+    drafter.start(PROMPTS[0], GREEDY)
+    try:
+        drafter.propose(list(PROMPTS[0]), 30)
+    finally:
+        drafter.finish()
+    assert fallback.asked == [fallback.max_draft]
+
+
+def test_draft_server_advertises_its_drafters_max_draft(target):
+    client = TestClient(create_draft_app(target, "ngram", {}))
+    assert client.get("/v1/draft/health").json()["max_draft"] == 12
+    created = client.post("/v1/draft/sessions", json={"prompt_ids": [1, 2, 3]}).json()
+    assert created["max_draft"] == 12 and isinstance(created["session"], str)
+    ahead = TestClient(create_draft_app(target, "ngram", {"draft_ahead": True}))
+    assert ahead.get("/v1/draft/health").json()["draft_ahead"] is True
+
+
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+def test_llamacpp_behind_draft_serve_gets_drafts_of_up_to_32():
+    # a random target with SmolLM2's vocabulary; the server drafts with llama.cpp on SmolLM2's GGUF
+    from specguard.models import resolve
+
+    _, gguf = resolve("smollm2-135m")
+    target = tiny_model(seed=5, vocab_size=49152)
+    app = create_draft_app(target, "llamacpp", {"gguf": str(gguf), "draft_ahead": True})
+    client = TestClient(app)
+    assert client.get("/v1/draft/health").json()["max_draft"] == 32
+    # loading the GGUF and drafting 32 tokens on a loaded CI box can take seconds: no step timeout here
+    drafter = remote("http://testserver", HealthPolicy(timeout_seconds=600, min_steps_before_judging=1000))
+    drafter.start([1, 504, 3520, 314], GREEDY)
+    drafter._client = client
+    try:
+        assert len(drafter.propose([1, 504, 3520, 314], 40).tokens) == 32
+        assert drafter.remote_max_draft == 32 and drafter.stats["failures"] == 0
+    finally:
+        drafter.finish()  # deletes the session: the server stops and joins its draft-ahead thread
+    assert TestClient(app).get("/v1/draft/health").json()["sessions"] == 0
+    assert not [t for t in threading.enumerate() if t.name == "specguard-draft-ahead"]
+
+
+def test_a_session_deleted_during_its_propose_is_finished_after_the_propose(target):
+    from fastapi import HTTPException
+
+    from specguard.drafters.base import Drafter, Proposal
+    from specguard.drafters.draft_server import CreateSession, DraftSessions, ProposeRequest
+
+    events: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(Drafter):
+        def propose(self, context, k):
+            events.append("propose-start")
+            entered.set()
+            assert release.wait(60)
+            events.append("propose-end")
+            return Proposal([1])
+
+        def finish(self):
+            events.append("finish")
+
+    sessions = DraftSessions(target, Blocking)
+
+    sid = sessions.create(CreateSession(prompt_ids=[1, 2, 3]))
+    body = ProposeRequest(append=[], rollback_to=3, k=2)
+    proposer = threading.Thread(target=sessions.propose, args=(sid, body))
+    proposer.start()
+    assert entered.wait(60)
+    deleter = threading.Thread(target=sessions.delete, args=(sid,))
+    deleter.start()  # the drafter is in use: finishing it must wait for the propose to end
+    deleter.join(timeout=0.5)  # give a buggy delete the chance to finish it now (passes either way when correct)
+    release.set()
+    proposer.join()
+    deleter.join()
+    assert events == ["propose-start", "propose-end", "finish"]
+    with pytest.raises(HTTPException) as err:
+        sessions.propose(sid, body)
+    assert err.value.status_code == 404
