@@ -123,9 +123,11 @@ def create_baseline(cfg: MonitorConfig, store: Path, *, force: bool = False, tra
     """Query the prompt set `repeats` times (all prompts per round) and write baseline.json."""
     cfg.validate()
     path = store / "baseline.json"
-    if path.exists() and not force:
-        raise AuditUsageError("the store already has a baseline (use --force to replace it)", field="store",
-                              got=str(path))
+    if path.exists():
+        if not force:
+            raise AuditUsageError("the store already has a baseline (use --force to replace it)", field="store",
+                                  got=str(path))
+        _archive(store)
     store.mkdir(parents=True, exist_ok=True)
     rounds = [_query(cfg, store / "raw" / f"baseline-r{r}.jsonl", transport) for r in range(cfg.repeats)]
     answers = [[rounds[r][j] for r in range(cfg.repeats)] for j in range(len(cfg.prompts))]
@@ -149,6 +151,20 @@ def create_baseline(cfg: MonitorConfig, store: Path, *, force: bool = False, tra
     _write_atomic(path, json.dumps({"format": BASELINE_FORMAT, "body": body, "digest": digest}, indent=1))
     return {"digest": digest, **body["summary"], "prompts": len(cfg.prompts), "repeats": cfg.repeats,
             "mode": "logprobs" if with_lp == answered and answered else "text"}
+
+
+def _archive(store: Path) -> Path:
+    """Move the current baseline, its history, checks and raw logs under DIR/archive/<time>/ (never reused)."""
+    dest = store / "archive" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+    dest.mkdir(parents=True)
+    for name in ("baseline.json", "history.jsonl", "checks", "raw"):
+        if (store / name).exists():
+            os.replace(store / name, dest / name)
+    return dest
 
 
 def load_baseline(store: Path, expected_digest: str | None = None) -> dict[str, Any]:
@@ -176,12 +192,16 @@ def load_baseline(store: Path, expected_digest: str | None = None) -> dict[str, 
         raise VerificationError("baseline is not the pinned one", field="baseline_digest", got=actual,
                                 expected=expected_digest)
     try:
-        prompts, repeats, answers = body["prompts"], int(body["repeats"]), body["answers"]
+        prompts, repeats, answers = body["prompts"], body["repeats"], body["answers"]
         req = body["request"]
-        ok = (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts) and isinstance(answers, list)
+        ok = (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)
+              and isinstance(repeats, int) and repeats >= 2 and isinstance(answers, list)
               and len(answers) == len(prompts) and all(isinstance(a, list) and len(a) == repeats for a in answers)
-              and isinstance(req, dict))
-    except (KeyError, TypeError, ValueError):
+              and isinstance(req, dict) and isinstance(req.get("max_tokens"), int)
+              and isinstance(req.get("top_logprobs"), int) and isinstance(req.get("logprobs"), bool)
+              and isinstance(body.get("tolerance"), int | float) and isinstance(body.get("model"), str)
+              and isinstance(body.get("base_url"), str))
+    except (KeyError, TypeError):
         ok = False
     if not ok:
         raise ParseError("baseline body is malformed", field="body", expected="prompts, repeats, answers, request")

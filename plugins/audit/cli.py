@@ -157,7 +157,7 @@ def monitor_group() -> None:
 @click.option("--api-key-env", default=None, help="Environment variable holding the API key (never written).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--max-retries", type=int, default=6, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing baseline (the history then no longer verifies).")
+@click.option("--force", is_flag=True, help="Replace an existing baseline (the old one, its history and logs move to DIR/archive/).")
 @click.option("--json", "as_json", is_flag=True)
 def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
                              text_only, tolerance, api_key_env, timeout, max_retries, force, as_json) -> None:

@@ -265,6 +265,22 @@ def test_hostile_or_missing_answers_are_recorded_not_crashes(tmp_path):
         MonitorConfig("http://x/v1", "m", PROMPTS, repeats=1).validate()
 
 
+def test_forced_rebaseline_archives_and_requeries(tmp_path):
+    prov = ClosedProvider()
+    store = _baseline(tmp_path, prov)
+    old = load_baseline(store)["digest"]
+    run_check(store, transport=prov.transport())
+    calls = prov.calls
+    cfg = MonitorConfig("http://closed.invalid/v1", "closed-model", PROMPTS, repeats=4, max_tokens=8, max_retries=0)
+    prov.settings = {"version": "B"}
+    new = create_baseline(cfg, store, force=True, transport=prov.transport())["digest"]
+    assert prov.calls == calls + 4 * len(PROMPTS)  # the old raw logs are not reused
+    assert new != old and read_history(store, new) == []
+    archived = list((store / "archive").iterdir())
+    assert len(archived) == 1 and (archived[0] / "history.jsonl").is_file()
+    assert json.loads((archived[0] / "baseline.json").read_text())["digest"] == old
+
+
 def test_text_only_baseline(tmp_path):
     prov = ClosedProvider(sigma=0.2)
     store = _baseline(tmp_path, prov, logprobs=False)
