@@ -110,7 +110,7 @@ def main() -> None:
         row = [LABELS.get(name, name), f"{1 - diverged:.1%}"] + [f"{rates[m]:.0%}" for m in rates]
         (fa_rows if name in HONEST else rows).append(row + ([] if name in HONEST else [needed]))
     sizes = [s for s in SIZES if s <= args.prompts]
-    head = ["set-up", "tokens equal to baseline"] + [f"flagged, {m} prompts" for m in sizes]
+    head = ["set-up", "positions equal to baseline (free-running)"] + [f"flagged, {m} prompts" for m in sizes]
     body = (
         f"Default model, {args.prompts} prompts from spec_bench, {args.tokens} greedy tokens, top-5 logprobs, "
         f"baseline repeats R = {r}, check repeats C = {c}, tolerance 1e-3 nats, alpha = {ALPHA:g}, "
