@@ -44,11 +44,25 @@ class Misbehaviour:
     fault_seed: int = 0
 
 
+@dataclass
+class Switch:
+    """A silent model change: after `after` answered requests, serve `substitute` (or another `model`)."""
+
+    after: int
+    substitute: Substitute | None = None
+    model: LoadedModel | None = None
+
+
 def build_app(reference: LoadedModel, substitute: Substitute | None = None, misbehave: Misbehaviour | None = None,
-              served_name: str | None = None) -> FastAPI:
-    """The provider app: serves `reference` transformed by `substitute` (all or a mix of requests)."""
+              served_name: str | None = None, switch: Switch | None = None) -> FastAPI:
+    """The provider app: serves `reference` transformed by `substitute` (all or a mix of requests);
+    with `switch`, the switched-to model answers from the (after+1)-th answered request on."""
     bad = misbehave or Misbehaviour()
     served = apply_substitute(reference, substitute) if substitute else reference
+    switched_to: LoadedModel | None = None
+    if switch is not None:
+        switched_to = switch.model or (apply_substitute(reference, switch.substitute) if switch.substitute else None)
+    answered = [0]
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
     lock = threading.Lock()
     rng = random.Random(bad.fault_seed)
@@ -57,7 +71,8 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "substitute": substitute.spec if substitute else None}
+        return {"ok": True, "substitute": substitute.spec if substitute else None,
+                "switched": switch is not None and answered[0] >= switch.after}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -100,7 +115,11 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
             key = json_digest({"messages": body["messages"]})
             model = served if (substitute is None or mixed_in(substitute, key)) else reference
             with lock:
+                if switch is not None and switched_to is not None and answered[0] >= switch.after:
+                    sub = switch.substitute
+                    model = switched_to if (sub is None or mixed_in(sub, key)) else reference
                 transcript = SpeculativeEngine(model).generate(prompt_ids, params, top_logprobs=top_n)
+                answered[0] += 1
         except (KeyError, TypeError, ValueError, json.JSONDecodeError, SpecguardError) as exc:
             return JSONResponse({"error": {"message": f"bad request: {exc}"}}, status_code=400)
         records = transcript.tokens

@@ -1,4 +1,4 @@
-"""`specguard audit run | report | simulate | calibrate`."""
+"""`specguard audit run | report | simulate | calibrate | monitor`."""
 
 from __future__ import annotations
 
@@ -85,12 +85,15 @@ def report_command(directory: str) -> None:
 @click.option("--unmappable-rate", type=float, default=0.0, show_default=True, help="Share of tokens with bogus bytes.")
 @click.option("--slow", type=float, default=0.0, show_default=True, help="Seconds to wait before each answer.")
 @click.option("--fault-seed", type=int, default=0, show_default=True)
+@click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
+@click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
 def simulate_command(reference, substitute, host, port, threads, served_name, no_logprobs, ignore_seed, fail_rate,
-                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed) -> None:
+                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed, switch_after, switch_to) -> None:
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
 
-    from specguard.audit.simulate import Misbehaviour, build_app, serve
+    from specguard.audit import AuditUsageError
+    from specguard.audit.simulate import Misbehaviour, Switch, build_app, serve
     from specguard.audit.substitutes import parse_substitute
     from specguard.models import load_model
 
@@ -98,10 +101,17 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
         torch.set_num_threads(threads)
     sub = parse_substitute(substitute) if substitute else None
     ref = load_model(reference)
+    switch = None
+    if (switch_after is None) != (switch_to is None) or (switch_after is not None and switch_after < 0):
+        raise AuditUsageError("--switch-after N and --switch-to go together", field="switch_after",
+                              got=switch_after, expected="N >= 0 with --switch-to")
+    if switch_to is not None:
+        switch = (Switch(switch_after, model=load_model(switch_to[6:])) if switch_to.startswith("model:")
+                  else Switch(switch_after, substitute=parse_substitute(switch_to)))
     bad = Misbehaviour(no_logprobs=no_logprobs, ignore_seed=ignore_seed, fail_rate=fail_rate, retry_after=retry_after,
                        malformed_rate=malformed_rate, unmappable_rate=unmappable_rate, slow=slow, fault_seed=fault_seed)
     click.echo(f"serving {ref.name} ({substitute or 'honest'}) on http://{host}:{port}/v1", err=True)
-    serve(build_app(ref, sub, bad, served_name), host, port)
+    serve(build_app(ref, sub, bad, served_name, switch), host, port)
 
 
 @audit_group.command(name="calibrate")
@@ -122,3 +132,91 @@ def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logpro
     cal = calibrate.calibrate(ref, prompts, max_tokens, top_logprobs)
     calibrate.save(cal, Path(out_file))
     click.echo(json.dumps({n: s.get("mean_abs_delta", s.get("error")) for n, s in cal["setups"].items()}, indent=1))
+
+
+# --- audit monitor: reference-free change detection (docs/audit.md, "Monitoring closed models") ---
+
+
+@audit_group.group(name="monitor")
+def monitor_group() -> None:
+    """Watch a model behind an API (closed models included) for a silent change; no reference weights."""
+
+
+@monitor_group.command(name="baseline")
+@click.option("--base-url", required=True, help="Provider base URL, e.g. http://127.0.0.1:8000/v1")
+@click.option("--model", "model_name", required=True, help="Model name to monitor.")
+@click.option("--store", required=True, type=click.Path(file_okay=False), help="Directory of the monitor store.")
+@click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
+@click.option("--n-prompts", type=int, default=8, show_default=True, help="Prompts to use (cycled from the file).")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Times each prompt is asked (noise).")
+@click.option("--max-tokens", type=int, default=16, show_default=True)
+@click.option("--top-logprobs", type=int, default=5, show_default=True)
+@click.option("--text-only", is_flag=True, help="Do not ask for logprobs (text fingerprint only).")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="Logprob differences below this (nats) are noise; also the near-tie margin.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the API key (never written).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing baseline (the old one, its history and logs move to DIR/archive/).")
+@click.option("--json", "as_json", is_flag=True)
+def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
+                             text_only, tolerance, api_key_env, timeout, max_retries, force, as_json) -> None:
+    """Measure the provider's answers and run-to-run noise; store the fingerprint."""
+    from specguard.audit.monitor import MonitorConfig, create_baseline
+    from specguard.audit.run import load_prompts
+
+    cfg = MonitorConfig(base_url=base_url, model=model_name, prompts=load_prompts(prompts_file, n_prompts),
+                        repeats=repeats, max_tokens=max_tokens, top_logprobs=top_logprobs, logprobs=not text_only,
+                        tolerance=tolerance, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
+    out = create_baseline(cfg, Path(store), force=force)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+    else:
+        click.echo(f"baseline: {out['answered']}/{out['asked']} answers ({out['mode']}), digest {out['digest']}")
+        click.echo("keep the digest elsewhere and pass it to `check --baseline-digest` to pin this baseline")
+
+
+@monitor_group.command(name="check")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--repeats", type=int, default=2, show_default=True, help="Times each prompt is asked now.")
+@click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm rate of the test.")
+@click.option("--base-url", default=None, help="Override the stored base URL.")
+@click.option("--api-key-env", default=None, help="Override the stored API key variable name.")
+@click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo null.")
+@click.option("--json", "as_json", is_flag=True)
+def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, timeout, max_retries, seed,
+                          as_json) -> None:
+    """Re-ask the baseline's prompts and test for a change. Exit 0 no change, 6 change, 1 inconclusive."""
+    from specguard.audit.monitor import EXIT_CODES, run_check
+
+    res = run_check(Path(store), repeats=repeats, alpha=alpha, base_url=base_url, api_key_env=api_key_env,
+                    baseline_digest=baseline_digest, timeout=timeout, max_retries=max_retries, seed=seed)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"check {res['check']}: {res['verdict']} (fisher {res['statistic']:.2f}, p = {res['p_value']:.3g}, "
+                   f"alpha {res['alpha']:g}, {res['prompts_used']}/{res['prompts_asked']} prompts, "
+                   f"{res['changed_prompts']} changed, {res['mode']})")
+        for reason in res["reasons"]:
+            click.echo(f"  {reason}")
+    raise SystemExit(EXIT_CODES[res["verdict"]])
+
+
+@monitor_group.command(name="history")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
+@click.option("--json", "as_json", is_flag=True)
+def monitor_history_command(store, baseline_digest, as_json) -> None:
+    """The timeline of checks (verified hash chain)."""
+    from specguard.audit.monitor import history_table, load_baseline, read_history
+
+    base = load_baseline(Path(store), baseline_digest)
+    records = read_history(Path(store), base["digest"])
+    if as_json:
+        click.echo(json.dumps({"baseline_digest": base["digest"], "checks": records}, indent=1))
+    else:
+        click.echo(f"baseline {base['digest']} ({base['model']}, {len(base['prompts'])} prompts x {base['repeats']})")
+        click.echo(history_table(records))

@@ -1,0 +1,348 @@
+"""`specguard audit monitor`: watch a (closed) model behind an API for a silent change.
+
+No reference weights are needed. `baseline` sends a fixed prompt set R times (greedy, logprobs
+when offered) and stores each answer's fingerprint (monitor_stats.Run) in a versioned JSON store;
+`check` re-sends the same requests C times and tests whether the new answers are exchangeable
+with the baseline's repeats (monitor_stats.change_test: the provider's own run-to-run noise is
+the null, false alarms at most alpha); `history` lists the checks.
+
+Store layout (--store DIR):
+- `baseline.json`: {"format": "specguard-monitor-baseline/v1", "body": {...}, "digest"}, where
+  digest = "sha256:" + hex(tagged_hash(BASELINE_TAG, RFC 8785 JSON of body)). Every load
+  recomputes it (a changed answer, prompt or parameter is a VerificationError) and `check
+  --baseline-digest` pins it against a copy kept elsewhere (someone who can rewrite the store
+  can also recompute an unkeyed digest).
+- `history.jsonl`: one line per check {"record", "digest"}, each record naming the previous
+  line's digest (the first names the baseline's), so a removed or edited line breaks the chain.
+- `checks/NNNN.json`: a check's full result; `raw/*.jsonl`: every request attempt (client.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..canonical import canonical_json, tagged_hash
+from ..errors import ParseError, VerificationError
+from ..http import redact_url
+from . import AuditUsageError
+from .client import ProviderClient, ProviderFault, validate_answer
+from .monitor_stats import ChangeResult, PromptTest, Run, combine_prompts, prompt_test, run_from_answer
+
+BASELINE_FORMAT = "specguard-monitor-baseline/v1"
+CHECK_FORMAT = "specguard-monitor-check/v1"
+BASELINE_TAG = "specguard/audit-monitor/baseline/v1"
+HISTORY_TAG = "specguard/audit-monitor/history/v1"
+#: verdict -> exit status of `audit monitor check` (errors keep their own codes 1-5)
+EXIT_CODES = {"no_change": 0, "inconclusive": 1, "change": 6}
+#: a check with more unanswered prompts than this share is inconclusive
+MAX_MISSING = 0.25
+
+
+@dataclass
+class MonitorConfig:
+    """What a baseline asks; a check repeats exactly these requests."""
+
+    base_url: str
+    model: str
+    prompts: list[str]
+    repeats: int = 5
+    max_tokens: int = 16
+    top_logprobs: int = 5
+    logprobs: bool = True
+    tolerance: float = 1e-3
+    api_key_env: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 6
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise AuditUsageError("no prompts", field="prompts", got=0, expected=">= 1")
+        if not 2 <= self.repeats <= 50:
+            raise AuditUsageError("baseline repeats out of range", field="repeats", got=self.repeats, expected="2..50")
+        if not 1 <= self.max_tokens <= 4096:
+            raise AuditUsageError("max_tokens out of range", field="max_tokens", got=self.max_tokens, expected="1..4096")
+        if not 0 <= self.top_logprobs <= 20:
+            raise AuditUsageError("top_logprobs out of range", field="top_logprobs", got=self.top_logprobs,
+                                  expected="0..20")
+        if not 0 <= self.tolerance < 1:
+            raise AuditUsageError("tolerance out of range", field="tolerance", got=self.tolerance, expected="[0, 1)")
+
+    def request(self, prompt: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                                "max_tokens": self.max_tokens, "seed": 0}
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        return body
+
+
+def _digest(tag: str, body: Any) -> str:
+    return "sha256:" + tagged_hash(tag, canonical_json(body)).hex()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _query(cfg: MonitorConfig, log_path: Path, transport: Any = None) -> list[dict[str, Any]]:
+    """One answer per prompt: {"run": Run json} or {"problem": str}. Resumes from log_path."""
+    client = ProviderClient(cfg.base_url, cfg.model, log_path=log_path, api_key_env=cfg.api_key_env,
+                            timeout=cfg.timeout, max_retries=cfg.max_retries, transport=transport)
+    out: list[dict[str, Any]] = []
+    try:
+        for prompt in cfg.prompts:
+            request = cfg.request(prompt)
+            answer = client.chat(request)
+            if answer is None:
+                out.append({"problem": "no answer after retries"})
+                continue
+            try:
+                checked = validate_answer(answer, {"model": cfg.model, **request})
+            except ProviderFault as fault:
+                out.append({"problem": f"provider fault: {fault.summary()}"})
+                continue
+            out.append({"run": run_from_answer(checked.content, checked.logprobs).to_json()})
+    finally:
+        client.close()
+    return out
+
+
+# --- baseline ------------------------------------------------------------------------------------
+
+
+def create_baseline(cfg: MonitorConfig, store: Path, *, force: bool = False, transport: Any = None) -> dict[str, Any]:
+    """Query the prompt set `repeats` times (all prompts per round) and write baseline.json."""
+    cfg.validate()
+    path = store / "baseline.json"
+    if path.exists():
+        if not force:
+            raise AuditUsageError("the store already has a baseline (use --force to replace it)", field="store",
+                                  got=str(path))
+        _archive(store)
+    store.mkdir(parents=True, exist_ok=True)
+    rounds = [_query(cfg, store / "raw" / f"baseline-r{r}.jsonl", transport) for r in range(cfg.repeats)]
+    answers = [[rounds[r][j] for r in range(cfg.repeats)] for j in range(len(cfg.prompts))]
+    with_lp = sum(1 for per in answers for a in per if a.get("run", {}).get("positions") is not None)
+    answered = sum(1 for per in answers for a in per if "run" in a)
+    body = {
+        "created": time.time(),
+        "base_url": redact_url(cfg.base_url),
+        "base_url_redacted": redact_url(cfg.base_url) != cfg.base_url,
+        "model": cfg.model,
+        "api_key_env": cfg.api_key_env,
+        "request": {"temperature": 0, "seed": 0, "max_tokens": cfg.max_tokens, "logprobs": cfg.logprobs,
+                    "top_logprobs": cfg.top_logprobs if cfg.logprobs else 0},
+        "tolerance": cfg.tolerance,
+        "repeats": cfg.repeats,
+        "prompts": cfg.prompts,
+        "answers": answers,
+        "summary": {"answered": answered, "asked": cfg.repeats * len(cfg.prompts), "with_logprobs": with_lp},
+    }
+    digest = _digest(BASELINE_TAG, body)
+    _write_atomic(path, json.dumps({"format": BASELINE_FORMAT, "body": body, "digest": digest}, indent=1))
+    return {"digest": digest, **body["summary"], "prompts": len(cfg.prompts), "repeats": cfg.repeats,
+            "mode": "logprobs" if with_lp == answered and answered else "text"}
+
+
+def _archive(store: Path) -> Path:
+    """Move the current baseline, its history, checks and raw logs under DIR/archive/<time>/ (never reused)."""
+    dest = store / "archive" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+    dest.mkdir(parents=True)
+    for name in ("baseline.json", "history.jsonl", "checks", "raw"):
+        if (store / name).exists():
+            os.replace(store / name, dest / name)
+    return dest
+
+
+def load_baseline(store: Path, expected_digest: str | None = None) -> dict[str, Any]:
+    """The verified baseline body (with "digest"); ParseError if unreadable, VerificationError if altered."""
+    path = store / "baseline.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditUsageError("no baseline in the store (run `audit monitor baseline` first)", field="store",
+                              got=str(store)) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ParseError("baseline.json is not JSON", field="baseline.json", got=str(exc)[:120]) from exc
+    if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT or not isinstance(doc.get("body"), dict):
+        raise ParseError("baseline.json has an unknown format", field="format",
+                         got=doc.get("format") if isinstance(doc, dict) else type(doc).__name__, expected=BASELINE_FORMAT)
+    body = doc["body"]
+    try:
+        actual = _digest(BASELINE_TAG, body)
+    except Exception as exc:  # a NaN or a non-string key cannot be canonical
+        raise ParseError("baseline body is not canonical JSON", field="body", got=str(exc)[:120]) from exc
+    if doc.get("digest") != actual:
+        raise VerificationError("baseline.json was altered after it was written", field="digest",
+                                got=doc.get("digest"), expected=actual)
+    if expected_digest is not None and expected_digest != actual:
+        raise VerificationError("baseline is not the pinned one", field="baseline_digest", got=actual,
+                                expected=expected_digest)
+    try:
+        prompts, repeats, answers = body["prompts"], body["repeats"], body["answers"]
+        req = body["request"]
+        ok = (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)
+              and isinstance(repeats, int) and repeats >= 2 and isinstance(answers, list)
+              and len(answers) == len(prompts) and all(isinstance(a, list) and len(a) == repeats for a in answers)
+              and isinstance(req, dict) and isinstance(req.get("max_tokens"), int)
+              and isinstance(req.get("top_logprobs"), int) and isinstance(req.get("logprobs"), bool)
+              and isinstance(body.get("tolerance"), int | float) and isinstance(body.get("model"), str)
+              and isinstance(body.get("base_url"), str))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ParseError("baseline body is malformed", field="body", expected="prompts, repeats, answers, request")
+    body["runs"] = [[Run.from_json(a["run"]) if isinstance(a, dict) and "run" in a else None for a in per]
+                    for per in answers]
+    body["digest"] = actual
+    return body
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+def read_history(store: Path, baseline_digest: str) -> list[dict[str, Any]]:
+    """The verified chain of check records (oldest first); VerificationError if a line was altered or removed."""
+    path = store / "history.jsonl"
+    if not path.is_file():
+        return []
+    records: list[dict[str, Any]] = []
+    prev = baseline_digest
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+            record, digest = entry["record"], entry["digest"]
+            actual = _digest(HISTORY_TAG, record)
+        except Exception as exc:
+            raise ParseError("history line is malformed", field=f"history.jsonl line {i}", got=line[:80]) from exc
+        if digest != actual:
+            raise VerificationError("history line was altered", field=f"history.jsonl line {i}", got=digest,
+                                    expected=actual)
+        if record.get("prev") != prev:
+            raise VerificationError("history chain is broken (a line was removed, reordered or belongs to another "
+                                    "baseline)", field=f"history.jsonl line {i}", got=record.get("prev"), expected=prev)
+        prev = digest
+        records.append({**record, "digest": digest})
+    return records
+
+
+def _append_history(store: Path, record: dict[str, Any], prev: str) -> str:
+    record = {**record, "prev": prev}
+    digest = _digest(HISTORY_TAG, record)
+    with (store / "history.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"record": record, "digest": digest}, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return digest
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+
+def _verdict(result: ChangeResult, alpha: float, asked: int, usable: int) -> tuple[str, list[str]]:
+    reasons: list[str] = []
+    if usable == 0:
+        return "inconclusive", ["no prompt has both baseline and check answers"]
+    if result.p_value <= alpha:
+        return "change", [f"combined p = {result.p_value:.3g} <= alpha = {alpha:g}"]
+    if asked - usable > MAX_MISSING * asked:
+        reasons.append(f"{asked - usable} of {asked} prompts unusable (no answer or a provider fault)")
+    if result.min_p_value > alpha:
+        reasons.append(f"this design cannot reach alpha: smallest p-value {result.min_p_value:.3g} > {alpha:g} "
+                       "(add prompts, baseline repeats or check repeats)")
+    if reasons:
+        return "inconclusive", reasons
+    return "no_change", [f"combined p = {result.p_value:.3g} > alpha = {alpha:g}"]
+
+
+def evaluate(baseline_runs: list[list[Run | None]], check_runs: list[list[Run | None]], tolerance: float,
+             alpha: float, seed: int = 0, draws: int = 20000) -> dict[str, Any]:
+    """The change test on runs (per prompt: baseline repeats, check repeats); missing runs are dropped."""
+    rng = np.random.default_rng(seed)
+    tests: list[PromptTest] = []
+    per_prompt: list[dict[str, Any]] = []
+    for j, (base, check) in enumerate(zip(baseline_runs, check_runs, strict=True)):
+        b = [r for r in base if r is not None]
+        c = [r for r in check if r is not None]
+        if len(b) < 2 or not c:
+            per_prompt.append({"prompt": j, "problem": f"too few answers (baseline {len(b)}, check {len(c)})"})
+            continue
+        t = prompt_test(b, c, tolerance, rng)
+        tests.append(t)
+        per_prompt.append({"prompt": j, "mode": t.mode, "statistic": t.statistic, "p_value": t.p_value,
+                           "cross": t.cross, "within": t.within, "labellings": len(t.null_p)})
+    result = combine_prompts(tests, draws=draws, seed=seed)
+    verdict, reasons = _verdict(result, alpha, len(baseline_runs), len(tests))
+    modes = sorted({t.mode for t in tests})
+    return {"verdict": verdict, "reasons": reasons, "statistic": result.statistic, "p_value": result.p_value,
+            "min_p_value": result.min_p_value, "alpha": alpha, "prompts_used": len(tests),
+            "prompts_asked": len(baseline_runs), "mode": "+".join(modes) or "none",
+            "changed_prompts": sum(1 for t in tests if t.statistic > 0 and t.p_value <= 1.0 / len(t.null_p) + 1e-12),
+            "per_prompt": per_prompt}
+
+
+def run_check(store: Path, *, repeats: int = 2, alpha: float = 0.01, base_url: str | None = None,
+              api_key_env: str | None = None, baseline_digest: str | None = None, timeout: float = 60.0,
+              max_retries: int = 6, seed: int = 0, transport: Any = None) -> dict[str, Any]:
+    """Re-send the baseline's requests `repeats` times, test for change, append to history."""
+    if not 1 <= repeats <= 50:
+        raise AuditUsageError("check repeats out of range", field="repeats", got=repeats, expected="1..50")
+    if not 0 < alpha < 1:
+        raise AuditUsageError("alpha out of range", field="alpha", got=alpha, expected="(0, 1)")
+    base = load_baseline(store, baseline_digest)
+    history = read_history(store, base["digest"])
+    if base_url is None and base.get("base_url_redacted"):
+        raise AuditUsageError("the stored base URL is redacted; pass --base-url", field="base_url",
+                              got=base["base_url"])
+    req = base["request"]
+    cfg = MonitorConfig(base_url=base_url or base["base_url"], model=base["model"], prompts=base["prompts"],
+                        repeats=base["repeats"], max_tokens=int(req["max_tokens"]),
+                        top_logprobs=int(req["top_logprobs"]), logprobs=bool(req["logprobs"]),
+                        tolerance=float(base["tolerance"]), api_key_env=api_key_env or base.get("api_key_env"),
+                        timeout=timeout, max_retries=max_retries)
+    index = len(history) + 1  # an interrupted check reruns under the same index and reuses its raw logs
+    rounds = [_query(cfg, store / "raw" / f"check-{index:04d}-r{c}.jsonl", transport) for c in range(repeats)]
+    check_runs = [[Run.from_json(rounds[c][j]["run"]) if "run" in rounds[c][j] else None for c in range(repeats)]
+                  for j in range(len(cfg.prompts))]
+    problems = [[rounds[c][j]["problem"] for c in range(repeats) if "problem" in rounds[c][j]]
+                for j in range(len(cfg.prompts))]
+    result = evaluate(base["runs"], check_runs, cfg.tolerance, alpha, seed)
+    for row, probs in zip(result["per_prompt"], problems, strict=True):
+        if probs:
+            row["check_problems"] = probs
+    result.update({"format": CHECK_FORMAT, "check": index, "time": time.time(), "repeats": repeats,
+                   "baseline_repeats": base["repeats"], "baseline_digest": base["digest"],
+                   "base_url": redact_url(cfg.base_url), "model": cfg.model, "tolerance": cfg.tolerance})
+    (store / "checks").mkdir(exist_ok=True)
+    full = {**result, "answers": [[rounds[c][j] for c in range(repeats)] for j in range(len(cfg.prompts))]}
+    _write_atomic(store / "checks" / f"{index:04d}.json", json.dumps(full, indent=1))
+    record = {k: result[k] for k in ("check", "time", "verdict", "statistic", "p_value", "alpha", "prompts_used",
+                                     "prompts_asked", "changed_prompts", "mode", "repeats")}
+    record["result_digest"] = _digest(CHECK_FORMAT, full)
+    prev = history[-1]["digest"] if history else base["digest"]
+    result["history_digest"] = _append_history(store, record, prev)
+    return result
+
+
+def history_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text timeline of checks."""
+    head = f"{'#':>4}  {'time (UTC)':<19}  {'verdict':<12}  {'fisher':>8}  {'p-value':>9}  {'prompts':>7}  changed"
+    lines = [head]
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["time"]))
+        lines.append(f"{r['check']:>4}  {when:<19}  {r['verdict']:<12}  {r['statistic']:>8.2f}  {r['p_value']:>9.3g}  "
+                     f"{r['prompts_used']:>3}/{r['prompts_asked']:<3}  {r['changed_prompts']}")
+    return "\n".join(lines)
