@@ -48,7 +48,7 @@ class RayAuditOptions:
     query_actors: int = 2  # concurrent provider clients
     cpus_per_scorer: float = 1.0  # Ray CPUs reserved per scorer actor
     threads: int | None = None  # torch threads per scorer (default: cpus_per_scorer, at least 1)
-    address: str | None = None  # Ray cluster address (default: RAY_ADDRESS, else a local cluster)
+    address: str | None = None  # Ray cluster address (default: RAY_ADDRESS, else a private local cluster)
 
     def __post_init__(self) -> None:
         if self.query_actors < 1 or self.scorer_actors < 0:
@@ -152,7 +152,10 @@ def ray_stage(options: RayAuditOptions) -> Callable[..., list[Any]]:
         from .tokens import TokenMap
 
         if not ray.is_initialized():
-            ray.init(address=options.address, include_dashboard=False)
+            if options.address or os.environ.get("RAY_ADDRESS"):
+                ray.init(address=options.address)
+            else:  # a private cluster on loopback, ended with the audit (ray.shutdown at exit)
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
         ray.data.DataContext.get_current().enable_progress_bars = False  # the audit shows its own
         scorers = options.scorers(ray.cluster_resources().get("CPU", 1))
         log.info("audit on Ray: %d query actors, %d reference scorers (%s CPUs, %d threads each)",
@@ -171,7 +174,9 @@ def ray_stage(options: RayAuditOptions) -> Callable[..., list[Any]]:
                 cached_at_start.add(key)
             rows.append({"index": i, "body": json.dumps(body), "prompt_ids": json.dumps(prompt_ids[i]),
                          "cached": json.dumps(cached) if cached is not None else ""})
-        ds = ray.data.from_items(rows)
+        if not rows:
+            return []
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one block per request: spread over the pool
         ds = ds.map_batches(ProviderQuery, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.query_actors),
                             num_cpus=0, fn_constructor_kwargs={
                                 "base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env,

@@ -176,12 +176,13 @@ def build_pool(settings: dict[str, Any], *, max_replicas: int = 2, min_replicas:
 def serve_pool(model_ref: str | None, *, role: str, host: str, port: int, policy: str, threads: int | None,
                max_replicas: int, max_queue: int, api_key: str | None, api_keys_file: str | None,
                ssl_certfile: str | None, ssl_keyfile: str | None, home: Path | None = None) -> None:
-    """`specguard serve --role verifier --ray`: connect to Ray (RAY_ADDRESS, else a local cluster),
-    run the pool behind Serve's HTTP proxy on host:port and block until Ctrl-C.
+    """`specguard serve --role verifier --ray`: join the cluster at RAY_ADDRESS, or start a private one
+    on 127.0.0.1, run the pool behind Serve's HTTP proxy on host:port and block until Ctrl-C.
 
     The node key is $SPECGUARD_HOME's (created there, 0600, on first use, on this machine only);
     on a multi-node cluster provision the same file on every node (docs/scaling.md)."""
     import os
+    import signal
 
     import click
 
@@ -207,7 +208,11 @@ def serve_pool(model_ref: str | None, *, role: str, host: str, port: int, policy
     ray = _require_ray()
     from ray import serve
 
-    ray.init(include_dashboard=False)  # RAY_ADDRESS (or a running local cluster) if set, else a new one
+    joined = bool(os.environ.get("RAY_ADDRESS"))
+    if joined:
+        ray.init()
+    else:  # a private cluster on loopback, ended with this command
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
     http: dict[str, Any] = {"host": host, "port": port}
     if ssl_certfile:
         http.update(ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
@@ -222,14 +227,19 @@ def serve_pool(model_ref: str | None, *, role: str, host: str, port: int, policy
                err=True)
     click.echo(f"  key file       {home / 'keys' / KEY_FILE} (read by each replica; never sent through Ray)",
                err=True)
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the pool as Ctrl-C does
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(APP_NAME)  # only this app: other apps of a shared cluster keep running
-        ray.shutdown()
+        if joined:
+            serve.delete(APP_NAME)  # only this app: other apps of the shared cluster keep running
+        ray.shutdown()  # a private cluster ends with its driver
 
 
 __all__ = ["APP_NAME", "DEPLOYMENT_NAME", "VerifierReplica", "app_builder", "build_pool", "deployment",
