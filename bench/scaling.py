@@ -133,7 +133,9 @@ def main() -> None:
             "prompt), wall includes starting the actors and loading the reference in each. Scores were identical "
             f"across configurations with the same thread count. **The box was loaded** (load average "
             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores, other jobs running): "
-            "absolute numbers are noisy; rerun on a quiet machine.")
+            "absolute numbers are noisy; rerun on a quiet machine. On a loaded box a process with more torch threads "
+            "than free cores slows down sharply (its threads wait on each other), one reason the actors use one "
+            "thread each.")
     print(body)
     print(note)
     if not args.no_write:

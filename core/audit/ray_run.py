@@ -197,21 +197,25 @@ def ray_stage(options: RayAuditOptions) -> Callable[..., list[Any]]:
             scored = ScoredAnswer.from_json(json.loads(row["scored"])) if row["scored"] else None
             done[int(row["index"])] = StagedPrompt(answer, scored)
         staged: list[Any] = []
+        answered: dict[str, Any] = {}  # the latest answered StagedPrompt per request
         tmap = None
         for i, key in enumerate(keys):
             if first[key] == i:
-                staged.append(done[i])
+                result = done[i]
                 if key in cached_at_start:
                     client.stats["reused"] += 1
-            elif client.cache.get(key) is not None:  # a repeat of an answered request: reused, as run_audit
+            elif key in answered:  # a repeat of an answered request: reused, as run_audit
                 client.stats["reused"] += 1
-                staged.append(done[first[key]])
+                result = answered[key]
             else:  # a repeat of a request that got no answer: run_audit asks again, and so does this (here)
                 ans = client.chat(bodies[i])
                 content, lpc, _f, problem = _answer_parts(ans, bodies[i])
                 tmap = tmap or TokenMap(reference.tokenizer, reference.vocab_size)
                 scored = None if problem else score_answer(cfg, reference, tmap, prompt_ids[i], content, lpc)
-                staged.append(StagedPrompt(ans, scored))
+                result = StagedPrompt(ans, scored)
+            if result.answer is not None:
+                answered[key] = result
+            staged.append(result)
         return staged
 
     return stage

@@ -83,3 +83,16 @@ def test_ray_audit_resumes_a_cut_log_as_the_local_run_text_only_substitute(setup
     assert {k: v for k, v in resumed.items() if k != "client"} == {k: v for k, v in local.items() if k != "client"}
     logged = (part / "raw.jsonl").read_text()
     assert logged.startswith("".join(lines[:2])) and logged.count('"status": 200') == 3  # appended, as run_audit does
+
+
+def test_a_scorer_with_another_reference_copy_refuses_to_start(tmp_path):
+    """A Ray node whose reference files differ from the driver's cannot score (fail closed)."""
+    from specguard.audit import AuditError
+    from specguard.audit.ray_run import ReferenceScorer, _config_json
+
+    ref_dir = make_audit_model_dir(tmp_path / "ref", seed=5)
+    cfg = AuditConfig(base_url="http://127.0.0.1:9/v1", model="claimed", reference=str(ref_dir))
+    driver_digest = "sha256:" + "0" * 64
+    with pytest.raises(AuditError, match="not the driver's") as err:
+        ReferenceScorer(_config_json(cfg), driver_digest, threads=1)
+    assert err.value.expected == driver_digest and err.value.got == load_model(str(ref_dir)).digest

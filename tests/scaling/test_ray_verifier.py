@@ -12,7 +12,6 @@ a key: they load the deployment's file or refuse to start.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pickle
 import re
@@ -179,12 +178,12 @@ def test_the_documented_serve_config_is_valid(tmp_path):
     yaml = pytest.importorskip("yaml")
     block = re.search(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
     assert block, "docs/scaling.md has no ```yaml block"
-    config = ServeDeploySchema.parse_obj(yaml.safe_load(block.group(1)))
+    config = ServeDeploySchema.model_validate(yaml.safe_load(block.group(1)))
     (app,) = config.applications
     assert app.import_path == "specguard.consensus.ray_pool:app_builder"
-    deployment = json.loads(app.json())["deployments"][0]
-    assert deployment["name"] == ray_pool.DEPLOYMENT_NAME
-    assert deployment["autoscaling_config"]["target_ongoing_requests"] >= 1
+    (deployment,) = app.deployments
+    assert deployment.name == ray_pool.DEPLOYMENT_NAME
+    assert deployment.autoscaling_config["target_ongoing_requests"] >= 1
     key = load_or_create_node_key(tmp_path)
     args = dict(app.args, home=str(tmp_path), key_id=key.key_id)
     assert ray_pool.app_builder(args)._bound_deployment.init_args[0]["home"] == str(tmp_path)
