@@ -19,7 +19,7 @@ from ..engine.speculative import SpeculativeEngine
 from ..http import redact_url
 from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
-from . import AuditUsageError, calibrate
+from . import AuditError, AuditUsageError, calibrate
 from .client import ProviderClient, ProviderFault, validate_answer
 from .rescore import align_text, rescore
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
@@ -102,6 +102,63 @@ def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any]) -> tuple[
     return checked.content, checked.logprobs, checked.finish_reason, None
 
 
+def prompt_request(cfg: AuditConfig, text: str) -> dict[str, Any]:
+    """The chat request an audit sends for one prompt (the client adds `model`)."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "temperature": 0,
+                            "max_tokens": cfg.max_tokens, "seed": 0}
+    if cfg.request_logprobs:
+        body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
+    return body
+
+
+@dataclass
+class ScoredAnswer:
+    """The reference's re-scoring of one answer: the model work of one prompt, JSON-serialisable so
+    that it can run elsewhere (`specguard.audit.ray_run` runs it on Ray actors)."""
+
+    with_logprobs: bool
+    fields: dict[str, Any]  # the prompt's report fields (tokens, unmappable, unscored, ...)
+    tokens: int
+    unscored: int
+    positions: list[tuple[bool, float]]  # (the reference agrees, its decision margin) per scored position
+    stat: float | None = None  # the prompt's mean |delta logprob| (None: nothing to compare)
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (reference, provider) logprobs
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ScoredAnswer:
+        return cls(d["with_logprobs"], d["fields"], d["tokens"], d["unscored"],
+                   [(bool(a), m) for a, m in d["positions"]], d["stat"], [(r, p) for r, p in d["pairs"]])
+
+
+@dataclass
+class StagedPrompt:
+    """One prompt answered and scored by a stage outside the loop (`run_audit(stage=...)`)."""
+
+    answer: dict[str, Any] | None
+    scored: ScoredAnswer | None  # None when the answer has a problem (no answer, provider fault)
+
+
+def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, prompt_ids: list[int],
+                 content: str | None, lpc: Any) -> ScoredAnswer:
+    """Map an answer's tokens to the reference and re-score them (teacher-forced with logprobs,
+    else the text-only walk)."""
+    if lpc is not None:
+        mapped = map_logprob_content(lpc, tmap)
+        alts = [list(t) for t in mapped.provider_top]
+        scores = rescore(reference.model, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
+        stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
+        kept = stat if stat == stat else None
+        return ScoredAnswer(True, {"tokens": mapped.total, "unmappable": mapped.unmappable, "unscored": mapped.unscored,
+                                   "unmappable_reasons": mapped.reasons, "logprob_stat": kept},
+                            mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs)
+    scores, rest = align_text(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
+    return ScoredAnswer(False, {"tokens": len(scores) + rest, "unmappable": rest, "unscored": rest, "text_only": True},
+                        len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores])
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -121,8 +178,12 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
     return cal
 
 
-def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False) -> dict[str, Any]:
-    """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html."""
+def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False,
+              stage: Any = None) -> dict[str, Any]:
+    """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html.
+
+    `stage(cfg, client, reference, prompts, prompt_ids) -> list[StagedPrompt]` answers and scores
+    the prompts elsewhere (specguard.audit.ray_run); the rest of the run is the same."""
     from .report import write_reports
 
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +195,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                             api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
                             max_retries=0 if offline else cfg.max_retries)
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
+    staged = stage(cfg, client, reference, prompts, prompt_ids) if stage is not None and not offline else None
     per_prompt: list[dict[str, Any]] = []
     lp_stats: list[float] = []
     disagree_margins: list[float] = []
@@ -145,11 +207,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     bar = _progress(len(prompts), "audit")
     try:
         for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
-            body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "temperature": 0,
-                                    "max_tokens": cfg.max_tokens, "seed": 0}
-            if cfg.request_logprobs:
-                body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
-            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
+            body = prompt_request(cfg, text)
+            ans = staged[i].answer if staged else client.cache.get(_key(client, body)) if offline else client.chat(body)
             content, lpc, finish, problem = _answer_parts(ans, body)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
             if problem and problem.startswith("provider fault"):
@@ -158,32 +217,25 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             if problem:
                 per_prompt.append(rec)
                 continue
-            if lpc is not None:
+            scored = staged[i].scored if staged else score_answer(cfg, reference, tmap, pids, content, lpc)
+            if scored is None:
+                raise AuditError("the audit stage scored no answer for a prompt with an answer", field=f"prompt {i}")
+            rec.update(scored.fields)
+            total_tokens += scored.tokens
+            unmappable += scored.unscored
+            if scored.with_logprobs:
                 with_logprobs += 1
-                mapped = map_logprob_content(lpc, tmap)
-                alts = [list(t) for t in mapped.provider_top]
-                scores = rescore(reference.model, [(pids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
-                stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
-                if stat == stat:
-                    lp_stats.append(stat)
-                scatter.extend(pairs)
-                rec.update(tokens=mapped.total, unmappable=mapped.unmappable, unscored=mapped.unscored,
-                           unmappable_reasons=mapped.reasons, logprob_stat=stat if stat == stat else None)
-                total_tokens += mapped.total
-                unmappable += mapped.unscored
-            else:
-                scores, rest = align_text(reference, pids, content, cfg.max_tokens, cfg.top_logprobs)
-                rec.update(tokens=len(scores) + rest, unmappable=rest, unscored=rest, text_only=True)
-                total_tokens += len(scores) + rest
-                unmappable += rest
+                if scored.stat is not None:
+                    lp_stats.append(scored.stat)
+                scatter.extend(scored.pairs)
             n_dis = 0
-            for pos, s in enumerate(scores):
-                if s.agrees:
+            for pos, (agrees, margin) in enumerate(scored.positions):
+                if agrees:
                     agree += 1
                 else:
-                    disagree_margins.append(s.margin)
+                    disagree_margins.append(margin)
                     n_dis += 1
-                by_position.append((pos, s.agrees, s.margin))
+                by_position.append((pos, agrees, margin))
             rec["disagreements"] = n_dis
             per_prompt.append(rec)
     finally:

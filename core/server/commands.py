@@ -42,12 +42,21 @@ log = logging.getLogger("specguard.server")
               help="Bearer key sent to the --drafter-url drafting server (or SPECGUARD_DRAFTER_API_KEY).")
 @click.option("--max-prompt-chars", type=click.IntRange(1, 1 << 30), default=None,
               help="Refuse prompts longer than this, before tokenizing (default 16 x the context length).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="With --role verifier: run a Ray Serve pool of verifier replicas sharing one node key "
+                   "(specguard[ray]; docs/scaling.md).")
 @server_options
 def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
                   max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
-                  api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
+                  api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
+    if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
+        from ..consensus.ray_pool import serve_pool
+
+        return serve_pool(model_ref, role=role, host=host, port=port, policy=policy_ref, threads=threads,
+                          max_replicas=max_concurrency, max_queue=max_queue, api_key=api_key,
+                          api_keys_file=api_keys_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     import torch
 
     from ..consensus.config import key_value

@@ -41,9 +41,12 @@ def _echo_verdict(report: dict) -> None:
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--max-retries", type=int, default=6, show_default=True)
 @click.option("--out", "out_dir", default="audit-out", show_default=True)
+@click.option("--ray", "ray_scorers", type=click.IntRange(0), is_flag=False, flag_value=0, default=None,
+              metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
+                                  "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
 def run_command(base_url, model_name, reference, api_key_env, prompts_file, budget, max_tokens, alpha, top_logprobs,
                 honest_class, calibration, calibration_prompts, margin, min_effect_logprob, min_effect_tokens,
-                mmd_samples, mmd_prompts, text_only, timeout, max_retries, out_dir) -> None:
+                mmd_samples, mmd_prompts, text_only, timeout, max_retries, out_dir, ray_scorers=None) -> None:
     """Audit a provider; rerun the same command to resume. Exit 0 consistent, 4 substituted, 1 inconclusive."""
     from specguard.audit.run import AuditConfig, run_audit
 
@@ -54,7 +57,12 @@ def run_command(base_url, model_name, reference, api_key_env, prompts_file, budg
                       mmd_samples=mmd_samples, mmd_prompts=mmd_prompts, request_logprobs=not text_only,
                       api_key_env=api_key_env, timeout=timeout,
                       max_retries=max_retries)
-    report = run_audit(cfg, Path(out_dir))
+    if ray_scorers is not None:
+        from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+
+        report = run_audit_ray(cfg, Path(out_dir), RayAuditOptions(scorer_actors=ray_scorers))
+    else:
+        report = run_audit(cfg, Path(out_dir))
     _echo_verdict(report)
     raise SystemExit({"consistent": 0, "substituted": 4}.get(report["verdict"], 1))
 
