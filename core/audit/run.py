@@ -350,7 +350,11 @@ def _key(client: ProviderClient, body: dict[str, Any]) -> str:
 
 
 def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [f"honest class {null['class']} ({', '.join(null['setups'])}): a consistent verdict means {null['claim']}"]
+    if null["class"] == "cross-engine":
+        lines.append("against the cross-engine class, substitutes as close to the reference as another honest engine "
+                     "(8-bit weights: q8, int8) are not distinguishable; 4-bit re-quantization, pruned layers and "
+                     "other models are (docs/audit.md, 'What each class can detect')")
     for r in results:
         if r.name == "logprob" and r.mde is not None:
             lines.append(f"logprob: substitutes whose mean |delta logprob| exceeds {r.mde:.4g} nats/token; honest set-ups "
