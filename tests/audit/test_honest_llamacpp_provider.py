@@ -81,16 +81,13 @@ def test_honest_llamacpp_server_is_not_called_substituted(llamacpp_url, referenc
     # reference's (earlier-seen) choice above its pick: counted, left out of token agreement
     assert rep["penalty_adjusted"]["positions"] > 0
     # with plain greedy decoding asked for explicitly, nothing is left out and nothing rejects
-    plain = _audit(llamacpp_url, reference, tmp_path / "plain", extra_body={"repeat_penalty": 1.0})
+    plain = _audit(llamacpp_url, reference, tmp_path / "plain", budget=4, extra_body={"repeat_penalty": 1.0})
     assert json.loads((tmp_path / "plain" / "raw.jsonl").read_text().splitlines()[0])["request"]["repeat_penalty"] == 1.0
     assert plain["penalty_adjusted"]["positions"] == 0
     assert plain["verdict"] != "substituted", plain["reasons"]
     assert plain["claim"].startswith("consistent with the claimed weights on some honest engine")
-    # the same answers against the torch-only class are what the old audit said: substituted
-    torch_only = _audit(llamacpp_url, reference, tmp_path / "plain", extra_body={"repeat_penalty": 1.0},
-                        honest_class="bf16")
-    assert torch_only["client"]["attempts"] == 0  # re-analysed from the log, no new queries
-    assert torch_only["verdict"] == "substituted"
+    # llama.cpp's noise is what the class accepts: its answers sit inside the cross-engine pool
+    assert plain["honest_class"]["worst_setup"].startswith("llamacpp")
 
 
 def test_completions_endpoint_against_llamacpp(llamacpp_url, reference, tmp_path):
