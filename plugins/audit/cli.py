@@ -132,13 +132,13 @@ def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logpro
     from specguard.audit.run import load_prompts
     from specguard.models import load_model
 
-    ref = load_model(reference)
-    prompts = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(prompts_file, n_prompts)]
     names = tuple(x.strip() for x in setups.split(",") if x.strip()) if setups else calibrate.SETUPS
     unknown = [n for n in names if n not in calibrate.SETUPS]
     if unknown:
         raise click.BadParameter(f"unknown set-up(s) {unknown}; expected some of {list(calibrate.SETUPS)}",
                                  param_hint="--setups")
+    ref = load_model(reference)
+    prompts = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(prompts_file, n_prompts)]
     cal = calibrate.calibrate(ref, prompts, max_tokens, top_logprobs, names, gguf=gguf)
     calibrate.save(cal, Path(out_file))
     click.echo(json.dumps({n: s.get("mean_abs_delta", s.get("error")) for n, s in cal["setups"].items()}, indent=1))
