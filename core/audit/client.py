@@ -1,4 +1,4 @@
-"""A robust client for OpenAI-compatible chat endpoints, with a raw append-only log.
+"""A robust client for OpenAI-compatible chat (and legacy completions) endpoints, with a raw append-only log.
 
 Every attempt is appended to `raw.jsonl` as soon as its answer (or failure) arrives:
 {"key", "attempt", "time", "request", "status", "retry_after", "body" | "error"}. The request
@@ -36,6 +36,8 @@ from . import AuditError, AuditUsageError
 
 log = logging.getLogger("specguard.audit.client")
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+#: audit modes: the path POSTed to under the base URL
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
 #: a provider answer larger than this is a failed attempt
 MAX_ANSWER_BYTES = 8 << 20
 
@@ -82,6 +84,7 @@ class ProviderClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         ca_bundle: str | None = None,
+        endpoint: str = "chat",
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if api_key_env:
@@ -89,7 +92,10 @@ class ProviderClient:
             if not key:
                 raise AuditUsageError("API key environment variable is not set", field="api_key_env", got=api_key_env)
             headers["Authorization"] = f"Bearer {key}"
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        if endpoint not in ENDPOINTS:
+            raise AuditUsageError("unknown endpoint", field="endpoint", got=endpoint, expected=list(ENDPOINTS))
+        self.endpoint = endpoint
+        self.url = base_url.rstrip("/") + ENDPOINTS[endpoint]
         self.model = model
         self.log_path = log_path
         self.max_retries = max_retries
@@ -280,3 +286,67 @@ def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
                 entry["top_logprobs"] = [_check_token(alt, f"{where}.top_logprobs[{j}]") for j, alt in enumerate(top)]
                 entries.append(entry)
     return ProviderAnswer(content, entries, finish)
+
+
+def validate_completion(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
+    """Check a legacy `/v1/completions` answer against its request; raise ProviderFault.
+
+    Same limits as `validate_answer`. `choices[0].text` is the content; the legacy logprobs
+    (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, read only when `logprobs`
+    was requested) are returned in the chat shape ({"token", "bytes": None, "logprob",
+    "top_logprobs": [...]}) so that the rest of the audit maps them the same way. A `null`
+    token logprob (the first prompt token of an echo) is a fault: the audit never asks for echo."""
+    max_tokens = max(1, _bounded_int(request, "max_tokens", 16))
+    wanted_top = _bounded_int(request, "logprobs", 0)
+    if not isinstance(answer, dict):
+        raise _fault("answer is not an object", "answer", type(answer).__name__, "a completion object")
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not 1 <= len(choices) <= max(1, _bounded_int(request, "n", 1)):
+        raise _fault("answer has no (or too many) choices", "choices", choices, "a list of one choice")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise _fault("choice is not an object", "choices[0]", choice, "an object")
+    content = choice.get("text")
+    if not isinstance(content, str):
+        raise _fault("answer has no text", "choices[0].text", content, "a string")
+    if len(content) > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise _fault("answer text is longer than max_tokens allows", "choices[0].text",
+                     f"{len(content)} chars", f"<= {max_tokens * MAX_CHARS_PER_TOKEN} chars")
+    finish = choice.get("finish_reason")
+    if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
+        raise _fault("finish_reason is not a short string", "choices[0].finish_reason", finish, "null or a string")
+    lp = choice.get("logprobs")
+    if not request.get("logprobs") or lp is None:
+        return ProviderAnswer(content, None, finish)
+    if not isinstance(lp, dict):
+        raise _fault("logprobs is not an object", "choices[0].logprobs", lp, '{"tokens", "token_logprobs", ...}')
+    tokens, values, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+        raise _fault("logprobs.tokens and token_logprobs are not lists of one length", "choices[0].logprobs.tokens",
+                     f"{type(tokens).__name__}/{type(values).__name__}", "two lists of equal length")
+    if len(tokens) > max_tokens:
+        raise _fault("more logprob entries than max_tokens", "choices[0].logprobs.tokens", f"{len(tokens)} entries",
+                     f"<= {max_tokens}")
+    if tops is not None and (not isinstance(tops, list) or len(tops) != len(tokens)):
+        raise _fault("logprobs.top_logprobs does not match tokens", "choices[0].logprobs.top_logprobs",
+                     f"{type(tops).__name__}", f"null or a list of {len(tokens)}")
+    entries: list[dict[str, Any]] = []
+    for i, (tok, val) in enumerate(zip(tokens, values, strict=True)):
+        where = f"choices[0].logprobs.tokens[{i}]"
+        entry = _check_token({"token": tok, "logprob": val}, where)
+        top = (tops[i] if tops is not None else None) or {}
+        if not isinstance(top, dict):
+            raise _fault("top_logprobs entry is not an object", f"choices[0].logprobs.top_logprobs[{i}]", top,
+                         "{token: logprob}")
+        if len(top) > wanted_top:
+            raise _fault("more top_logprobs than asked", f"choices[0].logprobs.top_logprobs[{i}]",
+                         f"{len(top)} entries", f"<= {wanted_top}")
+        entry["top_logprobs"] = [_check_token({"token": k, "logprob": v}, f"choices[0].logprobs.top_logprobs[{i}]")
+                                 for k, v in top.items()]
+        entries.append(entry)
+    return ProviderAnswer(content, entries, finish)
+
+
+def validate_for(endpoint: str, answer: Any, request: dict[str, Any]) -> ProviderAnswer:
+    """`validate_answer` for chat, `validate_completion` for the legacy completions endpoint."""
+    return validate_completion(answer, request) if endpoint == "completions" else validate_answer(answer, request)

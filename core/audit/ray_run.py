@@ -125,7 +125,7 @@ class ReferenceScorer:
         scored_out = []
         for body_json, answer, pids in zip(batch["body"], batch["answer"], batch["prompt_ids"], strict=True):
             ans = json.loads(answer) if answer else None
-            content, lpc, _finish, problem = _answer_parts(ans, json.loads(body_json))
+            content, lpc, _finish, problem = _answer_parts(ans, json.loads(body_json), self.cfg.endpoint)
             if problem:
                 scored_out.append("")
                 continue
@@ -209,7 +209,7 @@ def ray_stage(options: RayAuditOptions) -> Callable[..., list[Any]]:
                 result = answered[key]
             else:  # a repeat of a request that got no answer: run_audit asks again, and so does this (here)
                 ans = client.chat(bodies[i])
-                content, lpc, _f, problem = _answer_parts(ans, bodies[i])
+                content, lpc, _f, problem = _answer_parts(ans, bodies[i], cfg.endpoint)
                 tmap = tmap or TokenMap(reference.tokenizer, reference.vocab_size)
                 scored = None if problem else score_answer(cfg, reference, tmap, prompt_ids[i], content, lpc)
                 result = StagedPrompt(ans, scored)

@@ -97,6 +97,14 @@ def render_html(report: dict[str, Any]) -> str:
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in report.get("reasons", []))
     dist = "".join(f"<li>{html.escape(r)}</li>" for r in report.get("distinguishes", []))
     pool = report.get("null_pool", [])
+    power = "".join(
+        f"<tr><td>{r['max_tokens']}</td><td>{r['decisive_positions']}</td><td>{r['hard_disagreement_rate']:.4g}</td>"
+        f"<td>{r['p_value']:.3g}</td><td>{'' if r['mde'] is None else format(r['mde'], '.4g')}</td><td>{r['powered']}</td></tr>"
+        for r in report.get("power_by_max_tokens", []))
+    power_table = (f"<h2>Token-agreement power by tokens per answer</h2><table><tr><th>max tokens</th><th>decisive</th>"
+                   f"<th>hard rate</th><th>p-value</th><th>min. detectable</th><th>powered</th></tr>{power}</table>"
+                   if power else "")
+    claim = html.escape(str(report.get("claim", "")))
     colour = {"consistent": "#2ca02c", "substituted": "#d62728"}.get(report.get("verdict"), "#ff7f0e")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>specguard audit report</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -105,9 +113,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{display:inline-block;margi
 <p>Provider {html.escape(report['provider']['base_url'])} model {html.escape(report['provider']['model'])};
 reference {html.escape(report['reference']['name'])} ({html.escape(report['reference']['digest'])});
 honest class {html.escape(report['honest_class']['name'])} ({html.escape(', '.join(report['honest_class']['setups']))}).</p>
+<p>Endpoint: {html.escape(str(report.get('endpoint', 'chat')))}. What "consistent" claims under this class: {claim}.</p>
 <ul>{reasons}</ul>
 <table><tr><th>test</th><th>statistic</th><th>p-value</th><th>samples</th><th>min. detectable</th><th>declared effect</th><th>powered</th></tr>{rows}</table>
 <h2>What this run can distinguish</h2><ul>{dist}</ul>
+{power_table}
 <p>Prompts answered: {report['prompts']['answered']}/{report['prompts']['requested']}; tokens {report['tokens']['total']},
 unmappable or unscored {report['tokens']['unmappable_or_unscored']}; retries {report['client'].get('retries')}.</p>
 {scatter_svg(report.get('scatter', []))}

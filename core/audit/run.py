@@ -20,7 +20,7 @@ from ..http import redact_url
 from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
 from . import AuditError, AuditUsageError, calibrate
-from .client import ProviderClient, ProviderFault, validate_answer
+from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
 from .rescore import align_text, rescore
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
@@ -48,7 +48,7 @@ class AuditConfig:
     max_tokens: int = 32
     alpha: float = 0.01
     top_logprobs: int = 5
-    honest_class: str = "bf16"
+    honest_class: str = "auto"
     calibration: str | None = None
     calibration_prompts: int = 8
     margin: float = 1.5
@@ -61,6 +61,12 @@ class AuditConfig:
     timeout: float = 60.0
     max_retries: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
+    #: "chat" (/chat/completions) or "completions" (legacy /completions, the prompt sent as raw text)
+    endpoint: str = "chat"
+    #: provider-specific fields merged into every request, e.g. {"repeat_penalty": 1.0} for llama.cpp servers
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    #: most provider choices demoted by a repetition penalty tolerated before the run is inconclusive
+    max_adjusted: float = 0.1
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
@@ -88,7 +94,8 @@ def load_prompts(path: str | None, n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any]) -> tuple[str | None, Any, str | None, str | None]:
+def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any],
+                  endpoint: str = "chat") -> tuple[str | None, Any, str | None, str | None]:
     """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer.
 
     The answer is validated against `request` first (validate_answer); a contract breach is a
@@ -96,19 +103,10 @@ def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any]) -> tuple[
     if ans is None:
         return None, None, None, "no answer after retries"
     try:
-        checked = validate_answer(ans, request)
+        checked = validate_for(endpoint, ans, request)
     except ProviderFault as fault:
         return None, None, None, f"provider fault: {fault.summary()}"
     return checked.content, checked.logprobs, checked.finish_reason, None
-
-
-def prompt_request(cfg: AuditConfig, text: str) -> dict[str, Any]:
-    """The chat request an audit sends for one prompt (the client adds `model`)."""
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "temperature": 0,
-                            "max_tokens": cfg.max_tokens, "seed": 0}
-    if cfg.request_logprobs:
-        body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
-    return body
 
 
 @dataclass
@@ -123,6 +121,7 @@ class ScoredAnswer:
     positions: list[tuple[bool, float]]  # (the reference agrees, its decision margin) per scored position
     stat: float | None = None  # the prompt's mean |delta logprob| (None: nothing to compare)
     pairs: list[tuple[float, float]] = field(default_factory=list)  # (reference, provider) logprobs
+    adjusted: list[int] = field(default_factory=list)  # positions set aside as repetition-penalty demotions
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +129,8 @@ class ScoredAnswer:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ScoredAnswer:
         return cls(d["with_logprobs"], d["fields"], d["tokens"], d["unscored"],
-                   [(bool(a), m) for a, m in d["positions"]], d["stat"], [(r, p) for r, p in d["pairs"]])
+                   [(bool(a), m) for a, m in d["positions"]], d["stat"], [(r, p) for r, p in d["pairs"]],
+                   [int(p) for p in d.get("adjusted", [])])
 
 
 @dataclass
@@ -151,9 +151,11 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
         scores = rescore(reference.model, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
         stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
         kept = stat if stat == stat else None
+        adjusted = _penalty_adjusted(prompt_ids, mapped.ids, mapped.provider_logprobs, mapped.provider_top, scores)
         return ScoredAnswer(True, {"tokens": mapped.total, "unmappable": mapped.unmappable, "unscored": mapped.unscored,
                                    "unmappable_reasons": mapped.reasons, "logprob_stat": kept},
-                            mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs)
+                            mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs,
+                            sorted(adjusted))
     scores, rest = align_text(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
     return ScoredAnswer(False, {"tokens": len(scores) + rest, "unmappable": rest, "unscored": rest, "text_only": True},
                         len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores])
@@ -172,6 +174,11 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
     saved = out / "calibration.json"
     if saved.is_file():
         return calibrate.load(saved, reference)
+    shipped = calibrate.committed(reference)
+    if shipped is not None:  # the committed calibration of this exact reference (e.g. the default model)
+        cal = calibrate.load(shipped, reference)
+        calibrate.save(cal, saved)
+        return cal
     setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
     cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
     calibrate.save(cal, saved)
@@ -188,19 +195,35 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if cfg.endpoint not in ENDPOINTS:
+        raise AuditUsageError("unknown endpoint", field="endpoint", got=cfg.endpoint, expected=list(ENDPOINTS))
+    if cfg.honest_class not in calibrate.CLASS_NAMES:
+        raise AuditUsageError("unknown honest class", field="honest_class", got=cfg.honest_class,
+                              expected=list(calibrate.CLASS_NAMES))
+    reserved = {"model", "messages", "prompt", "max_tokens", "temperature", "logprobs", "top_logprobs", "seed"}
+    if not isinstance(cfg.extra_body, dict) or reserved & set(cfg.extra_body):
+        raise AuditUsageError("extra request fields may not replace the audit's own", field="extra_body",
+                              got=sorted(reserved & set(cfg.extra_body)) if isinstance(cfg.extra_body, dict)
+                              else type(cfg.extra_body).__name__, expected="other fields (e.g. repeat_penalty)")
     reference = reference or load_model(cfg.reference)
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
-    prompt_ids = [reference.encode_chat([{"role": "user", "content": p}]) for p in prompts]
+    prompt_ids = [_prompt_ids(reference, p, cfg.endpoint) for p in prompts]
+    longest = max((len(p) for p in prompt_ids), default=0)
+    if cfg.max_tokens < 1 or longest + cfg.max_tokens > reference.max_context:
+        raise AuditUsageError("max_tokens does not fit the model context", field="max_tokens", got=cfg.max_tokens,
+                              expected=f"1..{max(1, reference.max_context - longest)} (context {reference.max_context}, "
+                                       f"longest prompt {longest} tokens)")
     client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
                             api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
-                            max_retries=0 if offline else cfg.max_retries)
+                            max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint)
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
     staged = stage(cfg, client, reference, prompts, prompt_ids) if stage is not None and not offline else None
     per_prompt: list[dict[str, Any]] = []
     lp_stats: list[float] = []
     disagree_margins: list[float] = []
     agree = 0
-    by_position: list[tuple[int, bool, bool]] = []
+    by_position: list[tuple[int, bool, float]] = []
+    adjusted_total = 0
     scatter: list[tuple[float, float]] = []
     total_tokens = unmappable = 0
     with_logprobs = faults = 0
@@ -209,7 +232,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
             body = prompt_request(cfg, text)
             ans = staged[i].answer if staged else client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, lpc, finish, problem = _answer_parts(ans, body)
+            content, lpc, finish, problem = _answer_parts(ans, body, cfg.endpoint)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
             if problem and problem.startswith("provider fault"):
                 faults += 1
@@ -228,8 +251,11 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                 if scored.stat is not None:
                     lp_stats.append(scored.stat)
                 scatter.extend(scored.pairs)
+            adjusted = set(scored.adjusted)
             n_dis = 0
             for pos, (agrees, margin) in enumerate(scored.positions):
+                if pos in adjusted:
+                    continue
                 if agrees:
                     agree += 1
                 else:
@@ -237,25 +263,45 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                     n_dis += 1
                 by_position.append((pos, agrees, margin))
             rec["disagreements"] = n_dis
+            rec["penalty_adjusted"] = len(adjusted)
+            adjusted_total += len(adjusted)
+            usage = ans.get("usage") if isinstance(ans, dict) else None
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
+                    and usage["prompt_tokens"] != len(pids):
+                rec["prompt_tokens_mismatch"] = {"provider": usage["prompt_tokens"], "reference": len(pids)}
             per_prompt.append(rec)
     finally:
         bar.close()
     cal = obtain_calibration(cfg, reference, prompt_ids, out)
     null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     results = []
+    power_by_tokens: list[dict[str, Any]] = []
     if any("disagreements" in r for r in per_prompt):
         pos_summary = [(p, a, m >= null["tau"] or a) for p, a, m in by_position]
+        power_by_tokens = _power_by_tokens(by_position, cfg, null)
         results.append(agreement_test(disagree_margins, agree, null["tau"], null["p0"], cfg.alpha,
                                       cfg.min_effect_tokens, pos_summary))
     if lp_stats:
-        results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, cfg.min_effect_logprob))
+        # the declared effect is a deviation *beyond* the class's accepted honest noise (the pool mean):
+        # against the cross-engine class (llama.cpp ~0.1 nats) an absolute 0.1 could never be powered
+        declared_lp = cfg.min_effect_logprob + sum(null["pool"]) / len(null["pool"])
+        results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, declared_lp))
     if cfg.mmd_samples >= 2 and with_logprobs == 0:
         mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline)
         if mmd.samples:
             results.append(mmd)
     answered = sum(1 for r in per_prompt if not r.get("problem"))
     frac = unmappable / total_tokens if total_tokens else 0.0
-    verdict = combine(results, cfg.alpha, frac)
+    scored_positions = len(by_position) + adjusted_total
+    adjusted_frac = adjusted_total / scored_positions if scored_positions else 0.0
+    verdict = combine(results, cfg.alpha, frac, claim=null["claim"])
+    if verdict["verdict"] == "consistent" and adjusted_frac > cfg.max_adjusted:
+        verdict = {**verdict, "verdict": "inconclusive", "reasons": [
+            f"the provider did not decode greedily: at {adjusted_total} of {scored_positions} positions "
+            f"({adjusted_frac:.1%}, limit {cfg.max_adjusted:.0%}) its own logprobs rank an earlier-seen token above "
+            "the one it chose (a repetition penalty, e.g. llama.cpp's default repeat_penalty 1.1); those positions "
+            "are left out of token agreement; rerun with --extra-body '{\"repeat_penalty\": 1.0}' if the provider "
+            "accepts it"]}
     if answered == 0:
         verdict = {"verdict": "inconclusive", "reasons": ["the provider answered no prompt"], "rejected": {}, "alpha": cfg.alpha}
     report = {
@@ -265,9 +311,15 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         "config": {**asdict(cfg), "base_url": redact_url(cfg.base_url)},
         **verdict,
         "tests": [r.to_json() for r in results],
-        "honest_class": {"name": cfg.honest_class, "setups": null["setups"], "worst_setup": null["worst_setup"],
+        "claim": null["claim"],
+        "honest_class": {"name": null["class"], "requested": cfg.honest_class, "claim": null["claim"],
+                         "setups": null["setups"], "missing_setups": null["missing_setups"],
+                         "worst_setup": null["worst_setup"],
                          "mean_abs_delta": null["mean_abs_delta"], "tau": null["tau"], "p0": null["p0"],
-                         "margin": null["margin"]},
+                         "margin": null["margin"], "calibration_max_tokens": cal.get("max_tokens")},
+        "endpoint": cfg.endpoint,
+        "penalty_adjusted": {"positions": adjusted_total, "fraction": adjusted_frac, "limit": cfg.max_adjusted},
+        "power_by_max_tokens": power_by_tokens,
         "distinguishes": _distinguishes(results, null),
         "prompts": {"requested": len(prompts), "answered": answered, "with_logprobs": with_logprobs,
                     "provider_faults": faults},
@@ -282,6 +334,64 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     return report
 
 
+def _prompt_ids(reference: LoadedModel, text: str, endpoint: str) -> list[int]:
+    """Reference prompt ids: the chat template applied (chat), or the raw text's tokens (completions)."""
+    if endpoint == "completions":
+        return reference.encode(text)
+    return reference.encode_chat([{"role": "user", "content": text}])
+
+
+def prompt_request(cfg: AuditConfig, text: str) -> dict[str, Any]:
+    """The greedy request body for one prompt on the configured endpoint."""
+    body: dict[str, Any] = dict(cfg.extra_body)
+    if cfg.endpoint == "completions":
+        body.update(prompt=text, temperature=0, max_tokens=cfg.max_tokens, seed=0)
+        if cfg.request_logprobs:
+            body.update(logprobs=cfg.top_logprobs)
+        return body
+    body.update(messages=[{"role": "user", "content": text}], temperature=0, max_tokens=cfg.max_tokens, seed=0)
+    if cfg.request_logprobs:
+        body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
+    return body
+
+
+def _penalty_adjusted(prompt_ids: list[int], ids: list[int], lps: list[float | None],
+                      tops: list[dict[int, float]], scores: list[Any]) -> set[int]:
+    """Positions where the provider's choice was demoted by a repetition penalty, by its own account.
+
+    A position counts only if the provider disagrees with the reference, the provider's *own*
+    logprobs rank the reference's choice above the token it chose, and the reference's choice
+    already occurred (prompt or earlier output): what llama.cpp's default repeat_penalty 1.1 does.
+    These positions are left out of token agreement and counted; too many make the run inconclusive,
+    so a provider that claims it everywhere cannot reach "consistent" this way."""
+    seen = set(prompt_ids)
+    out: set[int] = set()
+    for pos, s in enumerate(scores):
+        lp = lps[pos] if pos < len(lps) else None
+        top = tops[pos] if pos < len(tops) else {}
+        if (not s.agrees and lp is not None and s.expected_id in seen
+                and top.get(s.expected_id, float("-inf")) > lp + 1e-6):
+            out.add(pos)
+        if pos < len(ids):
+            seen.add(ids[pos])
+    return out
+
+
+def _power_by_tokens(by_position: list[tuple[int, bool, float]], cfg: AuditConfig,
+                     null: dict[str, Any]) -> list[dict[str, Any]]:
+    """The token-agreement test as if the run had asked for fewer tokens per answer (8, 16, 32, ...)."""
+    budgets = sorted({b for b in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if b < cfg.max_tokens}
+                     | {cfg.max_tokens})
+    rows = []
+    for budget in budgets:
+        agree = sum(1 for p, a, _m in by_position if p < budget and a)
+        margins = [m for p, a, m in by_position if p < budget and not a]
+        r = agreement_test(margins, agree, null["tau"], null["p0"], cfg.alpha, cfg.min_effect_tokens)
+        rows.append({"max_tokens": budget, "decisive_positions": r.samples, "hard_disagreement_rate": r.statistic,
+                     "p_value": r.p_value, "mde": r.mde, "powered": r.powered})
+    return rows
+
+
 def _key(client: ProviderClient, body: dict[str, Any]) -> str:
     from .client import request_key
 
@@ -289,7 +399,11 @@ def _key(client: ProviderClient, body: dict[str, Any]) -> str:
 
 
 def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [f"honest class {null['class']} ({', '.join(null['setups'])}): a consistent verdict means {null['claim']}"]
+    if null["class"] == "cross-engine":
+        lines.append("against the cross-engine class, substitutes as close to the reference as another honest engine "
+                     "(8-bit weights: q8, int8) are not distinguishable; 4-bit re-quantization, pruned layers and "
+                     "other models are (docs/audit.md, 'What each class can detect')")
     for r in results:
         if r.name == "logprob" and r.mde is not None:
             lines.append(f"logprob: substitutes whose mean |delta logprob| exceeds {r.mde:.4g} nats/token; honest set-ups "
@@ -308,10 +422,11 @@ def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, promp
     for i in range(min(cfg.mmd_prompts, len(prompts))):
         xs, ys = [], []
         for j in range(cfg.mmd_samples):
-            body = {"messages": [{"role": "user", "content": prompts[i]}], "temperature": 1.0,
-                    "max_tokens": cfg.max_tokens, "seed": 1000 + j}
+            body = {**prompt_request(cfg, prompts[i]), "temperature": 1.0, "seed": 1000 + j}
+            body.pop("logprobs", None)
+            body.pop("top_logprobs", None)
             ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, _lpc, _f, problem = _answer_parts(ans, body)
+            content, _lpc, _f, problem = _answer_parts(ans, body, cfg.endpoint)
             if not problem and content is not None:
                 xs.append(retokenize_text(content, reference).ids)
             t = engine.generate(prompt_ids[i], SamplingParams(max_tokens=cfg.max_tokens, temperature=1.0, seed=5000 + j))

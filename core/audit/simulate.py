@@ -2,7 +2,9 @@
 
 Used for power analysis (`specguard audit simulate`) and by the tests. It implements
 `POST /v1/chat/completions` (greedy or seeded sampling through the SpeculativeEngine, with
-`logprobs` / `top_logprobs` in the OpenAI shape including token `bytes`), `GET /v1/models` and
+`logprobs` / `top_logprobs` in the OpenAI shape including token `bytes`), the legacy
+`POST /v1/completions` (raw-text `prompt`, integer `logprobs`, answers in the legacy logprobs
+shape: `tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}), `GET /v1/models` and
 `GET /health`. Misbehaviour flags make it a realistic bad provider: no logprobs, ignored seeds,
 429/500 storms with Retry-After, malformed JSON, slow answers, tokens that do not map.
 """
@@ -86,6 +88,13 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        return await respond(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await respond(request, "completions")
+
+    async def respond(request: Request, kind: str) -> Response:
         if bad.slow:
             time.sleep(bad.slow)
         with lock:
@@ -99,8 +108,15 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
             body = json.loads(await request.body())
             if not isinstance(body, dict):
                 raise ValueError("body is not an object")
-            messages = body["messages"]
-            prompt_ids = reference.encode_chat([{"role": str(m["role"]), "content": str(m["content"])} for m in messages])
+            if kind == "chat":
+                messages = body["messages"]
+                prompt_ids = reference.encode_chat([{"role": str(m["role"]), "content": str(m["content"])}
+                                                    for m in messages])
+            else:
+                if not isinstance(body["prompt"], str):
+                    raise ValueError("prompt must be a string")
+                messages = body["prompt"]
+                prompt_ids = reference.encode(messages)
             seed = body.get("seed")
             if bad.ignore_seed:
                 seed = rng.getrandbits(62)
@@ -111,8 +127,9 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
                 seed=seed,
             )
             want_lp = bool(body.get("logprobs")) and not bad.no_logprobs
-            top_n = int(body.get("top_logprobs") or 0) if want_lp else 0
-            key = json_digest({"messages": body["messages"]})
+            top_field = "top_logprobs" if kind == "chat" else "logprobs"
+            top_n = min(20, int(body.get(top_field) or 0)) if want_lp else 0
+            key = json_digest({"messages": messages})
             model = served if (substitute is None or mixed_in(substitute, key)) else reference
             with lock:
                 if switch is not None and switched_to is not None and answered[0] >= switch.after:
@@ -128,18 +145,30 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
             ids, records = ids[:-1], records[:-1]
         content = reference.tokenizer.decode(ids, skip_special_tokens=False)
         logprobs = None
-        if want_lp:
+        if want_lp and kind == "completions":
+            def text_of(tid: int) -> str:
+                return token_entry(tid, 0.0)["token"]
+
+            logprobs = {"tokens": [text_of(r.token_id) for r in records],
+                        "token_logprobs": [r.logprob for r in records],
+                        "top_logprobs": [{text_of(t): lp for t, lp in r.top[:top_n]} for r in records],
+                        "text_offset": []}
+        elif want_lp:
             logprobs = {"content": [
                 {**token_entry(r.token_id, r.logprob), "top_logprobs": [token_entry(t, lp) for t, lp in r.top[:top_n]]}
                 for r in records
             ]}
+        choice: dict[str, Any] = {"index": 0, "logprobs": logprobs, "finish_reason": transcript.finish_reason}
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": content}
+        else:
+            choice["text"] = content
         answer = {
-            "id": "chatcmpl-" + transcript.binding_digest()[7:31],
-            "object": "chat.completion",
+            "id": ("chatcmpl-" if kind == "chat" else "cmpl-") + transcript.binding_digest()[7:31],
+            "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()),
             "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": logprobs, "finish_reason": transcript.finish_reason}],
+            "choices": [choice],
             "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids),
                       "total_tokens": len(prompt_ids) + len(ids)},
         }

@@ -175,14 +175,20 @@ def holm(results: list[TestResult], alpha: float) -> dict[str, bool]:
 
 
 def combine(results: list[TestResult], alpha: float, unmappable_fraction: float,
-            max_unmappable: float = 0.05) -> dict[str, Any]:
+            max_unmappable: float = 0.05, claim: str | None = None) -> dict[str, Any]:
     """Verdict: substituted if any test rejects (Holm); consistent only if token agreement was
-    used, every used test is powered for its declared effect and nothing rejects; else inconclusive."""
+    used, every used test is powered for its declared effect and nothing rejects; else inconclusive.
+
+    `claim` is what "consistent" asserts under the declared honest class (calibrate.CLAIMS): with the
+    cross-engine class "consistent with the claimed weights on some honest engine", with `fp32`
+    "identical implementation"; "substituted" means outside every honest set-up of the class."""
     rejected = holm(results, alpha)
     reasons: list[str] = []
     if any(rejected.values()):
         verdict = "substituted"
         reasons = [f"{n} rejects the honest-noise null (Holm, alpha={alpha})" for n, v in rejected.items() if v]
+        if claim:
+            reasons.append(f"the answers are outside the noise of every honest set-up of the class ({claim})")
     else:
         names = {r.name for r in results}
         if "token_agreement" not in names:
@@ -196,4 +202,6 @@ def combine(results: list[TestResult], alpha: float, unmappable_fraction: float,
         verdict = "inconclusive" if reasons else "consistent"
         if not reasons:
             reasons.append("every test passed and had power for its declared effect")
+            if claim:
+                reasons.append(f"claim: {claim}")
     return {"verdict": verdict, "reasons": reasons, "rejected": rejected, "alpha": alpha}

@@ -26,10 +26,17 @@ def _echo_verdict(report: dict) -> None:
 @click.option("--api-key-env", default=None, help="Environment variable holding the API key (never written).")
 @click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
 @click.option("--budget", type=int, default=8, show_default=True, help="Prompts to send.")
-@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--max-tokens", type=int, default=32, show_default=True,
+              help="Tokens per answer, up to the model context (power per budget is in the report).")
 @click.option("--alpha", type=float, default=0.01, show_default=True)
 @click.option("--top-logprobs", type=int, default=5, show_default=True)
-@click.option("--honest-class", default="bf16", show_default=True, help="fp32 or bf16 (bf16 or better).")
+@click.option("--honest-class", default="auto", show_default=True,
+              type=click.Choice(["auto", "cross-engine", "bf16", "fp32"]),
+              help="auto = cross-engine when calibrated (the provider's engine is unknown); bf16/fp32 = same engine.")
+@click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
+              help="chat: /chat/completions; completions: the legacy /completions with the prompt as raw text.")
+@click.option("--extra-body", default=None,
+              help='JSON object merged into every request, e.g. \'{"repeat_penalty": 1.0}\' for llama.cpp servers.')
 @click.option("--calibration", default=None, help="Calibration JSON to use instead of measuring one.")
 @click.option("--calibration-prompts", type=int, default=8, show_default=True)
 @click.option("--margin", type=float, default=1.5, show_default=True, help="Safety factor on the honest noise.")
@@ -45,12 +52,18 @@ def _echo_verdict(report: dict) -> None:
               metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
                                   "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
 def run_command(base_url, model_name, reference, api_key_env, prompts_file, budget, max_tokens, alpha, top_logprobs,
-                honest_class, calibration, calibration_prompts, margin, min_effect_logprob, min_effect_tokens,
+                honest_class, endpoint, extra_body, calibration, calibration_prompts, margin, min_effect_logprob, min_effect_tokens,
                 mmd_samples, mmd_prompts, text_only, timeout, max_retries, out_dir, ray_scorers=None) -> None:
     """Audit a provider; rerun the same command to resume. Exit 0 consistent, 4 substituted, 1 inconclusive."""
     from specguard.audit.run import AuditConfig, run_audit
 
-    cfg = AuditConfig(base_url=base_url, model=model_name, reference=reference, prompts_file=prompts_file,
+    try:
+        extra = json.loads(extra_body) if extra_body else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--extra-body") from exc
+    if not isinstance(extra, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
+    cfg = AuditConfig(endpoint=endpoint, extra_body=extra, base_url=base_url, model=model_name, reference=reference, prompts_file=prompts_file,
                       budget=budget, max_tokens=max_tokens, alpha=alpha, top_logprobs=top_logprobs,
                       honest_class=honest_class, calibration=calibration, calibration_prompts=calibration_prompts,
                       margin=margin, min_effect_logprob=min_effect_logprob, min_effect_tokens=min_effect_tokens,
@@ -129,15 +142,22 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
 @click.option("--max-tokens", type=int, default=32, show_default=True)
 @click.option("--top-logprobs", type=int, default=5, show_default=True)
 @click.option("--out", "out_file", default="calibration.json", show_default=True)
-def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logprobs, out_file) -> None:
-    """Measure the honest-noise null of a reference and save it as JSON."""
+@click.option("--setups", default=None, help="Comma-separated set-ups (default: all; see docs/audit.md).")
+@click.option("--gguf", default=None, help="GGUF of the reference for the llama.cpp set-ups (default: its own).")
+def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logprobs, out_file, setups, gguf) -> None:
+    """Measure the honest-noise null of a reference (torch and llama.cpp set-ups) and save it as JSON."""
     from specguard.audit import calibrate
     from specguard.audit.run import load_prompts
     from specguard.models import load_model
 
+    names = tuple(x.strip() for x in setups.split(",") if x.strip()) if setups else calibrate.SETUPS
+    unknown = [n for n in names if n not in calibrate.SETUPS]
+    if unknown:
+        raise click.BadParameter(f"unknown set-up(s) {unknown}; expected some of {list(calibrate.SETUPS)}",
+                                 param_hint="--setups")
     ref = load_model(reference)
     prompts = [ref.encode_chat([{"role": "user", "content": p}]) for p in load_prompts(prompts_file, n_prompts)]
-    cal = calibrate.calibrate(ref, prompts, max_tokens, top_logprobs)
+    cal = calibrate.calibrate(ref, prompts, max_tokens, top_logprobs, names, gguf=gguf)
     calibrate.save(cal, Path(out_file))
     click.echo(json.dumps({n: s.get("mean_abs_delta", s.get("error")) for n, s in cal["setups"].items()}, indent=1))
 
