@@ -34,6 +34,7 @@ CPUs, as llama-cpp-python), `n_ctx` (default: the target's context, at most 8192
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -49,26 +50,45 @@ from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
-from .records import token_records
 from .sampling import choose, decision_scores
 from .stops import cut_at_stop_token, cut_text, stop_string_cut
 
-__all__ = ["GumbelLogitsProcessor", "LlamaCppEngine", "build", "decide"]
+__all__ = ["GumbelLogitsProcessor", "LlamaCppEngine", "build", "decide", "token_record"]
 
 DEFAULT_MAX_CTX = 8192
 #: llama.cpp's GGML type ids for the KV cache (`type_k`/`type_v` of `llama_cpp.Llama`)
 KV_TYPES = {"f16": 1, "f32": 0}
 
 
-def decide(logits: np.ndarray, params: SamplingParams, position: int) -> tuple[int, float, torch.Tensor]:
-    """specguard's choice at output `position` from one row of llama.cpp logits.
+def decide(logits: np.ndarray, params: SamplingParams, position: int) -> tuple[int, float]:
+    """specguard's choice at output `position` from one row of llama.cpp logits, and its margin.
 
-    Returns (token id, decision margin, the logits row as a [1, V] float32 tensor). Greedy: the
-    argmax; sampled: the Gumbel-max argmax for (seed, position) — `acceptance.verify_step`'s rule.
+    Greedy: the argmax (lowest id on exact ties) and the best-minus-second logit. Sampled: the
+    Gumbel-max argmax for (seed, position) — `acceptance.verify_step`'s rule, computed by
+    `sampling.decision_scores`. Greedy stays in numpy: the same choice as the torch rule (float32
+    to float64 is exact) without torch's thread pool, which is slow on a busy machine.
     """
-    row = torch.from_numpy(np.array(logits, dtype=np.float32, copy=True))[None]
-    ids, margins = choose(decision_scores(row, params, [position]))
-    return int(ids[0]), float(margins[0]), row
+    if params.greedy:
+        row = np.asarray(logits, dtype=np.float64)
+        token = int(np.argmax(row))
+        rest = np.delete(row, token)
+        margin = float(row[token] - rest.max()) if rest.size else math.inf
+        return token, margin if math.isfinite(margin) else math.inf
+    scores = decision_scores(torch.from_numpy(np.array(logits, dtype=np.float32, copy=True))[None], params, [position])
+    ids, margins = choose(scores)
+    return int(ids[0]), float(margins[0])
+
+
+def token_record(logits: np.ndarray, token: int, margin: float, position: int, top_n: int) -> TokenRecord:
+    """The record of one emitted token: temperature-1 logprobs of llama.cpp's logits (float64), top `top_n`."""
+    row = np.asarray(logits, dtype=np.float64)
+    shifted = row - row.max()
+    logp = shifted - math.log(float(np.exp(shifted).sum()))
+    top: list[tuple[int, float]] = []
+    if top_n:
+        best = np.argpartition(-logp, min(top_n, logp.size) - 1)[:top_n]
+        top = sorted(((int(i), float(logp[i])) for i in best), key=lambda item: (-item[1], item[0]))
+    return TokenRecord(position=position, token_id=token, logprob=float(logp[token]), top=top, margin=margin)
 
 
 class GumbelLogitsProcessor:
@@ -86,7 +106,7 @@ class GumbelLogitsProcessor:
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        token, _, _ = decide(scores, self.params, len(input_ids) - self.prompt_len)
+        token, _ = decide(scores, self.params, len(input_ids) - self.prompt_len)
         out = np.full_like(scores, -np.inf)
         out[token] = 0.0
         return out
@@ -201,11 +221,11 @@ class LlamaCppEngine:
                 t0 = time.perf_counter()
                 llama.eval(pending)
                 logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(vocab,))
-                token, margin, row = decide(logits, params, len(output))
+                token, margin = decide(logits, params, len(output))
                 emitted, hit_stop = cut_at_stop_token([token], eos)
                 if hit_stop:
                     finish = "stop"
-                new_records = token_records(row, emitted, [margin], start=len(output), top_n=top_n)
+                new_records = [token_record(logits, token, margin, len(output), top_n)]
                 output.extend(emitted)
                 records.extend(new_records)
                 t1 = time.perf_counter()
