@@ -28,7 +28,7 @@ GREEDY = SamplingParams(max_tokens=N, ignore_eos=True)
 
 
 def sampled(seed: int) -> SamplingParams:
-    return SamplingParams(max_tokens=N, temperature=0.9, top_p=0.95, seed=seed, ignore_eos=True)
+    return SamplingParams(max_tokens=16, temperature=0.9, top_p=0.95, seed=seed, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_seeded_sampling_is_reproducible_and_is_the_logits_processors_choice(eng
     import llama_cpp
 
     processor = GumbelLogitsProcessor(sampled(7), len(prompt))
-    assert llama_generate(engine, prompt, N, logits_processor=llama_cpp.LogitsProcessorList([processor])) == \
+    assert llama_generate(engine, prompt, 16, logits_processor=llama_cpp.LogitsProcessorList([processor])) == \
         a.output_ids
 
 
