@@ -49,6 +49,9 @@ RESPONSE_DIGEST_KEY = "response_digest_format"
 RESPONSE_DIGEST_V1 = "specguard/response-digest/v1"
 RESPONSE_DIGEST_V2 = "specguard/response-digest/v2"
 RESPONSE_DIGEST_FORMATS = (RESPONSE_DIGEST_V1, RESPONSE_DIGEST_V2)
+#: optional predicate key (receipts before it have none): {"name", "version", "model_file_digest"}
+#: of the engine that generated the response, so a verifier knows what it re-checks
+ENGINE_KEY = "engine"
 
 __all__ = [
     "ReceiptIssuer", "VerifiedReceipt", "verify_receipt", "build_statement", "response_digest",
@@ -196,6 +199,7 @@ def build_statement(
         "params": transcript.params.to_json(),
         "finish_reason": transcript.finish_reason,
         "drafter": _drafter_stats(transcript),
+        ENGINE_KEY: transcript.engine_info(),
         "policy": {"name": getattr(policy, "name", None), "digest": getattr(policy, "digest", None)},
         "node": {"key_id": key.key_id, "public_key": key.public_hex},
         "evidence": dict(evidence or {}),
@@ -379,7 +383,7 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     _keys(subj[0]["digest"], "statement.subject[0].digest", {"sha256"})
     _require(isinstance(subj[0]["digest"]["sha256"], str) and bool(_HEX64.fullmatch(subj[0]["digest"]["sha256"])),
              "subject digest must be 64 lowercase hex digits", "statement.subject[0].digest.sha256")
-    p = _keys(st["predicate"], "predicate", _PREDICATE_KEYS, frozenset({RESPONSE_DIGEST_KEY}))
+    p = _keys(st["predicate"], "predicate", _PREDICATE_KEYS, frozenset({RESPONSE_DIGEST_KEY, ENGINE_KEY}))
     _require(p.get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1) in RESPONSE_DIGEST_FORMATS,
              "unknown response digest format", f"predicate.{RESPONSE_DIGEST_KEY}", p.get(RESPONSE_DIGEST_KEY),
              list(RESPONSE_DIGEST_FORMATS))
@@ -396,6 +400,12 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     _keys(p["drafter"], "predicate.drafter", {"name", "trusted", "drafted_tokens", "accepted_tokens",
                                               "acceptance_rate", "mean_accepted_tokens", "steps"})
     _keys(p["policy"], "predicate.policy", {"name", "digest"})
+    if ENGINE_KEY in p:
+        engine = _keys(p[ENGINE_KEY], "predicate.engine", {"name", "version", "model_file_digest"})
+        for name in ("name", "version", "model_file_digest"):
+            _require(isinstance(engine[name], str), "must be a string", f"predicate.engine.{name}", engine[name])
+        _require(engine["model_file_digest"] == "" or bool(_DIGEST.fullmatch(engine["model_file_digest"])),
+                 "must be sha256:<hex> or empty", "predicate.engine.model_file_digest", engine["model_file_digest"])
     node = _keys(p["node"], "predicate.node", {"key_id", "public_key"})
     _require(isinstance(node["public_key"], str) and bool(_HEX64.fullmatch(node["public_key"])),
              "must be 64 lowercase hex digits", "predicate.node.public_key", node["public_key"])

@@ -48,6 +48,8 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.argument("prompt", required=False)
 @click.option("--chat", "chat", is_flag=True, help="Wrap PROMPT as a user message with the chat template.")
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
+@click.option("-e", "--engine", default="specguard", show_default=True,
+              help="Engine: specguard (alias builtin), llamacpp, ... (see docs/engines.md).")
 @click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
@@ -60,9 +62,9 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
-def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json) -> None:
-    """Generate text with target-verified speculative decoding."""
-    from .engine.factory import make_drafter, make_engine
+def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json) -> None:
+    """Generate text with target-verified speculative decoding (or another --engine)."""
+    from .engine.factory import check_engine_name, make_drafter, make_engine
     from .errors import UsageError
     from .models import load_model
     from .transcript import SamplingParams
@@ -75,8 +77,10 @@ def generate_command(prompt, chat, model_ref, drafter, draft_model, exit_layer, 
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), mode=mode,
         ignore_eos=ignore_eos,
     )
+    check_engine_name(engine)  # before the model loads
     target = load_model(model_ref)
-    engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}))
+    engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}),
+                         engine)
     prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if chat else target.encode(prompt)
     if as_json:
         transcript = engine.generate(prompt_ids, params)

@@ -180,12 +180,13 @@ class Node:
         default_max_tokens: int = 256,
         max_model_len: int | None = None,
         engine_name: str = "specguard",
+        engine_options: dict[str, Any] | None = None,
         receipts: Any = None,
         responses: ResponseStore | None = None,
         max_prompt_chars: int | None = None,
     ) -> None:
         from .attest.receipts import ReceiptIssuer
-        from .engine.factory import make_drafter
+        from .engine.factory import make_drafter, make_engine
         from .keys import home_dir, load_or_create_node_key
         from .policies import load_policy
 
@@ -215,6 +216,7 @@ class Node:
         self.drafter_name = drafter
         self.drafter_options = self._drafter_options(drafter_options or {})
         self.engine_name = engine_name
+        self.engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
         self.default_max_tokens = default_max_tokens
         #: the context length requests are validated against (the model's, or less with --max-model-len)
         self.max_context = min(model.max_context, max_model_len or model.max_context)
@@ -229,6 +231,8 @@ class Node:
         # build one drafter now so a bad drafter name or option fails at start, not per request
         probe = make_drafter(drafter, model, self.drafter_options)
         self.drafter_trusted = bool(probe.trusted)
+        # and one engine: an unknown engine name (UsageError listing the names) or a bad option fails at start
+        self.engine_capabilities = make_engine(model, probe, engine_name, self.engine_options).capabilities
 
     def _drafter_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Drafter options: the policy's [drafter] table, then explicit options; a draft model is loaded once."""
@@ -251,7 +255,7 @@ class Node:
         from .engine.factory import make_drafter, make_engine
 
         drafter = make_drafter(self.drafter_name, self.model, self.drafter_options)
-        return make_engine(self.model, drafter, self.engine_name, {})
+        return make_engine(self.model, drafter, self.engine_name, self.engine_options)
 
     @property
     def hold_streams(self) -> bool:
@@ -269,6 +273,7 @@ class Node:
             "tokenizer_digest": self.model.tokenizer_digest,
             "max_context": self.max_context,
             "drafter": self.drafter_name,
+            "engine": {"name": self.engine_name, "version": self.engine_capabilities.version},
             "key_id": self.key_id,
             "public_key": self.public_key_bytes.hex(),
             "policy": {"name": self.policy.name, "digest": self.policy.digest, "insecure": self.policy.insecure},
@@ -295,11 +300,13 @@ def build_node(
     **kwargs: Any,
 ) -> Node:
     """Load the model and policy named on the command line and build a Node."""
+    from .engine.factory import check_engine_name
     from .models import load_model
     from .policies import load_policy
 
     if drafter == "remote" and not drafter_url:
         raise ConfigError("--drafter remote needs --drafter-url URL", field="--drafter-url")
+    check_engine_name(kwargs.get("engine_name", "specguard"))  # before the model loads
     pol = load_policy(policy or "dev")
     target = load_model(model_ref)
     options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url,

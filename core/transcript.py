@@ -144,11 +144,23 @@ class Transcript:
     text: str = ""
     seconds: float = 0.0
     first_token_seconds: float = 0.0
+    #: the engine's implementation version (`EngineCapabilities.version`); "" when not recorded
+    engine_version: str = ""
+    #: `sha256:` of the model file the engine ran (the GGUF for llama.cpp); "" when not recorded
+    model_file_digest: str = ""
+    #: False when the engine does not promise that teacher-forced scoring re-derives its tokens
+    #: (`EngineCapabilities.rederivable`: e.g. llama.cpp's quantized kernels)
+    engine_rederivable: bool = True
 
     @property
     def rederivable(self) -> bool:
-        """True when anyone with the model and seed can re-derive every token."""
-        return self.params.mode == "gumbel" and (self.params.greedy or self.params.seed is not None)
+        """True when anyone with the model and seed can re-derive every token by teacher-forced scoring."""
+        return self.engine_rederivable and self.params.mode == "gumbel" and (
+            self.params.greedy or self.params.seed is not None)
+
+    def engine_info(self) -> dict[str, str]:
+        """What ran the generation: engine name, its version and the model file digest (receipts sign it)."""
+        return {"name": self.engine, "version": self.engine_version, "model_file_digest": self.model_file_digest}
 
     def metrics(self) -> dict[str, Any]:
         steps = [s for s in self.steps if s.emitted]
@@ -192,6 +204,9 @@ class Transcript:
             "model_digest": self.model_digest,
             "tokenizer_digest": self.tokenizer_digest,
             "engine": self.engine,
+            "engine_version": self.engine_version,
+            "model_file_digest": self.model_file_digest,
+            "engine_rederivable": self.engine_rederivable,
             "drafter": self.drafter,
             "drafter_trusted": self.drafter_trusted,
             "params": self.params.to_json(),
@@ -234,6 +249,9 @@ class Transcript:
             drafter_trusted=bool(data.get("drafter_trusted", False)),
             engine=data.get("engine", "specguard"),
             text=data.get("text", ""),
+            engine_version=str(data.get("engine_version", "")),
+            model_file_digest=str(data.get("model_file_digest", "")),
+            engine_rederivable=bool(data.get("engine_rederivable", True)),
         )
 
 

@@ -27,9 +27,7 @@ the drafter proposes its own argmax for sampled requests too.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..llamacpp_runtime import INSTALL_HINT, POOL, LlamaPool, llama_cpp_module, target_gguf
+from ..llamacpp_runtime import int_option as _int_option
 from ..models import LoadedModel
 from ..transcript import SamplingParams
 from .ahead import with_draft_ahead
@@ -44,80 +44,10 @@ from .base import Drafter, Proposal
 
 log = logging.getLogger("specguard.drafters.llamacpp")
 
-INSTALL_HINT = (
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" FORCE_CMAKE=1 '
-    "pip install llama-cpp-python==0.3.36   (or: pip install 'specguard[llamacpp]' with those CMAKE_ARGS, or make install)"
-)
+__all__ = ["INSTALL_HINT", "POOL", "LlamaCppDrafter", "build", "llama_cpp_module", "target_gguf"]
+
 DEFAULT_MAX_DRAFT = 32
 DEFAULT_MAX_CTX = 4096
-
-
-def llama_cpp_module() -> Any:
-    """Import llama_cpp, or raise a UsageError that names the (portable) install command."""
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise UsageError(
-            f"the llamacpp drafter needs llama-cpp-python ({exc}); install it with: {INSTALL_HINT}",
-            field="drafter",
-            got="llamacpp",
-        ) from exc
-    return llama_cpp
-
-
-def target_gguf(target: LoadedModel) -> Path | None:
-    """The GGUF file the target was loaded from (an alias like smollm2-135m, or a .gguf path), or None."""
-    from ..errors import SpecguardError
-    from ..models import resolve
-
-    try:
-        kind, location = resolve(target.name)
-    except SpecguardError:
-        return None
-    return Path(location) if kind == "gguf" else None
-
-
-class _Pool:
-    """Idle llama.cpp contexts per (path, n_threads, n_ctx); each is lent to one drafter at a time."""
-
-    def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
-        self._idle: dict[tuple[str, int, int], list[Any]] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, path: str, n_threads: int, n_ctx: int) -> Any:
-        key = (path, n_threads, n_ctx)
-        with self._lock:
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop()
-        llama_cpp = llama_cpp_module()
-        return llama_cpp.Llama(
-            model_path=path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
-            logits_all=False, verbose=False,
-        )
-
-    def release(self, path: str, n_threads: int, n_ctx: int, llama: Any) -> None:
-        key = (path, n_threads, n_ctx)
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if len(idle) < self.keep:
-                idle.append(llama)
-
-    def clear(self) -> None:
-        """Close every idle context (at exit, while llama_cpp can still free them)."""
-        with self._lock:
-            idle = [llama for group in self._idle.values() for llama in group]
-            self._idle.clear()
-        for llama in idle:
-            try:
-                llama.close()
-            except Exception:  # closing at exit is best effort
-                pass
-
-
-POOL = _Pool()
-atexit.register(POOL.clear)
 
 
 class LlamaCppDrafter(Drafter):
@@ -136,7 +66,7 @@ class LlamaCppDrafter(Drafter):
         max_draft: int = DEFAULT_MAX_DRAFT,
         confidence: float = 0.0,
         share_seed: bool = False,
-        pool: _Pool | None = None,
+        pool: LlamaPool | None = None,
     ) -> None:
         self.gguf = str(gguf)
         self.n_threads = n_threads
@@ -276,18 +206,3 @@ def build(target: LoadedModel, options: dict[str, Any]) -> Drafter:
     drafter = LlamaCppDrafter(path, n_threads=n_threads, n_ctx=n_ctx, max_draft=max_draft, confidence=confidence,
                               share_seed=share)
     return with_draft_ahead(drafter, options)
-
-
-def _int_option(options: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = options.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise UsageError(f"{key} must be an integer", field=key, got=value)
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise UsageError(f"{key} must be an integer", field=key, got=value) from exc
-    if not low <= number <= high:
-        raise UsageError(f"{key} out of range", field=key, got=number, expected=f"{low}..{high}")
-    return number

@@ -13,7 +13,15 @@ def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> Speculativ
     return SpeculativeEngine(target, drafter, top_logprobs=int(options.get("top_logprobs", 5)))
 
 
+def _llamacpp(target: Any, drafter: Any, options: dict[str, Any]) -> Any:
+    from .llamacpp import build
+
+    return build(target, drafter, options)
+
+
 @hookimpl
 def register_engines(register):
     register("specguard", _specguard, "target-verified speculative decoding (the reference engine)")
+    register("builtin", _specguard, "the reference engine (alias of specguard)")
+    register("llamacpp", _llamacpp, "llama.cpp on the model's GGUF as the target (fast; not torch-re-derivable)")
     register("transformers", _transformers, "transformers generate (greedy, prompt lookup, assisted) + specguard sampling")

@@ -32,6 +32,13 @@ def engine_names() -> list[str]:
     return sorted(collect("register_engines"))
 
 
+def check_engine_name(name: str) -> None:
+    """Raise a UsageError listing the registered engines unless `name` is one (before loading a model)."""
+    engines = engine_names()
+    if name not in engines:
+        raise UsageError("unknown engine", field="engine", got=name, expected=engines)
+
+
 def make_engine(
     target: LoadedModel, drafter: Drafter, name: str = "specguard", options: dict[str, Any] | None = None
 ) -> Engine:

@@ -29,6 +29,7 @@ import torch
 
 from .. import __version__
 from ..drafters.base import Drafter, NoDrafter
+from ..llamacpp_runtime import model_file_digest
 from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from . import kv
@@ -246,6 +247,8 @@ class SpeculativeEngine:
             drafter=self.drafter.name,
             drafter_trusted=self.drafter.trusted,
             engine=self.name,
+            engine_version=self.capabilities.version,
+            model_file_digest=model_file_digest(self.target),
             text=text,
             seconds=seconds,
             first_token_seconds=first_token_seconds,

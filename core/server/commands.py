@@ -15,6 +15,8 @@ log = logging.getLogger("specguard.server")
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("-e", "--engine", default="specguard", show_default=True,
+              help="Engine: specguard (alias builtin), llamacpp, ... (see docs/engines.md).")
 @click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
 @click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
@@ -35,7 +37,8 @@ log = logging.getLogger("specguard.server")
                    "unless the policy lists verifier_keys.")
 @click.option("--quorum", type=int, default=None, help="Verifier votes needed (consensus; default n - f).")
 @click.option("--served-model-name", default=None, help="Name clients use in `model` (default: the model reference).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads: torch's, and the engine's (llamacpp: default half the CPUs).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
 @click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
@@ -46,7 +49,7 @@ log = logging.getLogger("specguard.server")
               help="With --role verifier: run a Ray Serve pool of verifier replicas sharing one node key "
                    "(specguard[ray]; docs/scaling.md).")
 @server_options
-def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
+def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
                   max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
@@ -74,6 +77,7 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
+        engine_name=engine, engine_options={"threads": threads},
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
@@ -83,7 +87,9 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
     click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
     click.echo(f"  log origin     {info['log_origin']}", err=True)
     click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
-    click.echo(f"  drafter        {drafter}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
+    unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
+    click.echo(f"  engine         {engine} ({node.engine_capabilities.version})", err=True)
+    click.echo(f"  drafter        {drafter}{unused}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
                err=True)
     click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
                else "  auth           none (every route open)", err=True)
