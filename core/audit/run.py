@@ -61,6 +61,14 @@ class AuditConfig:
     timeout: float = 60.0
     max_retries: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
+    # sampled audits (core/audit/sampled.py): seeded-exact and RUT prompts, shared sampling parameters
+    seeded_prompts: int = 0
+    rut_prompts: int = 0
+    rut_samples: int = 15
+    sample_temperature: float = 1.0
+    sample_top_p: float = 1.0
+    sample_top_k: int = 0
+    sample_seed: int = 0
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
@@ -88,13 +96,27 @@ def load_prompts(path: str | None, n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any]) -> tuple[str | None, Any, str | None, str | None]:
+def _ask(client: ProviderClient, body: dict[str, Any], offline: bool, budget: Any = None):
+    """The answer to `body` (logged, or fresh), and the reason it was not sent (cost budget), if any."""
+    if offline:
+        return client.cache.get(_key(client, body)), None
+    if budget is not None and _key(client, body) not in client.cache:
+        if not budget.reserve(body):
+            return None, "not sent: cost budget exhausted"
+        ans = client.chat(body)
+        budget.charge(body, ans)
+        return ans, None
+    return client.chat(body), None
+
+
+def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any],
+                  not_sent: str | None = None) -> tuple[str | None, Any, str | None, str | None]:
     """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer.
 
     The answer is validated against `request` first (validate_answer); a contract breach is a
     problem of this query ("provider fault: ..."), so neither a run nor its resume can crash on it."""
     if ans is None:
-        return None, None, None, "no answer after retries"
+        return None, None, None, not_sent or "no answer after retries"
     try:
         checked = validate_answer(ans, request)
     except ProviderFault as fault:
@@ -121,8 +143,12 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
     return cal
 
 
-def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False) -> dict[str, Any]:
-    """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html."""
+def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False,
+              budget: Any = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html.
+
+    `budget` (core/audit/multi.py `Budget`) is asked before each new query and refuses the ones
+    that could exceed it; `calibration` is an already measured one (several providers share it)."""
     from .report import write_reports
 
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +175,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                                     "max_tokens": cfg.max_tokens, "seed": 0}
             if cfg.request_logprobs:
                 body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
-            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, lpc, finish, problem = _answer_parts(ans, body)
+            ans, not_sent = _ask(client, body, offline, budget)
+            content, lpc, finish, problem = _answer_parts(ans, body, not_sent)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
             if problem and problem.startswith("provider fault"):
                 faults += 1
@@ -188,7 +214,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             per_prompt.append(rec)
     finally:
         bar.close()
-    cal = obtain_calibration(cfg, reference, prompt_ids, out)
+    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
     null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     results = []
     if any("disagreements" in r for r in per_prompt):
@@ -198,9 +224,19 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     if lp_stats:
         results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, cfg.min_effect_logprob))
     if cfg.mmd_samples >= 2 and with_logprobs == 0:
-        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline)
+        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline, budget)
         if mmd.samples:
             results.append(mmd)
+    sampled: dict[str, Any] = {}
+    if cfg.seeded_prompts or cfg.rut_prompts:
+        from .sampled import run_sampled
+
+        def ask(b: dict[str, Any]):
+            ans, not_sent = _ask(client, b, offline, budget)
+            return _answer_parts(ans, b, not_sent)
+
+        more, sampled = run_sampled(cfg, ask, reference, prompts, prompt_ids, null["tau"])
+        results.extend(more)
     answered = sum(1 for r in per_prompt if not r.get("problem"))
     frac = unmappable / total_tokens if total_tokens else 0.0
     verdict = combine(results, cfg.alpha, frac)
@@ -225,6 +261,14 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         "scatter": scatter[:4000],
         "null_pool": null["pool"],
     }
+    if sampled:
+        report["sampled"] = sampled
+    not_sent = sum(1 for r in per_prompt if str(r.get("problem", "")).startswith("not sent"))
+    not_sent += sum(1 for t in sampled.values() for q in t["queries"] if str(q.get("problem", "")).startswith("not sent"))
+    if budget is not None:
+        report["budget"] = budget.to_json()
+    if not_sent:
+        report["reasons"] = [*report["reasons"], f"stopped before exceeding the cost budget: {not_sent} queries not sent"]
     client.close()
     write_reports(report, out)
     return report
@@ -246,11 +290,19 @@ def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
         if r.name == "token_agreement" and r.mde is not None:
             lines.append(f"token agreement: substitutes that change >= {r.mde:.2%} of decisive tokens "
                          f"(near-ties below margin {null['tau']:.3g} are discounted)")
+        if r.name == "seeded_exact" and r.mde is not None:
+            lines.append(f"seeded-exact: any seeded token the reference re-derives differently (margin >= "
+                         f"{r.details.get('tau', 0):.3g}) rejects; a substitute changing >= {r.mde:.2%} of decisive "
+                         "sampled positions is caught with 95% probability (providers implementing specguard's "
+                         "seeded sampling only)")
+        if r.name == "rut" and r.mde is not None:
+            lines.append(f"RUT: a substitute whose sampled answers rank below all {r.details.get('reference_samples')} "
+                         f"reference samples on >= {r.mde:.0%} of prompts is caught with 95% probability")
     return lines
 
 
 def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, prompts: list[str],
-         prompt_ids: list[list[int]], offline: bool):
+         prompt_ids: list[list[int]], offline: bool, budget: Any = None):
     groups = []
     engine = SpeculativeEngine(reference)
     for i in range(min(cfg.mmd_prompts, len(prompts))):
@@ -258,8 +310,8 @@ def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, promp
         for j in range(cfg.mmd_samples):
             body = {"messages": [{"role": "user", "content": prompts[i]}], "temperature": 1.0,
                     "max_tokens": cfg.max_tokens, "seed": 1000 + j}
-            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, _lpc, _f, problem = _answer_parts(ans, body)
+            ans, not_sent = _ask(client, body, offline, budget)
+            content, _lpc, _f, problem = _answer_parts(ans, body, not_sent)
             if not problem and content is not None:
                 xs.append(retokenize_text(content, reference).ids)
             t = engine.generate(prompt_ids[i], SamplingParams(max_tokens=cfg.max_tokens, temperature=1.0, seed=5000 + j))
