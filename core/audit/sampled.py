@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
 
-from ..engine.sampling import NEAR_TIE_EPSILON
+from ..engine import kv
+from ..engine.sampling import NEAR_TIE_EPSILON, filtered_logprobs
 from ..engine.speculative import SpeculativeEngine
 from ..models import LoadedModel
 from ..transcript import SamplingParams
@@ -165,7 +167,7 @@ def seeded_exact_test(checks: list[SeededCheck], alpha: float, declared: float) 
 def loglik(reference: LoadedModel, prompt_ids: list[int], ids_list: list[list[int]]) -> list[float]:
     """Reference log-likelihood (temperature 1, unfiltered) of each continuation of one prompt."""
     items = [(prompt_ids, ids, None) for ids in ids_list if ids]
-    scored = iter(rescore(reference.model, items, top_k=0, batch_size=1)) if items else iter(())
+    scored = iter(rescore(reference.model, items, top_k=0, batch_size=len(items))) if items else iter(())
     out = []
     for ids in ids_list:
         out.append(sum(s.logprob for s in next(scored)) if ids else 0.0)
@@ -182,18 +184,40 @@ def answer_ids(reference: LoadedModel, content: str, finished: bool) -> list[int
     return list(ids) + ([eos[0]] if finished and eos else [])
 
 
+@torch.inference_mode()
 def reference_samples(reference: LoadedModel, prompt_ids: list[int], m: int, max_tokens: int, temperature: float,
-                      top_p: float, seeds: list[int]) -> list[tuple[str, bool]]:
-    """M seeded reference answers (text, stopped on EOS) for one prompt."""
-    engine = SpeculativeEngine(reference)
+                      top_p: float, seed: int) -> list[tuple[str, bool]]:
+    """M reference answers (text, stopped on EOS) for one prompt, drawn together in one batch.
+
+    RUT needs exact draws from the reference's distribution (after temperature and top-p, the same
+    filter as the engine), not specguard's seeded noise, so the M rows share one KV cache and a
+    torch generator seeded from `seed` (reproducible on one machine; the ranks' law does not depend on it)."""
+    if m <= 0:
+        return []
+    model = reference.model
+    gen = torch.Generator().manual_seed(int(seed))
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    eos = reference.eos_token_ids
+    cache = kv.new_cache(model)
+    kw = {kv._cache_kwarg(type(model)): cache}
+    ids = torch.tensor([list(prompt_ids)] * m, dtype=torch.long)
+    logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw).logits[:, -1].float()
+    rows: list[list[int]] = [[] for _ in range(m)]
+    done = [False] * m
+    for _ in range(max_tokens):
+        probs = filtered_logprobs(logits, params).exp()
+        toks = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
+        for r, t in enumerate(toks):
+            if not done[r]:
+                rows[r].append(int(t))
+                done[r] = int(t) in eos
+        if all(done):
+            break
+        logits = model(input_ids=torch.tensor(toks)[:, None], use_cache=True, logits_to_keep=1, **kw).logits[:, -1].float()
     out = []
-    for j in range(m):
-        t = engine.generate(prompt_ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                                       seed=seeds[j]))
-        ids = list(t.output_ids)
-        stopped = bool(ids) and ids[-1] in reference.eos_token_ids
-        text = reference.tokenizer.decode([x for x in ids if x not in reference.eos_token_ids], skip_special_tokens=False)
-        out.append((text, stopped))
+    for row in rows:
+        stopped = bool(row) and row[-1] in eos
+        out.append((reference.tokenizer.decode([x for x in row if x not in eos], skip_special_tokens=False), stopped))
     return out
 
 
@@ -313,8 +337,8 @@ def run_sampled(cfg: Any, ask: Ask, reference: LoadedModel, prompts: list[str], 
             if problem or content is None:
                 records.append(rec)
                 continue
-            seeds = [derive_seed(cfg.sample_seed, RUT_TAG + "/reference", i, j) for j in range(m)]
-            samples = reference_samples(reference, prompt_ids[i], m, cfg.max_tokens, temp, top_p, seeds)
+            samples = reference_samples(reference, prompt_ids[i], m, cfg.max_tokens, temp, top_p,
+                                        derive_seed(cfg.sample_seed, RUT_TAG + "/reference", i))
             ids = [answer_ids(reference, content, finish == "stop")] + [answer_ids(reference, t, s) for t, s in samples]
             lls = loglik(reference, prompt_ids[i], ids)
             u = rut_rank(lls[0], lls[1:], rng)

@@ -120,14 +120,16 @@ def test_rut_ranks_are_uniform_under_exchangeability_and_false_alarms_bounded():
     assert all(u < 0.1 for u in shifted) and cvm_pvalue(shifted)[1] < 0.01
 
 
-def _ranks(models, served, n, m):
+def _ranks(models, served, n, m, temperature=0.3, tokens=8):
+    """RUT ranks of `served`'s sampled answers among m reference samples (a low temperature: the tiny
+    random models are near-uniform at temperature 1, where even a different model looks alike)."""
     ref = models["ref"]
     rng = np.random.default_rng(1)
     us = []
     for i in range(n):
         pids = _prompt(ref, i)
-        (text, stopped), = reference_samples(served, pids, 1, TOKENS, 1.0, 1.0, [derive_seed(9, "provider", i)])
-        samples = reference_samples(ref, pids, m, TOKENS, 1.0, 1.0, [derive_seed(9, "reference", i, j) for j in range(m)])
+        (text, stopped), = reference_samples(served, pids, 1, tokens, temperature, 1.0, derive_seed(9, "provider", i))
+        samples = reference_samples(ref, pids, m, tokens, temperature, 1.0, derive_seed(9, "reference", i))
         lls = loglik(ref, pids, [answer_ids(ref, text, stopped)] + [answer_ids(ref, t, s) for t, s in samples])
         us.append(rut_rank(lls[0], lls[1:], rng))
     return us
