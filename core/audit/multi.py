@@ -260,8 +260,8 @@ def run_multi(providers: list[Provider], template: AuditConfig, out: Path, max_c
         budget_json["reason"] = _budget_reason(plan, budget)
     entries = [provider_verdict(p.name, reports[p.name], out / p.name / "report.json") for p in providers]
     combined = {
-        "format": MULTI_FORMAT,
         **verdict_json(entries, cfg.alpha, budget_json),
+        "format": MULTI_FORMAT,
         "reference": {"name": reference.name, "digest": reference.digest},
         "config": {**asdict(cfg), "base_url": None},
         "prompts": plan,
