@@ -120,7 +120,7 @@ def test_rut_ranks_are_uniform_under_exchangeability_and_false_alarms_bounded():
     assert all(u < 0.1 for u in shifted) and cvm_pvalue(shifted)[1] < 0.01
 
 
-def _ranks(models, served, n, m, temperature=0.3, tokens=8):
+def _ranks(models, served, n, m, temperature=0.1, tokens=6):
     """RUT ranks of `served`'s sampled answers among m reference samples (a low temperature: the tiny
     random models are near-uniform at temperature 1, where even a different model looks alike)."""
     ref = models["ref"]
