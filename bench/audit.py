@@ -329,12 +329,14 @@ def sampled_main(args) -> None:
     mism = {k: sum(sum(1 for m in r["margins"] if m >= tau) for r in v) / max(1, sum(r["n"] for r in v))
             for k, v in seeded.items()}
     secs = time.perf_counter() - t_start
-    body = [f"Default model, {args.prompts} spec_bench prompts ({half} calibrate the seeded near-tie margin, the rest "
+    body = [f"Model `{args.model}`, {args.prompts} spec_bench prompts ({half} calibrate the seeded near-tie margin, the rest "
             f"are resampled, {args.reps} resamples per size), {args.tokens} sampled tokens at temperature {temp}, "
             f"alpha = 1%. Seeded-exact: the variant generates with specguard's seeded sampling (the engine) and the "
             f"fp32 reference re-derives every token (near-tie margin tau_s = {tau:.3g}, from the bf16-honest class: "
             f"fp32 with one thread and a bf16 copy). RUT: {args.rut_provider} sampled answers per prompt ranked "
-            f"among {args.rut_samples} reference samples by reference log-likelihood, Cramer-von Mises. "
+            f"among {args.rut_samples} reference samples by reference log-likelihood, Cramer-von Mises; resampled "
+            "from a pool of prompts x answers, so the pool must be large (a small pool repeats ranks and "
+            "overstates both power and false alarms). "
             "`other-model` is a random 4-layer Llama with the same tokenizer (no second checkpoint on this box), so "
             "it is an easy case. A cell is the smallest number of prompts with >= 95% detection "
             f"(sizes {SAMPLED_SIZES}). Total time {secs:.0f} s. **The box was loaded** (other engineers' jobs, "
@@ -350,7 +352,8 @@ def sampled_main(args) -> None:
                 "prompt; RUT (ICLR 2026) needs one ordinary sampled query per prompt. The greedy token and logprob "
                 "tests are in the section \"Audit: prompts needed to detect substitutes\" above.\n")
     write_section("audit-sampled", "Audit: sampled tests (seeded-exact, RUT)",
-                  f".venv/bin/python bench/audit.py --sampled --prompts {args.prompts} --tokens {args.tokens} "
+                  f".venv/bin/python bench/audit.py --sampled --model {args.model} --prompts {args.prompts} "
+                  f"--tokens {args.tokens} --temperature {args.temperature} "
                   f"--reps {args.reps} --rut-samples {args.rut_samples}", "\n".join(body))
     print("\n".join(body))
 

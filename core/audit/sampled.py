@@ -229,8 +229,8 @@ def rut_rank(provider_stat: float, reference_stats: list[float], rng: np.random.
 
 
 def cvm_pvalue(us: list[float]) -> tuple[float, float]:
-    """Cramer-von Mises statistic and p-value of `us` against Uniform(0, 1)."""
-    if len(us) == 0:
+    """Cramer-von Mises statistic and p-value of `us` against Uniform(0, 1) (p = 1 below two ranks)."""
+    if len(us) < 2:
         return float("nan"), 1.0
     res = stats.cramervonmises(np.asarray(us, dtype=float), "uniform")
     return float(res.statistic), float(min(1.0, max(0.0, res.pvalue)))
