@@ -131,3 +131,68 @@ def write_reports(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.html").write_text(render_html(report))
+
+
+def _provider_figures(report: dict[str, Any]) -> tuple[str, str, str]:
+    tests = report.get("tests", [])
+    lp = next((t for t in tests if t["name"] == "logprob"), None)
+    ta = next((t for t in tests if t["name"] == "token_agreement"), None)
+    return (scatter_svg(report.get("scatter", [])),
+            null_svg(lp["details"]["per_prompt"] if lp else [], report.get("null_pool", []),
+                     lp["details"]["critical_value"] if lp else None),
+            agreement_svg(ta["details"]["by_position"] if ta else []))
+
+
+def render_multi_html(combined: dict[str, Any]) -> str:
+    """One page for several providers: a verdict table and each plot side by side, one column per provider."""
+    entries = combined.get("providers", [])
+    reports = combined.get("reports", {})
+    test_names: list[str] = []
+    for e in entries:
+        for t in e["tests"]:
+            if t["name"] not in test_names:
+                test_names.append(t["name"])
+    colour = {"consistent": "#2ca02c", "substituted": "#d62728"}
+
+    def cell(e: dict[str, Any], name: str) -> str:
+        t = next((t for t in e["tests"] if t["name"] == name), None)
+        if t is None:
+            return "<td></td>"
+        p = t["p_value"]
+        return f"<td>{'' if p is None else format(p, '.3g')}{' *' if e['rejected'].get(name) else ''}</td>"
+
+    head = "".join(f"<th>{html.escape(n)} p</th>" for n in test_names)
+    rows = "".join(
+        f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(e['base_url'])}</td>"
+        f"<td style=\"color:{colour.get(e['verdict'], '#ff7f0e')}\">{html.escape(e['verdict'])}</td>"
+        f"{''.join(cell(e, n) for n in test_names)}<td>{e['prompts']['answered']}/{e['prompts']['requested']}</td>"
+        f"<td>{html.escape('; '.join(e['reasons']))}</td></tr>" for e in entries)
+    budget = combined.get("budget")
+    budget_html = ""
+    if budget:
+        budget_html = (f"<h2>Cost budget</h2><p>Max cost {budget['max_cost']:g}; spent {budget['spent']:.6g} "
+                       f"({budget['tokens']} tokens); {html.escape(budget.get('reason', ''))}.</p>")
+    figs = {e["name"]: _provider_figures(reports[e["name"]]) for e in entries if e["name"] in reports}
+    plot_rows = ""
+    for k, title in enumerate(("Reference vs provider logprobs", "Per-prompt statistic vs honest null",
+                               "Token agreement by position")):
+        cols = "".join(f"<div><h3>{html.escape(name)}</h3>{f[k]}</div>" for name, f in figs.items())
+        plot_rows += f"<h2>{title}</h2><div style=\"display:flex;gap:8px;overflow-x:auto\">{cols}</div>"
+    ref = combined.get("reference", {})
+    overall = combined.get("verdict", "inconclusive")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>specguard audit: several providers</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{margin:4px}}</style></head><body>
+<h1>specguard audit, {len(entries)} providers: <span style="color:{colour.get(overall, '#ff7f0e')}">{html.escape(overall)}</span></h1>
+<p>Reference {html.escape(str(ref.get('name')))} ({html.escape(str(ref.get('digest')))}); every provider was asked the same
+{combined.get('prompts', {}).get('planned_prompts')} prompts. * = rejected (Holm, alpha={combined.get('alpha')}).</p>
+<table><tr><th>provider</th><th>URL</th><th>verdict</th>{head}<th>answered</th><th>reasons</th></tr>{rows}</table>
+{budget_html}{plot_rows}</body></html>"""
+
+
+def write_multi_reports(combined: dict[str, Any], out: Path) -> None:
+    """Write the combined report.json and report.html of a several-provider run into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    slim = {k: v for k, v in combined.items() if k != "reports"}
+    (out / "report.json").write_text(json.dumps(slim, indent=1, default=float))
+    (out / "report.html").write_text(render_multi_html(combined))

@@ -67,6 +67,14 @@ class AuditConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     #: most provider choices demoted by a repetition penalty tolerated before the run is inconclusive
     max_adjusted: float = 0.1
+    # sampled audits (core/audit/sampled.py): seeded-exact and RUT prompts, shared sampling parameters
+    seeded_prompts: int = 0
+    rut_prompts: int = 0
+    rut_samples: int = 15
+    sample_temperature: float = 1.0
+    sample_top_p: float = 1.0
+    sample_top_k: int = 0
+    sample_seed: int = 0
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
@@ -94,14 +102,27 @@ def load_prompts(path: str | None, n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any],
-                  endpoint: str = "chat") -> tuple[str | None, Any, str | None, str | None]:
+def _ask(client: ProviderClient, body: dict[str, Any], offline: bool, budget: Any = None):
+    """The answer to `body` (logged, or fresh), and the reason it was not sent (cost budget), if any."""
+    if offline:
+        return client.cache.get(_key(client, body)), None
+    if budget is not None and _key(client, body) not in client.cache:
+        if not budget.reserve(body):
+            return None, "not sent: cost budget exhausted"
+        ans = client.chat(body)
+        budget.charge(body, ans)
+        return ans, None
+    return client.chat(body), None
+
+
+def _answer_parts(ans: dict[str, Any] | None, request: dict[str, Any], endpoint: str = "chat",
+                  not_sent: str | None = None) -> tuple[str | None, Any, str | None, str | None]:
     """(content, logprobs.content or None, finish_reason, problem) from a chat completion answer.
 
     The answer is validated against `request` first (validate_answer); a contract breach is a
     problem of this query ("provider fault: ..."), so neither a run nor its resume can crash on it."""
     if ans is None:
-        return None, None, None, "no answer after retries"
+        return None, None, None, not_sent or "no answer after retries"
     try:
         checked = validate_for(endpoint, ans, request)
     except ProviderFault as fault:
@@ -186,17 +207,22 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
 
 
 def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False,
-              stage: Any = None) -> dict[str, Any]:
+              stage: Any = None, budget: Any = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html.
 
     `stage(cfg, client, reference, prompts, prompt_ids) -> list[StagedPrompt]` answers and scores
-    the prompts elsewhere (specguard.audit.ray_run); the rest of the run is the same."""
+    the prompts elsewhere (specguard.audit.ray_run); the rest of the run is the same. `budget`
+    (core/audit/multi.py `Budget`) is asked before each new query and refuses the ones that could
+    exceed it; `calibration` is an already measured one (several providers share it)."""
     from .report import write_reports
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(asdict(cfg), indent=1))
     if cfg.endpoint not in ENDPOINTS:
         raise AuditUsageError("unknown endpoint", field="endpoint", got=cfg.endpoint, expected=list(ENDPOINTS))
+    if cfg.endpoint != "chat" and (cfg.seeded_prompts or cfg.rut_prompts):
+        raise AuditUsageError("sampled audits (--seeded, --rut) ask chat completions", field="endpoint",
+                              got=cfg.endpoint, expected="chat")
     if cfg.honest_class not in calibrate.CLASS_NAMES:
         raise AuditUsageError("unknown honest class", field="honest_class", got=cfg.honest_class,
                               expected=list(calibrate.CLASS_NAMES))
@@ -231,8 +257,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     try:
         for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
             body = prompt_request(cfg, text)
-            ans = staged[i].answer if staged else client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, lpc, finish, problem = _answer_parts(ans, body, cfg.endpoint)
+            ans, not_sent = (staged[i].answer, None) if staged else _ask(client, body, offline, budget)
+            content, lpc, finish, problem = _answer_parts(ans, body, cfg.endpoint, not_sent)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
             if problem and problem.startswith("provider fault"):
                 faults += 1
@@ -272,7 +298,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             per_prompt.append(rec)
     finally:
         bar.close()
-    cal = obtain_calibration(cfg, reference, prompt_ids, out)
+    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
     null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     results = []
     power_by_tokens: list[dict[str, Any]] = []
@@ -287,9 +313,19 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         declared_lp = cfg.min_effect_logprob + sum(null["pool"]) / len(null["pool"])
         results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, declared_lp))
     if cfg.mmd_samples >= 2 and with_logprobs == 0:
-        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline)
+        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline, budget)
         if mmd.samples:
             results.append(mmd)
+    sampled: dict[str, Any] = {}
+    if cfg.seeded_prompts or cfg.rut_prompts:
+        from .sampled import run_sampled
+
+        def ask(b: dict[str, Any]):
+            ans, not_sent = _ask(client, b, offline, budget)
+            return _answer_parts(ans, b, cfg.endpoint, not_sent)
+
+        more, sampled = run_sampled(cfg, ask, reference, prompts, prompt_ids, null["tau"])
+        results.extend(more)
     answered = sum(1 for r in per_prompt if not r.get("problem"))
     frac = unmappable / total_tokens if total_tokens else 0.0
     scored_positions = len(by_position) + adjusted_total
@@ -329,6 +365,14 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         "scatter": scatter[:4000],
         "null_pool": null["pool"],
     }
+    if sampled:
+        report["sampled"] = sampled
+    not_sent = sum(1 for r in per_prompt if str(r.get("problem", "")).startswith("not sent"))
+    not_sent += sum(1 for t in sampled.values() for q in t["queries"] if str(q.get("problem", "")).startswith("not sent"))
+    if budget is not None:
+        report["budget"] = budget.to_json()
+    if not_sent:
+        report["reasons"] = [*report["reasons"], f"stopped before exceeding the cost budget: {not_sent} queries not sent"]
     client.close()
     write_reports(report, out)
     return report
@@ -412,11 +456,19 @@ def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
         if r.name == "token_agreement" and r.mde is not None:
             lines.append(f"token agreement: substitutes that change >= {r.mde:.2%} of decisive tokens "
                          f"(near-ties below margin {null['tau']:.3g} are discounted)")
+        if r.name == "seeded_exact" and r.mde is not None:
+            lines.append(f"seeded-exact: any seeded token the reference re-derives differently (margin >= "
+                         f"{r.details.get('tau', 0):.3g}) rejects; a substitute changing >= {r.mde:.2%} of decisive "
+                         "sampled positions is caught with 95% probability (providers implementing specguard's "
+                         "seeded sampling only)")
+        if r.name == "rut" and r.mde is not None:
+            lines.append(f"RUT: a substitute whose sampled answers rank below all {r.details.get('reference_samples')} "
+                         f"reference samples on >= {r.mde:.0%} of prompts is caught with 95% probability")
     return lines
 
 
 def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, prompts: list[str],
-         prompt_ids: list[list[int]], offline: bool):
+         prompt_ids: list[list[int]], offline: bool, budget: Any = None):
     groups = []
     engine = SpeculativeEngine(reference)
     for i in range(min(cfg.mmd_prompts, len(prompts))):
@@ -425,8 +477,8 @@ def _mmd(cfg: AuditConfig, client: ProviderClient, reference: LoadedModel, promp
             body = {**prompt_request(cfg, prompts[i]), "temperature": 1.0, "seed": 1000 + j}
             body.pop("logprobs", None)
             body.pop("top_logprobs", None)
-            ans = client.cache.get(_key(client, body)) if offline else client.chat(body)
-            content, _lpc, _f, problem = _answer_parts(ans, body, cfg.endpoint)
+            ans, not_sent = _ask(client, body, offline, budget)
+            content, _lpc, _f, problem = _answer_parts(ans, body, cfg.endpoint, not_sent)
             if not problem and content is not None:
                 xs.append(retokenize_text(content, reference).ids)
             t = engine.generate(prompt_ids[i], SamplingParams(max_tokens=cfg.max_tokens, temperature=1.0, seed=5000 + j))

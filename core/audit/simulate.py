@@ -5,7 +5,10 @@ Used for power analysis (`specguard audit simulate`) and by the tests. It implem
 `logprobs` / `top_logprobs` in the OpenAI shape including token `bytes`), the legacy
 `POST /v1/completions` (raw-text `prompt`, integer `logprobs`, answers in the legacy logprobs
 shape: `tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}), `GET /v1/models` and
-`GET /health`. Misbehaviour flags make it a realistic bad provider: no logprobs, ignored seeds,
+`GET /health`. Sampled requests follow specguard's seeded sampling contract exactly as a node does
+(the engine's Gumbel-max with the request's `seed`, `temperature`, `top_p`, `top_k`; docs/audit.md),
+so an honest simulated provider passes the seeded-exact test. Misbehaviour flags make it a realistic
+bad provider: no logprobs, ignored seeds,
 429/500 storms with Retry-After, malformed JSON, slow answers, tokens that do not map.
 """
 
@@ -124,6 +127,7 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
                 max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 16),
                 temperature=float(body.get("temperature", 1.0)),
                 top_p=float(body.get("top_p", 1.0)),
+                top_k=int(body.get("top_k") or 0),  # specguard's seeded-sampling contract (docs/audit.md)
                 seed=seed,
             )
             want_lp = bool(body.get("logprobs")) and not bad.no_logprobs

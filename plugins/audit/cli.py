@@ -19,11 +19,27 @@ def _echo_verdict(report: dict) -> None:
                                      for t in report["tests"]]}, indent=1))
 
 
+def _print_json(data: dict) -> None:
+    from specguard.audit.multi import _finite
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return _finite(x)
+
+    click.echo(json.dumps(clean(data), indent=1, allow_nan=False))
+
+
 @audit_group.command(name="run")
-@click.option("--base-url", required=True, help="Provider base URL, e.g. http://127.0.0.1:8000/v1")
+@click.option("--base-url", default=None, help="Provider base URL, e.g. http://127.0.0.1:8000/v1 (one provider).")
+@click.option("--provider", "providers", multiple=True,
+              help="NAME=URL; repeat to audit several providers on the same prompts into OUT/NAME/ and one report.")
 @click.option("--model", "model_name", required=True, help="Model name the provider claims to serve.")
 @click.option("--reference", required=True, help="Reference copy of the claimed model (model reference).")
-@click.option("--api-key-env", default=None, help="Environment variable holding the API key (never written).")
+@click.option("--api-key-env", "api_key_envs", multiple=True,
+              help="Environment variable holding the API key (never written); NAME=VAR for one provider.")
 @click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
 @click.option("--budget", type=int, default=8, show_default=True, help="Prompts to send.")
 @click.option("--max-tokens", type=int, default=32, show_default=True,
@@ -47,48 +63,123 @@ def _echo_verdict(report: dict) -> None:
 @click.option("--text-only", is_flag=True, help="Do not ask for logprobs (audit as a text-only client).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--seeded", "seeded_prompts", type=int, default=0, show_default=True,
+              help="Prompts for the seeded-exact test (providers implementing specguard's seeded sampling).")
+@click.option("--rut", "rut_prompts", type=int, default=0, show_default=True,
+              help="Prompts for the rank-based uniformity test (one sampled answer each; any provider).")
+@click.option("--rut-samples", type=int, default=15, show_default=True, help="Reference samples per RUT prompt.")
+@click.option("--sample-temperature", type=float, default=1.0, show_default=True)
+@click.option("--sample-top-p", type=float, default=1.0, show_default=True)
+@click.option("--sample-top-k", type=int, default=0, show_default=True, help="Sent (as top_k) only when > 0.")
+@click.option("--sample-seed", type=int, default=0, show_default=True,
+              help="Secret from which the sampled requests' seeds are derived; choose your own.")
+@click.option("--max-cost", type=float, default=None, help="Stop before spending more than this (needs prices).")
+@click.option("--price-per-1k-tokens", "prices", multiple=True,
+              help="Price per 1000 tokens (prompt + answer), for all providers or NAME=PRICE for one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned verdict JSON (docs/audit.md).")
 @click.option("--out", "out_dir", default="audit-out", show_default=True)
 @click.option("--ray", "ray_scorers", type=click.IntRange(0), is_flag=False, flag_value=0, default=None,
               metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
                                   "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
-def run_command(base_url, model_name, reference, api_key_env, prompts_file, budget, max_tokens, alpha, top_logprobs,
-                honest_class, endpoint, extra_body, calibration, calibration_prompts, margin, min_effect_logprob, min_effect_tokens,
-                mmd_samples, mmd_prompts, text_only, timeout, max_retries, out_dir, ray_scorers=None) -> None:
-    """Audit a provider; rerun the same command to resume. Exit 0 consistent, 4 substituted, 1 inconclusive."""
+def run_command(base_url, providers, model_name, reference, api_key_envs, prompts_file, budget, max_tokens, alpha,
+                top_logprobs, honest_class, endpoint, extra_body, calibration, calibration_prompts, margin,
+                min_effect_logprob, min_effect_tokens, mmd_samples, mmd_prompts, text_only, timeout, max_retries,
+                seeded_prompts, rut_prompts, rut_samples, sample_temperature, sample_top_p, sample_top_k, sample_seed,
+                max_cost, prices, as_json, out_dir, ray_scorers=None) -> None:
+    """Audit a provider (or several); rerun the same command to resume.
+
+    Exit 0 consistent, 4 substituted, 1 inconclusive (several providers: the worst), 2 bad usage."""
+    from specguard.audit import AuditUsageError
+    from specguard.audit.multi import (
+        EXIT_CODES,
+        Provider,
+        parse_named,
+        parse_provider,
+        provider_verdict,
+        run_multi,
+        run_single_with_budget,
+        verdict_json,
+    )
     from specguard.audit.run import AuditConfig, run_audit
 
+    if bool(base_url) == bool(providers):
+        raise AuditUsageError("give either --base-url or one or more --provider NAME=URL", field="base_url",
+                              got=f"base_url={base_url!r}, providers={len(providers)}")
     try:
         extra = json.loads(extra_body) if extra_body else {}
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--extra-body") from exc
     if not isinstance(extra, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
-    cfg = AuditConfig(endpoint=endpoint, extra_body=extra, base_url=base_url, model=model_name, reference=reference, prompts_file=prompts_file,
+    if ray_scorers is not None and (providers or max_cost is not None):
+        raise AuditUsageError("--ray runs one provider without a cost budget", field="ray",
+                              got="with --provider/--max-cost", expected="--base-url only")
+    key_default, key_per = parse_named(api_key_envs, "api_key_env")
+    price_default, price_per = parse_named(prices, "price_per_1k_tokens", float)
+    for price in [price_default, *price_per.values()]:
+        if price is not None and not (price >= 0 and price != float("inf")):
+            raise AuditUsageError("bad price", field="price_per_1k_tokens", got=price, expected="a number >= 0")
+    for name, value in (("seeded", seeded_prompts), ("rut", rut_prompts), ("rut-samples", rut_samples)):
+        if value < 0:
+            raise AuditUsageError("must not be negative", field=name, got=value)
+    cfg = AuditConfig(endpoint=endpoint, extra_body=extra, base_url=base_url or "", model=model_name,
+                      reference=reference, prompts_file=prompts_file,
                       budget=budget, max_tokens=max_tokens, alpha=alpha, top_logprobs=top_logprobs,
                       honest_class=honest_class, calibration=calibration, calibration_prompts=calibration_prompts,
                       margin=margin, min_effect_logprob=min_effect_logprob, min_effect_tokens=min_effect_tokens,
                       mmd_samples=mmd_samples, mmd_prompts=mmd_prompts, request_logprobs=not text_only,
-                      api_key_env=api_key_env, timeout=timeout,
-                      max_retries=max_retries)
-    if ray_scorers is not None:
-        from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
-
-        report = run_audit_ray(cfg, Path(out_dir), RayAuditOptions(scorer_actors=ray_scorers))
+                      api_key_env=key_default, timeout=timeout, max_retries=max_retries,
+                      seeded_prompts=seeded_prompts, rut_prompts=rut_prompts, rut_samples=rut_samples,
+                      sample_temperature=sample_temperature, sample_top_p=sample_top_p, sample_top_k=sample_top_k,
+                      sample_seed=sample_seed)
+    out = Path(out_dir)
+    if providers:
+        parsed = [parse_provider(p) for p in providers]
+        plist = [Provider(n, u, price_per.get(n, price_default), key_per.get(n)) for n, u in parsed]
+        combined = run_multi(plist, cfg, out, max_cost=max_cost)
+        result = {k: v for k, v in combined.items() if k in ("format", "verdict", "exit_code", "alpha", "providers",
+                                                                 "budget")}
+        result["format"] = "specguard-audit-verdict/v1"
     else:
-        report = run_audit(cfg, Path(out_dir))
-    _echo_verdict(report)
-    raise SystemExit({"consistent": 0, "substituted": 4}.get(report["verdict"], 1))
+        if max_cost is not None:
+            price = price_per.get("provider", price_default)
+            if price is None:
+                raise AuditUsageError("--max-cost needs --price-per-1k-tokens", field="price_per_1k_tokens", got=None)
+            report = run_single_with_budget(cfg, out, price, max_cost)
+        elif ray_scorers is not None:
+            from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+
+            report = run_audit_ray(cfg, out, RayAuditOptions(scorer_actors=ray_scorers))
+        else:
+            report = run_audit(cfg, out)
+        result = verdict_json([provider_verdict("provider", report, out / "report.json")], cfg.alpha,
+                              report.get("budget"))
+    if as_json:
+        _print_json(result)
+    elif providers:
+        for e in result["providers"]:
+            click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
+        if result["budget"]:
+            click.echo(f"budget: {result['budget']['reason']}")
+    else:
+        _echo_verdict(report)
+    raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
 
 
 @audit_group.command(name="report")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def report_command(directory: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned verdict JSON (docs/audit.md).")
+def report_command(directory: str, as_json: bool) -> None:
     """Re-analyse an audit directory from its raw log (no queries) and rewrite the reports."""
+    from specguard.audit.multi import provider_verdict, verdict_json
     from specguard.audit.run import load_config, run_audit
 
     out = Path(directory)
     report = run_audit(load_config(out), out, offline=True)
-    _echo_verdict(report)
+    if as_json:
+        _print_json(verdict_json([provider_verdict("provider", report, out / "report.json")], report["alpha"]))
+    else:
+        _echo_verdict(report)
 
 
 @audit_group.command(name="simulate")

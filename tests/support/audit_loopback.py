@@ -1,0 +1,34 @@
+"""An in-thread uvicorn server on 127.0.0.1 for the sampled / multi-provider audit tests.
+
+Cheaper than a subprocess (no second interpreter, no second model load): the simulated provider
+app serves an already loaded model. Started and stopped by the test that needs it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from support.servers import free_port
+
+
+@contextmanager
+def loopback(app) -> Iterator[str]:
+    """Serve `app` on a free loopback port; yields its `/v1` base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("loopback server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
