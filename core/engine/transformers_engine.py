@@ -56,6 +56,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..drafters.base import Drafter, NoDrafter
 from ..errors import RequestError, UsageError
+from ..llamacpp_runtime import model_file_digest
 from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
@@ -328,7 +329,8 @@ class TransformersEngine:
             model_name=self.target.name, model_digest=self.target.digest, tokenizer_digest=self.target.tokenizer_digest,
             prompt_ids=prompt_ids, output_ids=output, tokens=records, steps=steps, params=params,
             finish_reason=finish, drafter=strategy, drafter_trusted=True, engine=self.name, text=text,
-            seconds=seconds, first_token_seconds=first_token_seconds,
+            seconds=seconds, first_token_seconds=first_token_seconds, engine_version=self.capabilities.version,
+            model_file_digest=model_file_digest(self.target), engine_rederivable=self.capabilities.rederivable,
         )
 
 
