@@ -1,0 +1,427 @@
+"""Continuous batching for the built-in engine: one loop owns the target model, one forward per step.
+
+A serving node with many concurrent requests runs them through `BatchScheduler`. Each request
+keeps its own drafter and its own decoding state (`speculative.SpeculativeRun`, the object
+`SpeculativeEngine.stream` drives), so drafts, the acceptance rule (`verify_step`), stops, records
+and transcripts follow exactly the solo code path; only the target's forward passes are shared.
+
+One iteration (`step()`):
+
+1. admit waiting requests (up to `max_batch` running); each one's first step (its prompt, the
+   prefill) runs as a forward of its own, exactly the solo engine's shapes, into a fresh
+   `DynamicCache` that is then copied into the batch's KV store;
+2. every running request polls its `should_stop` (cancelled requests leave with
+   `finish_reason = "cancelled"`) and asks its drafter for a draft;
+3. **one** target forward over all running requests: rows are left-padded to the longest
+   (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
+   lets a token see only its own request's cache up to its own position. Keys and values live in
+   one store `[max_batch, kv_heads, capacity, head_dim]` per layer, a request per slot, written at
+   the request's positions; padding is never written. The last `len(draft) + 1` logits rows of
+   each row go to that request's acceptance rule;
+4. each request "rolls back" to its accepted prefix by lowering its cached length (stale entries
+   past it are masked and later overwritten), streams its StepEvent, and leaves when finished.
+
+This is the ragged-batch design of gpt-fast / vLLM reduced to what a CPU needs: no paging, slots
+compacted when a request leaves. Batching changes the matrix shapes, so logits may differ from a
+solo run in the last bits (~1e-6): outputs are identical unless a decision is a near-tie below that,
+which `TokenRecord.margin` shows (tests/engine/test_batching.py counts such flips).
+
+Requests talk to the scheduler through callbacks: `emit("event", StepEvent)` per step, then exactly
+one `emit("done", Transcript)` or `emit("error", exception)`. `step()` can be driven by hand (tests)
+or by the scheduler's own thread (`start()`, the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..drafters.base import Drafter
+from ..models import LoadedModel
+from ..transcript import SamplingParams
+from . import kv
+from .interface import StepCallback, StopCheck
+from .speculative import MIN_VERIFY_ROWS, DraftLength, Plan, SpeculativeRun, check_request, pad_rows
+
+log = logging.getLogger("specguard.engine.batching")
+
+#: emit(kind, value): "event" + StepEvent, then "done" + Transcript or "error" + exception
+Emit = Callable[[str, Any], None]
+
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass
+class BatchRequest:
+    """One request handed to the scheduler: what `SpeculativeEngine.stream` takes, plus where events go."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    drafter: Drafter
+    emit: Emit
+    top_logprobs: int = 5
+    on_step: StepCallback | None = None
+    should_stop: StopCheck | None = None
+    run: SpeculativeRun | None = field(default=None, repr=False)
+    slot: int = -1
+    ended: bool = False
+
+
+class KVStore:
+    """Keys and values of every running request: per layer `[slots, kv_heads, capacity, head_dim]`.
+
+    A request owns one slot; its token at position p has its keys at index p. Capacity grows in
+    steps of `grow` positions as requests get longer and is released when the batch empties.
+    """
+
+    def __init__(self, slots: int, grow: int = 256) -> None:
+        self.slots = slots
+        self.grow = grow
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.capacity = 0
+
+    @property
+    def allocated(self) -> bool:
+        return bool(self.keys)
+
+    def _allocate(self, like: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> None:
+        self.keys = [torch.zeros(self.slots, k.shape[1], capacity, k.shape[3], dtype=k.dtype) for k, _ in like]
+        self.values = [torch.zeros(self.slots, v.shape[1], capacity, v.shape[3], dtype=v.dtype) for _, v in like]
+        self.capacity = capacity
+
+    def ensure(self, length: int) -> None:
+        """Room for positions 0..length-1 in every slot."""
+        if length <= self.capacity:
+            return
+        new = -(-length // self.grow) * self.grow
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            k2 = torch.zeros(k.shape[0], k.shape[1], new, k.shape[3], dtype=k.dtype)
+            v2 = torch.zeros_like(k2, dtype=v.dtype)
+            k2[:, :, : self.capacity] = k
+            v2[:, :, : self.capacity] = v
+            self.keys[i], self.values[i] = k2, v2
+        self.capacity = new
+
+    def load(self, slot: int, cache: Any, length: int) -> None:
+        """Copy the first `length` positions of a one-row DynamicCache into `slot`."""
+        layers = _layer_tensors(cache)
+        if not self.allocated:
+            self._allocate(layers, max(self.grow, -(-length // self.grow) * self.grow))
+        self.ensure(length)
+        for i, (k, v) in enumerate(layers):
+            self.keys[i][slot, :, :length] = k[0, :, :length]
+            self.values[i][slot, :, :length] = v[0, :, :length]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy slot `src`'s first `length` positions to slot `dst`."""
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+    def release(self) -> None:
+        self.keys, self.values, self.capacity = [], [], 0
+
+
+class _BatchCache:
+    """The cache object the model sees for one batched forward (duck-typed: it only needs `update`).
+
+    Row r's real tokens are its last `n_r` columns; their keys/values are written to slot r at
+    positions `cached_r ..`; the model attends over the first `length` positions of slots 0..B-1.
+    """
+
+    def __init__(self, store: KVStore, rows: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
+                 batch: int, length: int) -> None:
+        self.store, self.rows, self.positions, self.columns = store, rows, positions, columns
+        self.batch, self.length = batch, length
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.store.keys[layer_idx], self.store.values[layer_idx]
+        # [N, heads, head_dim] per written token: index_put over (slot, position)
+        keys[self.rows, :, self.positions] = key_states[self.rows, :, self.columns]
+        values[self.rows, :, self.positions] = value_states[self.rows, :, self.columns]
+        return keys[: self.batch, :, : self.length], values[: self.batch, :, : self.length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # not used when position_ids and a 4-D mask are given
+        return self.length
+
+
+class BatchScheduler:
+    """Runs many requests' speculative decoding through one target forward per iteration."""
+
+    def __init__(self, target: LoadedModel, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 min_verify_rows: int = MIN_VERIFY_ROWS) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.target = target
+        self.max_batch = max_batch
+        self.min_verify_rows = min_verify_rows
+        self.store = KVStore(max_batch)
+        self.running: list[BatchRequest] = []
+        self._pending: deque[BatchRequest] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
+        self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, request: BatchRequest) -> BatchRequest:
+        """Queue `request`; it joins at the next iteration with room (events arrive through `emit`)."""
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batch scheduler has stopped")
+            self._pending.append(request)
+            self._cond.notify()
+        return request
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self.running and not self._pending
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run `step()` in a daemon thread until `stop()`."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="specguard-batch", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still running or waiting end with an error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            left = list(self.running) + list(self._pending)
+            self.running, self._pending = [], deque()
+        for req in left:
+            self._fail(req, RuntimeError("the server is shutting down"))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self.running and not self._pending:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug in the loop itself: fail everything in flight, keep serving
+                log.exception("batch iteration failed")
+                with self._cond:
+                    left = list(self.running)
+                    self.running = []
+                self.store.release()
+                for req in left:
+                    self._fail(req, RuntimeError("internal error in the batch scheduler"))
+
+    def run_until_idle(self, max_iterations: int = 1_000_000) -> None:
+        """Drive `step()` in the calling thread until nothing is running or waiting (tests, scripts)."""
+        for _ in range(max_iterations):
+            if not self.step():
+                return
+        raise RuntimeError("run_until_idle: too many iterations")
+
+    def step(self) -> bool:
+        """One iteration: plan, one batched forward, apply, admit. False when there was nothing to do."""
+        with self._cond:
+            room = self.max_batch - len(self.running)
+            joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+        if not self.running and not joining:
+            return False
+        self.stats["iterations"] += 1
+        # 1. running requests: cancelled/finished ones leave; the others draft
+        plans: list[tuple[BatchRequest, Plan]] = []
+        for req in list(self.running):
+            plan = self._guard(req, lambda r=req: r.run.plan())  # type: ignore[union-attr]
+            if plan is None:
+                self._leave(req)
+            elif plan is not False:
+                plans.append((req, plan))
+        self._compact()
+        # 2. one forward over every running request
+        if plans:
+            self._batched_step(plans)
+        # 3. newcomers: their first step (the prompt) runs alone, then they join the batch
+        self._compact()
+        for req in joining:
+            self._join(req)
+        for req in list(self.running):
+            if req.run is not None and req.run.done:
+                self._leave(req)
+        self._compact()
+        if not self.running:
+            self.store.release()
+        return True
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
+        """fn(), or False after failing `req` with what it raised."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._remove(req)
+            self._fail(req, exc)
+            return False
+
+    def _batched_step(self, plans: list[tuple[BatchRequest, Plan]]) -> None:
+        feeds = [plan.uncached + plan.draft for _, plan in plans]
+        width = max(len(f) for f in feeds)
+        keep = max(plan.rows for _, plan in plans)
+        cached = [req.run.cached for req, _ in plans]  # type: ignore[union-attr]
+        length = max(c + len(f) for c, f in zip(cached, feeds, strict=True))
+        batch = len(plans)
+        ids = torch.zeros(batch, width, dtype=torch.long)
+        pos = torch.zeros(batch, width, dtype=torch.long)
+        rows, positions, columns = [], [], []
+        for r, ((req, _), feed, c) in enumerate(zip(plans, feeds, cached, strict=True)):
+            assert req.slot == r, "running requests occupy slots 0..B-1 in order"
+            n = len(feed)
+            ids[r, width - n:] = torch.tensor(feed, dtype=torch.long)
+            pos[r, width - n:] = torch.arange(c, c + n)
+            rows += [r] * n
+            positions += range(c, c + n)
+            columns += range(width - n, width)
+        # a token sees its own request's keys up to its own position; padding columns see position 0
+        mask = (torch.arange(length)[None, None, :] <= pos[:, :, None])[:, None, :, :]
+        self.store.ensure(length)
+        cache = _BatchCache(self.store, torch.tensor(rows), torch.tensor(positions), torch.tensor(columns),
+                            batch, length)
+        model = self.target.model
+        try:
+            with torch.inference_mode():
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                            logits_to_keep=keep, **{_cache_kwarg(model): cache})
+                logits = out.logits[:, -keep:].float()
+        except Exception as exc:  # the whole batch shared this forward
+            log.exception("batched forward failed")
+            for req, _ in plans:
+                self._remove(req)
+                self._fail(req, exc)
+            return
+        self.stats["batched_forwards"] += 1
+        self.stats["batched_rows"] += batch
+        for r, (req, plan) in enumerate(plans):
+            event = self._guard(req, lambda req=req, plan=plan, r=r: req.run.apply(  # type: ignore[union-attr]
+                plan, logits[r, keep - plan.rows:], _no_crop))
+            if event is not False:
+                self._emit_event(req, event)
+
+    def _join(self, req: BatchRequest) -> None:
+        """Check the request, run its first step alone (solo shapes), and give it a slot."""
+        def first() -> bool:
+            prompt_ids, params, top_n = check_request(self.target, req.drafter, req.prompt_ids, req.params,
+                                                      req.top_logprobs)
+            run = SpeculativeRun(self.target, req.drafter, prompt_ids, params, top_n=top_n,
+                                 draft_length=DraftLength(maximum=int(getattr(req.drafter, "max_draft", 12))),
+                                 min_verify_rows=self.min_verify_rows, on_step=req.on_step,
+                                 should_stop=req.should_stop)
+            req.run = run
+            run.start()
+            plan = run.plan()
+            if plan is None:  # cancelled before it started
+                return False
+            cache = kv.new_cache(self.target.model)
+            pad = pad_rows(plan.draft, self.min_verify_rows)
+            with torch.inference_mode():
+                logits = kv.forward(self.target.model, plan.uncached + plan.draft + pad, cache,
+                                    plan.rows + len(pad))[: plan.rows]
+            self.stats["prefills"] += 1
+            event = run.apply(plan, logits, lambda keep: kv.crop(cache, keep))
+            self._emit_event(req, event)
+            if run.done:
+                return False
+            with torch.inference_mode():
+                req.slot = len(self.running)
+                self.store.load(req.slot, cache, run.cached)
+            with self._cond:
+                self.running.append(req)
+            return True
+
+        joined = self._guard(req, first)
+        if joined is False and not req.ended:
+            self._finish(req)
+
+    def _compact(self) -> None:
+        """Move running requests into slots 0..B-1 (in order) after some left."""
+        for i, req in enumerate(self.running):
+            if req.slot != i:
+                with torch.inference_mode():
+                    self.store.move(req.slot, i, req.run.cached)  # type: ignore[union-attr]
+                req.slot = i
+
+    def _remove(self, req: BatchRequest) -> None:
+        with self._cond:
+            if req in self.running:
+                self.running.remove(req)
+
+    def _leave(self, req: BatchRequest) -> None:
+        self._remove(req)
+        self._finish(req)
+
+    def _finish(self, req: BatchRequest) -> None:
+        """Close the request's drafter and hand over its transcript."""
+        if req.ended:
+            return
+        try:
+            assert req.run is not None
+            req.run.close()
+            transcript = req.run.transcript()
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        req.ended = True
+        _safe_emit(req, "done", transcript)
+
+    def _fail(self, req: BatchRequest, exc: BaseException) -> None:
+        if req.ended:
+            return
+        req.ended = True
+        if req.run is not None:
+            try:
+                req.run.close()
+            except Exception:
+                log.exception("drafter finish failed")
+        _safe_emit(req, "error", exc)
+
+    def _emit_event(self, req: BatchRequest, event: Any) -> None:
+        _safe_emit(req, "event", event)
+
+
+def _no_crop(keep: int) -> None:
+    """The store needs no crop: a request's cached length is its rollback (stale entries are masked)."""
+
+
+def _safe_emit(req: BatchRequest, kind: str, value: Any) -> None:
+    try:
+        req.emit(kind, value)
+    except Exception:  # a consumer's bug must not stop the batch
+        log.exception("batch consumer failed on %s", kind)
+
+
+def _cache_kwarg(model: Any) -> str:
+    return kv._cache_kwarg(type(model))
+
+
+def _layer_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a DynamicCache, each [1, kv_heads, length, head_dim]."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # older transformers
