@@ -63,7 +63,8 @@ class BatchRequest:
 
     prompt_ids: list[int]
     params: SamplingParams
-    drafter: Drafter
+    #: the request's own drafter, or a zero-argument factory called in the scheduler's thread
+    drafter: Drafter | Callable[[], Drafter]
     emit: Emit
     top_logprobs: int = 5
     on_step: StepCallback | None = None
@@ -326,6 +327,9 @@ class BatchScheduler:
     def _join(self, req: BatchRequest) -> None:
         """Check the request, run its first step alone (solo shapes), and give it a slot."""
         def first() -> bool:
+            if not isinstance(req.drafter, Drafter):
+                req.drafter = req.drafter()
+            assert isinstance(req.drafter, Drafter)
             prompt_ids, params, top_n = check_request(self.target, req.drafter, req.prompt_ids, req.params,
                                                       req.top_logprobs)
             run = SpeculativeRun(self.target, req.drafter, prompt_ids, params, top_n=top_n,

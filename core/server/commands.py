@@ -20,8 +20,11 @@ log = logging.getLogger("specguard.server")
 @click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
 @click.option("--policy", "policy_ref", default="dev", show_default=True, help="Policy preset (dev, strict) or TOML path.")
-@click.option("--max-concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Requests generating at once (each in its own thread).")
+@click.option("--max-concurrency", type=click.IntRange(1, 64), default=None,
+              help="Requests generating at once: the batch size with batching (default 8), else threads (default 1).")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Continuous batching for the built-in engine: one target forward per step over every running "
+                   "request. Other engines always run one thread per request.")
 @click.option("--max-queue", type=click.IntRange(0, 10_000), default=8, show_default=True,
               help="Requests allowed to wait for a slot; more get HTTP 429.")
 @click.option("--default-max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
@@ -44,7 +47,7 @@ log = logging.getLogger("specguard.server")
               help="Refuse prompts longer than this, before tokenizing (default 16 x the context length).")
 @server_options
 def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
-                  max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
+                  batching, max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
@@ -64,7 +67,7 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
         verifiers=list(verifiers), quorum=quorum, served_model_name=served_model_name,
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
-        drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
+        drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars, batching=batching,
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
@@ -74,8 +77,9 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
     click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
     click.echo(f"  log origin     {info['log_origin']}", err=True)
     click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
-    click.echo(f"  drafter        {drafter}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
-               err=True)
+    mode = "batched" if info["batching"] else "one thread per request"
+    click.echo(f"  drafter        {drafter}; max concurrency {info['max_concurrency']} ({mode}), queue {max_queue}; "
+               f"role {role}", err=True)
     click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
                else "  auth           none (every route open)", err=True)
     if node.policy.insecure:
