@@ -37,6 +37,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +171,7 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._pool: ThreadPoolExecutor | None = None
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
         self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
 
@@ -212,6 +214,8 @@ class BatchScheduler:
             self.running, self._pending = [], deque()
         for req in left:
             self._fail(req, RuntimeError("the server is shutting down"))
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def _loop(self) -> None:
         while True:
@@ -248,8 +252,7 @@ class BatchScheduler:
         self.stats["iterations"] += 1
         # 1. running requests: cancelled/finished ones leave; the others draft
         plans: list[tuple[BatchRequest, Plan]] = []
-        for req in list(self.running):
-            plan = self._guard(req, lambda r=req: r.run.plan())  # type: ignore[union-attr]
+        for req, plan in self._plan_all(list(self.running)):
             if plan is None:
                 self._leave(req)
             elif plan is not False:
@@ -271,6 +274,24 @@ class BatchScheduler:
         return True
 
     # -- pieces -------------------------------------------------------------------------------
+
+    def _plan_all(self, running: list[BatchRequest]) -> list[tuple[BatchRequest, Any]]:
+        """(request, its Plan, None when it ended, or False when it failed) for each running request.
+
+        Drafters that cost time per proposal (a remote drafter's HTTP call, a draft model's forwards)
+        propose in parallel threads, each request's drafter in one thread; lookups run inline.
+        """
+        slow = [r for r in running if _slow_drafter(r.drafter)]
+        if len(slow) < 2:
+            return [(r, self._guard(r, r.run.plan)) for r in running]  # type: ignore[union-attr]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.max_batch, thread_name_prefix="specguard-draft")
+        futures = {id(r): self._pool.submit(r.run.plan) for r in slow}  # type: ignore[union-attr]
+        out = []
+        for r in running:
+            future = futures.get(id(r))
+            out.append((r, self._guard(r, future.result if future is not None else r.run.plan)))  # type: ignore[union-attr]
+        return out
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
         """fn(), or False after failing `req` with what it raised."""
@@ -406,6 +427,11 @@ class BatchScheduler:
 
     def _emit_event(self, req: BatchRequest, event: Any) -> None:
         _safe_emit(req, "event", event)
+
+
+def _slow_drafter(drafter: Any) -> bool:
+    """A drafter whose proposals cost time (not a lookup, not plain decoding)."""
+    return isinstance(drafter, Drafter) and not drafter.cheap_drafts and drafter.name != "none"
 
 
 def _no_crop(keep: int) -> None:

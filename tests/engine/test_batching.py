@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support.hostile import MalformedDrafter, ScriptedDrafter
 from support.tiny import tiny_model
 
 from specguard.consensus.rederive import DEFAULT_LOGPROB_TOLERANCE, judge
@@ -214,3 +215,45 @@ def test_default_model_batched_greedy_equals_solo(default_model):
     scheduler.run_until_idle()
     flips = sum(compare(default_model, ref, sink) for ref, sink in zip(references, sinks, strict=True))
     assert flips == 0
+
+
+class SlowScripted(ScriptedDrafter):
+    """A drafter that 'costs time' (cheap_drafts False): the scheduler asks such drafters in parallel."""
+
+    name = "slow-scripted"
+    cheap_drafts = False
+
+    def __init__(self, prompt_len: int, continuation: list[int]) -> None:
+        super().__init__(prompt_len, continuation)
+        self.threads: set[str] = set()
+
+    def propose(self, context, k):
+        self.threads.add(threading.current_thread().name)
+        return super().propose(context, k)
+
+
+def test_slow_and_hostile_drafters_propose_in_parallel_and_change_nothing(tiny):
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [7, 8, 9, 10, 11, 12], [30, 31]]
+    params = SamplingParams(max_tokens=30)
+    plain = [SpeculativeEngine(tiny).generate(p, params) for p in prompts]
+    drafters = [
+        lambda i: SlowScripted(len(prompts[i]), plain[i].output_ids),  # perfect
+        lambda i: SlowScripted(len(prompts[i]), [(t + 1) % 64 for t in plain[i].output_ids]),  # always wrong
+        lambda i: MalformedDrafter(tiny.vocab_size),  # hostile: malformed proposals, raises
+    ]
+    references = [SpeculativeEngine(tiny, drafters[i](i)).generate(p, params, top_logprobs=3)
+                  for i, p in enumerate(prompts)]
+    scheduler = BatchScheduler(tiny, max_batch=4)
+    made = [drafters[i](i) for i in range(3)]
+    sinks = []
+    for p, drafter in zip(prompts, made, strict=True):
+        sink = Sink()
+        scheduler.submit(BatchRequest(p, params, drafter, sink, top_logprobs=3))
+        sinks.append(sink)
+    scheduler.run_until_idle()
+    scheduler.stop()
+    for ref, sink, alone in zip(references, sinks, plain, strict=True):
+        assert compare(tiny, ref, sink) == 0
+        assert sink.value.output_ids == alone.output_ids  # whatever the drafter proposed
+    assert any(name.startswith("specguard-draft") for name in made[0].threads)  # asked from the draft pool
+    assert sum(1 for s in sinks[2].value.steps if s.rejected_proposal) > 0
