@@ -187,6 +187,7 @@ class Node:
         responses: ResponseStore | None = None,
         max_prompt_chars: int | None = None,
         batching: bool = True,
+        max_batch_rows: int | None = None,
     ) -> None:
         from .attest.receipts import ReceiptIssuer
         from .engine.factory import make_drafter
@@ -232,12 +233,15 @@ class Node:
         #: the continuous-batching scheduler of the built-in engine (None: one thread per request)
         self.scheduler: Any = None
         if batching and engine_name == "specguard":
-            from .engine.batching import DEFAULT_MAX_BATCH, BatchScheduler
+            from .engine.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROWS, BatchScheduler
 
             max_concurrency = DEFAULT_MAX_BATCH if max_concurrency is None else max_concurrency
             if max_concurrency < 1:
                 raise UsageError("max concurrency must be at least 1", field="--max-concurrency", got=max_concurrency)
-            self.scheduler = BatchScheduler(model, max_batch=max_concurrency)
+            rows = DEFAULT_MAX_ROWS if max_batch_rows is None else max_batch_rows
+            if rows < 0:
+                raise UsageError("max batch rows must be 0 (no cap) or positive", field="--max-batch-rows", got=rows)
+            self.scheduler = BatchScheduler(model, max_batch=max_concurrency, max_rows=rows or None)
         self.limiter = ConcurrencyLimiter(1 if max_concurrency is None else max_concurrency, max_queue, self.metrics)
         # build one drafter now so a bad drafter name or option fails at start, not per request
         probe = make_drafter(drafter, model, self.drafter_options)

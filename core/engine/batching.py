@@ -56,6 +56,8 @@ log = logging.getLogger("specguard.engine.batching")
 Emit = Callable[[str, Any], None]
 
 DEFAULT_MAX_BATCH = 8
+#: the server's bound on a batched forward's rows (drafts shrink as more requests run; see BatchScheduler)
+DEFAULT_MAX_ROWS = 32
 
 
 @dataclass
@@ -159,12 +161,18 @@ class BatchScheduler:
     """Runs many requests' speculative decoding through one target forward per iteration."""
 
     def __init__(self, target: LoadedModel, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 min_verify_rows: int = MIN_VERIFY_ROWS) -> None:
+                 min_verify_rows: int = MIN_VERIFY_ROWS, max_rows: int | None = None) -> None:
+        """`max_rows` bounds a batched forward's rows: with B requests running, each draft is capped
+        at max_rows // B - 1 tokens (None: drafts as long as alone; then every request's steps equal
+        its solo run's). Outputs never depend on it; speed does: padded rows cost compute."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
         self.target = target
         self.max_batch = max_batch
         self.min_verify_rows = min_verify_rows
+        self.max_rows = max_rows
         self.store = KVStore(max_batch)
         self.running: list[BatchRequest] = []
         self._pending: deque[BatchRequest] = deque()
@@ -281,16 +289,21 @@ class BatchScheduler:
         Drafters that cost time per proposal (a remote drafter's HTTP call, a draft model's forwards)
         propose in parallel threads, each request's drafter in one thread; lookups run inline.
         """
+        cap = None if self.max_rows is None or not running else max(0, self.max_rows // len(running) - 1)
+
+        def plan(r: BatchRequest) -> Plan | None:
+            return r.run.plan(cap)  # type: ignore[union-attr]
+
         slow = [r for r in running if _slow_drafter(r.drafter)]
         if len(slow) < 2:
-            return [(r, self._guard(r, r.run.plan)) for r in running]  # type: ignore[union-attr]
+            return [(r, self._guard(r, lambda r=r: plan(r))) for r in running]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.max_batch, thread_name_prefix="specguard-draft")
-        futures = {id(r): self._pool.submit(r.run.plan) for r in slow}  # type: ignore[union-attr]
+        futures = {id(r): self._pool.submit(plan, r) for r in slow}
         out = []
         for r in running:
             future = futures.get(id(r))
-            out.append((r, self._guard(r, future.result if future is not None else r.run.plan)))  # type: ignore[union-attr]
+            out.append((r, self._guard(r, future.result if future is not None else lambda r=r: plan(r))))
         return out
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
@@ -304,11 +317,13 @@ class BatchScheduler:
 
     def _batched_step(self, plans: list[tuple[BatchRequest, Plan]]) -> None:
         feeds = [plan.uncached + plan.draft for _, plan in plans]
+        batch = len(plans)
         width = max(len(f) for f in feeds)
+        if 1 < batch * width < self.min_verify_rows:  # 2-3 rows run as slow GEMVs on CPUs (pad_rows)
+            width = -(-self.min_verify_rows // batch)
         keep = max(plan.rows for _, plan in plans)
         cached = [req.run.cached for req, _ in plans]  # type: ignore[union-attr]
         length = max(c + len(f) for c, f in zip(cached, feeds, strict=True))
-        batch = len(plans)
         ids = torch.zeros(batch, width, dtype=torch.long)
         pos = torch.zeros(batch, width, dtype=torch.long)
         rows, positions, columns = [], [], []

@@ -179,10 +179,12 @@ class SpeculativeRun:
     def done(self) -> bool:
         return self.finish == "stop" or self.finish == "cancelled" or len(self.output) >= self.budget
 
-    def plan(self) -> Plan | None:
+    def plan(self, max_draft: int | None = None) -> Plan | None:
         """Ask the drafter for the next draft; None when generation has ended.
 
-        Polls `should_stop` (a True answer ends the request as "cancelled").
+        Polls `should_stop` (a True answer ends the request as "cancelled"). `max_draft` caps this
+        step's draft (the batch scheduler bounds the rows of a shared forward); drafts never change
+        the output, only how many steps it takes.
         """
         if self.finish in ("stop", "cancelled") or len(self.output) >= self.budget:
             return None
@@ -190,6 +192,8 @@ class SpeculativeRun:
             self.finish = "cancelled"
             return None
         k = self._draft_budget(self.budget - len(self.output))
+        if max_draft is not None:
+            k = max(0, min(k, max_draft))
         t0 = time.perf_counter()
         draft, q, rejected = ask_drafter(self.drafter, self.tokens, k, self.target.vocab_size, self.spec_sampling)
         t1 = time.perf_counter()

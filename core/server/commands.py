@@ -25,6 +25,9 @@ log = logging.getLogger("specguard.server")
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="Continuous batching for the built-in engine: one target forward per step over every running "
                    "request. Other engines always run one thread per request.")
+@click.option("--max-batch-rows", type=click.IntRange(0, 1 << 16), default=None,
+              help="With batching: cap a batched forward's rows by shortening drafts as more requests run "
+                   "(default 32; 0 = no cap). Outputs never change, only speed.")
 @click.option("--max-queue", type=click.IntRange(0, 10_000), default=8, show_default=True,
               help="Requests allowed to wait for a slot; more get HTTP 429.")
 @click.option("--default-max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
@@ -47,7 +50,7 @@ log = logging.getLogger("specguard.server")
               help="Refuse prompts longer than this, before tokenizing (default 16 x the context length).")
 @server_options
 def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
-                  batching, max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
+                  batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
@@ -68,6 +71,7 @@ def serve_command(model_ref, host, port, drafter, draft_model, drafter_url, exit
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars, batching=batching,
+        max_batch_rows=max_batch_rows,
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
