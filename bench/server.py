@@ -136,6 +136,9 @@ def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
             result = asyncio.run(concurrent(srv.url, clients, args.rounds, args.max_tokens))
             print(f"{drafter} clients={clients}: {result}", flush=True)
             loads.append(result)
+    except Exception:
+        print(f"server output (alive: {srv.alive()}):\n{srv.output()[-4000:]}", file=sys.stderr, flush=True)
+        raise
     finally:
         srv.stop()
         if draft is not None:

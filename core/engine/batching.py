@@ -180,6 +180,7 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
+        self._joining: list[BatchRequest] = []
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
         self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
 
@@ -237,8 +238,8 @@ class BatchScheduler:
             except Exception:  # a bug in the loop itself: fail everything in flight, keep serving
                 log.exception("batch iteration failed")
                 with self._cond:
-                    left = list(self.running)
-                    self.running = []
+                    left = list(self.running) + list(self._joining)
+                    self.running, self._joining = [], []
                 self.store.release()
                 for req in left:
                     self._fail(req, RuntimeError("internal error in the batch scheduler"))
@@ -255,6 +256,7 @@ class BatchScheduler:
         with self._cond:
             room = self.max_batch - len(self.running)
             joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            self._joining = joining
         if not self.running and not joining:
             return False
         self.stats["iterations"] += 1
@@ -279,6 +281,7 @@ class BatchScheduler:
         self._compact()
         if not self.running:
             self.store.release()
+        self._joining = []
         return True
 
     # -- pieces -------------------------------------------------------------------------------
@@ -337,10 +340,13 @@ class BatchScheduler:
             columns += range(width - n, width)
         # a token sees its own request's keys up to its own position; padding columns see position 0
         mask = (torch.arange(length)[None, None, :] <= pos[:, :, None])[:, None, :, :]
+        model = self.target.model
+        if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":  # eager adds the mask to the scores
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
         self.store.ensure(length)
         cache = _BatchCache(self.store, torch.tensor(rows), torch.tensor(positions), torch.tensor(columns),
                             batch, length)
-        model = self.target.model
         try:
             with torch.inference_mode():
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,

@@ -272,3 +272,16 @@ def test_slow_and_hostile_drafters_propose_in_parallel_and_change_nothing(tiny):
         assert sink.value.output_ids == alone.output_ids  # whatever the drafter proposed
     assert any(name.startswith("specguard-draft") for name in made[0].threads)  # asked from the draft pool
     assert sum(1 for s in sinks[2].value.steps if s.rejected_proposal) > 0
+
+
+def test_eager_attention_model_gets_an_additive_mask():
+    """A model configured for eager attention (mask added to the scores) batches correctly too."""
+    model = tiny_model(1, eos_token_id=5)
+    model.model.set_attn_implementation("eager")
+    assert model.model.config._attn_implementation == "eager"
+    cases = MIXED[:4]
+    references = [solo(model, d, p, params, c) for d, p, params, c in cases]
+    scheduler = BatchScheduler(model, max_batch=4)
+    sinks = [submit(scheduler, model, d, p, params, c) for d, p, params, c in cases]
+    scheduler.run_until_idle()
+    assert sum(compare(model, ref, sink) for ref, sink in zip(references, sinks, strict=True)) == 0
