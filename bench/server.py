@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -58,6 +59,20 @@ def _chat(i: int, max_tokens: int) -> dict:
             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; 0 where unavailable).
+
+    Tokens per server CPU-second is comparable across loaded and quiet machines (with
+    `--threads 1`, where no intra-op thread spins waiting for another), wall-clock rates are not."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -79,7 +94,7 @@ def sequential(url: str, n: int, max_tokens: int) -> dict:
     return {"latency": latency, "receipt": per_receipt, "fraction": per_receipt / latency}
 
 
-async def concurrent(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
+async def concurrent(url: str, clients: int, rounds: int, max_tokens: int, pid: int | None = None) -> dict:
     """`clients` clients, each sending `rounds` requests back to back."""
     tokens = 0
     errors = 0
@@ -99,15 +114,17 @@ async def concurrent(url: str, clients: int, rounds: int, max_tokens: int) -> di
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
         s0, c0 = _receipt_seconds((await http.get("/metrics")).text)
+        cpu0 = _cpu_seconds(pid)
         t0 = time.perf_counter()
         await asyncio.gather(*(client(http, c) for c in range(clients)))
         wall = time.perf_counter() - t0
+        cpu = _cpu_seconds(pid) - cpu0
         s1, c1 = _receipt_seconds((await http.get("/metrics")).text)
     receipt = (s1 - s0) / max(c1 - c0, 1)
     p50 = statistics.median(latencies)
     return {"clients": clients, "requests": clients * rounds, "rps": clients * rounds / wall, "tps": tokens / wall,
             "p50": p50, "p95": _pct(latencies, 0.95), "receipt_share": receipt / p50, "errors": errors,
-            "wall": wall}
+            "wall": wall, "tokens_per_cpu_s": tokens / cpu if cpu > 0 else 0.0}
 
 
 def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
@@ -133,7 +150,7 @@ def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
         seq = sequential(srv.url, args.sequential, args.max_tokens) if args.sequential else None
         loads = []
         for clients in args.clients_list:
-            result = asyncio.run(concurrent(srv.url, clients, args.rounds, args.max_tokens))
+            result = asyncio.run(concurrent(srv.url, clients, args.rounds, args.max_tokens, srv.pid))
             print(f"{drafter} clients={clients}: {result}", flush=True)
             loads.append(result)
     except Exception:
@@ -176,10 +193,13 @@ def main() -> None:
                     drafter, load["clients"], load["requests"], f"{load['tps']:.1f}", f"{load['rps']:.2f}",
                     f"{load['p50'] * 1000:.0f}", f"{load['p95'] * 1000:.0f}",
                     f"{load['tps'] / base['tps']:.2f}x", f"{load['p50'] / base['p50']:.2f}x",
-                    f"{load['receipt_share'] * 100:.2f} %", load["errors"]])
+                    f"{load['receipt_share'] * 100:.2f} %", f"{load['tokens_per_cpu_s']:.1f}",
+                    f"{load['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x" if base["tokens_per_cpu_s"] else "-",
+                    load["errors"]])
     mode = "`--no-batching` (one thread per request)" if args.no_batching else "continuous batching"
     body = table(["drafter", "clients", "requests", "tok/s (aggregate)", "req/s", "p50 latency ms",
-                  "p95 latency ms", "tok/s vs 1 client", "p50 vs 1 client", "receipt share of p50", "errors"],
+                  "p95 latency ms", "tok/s vs 1 client", "p50 vs 1 client", "receipt share of p50",
+                  "tok per server CPU-s", "vs 1 client", "errors"],
                  load_rows)
     body += (
         f"\n\nDefault model (SmolLM2-135M), greedy chat requests of exactly {args.max_tokens} tokens "
@@ -187,7 +207,10 @@ def main() -> None:
         f"{args.rounds} requests back to back. Latency is the client's, from sending to the full answer "
         "(receipt included). \"receipt share\" is the server's own `specguard:receipt_seconds` (evidence "
         "plugins + Ed25519 signing + durable SQLite log append + response storage) per response divided by "
-        "the p50 latency; receipts are issued in worker threads, outside the batch loop.\n"
+        "the p50 latency; receipts are issued in worker threads, outside the batch loop. \"tok per server "
+        "CPU-s\" divides the generated tokens by the server process's user+system CPU seconds in that phase "
+        "(/proc): unlike wall-clock rates it barely moves when other processes load the machine (meaningful "
+        "with `--threads 1`).\n"
     )
     if seq_rows:
         body += "\nSequential requests (receipt overhead, issue 11):\n\n" + table(
