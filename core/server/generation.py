@@ -5,8 +5,9 @@ HTTP 4xx) anything the model cannot do. `GenerationRun` hands the request to the
 scheduler (built-in engine: one batched forward per iteration over every running request) or runs
 its engine in a thread of its own (other engines), and passes its events to the event loop through
 an asyncio.Queue; the generation slot is released when the request has left the scheduler or the
-engine has stopped, so a disconnected client frees its slot exactly when the model is done with it. `finalize` builds the response body, lets plugins add evidence,
-signs and logs the receipt, and stores the exact body the receipt hashes.
+engine has stopped, so a disconnected client frees its slot exactly when the model is done with it.
+`finalize` builds the response body, lets plugins add evidence, signs and logs the receipt, and
+stores the exact body the receipt hashes.
 """
 
 from __future__ import annotations
