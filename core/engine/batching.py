@@ -7,9 +7,7 @@ and transcripts follow exactly the solo code path; only the target's forward pas
 
 One iteration (`step()`):
 
-1. admit waiting requests (up to `max_batch` running); each one's first step (its prompt, the
-   prefill) runs as a forward of its own, exactly the solo engine's shapes, into a fresh
-   `DynamicCache` that is then copied into the batch's KV store;
+1. admit waiting requests (up to `max_batch` running);
 2. every running request polls its `should_stop` (cancelled requests leave with
    `finish_reason = "cancelled"`) and asks its drafter for a draft;
 3. **one** target forward over all running requests: rows are left-padded to the longest
@@ -19,7 +17,10 @@ One iteration (`step()`):
    the request's positions; padding is never written. The last `len(draft) + 1` logits rows of
    each row go to that request's acceptance rule;
 4. each request "rolls back" to its accepted prefix by lowering its cached length (stale entries
-   past it are masked and later overwritten), streams its StepEvent, and leaves when finished.
+   past it are masked and later overwritten), streams its StepEvent, and leaves when finished;
+5. the requests admitted in 1. run their first steps (their prompts plus first drafts) together in
+   a forward of their own, in the slots after the running requests', and run with them from then on
+   (prompts in the same forward as one-token decode rows would pad every row to the prompt).
 
 This is the ragged-batch design of gpt-fast / vLLM reduced to what a CPU needs: no paging, slots
 compacted when a request leaves. Batching changes the matrix shapes, so logits may differ from a
@@ -48,7 +49,7 @@ from ..models import LoadedModel
 from ..transcript import SamplingParams
 from . import kv
 from .interface import StepCallback, StopCheck
-from .speculative import MIN_VERIFY_ROWS, DraftLength, Plan, SpeculativeRun, check_request, pad_rows
+from .speculative import MIN_VERIFY_ROWS, DraftLength, Plan, SpeculativeRun, check_request
 
 log = logging.getLogger("specguard.engine.batching")
 
@@ -80,8 +81,9 @@ class BatchRequest:
 class KVStore:
     """Keys and values of every running request: per layer `[slots, kv_heads, capacity, head_dim]`.
 
-    A request owns one slot; its token at position p has its keys at index p. Capacity grows in
-    steps of `grow` positions as requests get longer and is released when the batch empties.
+    A request owns one slot; its token at position p has its keys at index p. Layers are allocated
+    at their first write; capacity grows in steps of `grow` positions as requests get longer, and
+    everything is released when the batch empties.
     """
 
     def __init__(self, slots: int, grow: int = 256) -> None:
@@ -95,11 +97,6 @@ class KVStore:
     def allocated(self) -> bool:
         return bool(self.keys)
 
-    def _allocate(self, like: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> None:
-        self.keys = [torch.zeros(self.slots, k.shape[1], capacity, k.shape[3], dtype=k.dtype) for k, _ in like]
-        self.values = [torch.zeros(self.slots, v.shape[1], capacity, v.shape[3], dtype=v.dtype) for _, v in like]
-        self.capacity = capacity
-
     def ensure(self, length: int) -> None:
         """Room for positions 0..length-1 in every slot."""
         if length <= self.capacity:
@@ -107,21 +104,20 @@ class KVStore:
         new = -(-length // self.grow) * self.grow
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             k2 = torch.zeros(k.shape[0], k.shape[1], new, k.shape[3], dtype=k.dtype)
-            v2 = torch.zeros_like(k2, dtype=v.dtype)
+            v2 = torch.zeros(v.shape[0], v.shape[1], new, v.shape[3], dtype=v.dtype)
             k2[:, :, : self.capacity] = k
             v2[:, :, : self.capacity] = v
             self.keys[i], self.values[i] = k2, v2
         self.capacity = new
 
-    def load(self, slot: int, cache: Any, length: int) -> None:
-        """Copy the first `length` positions of a one-row DynamicCache into `slot`."""
-        layers = _layer_tensors(cache)
-        if not self.allocated:
-            self._allocate(layers, max(self.grow, -(-length // self.grow) * self.grow))
-        self.ensure(length)
-        for i, (k, v) in enumerate(layers):
-            self.keys[i][slot, :, :length] = k[0, :, :length]
-            self.values[i][slot, :, :length] = v[0, :, :length]
+    def layer(self, idx: int, key_like: torch.Tensor, value_like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `idx`'s (keys, values), allocated like the model's `[batch, kv_heads, rows, head_dim]` states."""
+        while len(self.keys) <= idx:
+            self.keys.append(torch.zeros(self.slots, key_like.shape[1], self.capacity, key_like.shape[3],
+                                         dtype=key_like.dtype))
+            self.values.append(torch.zeros(self.slots, value_like.shape[1], self.capacity, value_like.shape[3],
+                                           dtype=value_like.dtype))
+        return self.keys[idx], self.values[idx]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy slot `src`'s first `length` positions to slot `dst`."""
@@ -136,22 +132,23 @@ class KVStore:
 class _BatchCache:
     """The cache object the model sees for one batched forward (duck-typed: it only needs `update`).
 
-    Row r's real tokens are its last `n_r` columns; their keys/values are written to slot r at
-    positions `cached_r ..`; the model attends over the first `length` positions of slots 0..B-1.
+    Row r is slot `base + r`; its real tokens are its last `n_r` columns, whose keys/values are
+    written at positions `cached_r ..`; the model attends over the first `length` positions.
     """
 
     def __init__(self, store: KVStore, rows: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
-                 batch: int, length: int) -> None:
+                 base: int, batch: int, length: int) -> None:
         self.store, self.rows, self.positions, self.columns = store, rows, positions, columns
-        self.batch, self.length = batch, length
+        self.base, self.batch, self.length = base, batch, length
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.store.keys[layer_idx], self.store.values[layer_idx]
+        keys, values = self.store.layer(layer_idx, key_states, value_states)
         # [N, heads, head_dim] per written token: index_put over (slot, position)
-        keys[self.rows, :, self.positions] = key_states[self.rows, :, self.columns]
-        values[self.rows, :, self.positions] = value_states[self.rows, :, self.columns]
-        return keys[: self.batch, :, : self.length], values[: self.batch, :, : self.length]
+        keys[self.rows + self.base, :, self.positions] = key_states[self.rows, :, self.columns]
+        values[self.rows + self.base, :, self.positions] = value_states[self.rows, :, self.columns]
+        end = self.base + self.batch
+        return keys[self.base:end, :, : self.length], values[self.base:end, :, : self.length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # not used when position_ids and a 4-D mask are given
         return self.length
@@ -270,11 +267,10 @@ class BatchScheduler:
         self._compact()
         # 2. one forward over every running request
         if plans:
-            self._batched_step(plans)
-        # 3. newcomers: their first step (the prompt) runs alone, then they join the batch
+            self._step_rows(plans, 0)
+        # 3. newcomers: their first steps (the prompts) run together in a forward of their own
         self._compact()
-        for req in joining:
-            self._join(req)
+        self._join_all(joining)
         for req in list(self.running):
             if req.run is not None and req.run.done:
                 self._leave(req)
@@ -318,20 +314,21 @@ class BatchScheduler:
             self._fail(req, exc)
             return False
 
-    def _batched_step(self, plans: list[tuple[BatchRequest, Plan]]) -> None:
-        feeds = [plan.uncached + plan.draft for _, plan in plans]
-        batch = len(plans)
+    def _forward_rows(self, items: list[tuple[BatchRequest, Plan]], base: int) -> tuple[torch.Tensor, int]:
+        """One forward over `items` (row r = slot base + r): (logits [B, keep, vocab], keep)."""
+        feeds = [plan.uncached + plan.draft for _, plan in items]
+        batch = len(items)
         width = max(len(f) for f in feeds)
         if 1 < batch * width < self.min_verify_rows:  # 2-3 rows run as slow GEMVs on CPUs (pad_rows)
             width = -(-self.min_verify_rows // batch)
-        keep = max(plan.rows for _, plan in plans)
-        cached = [req.run.cached for req, _ in plans]  # type: ignore[union-attr]
+        keep = max(plan.rows for _, plan in items)
+        cached = [req.run.cached for req, _ in items]  # type: ignore[union-attr]
         length = max(c + len(f) for c, f in zip(cached, feeds, strict=True))
         ids = torch.zeros(batch, width, dtype=torch.long)
         pos = torch.zeros(batch, width, dtype=torch.long)
         rows, positions, columns = [], [], []
-        for r, ((req, _), feed, c) in enumerate(zip(plans, feeds, cached, strict=True)):
-            assert req.slot == r, "running requests occupy slots 0..B-1 in order"
+        for r, ((req, _), feed, c) in enumerate(zip(items, feeds, cached, strict=True)):
+            assert req.slot == base + r, "the rows of a forward are consecutive slots"
             n = len(feed)
             ids[r, width - n:] = torch.tensor(feed, dtype=torch.long)
             pos[r, width - n:] = torch.arange(c, c + n)
@@ -346,63 +343,66 @@ class BatchScheduler:
             mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
         self.store.ensure(length)
         cache = _BatchCache(self.store, torch.tensor(rows), torch.tensor(positions), torch.tensor(columns),
-                            batch, length)
+                            base, batch, length)
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                        logits_to_keep=keep, **{_cache_kwarg(model): cache})
+            return out.logits[:, -keep:].float(), keep
+
+    def _step_rows(self, items: list[tuple[BatchRequest, Plan]], base: int) -> list[BatchRequest]:
+        """Forward `items` together, apply each request's step and stream it; the requests that did not fail."""
         try:
-            with torch.inference_mode():
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                            logits_to_keep=keep, **{_cache_kwarg(model): cache})
-                logits = out.logits[:, -keep:].float()
+            logits, keep = self._forward_rows(items, base)
         except Exception as exc:  # the whole batch shared this forward
             log.exception("batched forward failed")
-            for req, _ in plans:
+            for req, _ in items:
                 self._remove(req)
                 self._fail(req, exc)
-            return
+            return []
         self.stats["batched_forwards"] += 1
-        self.stats["batched_rows"] += batch
-        for r, (req, plan) in enumerate(plans):
+        self.stats["batched_rows"] += len(items)
+        ok = []
+        for r, (req, plan) in enumerate(items):
             event = self._guard(req, lambda req=req, plan=plan, r=r: req.run.apply(  # type: ignore[union-attr]
                 plan, logits[r, keep - plan.rows:], _no_crop))
             if event is not False:
                 self._emit_event(req, event)
+                ok.append(req)
+        return ok
 
-    def _join(self, req: BatchRequest) -> None:
-        """Check the request, run its first step alone (solo shapes), and give it a slot."""
-        def first() -> bool:
-            if not isinstance(req.drafter, Drafter):
-                req.drafter = req.drafter()
-            assert isinstance(req.drafter, Drafter)
-            prompt_ids, params, top_n = check_request(self.target, req.drafter, req.prompt_ids, req.params,
-                                                      req.top_logprobs)
-            run = SpeculativeRun(self.target, req.drafter, prompt_ids, params, top_n=top_n,
-                                 draft_length=DraftLength(maximum=int(getattr(req.drafter, "max_draft", 12))),
-                                 min_verify_rows=self.min_verify_rows, on_step=req.on_step,
-                                 should_stop=req.should_stop)
-            req.run = run
-            run.start()
-            plan = run.plan()
+    def _join_all(self, joining: list[BatchRequest]) -> None:
+        """Check each newcomer, then run their first steps (their prompts) together in one forward of
+        their own, in the slots after the running requests'; then they run with the others."""
+        ready: list[tuple[BatchRequest, Plan]] = []
+        for req in joining:
+            plan = self._guard(req, lambda req=req: self._first_plan(req))
             if plan is None:  # cancelled before it started
-                return False
-            cache = kv.new_cache(self.target.model)
-            pad = pad_rows(plan.draft, self.min_verify_rows)
-            with torch.inference_mode():
-                logits = kv.forward(self.target.model, plan.uncached + plan.draft + pad, cache,
-                                    plan.rows + len(pad))[: plan.rows]
-            self.stats["prefills"] += 1
-            event = run.apply(plan, logits, lambda keep: kv.crop(cache, keep))
-            self._emit_event(req, event)
-            if run.done:
-                return False
-            with torch.inference_mode():
-                req.slot = len(self.running)
-                self.store.load(req.slot, cache, run.cached)
-            with self._cond:
-                self.running.append(req)
-            return True
+                self._finish(req)
+            elif plan is not False:
+                ready.append((req, plan))
+        if not ready:
+            return
+        base = len(self.running)
+        for i, (req, _) in enumerate(ready):
+            req.slot = base + i
+        self.stats["prefills"] += len(ready)
+        joined = self._step_rows(ready, base)
+        with self._cond:
+            self.running.extend(joined)  # slots base.. in order; failed ones leave holes for _compact
 
-        joined = self._guard(req, first)
-        if joined is False and not req.ended:
-            self._finish(req)
+    def _first_plan(self, req: BatchRequest) -> Plan | None:
+        if not isinstance(req.drafter, Drafter):
+            req.drafter = req.drafter()
+        assert isinstance(req.drafter, Drafter)
+        prompt_ids, params, top_n = check_request(self.target, req.drafter, req.prompt_ids, req.params,
+                                                  req.top_logprobs)
+        run = SpeculativeRun(self.target, req.drafter, prompt_ids, params, top_n=top_n,
+                             draft_length=DraftLength(maximum=int(getattr(req.drafter, "max_draft", 12))),
+                             min_verify_rows=self.min_verify_rows, on_step=req.on_step,
+                             should_stop=req.should_stop)
+        req.run = run
+        run.start()
+        return run.plan()
 
     def _compact(self) -> None:
         """Move running requests into slots 0..B-1 (in order) after some left."""
@@ -469,10 +469,3 @@ def _safe_emit(req: BatchRequest, kind: str, value: Any) -> None:
 def _cache_kwarg(model: Any) -> str:
     return kv._cache_kwarg(type(model))
 
-
-def _layer_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer of a DynamicCache, each [1, kv_heads, length, head_dim]."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # older transformers
