@@ -132,6 +132,8 @@ def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
                         "--max-queue", str(max(args.clients_list) + 8)]
     if args.no_batching:
         extra.append("--no-batching")
+    if args.max_batch_rows is not None:
+        extra += ["--max-batch-rows", str(args.max_batch_rows)]
     if args.threads:
         extra += ["--threads", str(args.threads)]
     draft = None
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=8, help="the server's batch size (running requests)")
     parser.add_argument("--no-batching", action="store_true", help="serve with --no-batching (one thread per request)")
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
+    parser.add_argument("--max-batch-rows", type=int, default=None, help="the server's --max-batch-rows")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
     args.clients_list = [int(c) for c in args.clients.split(",")]

@@ -58,7 +58,7 @@ Emit = Callable[[str, Any], None]
 
 DEFAULT_MAX_BATCH = 8
 #: the server's bound on a batched forward's rows (drafts shrink as more requests run; see BatchScheduler)
-DEFAULT_MAX_ROWS = 32
+DEFAULT_MAX_ROWS = 8
 
 
 @dataclass

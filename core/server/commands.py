@@ -27,7 +27,7 @@ log = logging.getLogger("specguard.server")
                    "request. Other engines always run one thread per request.")
 @click.option("--max-batch-rows", type=click.IntRange(0, 1 << 16), default=None,
               help="With batching: cap a batched forward's rows by shortening drafts as more requests run "
-                   "(default 32; 0 = no cap). Outputs never change, only speed.")
+                   "(default 8; 0 = no cap). Outputs never change, only speed.")
 @click.option("--max-queue", type=click.IntRange(0, 10_000), default=8, show_default=True,
               help="Requests allowed to wait for a slot; more get HTTP 429.")
 @click.option("--default-max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
