@@ -1,12 +1,15 @@
 """A serving node: the target model, its drafter configuration, identity key, receipts and limits.
 
-One `Node` backs one `specguard serve` process. Each request gets its own engine and drafter
-(`Node.make_engine()`), because engines and drafters keep per-request state and are not
-thread-safe. Generation runs in worker threads; `ConcurrencyLimiter` bounds how many run at
-once (`max_concurrency`, default 1) and how many may wait (`max_queue`); beyond that the
-server answers 429. With max_concurrency > 1 several threads run forward passes of the same
-torch model at once, each with its own KV cache; torch inference is safe for that, but the
-threads share the CPU cores, so throughput rarely improves on a small machine.
+One `Node` backs one `specguard serve` process. Each request gets its own drafter (and, outside
+batching, its own engine: `Node.make_engine()`), because engines and drafters keep per-request
+state and are not thread-safe. `ConcurrencyLimiter` bounds how many requests generate at once
+(`max_concurrency`) and how many may wait (`max_queue`); beyond that the server answers 429.
+
+With the built-in engine (`engine_name="specguard"`) and `batching=True` (the default), the
+running requests share one `BatchScheduler` (specguard.engine.batching): one thread owns the
+target model and runs one batched forward per iteration over every running request
+(`max_concurrency` is the batch size, default 8 from the CLI). Other engines, or
+`batching=False`, run each request's engine in its own worker thread (default 1 at a time).
 
 `Node` implements `specguard.context.NodeContext`, the typed view hooks receive: `model`,
 `policy`, `home`, `node_key`, `public_key_bytes`, `key_id`, `role`, `served_model_name`,
@@ -170,7 +173,7 @@ class Node:
         drafter_options: dict[str, Any] | None = None,
         policy: Any = None,
         home: Path | None = None,
-        max_concurrency: int = 1,
+        max_concurrency: int | None = 1,
         max_queue: int = 8,
         role: str = "serve",
         verifiers: list[str] | tuple[str, ...] = (),
@@ -184,6 +187,8 @@ class Node:
         receipts: Any = None,
         responses: ResponseStore | None = None,
         max_prompt_chars: int | None = None,
+        batching: bool = True,
+        max_batch_rows: int | None = None,
     ) -> None:
         from .attest.receipts import ReceiptIssuer
         from .engine.factory import make_drafter, make_engine
@@ -227,7 +232,19 @@ class Node:
                              got=max_prompt_chars)
         self.max_prompt_chars = max_prompt_chars or max(4096, 16 * self.max_context)
         self.metrics = ServerMetrics()
-        self.limiter = ConcurrencyLimiter(max_concurrency, max_queue, self.metrics)
+        #: the continuous-batching scheduler of the built-in engine (None: one thread per request)
+        self.scheduler: Any = None
+        if batching and engine_name in ("specguard", "builtin"):
+            from .engine.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROWS, BatchScheduler
+
+            max_concurrency = DEFAULT_MAX_BATCH if max_concurrency is None else max_concurrency
+            if max_concurrency < 1:
+                raise UsageError("max concurrency must be at least 1", field="--max-concurrency", got=max_concurrency)
+            rows = DEFAULT_MAX_ROWS if max_batch_rows is None else max_batch_rows
+            if rows < 0:
+                raise UsageError("max batch rows must be 0 (no cap) or positive", field="--max-batch-rows", got=rows)
+            self.scheduler = BatchScheduler(model, max_batch=max_concurrency, max_rows=rows or None)
+        self.limiter = ConcurrencyLimiter(1 if max_concurrency is None else max_concurrency, max_queue, self.metrics)
         # build one drafter now so a bad drafter name or option fails at start, not per request
         probe = make_drafter(drafter, model, self.drafter_options)
         self.drafter_trusted = bool(probe.trusted)
@@ -250,12 +267,17 @@ class Node:
         merged.setdefault("policy", self.policy)
         return merged
 
+    def make_drafter(self) -> Any:
+        """A fresh drafter for one request."""
+        from .engine.factory import make_drafter
+
+        return make_drafter(self.drafter_name, self.model, self.drafter_options)
+
     def make_engine(self) -> Engine:
         """A fresh engine with a fresh drafter for one request."""
-        from .engine.factory import make_drafter, make_engine
+        from .engine.factory import make_engine
 
-        drafter = make_drafter(self.drafter_name, self.model, self.drafter_options)
-        return make_engine(self.model, drafter, self.engine_name, self.engine_options)
+        return make_engine(self.model, self.make_drafter(), self.engine_name, self.engine_options)
 
     @property
     def hold_streams(self) -> bool:
@@ -281,9 +303,12 @@ class Node:
             "log_origin": getattr(self.receipts, "origin", None),
             "max_concurrency": self.limiter.max_concurrency,
             "max_queue": self.limiter.max_queue,
+            "batching": self.scheduler is not None,
         }
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.receipts is not None and hasattr(self.receipts, "close"):
             self.receipts.close()
 

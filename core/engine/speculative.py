@@ -21,6 +21,7 @@ is available for trusted local drafters only and is not re-derivable.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,8 @@ from .records import token_records
 from .stops import cut_at_stop_token, cut_text, stop_string_cut
 
 __all__ = [
-    "MAX_TOP_LOGPROBS", "MIN_VERIFY_ROWS", "DraftLength", "SpeculativeEngine", "StepEvent", "pad_rows",
-    "validate_proposal",
+    "MAX_TOP_LOGPROBS", "MIN_VERIFY_ROWS", "DraftLength", "Plan", "SpeculativeEngine", "SpeculativeRun", "StepEvent",
+    "check_request", "pad_rows", "validate_proposal",
 ]
 
 #: Verification forwards with a draft use at least this many rows (see pad_rows).
@@ -78,6 +79,209 @@ def pad_rows(draft: list[int], min_rows: int) -> list[int]:
     if not draft or len(draft) + 1 >= min_rows:
         return []
     return [draft[-1]] * (min_rows - len(draft) - 1)
+
+
+def check_request(
+    target: LoadedModel, drafter: Drafter, prompt_ids: list[int], params: SamplingParams, top_n: int
+) -> tuple[list[int], SamplingParams, int]:
+    """The checked prompt, the parameters to record (seed drawn if needed) and top_logprobs.
+
+    Raises RequestError naming the field; shared by `SpeculativeEngine` and the batch scheduler.
+    """
+    top_n = check_top_logprobs(top_n)
+    prompt_ids = check_prompt(prompt_ids, target)
+    params = with_seed(params)
+    check_mode(params, drafter)
+    return prompt_ids, params, top_n
+
+
+@dataclass
+class Plan:
+    """What one request needs from the next target forward: the uncached tokens plus its draft.
+
+    The forward must return `len(draft) + 1` logits rows: the next-token logits after the last
+    uncached token and after each draft token.
+    """
+
+    uncached: list[int]
+    draft: list[int]
+    q: Any
+    rejected: str | None
+    draft_seconds: float
+    verify_start: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.draft) + 1
+
+
+class SpeculativeRun:
+    """One request's decoding state: everything a verification step does except the forward pass.
+
+    `SpeculativeEngine.stream` and the batch scheduler (`specguard.engine.batching`) drive the
+    same object, so a request's drafts, acceptance, stops, records and transcript follow one code
+    path whether its forward passes run alone or batched with other requests':
+
+        run.start()
+        while (plan := run.plan()) is not None:        # None once finished (stop/length/cancelled)
+            logits = <target forward over plan.uncached + plan.draft, plan.rows rows>
+            event = run.apply(plan, logits, crop)       # crop(n): roll the KV cache back to n tokens
+        run.close(); transcript = run.transcript()
+
+    The request must already be checked (`check_request`).
+    """
+
+    def __init__(
+        self,
+        target: LoadedModel,
+        drafter: Drafter,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        top_n: int,
+        draft_length: DraftLength,
+        min_verify_rows: int = MIN_VERIFY_ROWS,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        engine_name: str = "specguard",
+    ) -> None:
+        self.target = target
+        self.engine_name = engine_name
+        self.drafter = drafter
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.top_n = top_n
+        self.draft_length = draft_length
+        self.min_verify_rows = min_verify_rows
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.spec_sampling = uses_speculative_sampling(params)
+        self.rng = np.random.Generator(np.random.Philox(key=params.seed or 0)) if self.spec_sampling else None
+        self.tokens = list(prompt_ids)  # prompt + output so far
+        self.cached = 0  # how many of `tokens` the KV cache holds
+        self.output: list[int] = []
+        self.records: list[TokenRecord] = []
+        self.steps: list[Step] = []
+        self.eos = params.stop_token_ids(target.eos_token_ids)
+        self.budget = min(params.max_tokens, target.max_context - len(prompt_ids))
+        self.finish = "length"
+        self.started = 0.0
+        self.ended = 0.0
+        self.first_token_at = 0.0
+        self._open = False
+
+    def start(self) -> None:
+        """Start the clock and the drafter (call once, before the first `plan`)."""
+        self.started = time.perf_counter()
+        self.drafter.start(self.prompt_ids, self.params)
+        self._open = True
+
+    @property
+    def done(self) -> bool:
+        return self.finish == "stop" or self.finish == "cancelled" or len(self.output) >= self.budget
+
+    def plan(self, max_draft: int | None = None) -> Plan | None:
+        """Ask the drafter for the next draft; None when generation has ended.
+
+        Polls `should_stop` (a True answer ends the request as "cancelled"). `max_draft` caps this
+        step's draft (the batch scheduler bounds the rows of a shared forward); drafts never change
+        the output, only how many steps it takes.
+        """
+        if self.finish in ("stop", "cancelled") or len(self.output) >= self.budget:
+            return None
+        if self.should_stop is not None and self.should_stop():
+            self.finish = "cancelled"
+            return None
+        k = self._draft_budget(self.budget - len(self.output))
+        if max_draft is not None:
+            k = max(0, min(k, max_draft))
+        t0 = time.perf_counter()
+        draft, q, rejected = ask_drafter(self.drafter, self.tokens, k, self.target.vocab_size, self.spec_sampling)
+        t1 = time.perf_counter()
+        return Plan(uncached=self.tokens[self.cached:], draft=draft, q=q, rejected=rejected,
+                    draft_seconds=t1 - t0, verify_start=t1)
+
+    def apply(self, plan: Plan, logits: torch.Tensor, crop: Callable[[int], None]) -> StepEvent:
+        """Decide the step from the target's `plan.rows` logits rows; `crop(n)` rolls the cache back to n."""
+        output, params = self.output, self.params
+        outcome = verify_step(logits, plan.draft, params, start=len(output), draft_probs=plan.q, rng=self.rng)
+        emitted, hit_stop = cut_at_stop_token(outcome.emitted, self.eos)
+        if hit_stop:
+            self.finish = "stop"
+        emitted = emitted[: self.budget - len(output)]
+        accepted = min(outcome.accepted, len(emitted))
+        # roll the cache back to the accepted prefix; the last emitted token is fed next step
+        self.tokens.extend(emitted)
+        self.cached = len(self.tokens) - 1
+        crop(self.cached)
+        t2 = time.perf_counter()
+
+        new_records = token_records(logits, emitted, outcome.margins, start=len(output), top_n=self.top_n)
+        output.extend(emitted)
+        self.records.extend(new_records)
+        if not self.first_token_at:
+            self.first_token_at = time.perf_counter() - self.started
+        step = Step(
+            index=len(self.steps), drafter=self.drafter.name, drafted=plan.draft, accepted=accepted,
+            emitted=list(emitted), rejected_proposal=plan.rejected, draft_seconds=plan.draft_seconds,
+            verify_seconds=t2 - plan.verify_start,
+        )
+        self.steps.append(step)
+        self.drafter.observe(len(plan.draft), accepted)
+        self.draft_length.update(len(plan.draft), accepted)
+        if self.on_step is not None:
+            self.on_step(step)
+        stop_at = stop_string_cut(self.target.decode, output, params.stop)
+        if stop_at is not None:
+            cut = len(output) - stop_at
+            del output[stop_at:]
+            del self.records[stop_at:]
+            new_records = new_records[: max(0, len(new_records) - cut)]
+            self.finish = "stop"
+        return StepEvent(step=step, tokens=new_records)
+
+    def close(self) -> None:
+        """Finish the drafter (once) and stop the clock."""
+        if self._open:
+            self._open = False
+            try:
+                self.drafter.finish()
+            finally:
+                self.ended = time.perf_counter()
+
+    def transcript(self) -> Transcript:
+        """The request's transcript (after `close`)."""
+        output, params = self.output, self.params
+        text = self.target.decode(output)
+        if params.stop and self.finish == "stop":
+            text = cut_text(text, params.stop)
+        end = self.ended or time.perf_counter()
+        return Transcript(
+            model_name=self.target.name,
+            model_digest=self.target.digest,
+            tokenizer_digest=self.target.tokenizer_digest,
+            prompt_ids=self.prompt_ids,
+            output_ids=output,
+            tokens=self.records,
+            steps=self.steps,
+            params=params,
+            finish_reason=self.finish,
+            drafter=self.drafter.name,
+            drafter_trusted=self.drafter.trusted,
+            engine=self.engine_name,
+            engine_version=__version__,
+            model_file_digest=model_file_digest(self.target),
+            text=text,
+            seconds=end - self.started,
+            first_token_seconds=self.first_token_at,
+        )
+
+    def _draft_budget(self, remaining: int) -> int:
+        """How many tokens to ask the drafter for, leaving room for the target's own token."""
+        k = self.draft_length.k
+        if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
+            k = max(k, self.min_verify_rows - 1)
+        return max(0, min(k, remaining - 1))
 
 
 class SpeculativeEngine:
@@ -135,71 +339,18 @@ class SpeculativeEngine:
     ) -> EngineStream:
         """Yield a StepEvent per verification step; return the Transcript."""
         prompt_ids, params, top_n = self._check_request(prompt_ids, params, top_logprobs)
-        spec_sampling = uses_speculative_sampling(params)
-        rng = np.random.Generator(np.random.Philox(key=params.seed or 0)) if spec_sampling else None
-
+        run = SpeculativeRun(self.target, self.drafter, prompt_ids, params, top_n=top_n,
+                             draft_length=self.draft_length, min_verify_rows=self.min_verify_rows,
+                             on_step=on_step, should_stop=should_stop, engine_name=self.name)
         cache = kv.new_cache(self.target.model)
-        tokens = list(prompt_ids)  # prompt + output so far
-        cached = 0  # how many of `tokens` the KV cache holds
-        output: list[int] = []
-        records: list[TokenRecord] = []
-        steps: list[Step] = []
-        eos = params.stop_token_ids(self.target.eos_token_ids)
-        budget = min(params.max_tokens, self.target.max_context - len(prompt_ids))
-        finish = "length"
-        start = time.perf_counter()
-        first_token_at = 0.0
-        self.drafter.start(prompt_ids, params)
+        run.start()
         try:
-            while len(output) < budget:
-                if should_stop is not None and should_stop():
-                    finish = "cancelled"
-                    break
-                k = self._draft_budget(budget - len(output))
-                t0 = time.perf_counter()
-                draft, q, rejected = ask_drafter(self.drafter, tokens, k, self.target.vocab_size, spec_sampling)
-                t1 = time.perf_counter()
-                logits = self._verify_forward(cache, tokens[cached:], draft)
-                outcome = verify_step(logits, draft, params, start=len(output), draft_probs=q, rng=rng)
-                emitted, hit_stop = cut_at_stop_token(outcome.emitted, eos)
-                if hit_stop:
-                    finish = "stop"
-                emitted = emitted[: budget - len(output)]
-                accepted = min(outcome.accepted, len(emitted))
-                # roll the cache back to the accepted prefix; the last emitted token is fed next step
-                tokens.extend(emitted)
-                cached = len(tokens) - 1
-                kv.crop(cache, cached)
-                t2 = time.perf_counter()
-
-                new_records = token_records(logits, emitted, outcome.margins, start=len(output), top_n=top_n)
-                output.extend(emitted)
-                records.extend(new_records)
-                if not first_token_at:
-                    first_token_at = time.perf_counter() - start
-                step = Step(
-                    index=len(steps), drafter=self.drafter.name, drafted=draft, accepted=accepted, emitted=list(emitted),
-                    rejected_proposal=rejected, draft_seconds=t1 - t0, verify_seconds=t2 - t1,
-                )
-                steps.append(step)
-                self.drafter.observe(len(draft), accepted)
-                self.draft_length.update(len(draft), accepted)
-                if on_step is not None:
-                    on_step(step)
-                stop_at = stop_string_cut(self.target.decode, output, params.stop)
-                if stop_at is not None:
-                    cut = len(output) - stop_at
-                    del output[stop_at:]
-                    del records[stop_at:]
-                    new_records = new_records[: max(0, len(new_records) - cut)]
-                    finish = "stop"
-                yield StepEvent(step=step, tokens=new_records)
-                if finish == "stop":
-                    break
+            while (plan := run.plan()) is not None:
+                logits = self._verify_forward(cache, plan.uncached, plan.draft)
+                yield run.apply(plan, logits, lambda keep: kv.crop(cache, keep))
         finally:
-            self.drafter.finish()
-        return self._transcript(prompt_ids, output, records, steps, params, finish,
-                                seconds=time.perf_counter() - start, first_token_seconds=first_token_at)
+            run.close()
+        return run.transcript()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -207,18 +358,8 @@ class SpeculativeEngine:
         self, prompt_ids: list[int], params: SamplingParams, top_logprobs: int | None
     ) -> tuple[list[int], SamplingParams, int]:
         """The checked prompt, the parameters to record (seed drawn if needed) and top_logprobs."""
-        top_n = check_top_logprobs(self.top_logprobs if top_logprobs is None else top_logprobs)
-        prompt_ids = check_prompt(prompt_ids, self.target)
-        params = with_seed(params)
-        check_mode(params, self.drafter)
-        return prompt_ids, params, top_n
-
-    def _draft_budget(self, remaining: int) -> int:
-        """How many tokens to ask the drafter for, leaving room for the target's own token."""
-        k = self.draft_length.k
-        if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
-            k = max(k, self.min_verify_rows - 1)
-        return max(0, min(k, remaining - 1))
+        top_n = self.top_logprobs if top_logprobs is None else top_logprobs
+        return check_request(self.target, self.drafter, prompt_ids, params, top_n)
 
     def _verify_forward(self, cache: Any, uncached: list[int], draft: list[int]) -> torch.Tensor:
         """One target forward over the uncached tokens plus the draft: len(draft)+1 logits rows."""
@@ -226,30 +367,3 @@ class SpeculativeEngine:
         pad = pad_rows(draft, self.min_verify_rows)
         with torch.inference_mode():
             return kv.forward(self.target.model, uncached + draft + pad, cache, n_rows + len(pad))[:n_rows]
-
-    def _transcript(
-        self, prompt_ids: list[int], output: list[int], records: list[TokenRecord], steps: list[Step],
-        params: SamplingParams, finish: str, *, seconds: float, first_token_seconds: float,
-    ) -> Transcript:
-        text = self.target.decode(output)
-        if params.stop and finish == "stop":
-            text = cut_text(text, params.stop)
-        return Transcript(
-            model_name=self.target.name,
-            model_digest=self.target.digest,
-            tokenizer_digest=self.target.tokenizer_digest,
-            prompt_ids=prompt_ids,
-            output_ids=output,
-            tokens=records,
-            steps=steps,
-            params=params,
-            finish_reason=finish,
-            drafter=self.drafter.name,
-            drafter_trusted=self.drafter.trusted,
-            engine=self.name,
-            engine_version=self.capabilities.version,
-            model_file_digest=model_file_digest(self.target),
-            text=text,
-            seconds=seconds,
-            first_token_seconds=first_token_seconds,
-        )

@@ -22,8 +22,14 @@ log = logging.getLogger("specguard.server")
 @click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
 @click.option("--policy", "policy_ref", default="dev", show_default=True, help="Policy preset (dev, strict) or TOML path.")
-@click.option("--max-concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Requests generating at once (each in its own thread).")
+@click.option("--max-concurrency", type=click.IntRange(1, 64), default=None,
+              help="Requests generating at once: the batch size with batching (default 8), else threads (default 1).")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Continuous batching for the built-in engine: one target forward per step over every running "
+                   "request. Other engines always run one thread per request.")
+@click.option("--max-batch-rows", type=click.IntRange(0, 1 << 16), default=None,
+              help="With batching: cap a batched forward's rows by shortening drafts as more requests run "
+                   "(default 8; 0 = no cap). Outputs never change, only speed.")
 @click.option("--max-queue", type=click.IntRange(0, 10_000), default=8, show_default=True,
               help="Requests allowed to wait for a slot; more get HTTP 429.")
 @click.option("--default-max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
@@ -49,8 +55,9 @@ log = logging.getLogger("specguard.server")
               help="With --role verifier: run a Ray Serve pool of verifier replicas sharing one node key "
                    "(specguard[ray]; docs/scaling.md).")
 @server_options
-def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref, max_concurrency,
-                  max_queue, default_max_tokens, max_model_len, role, verifiers, verifier_keys, quorum,
+def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref,
+                  max_concurrency, batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers,
+                  verifier_keys, quorum,
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
@@ -58,7 +65,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         from ..consensus.ray_pool import serve_pool
 
         return serve_pool(model_ref, role=role, host=host, port=port, policy=policy_ref, threads=threads,
-                          max_replicas=max_concurrency, max_queue=max_queue, api_key=api_key,
+                          max_replicas=max_concurrency or 1, max_queue=max_queue, api_key=api_key,
                           api_keys_file=api_keys_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     import torch
 
@@ -77,7 +84,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
-        engine_name=engine, engine_options={"threads": threads},
+        engine_name=engine, engine_options={"threads": threads}, batching=batching, max_batch_rows=max_batch_rows,
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
@@ -88,9 +95,10 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     click.echo(f"  log origin     {info['log_origin']}", err=True)
     click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
     unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
+    mode = "batched" if info["batching"] else "one thread per request"
     click.echo(f"  engine         {engine} ({node.engine_capabilities.version})", err=True)
-    click.echo(f"  drafter        {drafter}{unused}; max concurrency {max_concurrency}, queue {max_queue}; role {role}",
-               err=True)
+    click.echo(f"  drafter        {drafter}{unused}; max concurrency {info['max_concurrency']} ({mode}), "
+               f"queue {max_queue}; role {role}", err=True)
     click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
                else "  auth           none (every route open)", err=True)
     if node.policy.insecure:

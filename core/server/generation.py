@@ -1,11 +1,13 @@
 """One request's path through the node: validate -> generate in a worker thread -> seal and receipt.
 
 `prepare` turns a parsed request into prompt ids and SamplingParams, refusing (RequestError,
-HTTP 4xx) anything the model cannot do. `GenerationRun` runs the engine in a thread and hands
-its events to the event loop through an asyncio.Queue; the generation slot is released by the
-thread itself when the engine has stopped, so a disconnected client frees its slot exactly when
-the model is free again. `finalize` builds the response body, lets plugins add evidence,
-signs and logs the receipt, and stores the exact body the receipt hashes.
+HTTP 4xx) anything the model cannot do. `GenerationRun` hands the request to the node's batch
+scheduler (built-in engine: one batched forward per iteration over every running request) or runs
+its engine in a thread of its own (other engines), and passes its events to the event loop through
+an asyncio.Queue; the generation slot is released when the request has left the scheduler or the
+engine has stopped, so a disconnected client frees its slot exactly when the model is done with it.
+`finalize` builds the response body, lets plugins add evidence, signs and logs the receipt, and
+stores the exact body the receipt hashes.
 """
 
 from __future__ import annotations
@@ -161,10 +163,11 @@ class ClientGone(Exception):
 
 
 class GenerationRun:
-    """The engine running one request in a worker thread; events arrive on `queue`.
+    """One request generating (batched, or in a worker thread); events arrive on `queue`.
 
     Items are ("event", StepEvent), then ("done", Transcript) or ("error", exception).
-    The caller must have taken a slot from `node.limiter`; the thread releases it.
+    The caller must have taken a slot from `node.limiter`; it is released after the last item.
+    Setting `cancel` stops the request before its next step (finish_reason "cancelled").
     """
 
     def __init__(self, node: Any, prep: Prepared) -> None:
@@ -176,7 +179,35 @@ class GenerationRun:
         self._next_check = time.monotonic() + 0.25
 
     def start(self) -> None:
-        threading.Thread(target=self._work, name=f"specguard-{self.prep.response_id}", daemon=True).start()
+        scheduler = getattr(self.node, "scheduler", None)
+        if scheduler is not None:
+            self._submit(scheduler)
+        else:
+            threading.Thread(target=self._work, name=f"specguard-{self.prep.response_id}", daemon=True).start()
+
+    def _release(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.node.limiter.release)
+        except RuntimeError:
+            pass
+
+    def _on_step(self, step: Any) -> None:
+        pm.hook.on_step(request=self.prep.hook_request, step=step)
+
+    def _submit(self, scheduler: Any) -> None:
+        """Hand the request to the batch scheduler; its items come back through `emit`."""
+        from ..engine.batching import BatchRequest
+
+        def emit(kind: str, value: Any) -> None:
+            self._put((kind, value))
+            if kind in ("done", "error"):
+                self._release()
+
+        prep = self.prep
+        scheduler.start()
+        scheduler.submit(BatchRequest(prep.prompt_ids, prep.params, self.node.make_drafter, emit,
+                                      top_logprobs=prep.top_n, on_step=self._on_step,
+                                      should_stop=self.cancel.is_set))
 
     def _put(self, item: tuple[str, Any]) -> None:
         try:
@@ -188,12 +219,8 @@ class GenerationRun:
         try:
             engine = self.node.make_engine()
             prep = self.prep
-
-            def on_step(step: Any) -> None:
-                pm.hook.on_step(request=prep.hook_request, step=step)
-
-            stream = engine.stream(prep.prompt_ids, prep.params, on_step=on_step, should_stop=self.cancel.is_set,
-                                   top_logprobs=prep.top_n)
+            stream = engine.stream(prep.prompt_ids, prep.params, on_step=self._on_step,
+                                   should_stop=self.cancel.is_set, top_logprobs=prep.top_n)
             while True:
                 try:
                     event = next(stream)
@@ -204,10 +231,7 @@ class GenerationRun:
         except BaseException as exc:  # handed to the request handler, which answers with an error body
             self._put(("error", exc))
         finally:
-            try:
-                self.loop.call_soon_threadsafe(self.node.limiter.release)
-            except RuntimeError:
-                pass
+            self._release()
 
     async def next(self, request: Any = None, poll: float = 0.25) -> tuple[str, Any]:
         """The next item; with `request`, raise ClientGone (and stop the engine) if the client left.
