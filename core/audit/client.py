@@ -113,8 +113,14 @@ class ProviderClient:
 
     def _append(self, record: dict[str, Any]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        with self.log_path.open("a+b") as f:
+            f.seek(0, os.SEEK_END)
+            # a run killed mid-write leaves a cut last line: start on a fresh one, or this record is lost too
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 

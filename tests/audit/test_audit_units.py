@@ -158,6 +158,19 @@ def test_client_retries_honours_retry_after_and_logs_every_attempt(tmp_path, mon
     assert again.chat({"messages": []}) == _answer() and again.stats["reused"] == 1
 
 
+def test_an_answer_logged_after_a_cut_line_survives_the_next_resume(tmp_path):
+    """A run killed mid-write leaves a cut last line; the next answer must not be glued onto it."""
+    log = tmp_path / "raw.jsonl"
+    log.write_text('{"status": 200, "key": "cut-by-kill-9", "bo')  # no newline: the write was interrupted
+    client = ProviderClient("http://provider/v1", "m", log_path=log,
+                            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=_answer())),
+                            sleep=lambda s: None)
+    assert client.chat({"messages": []}) == _answer()
+    again = ProviderClient("http://provider/v1", "m", log_path=log,
+                           transport=httpx.MockTransport(lambda r: pytest.fail("re-queried")), sleep=lambda s: None)
+    assert again.chat({"messages": []}) == _answer() and again.stats["reused"] == 1
+
+
 def test_client_gives_up_cleanly(tmp_path):
     def boom(request):
         raise httpx.ConnectTimeout("timed out")
