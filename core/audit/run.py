@@ -78,7 +78,10 @@ class AuditConfig:
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
-    """Prompt texts from a JSONL file (`prompt`, `text` or first of `turns`), else a built-in set."""
+    """Up to `n` distinct prompt texts from a JSONL file (`prompt`, `text` or first of `turns`), else a built-in set.
+
+    Never repeats a prompt: a repeated greedy prompt is the same evidence twice, and counting it as
+    independent would overstate significance (and could accuse an honest provider)."""
     if not path:
         base = DEFAULT_PROMPTS
     else:
@@ -99,7 +102,11 @@ def load_prompts(path: str | None, n: int) -> list[str]:
                 base.append(text)
     if not base:
         raise AuditUsageError("no prompts", field="prompts", got=path)
-    return [base[i % len(base)] for i in range(n)]
+    distinct = list(dict.fromkeys(base))
+    if n > len(distinct):
+        # a repeated greedy prompt gets the same answer: counted twice it would fake independent evidence
+        log.warning("asked for %d prompts but only %d distinct ones exist: using %d", n, len(distinct), len(distinct))
+    return distinct[:n]
 
 
 def _ask(client: ProviderClient, body: dict[str, Any], offline: bool, budget: Any = None):

@@ -171,6 +171,16 @@ def test_an_answer_logged_after_a_cut_line_survives_the_next_resume(tmp_path):
     assert again.chat({"messages": []}) == _answer() and again.stats["reused"] == 1
 
 
+def test_prompts_are_never_repeated_to_fill_the_budget(tmp_path):
+    """--budget beyond the distinct prompts must not count one answer as several independent samples."""
+    from specguard.audit.run import DEFAULT_PROMPTS, load_prompts
+
+    assert load_prompts(None, 24) == list(DEFAULT_PROMPTS)
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "a"}\n')
+    assert load_prompts(str(f), 5) == ["a", "b"] and load_prompts(str(f), 1) == ["a"]
+
+
 def test_client_gives_up_cleanly(tmp_path):
     def boom(request):
         raise httpx.ConnectTimeout("timed out")
