@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -339,8 +340,9 @@ def sampled_main(args) -> None:
             "overstates both power and false alarms). "
             "`other-model` is a random 4-layer Llama with the same tokenizer (no second checkpoint on this box), so "
             "it is an easy case. A cell is the smallest number of prompts with >= 95% detection "
-            f"(sizes {SAMPLED_SIZES}). Total time {secs:.0f} s. **The box was loaded** (other engineers' jobs, "
-            "load average > 15 on 2 cores): times are not meaningful; counts are.\n"]
+            f"(sizes {SAMPLED_SIZES}). Total time {secs:.0f} s. Load average at the end "
+            f"of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; times depend on the load, "
+            "counts do not.\n"]
     body.append(table(["variant", "seeded-exact: hard mismatches / decisive token"],
                       [[k, f"{v:.2%}"] for k, v in mism.items()]))
     body.append("")

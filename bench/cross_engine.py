@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,8 @@ def write_doc(raw: dict, command: str) -> None:
     body = (
         f"{rep['responses']} Spec-Bench prompts × {raw['max_tokens']} greedy tokens from llama.cpp "
         f"({raw['gguf']}, llama-cpp-python, 1 thread) re-scored by the fp32 torch model ({rep['tokens']} tokens, "
-        f"{raw['seconds']:.0f} s in all). The box was loaded by other jobs; only the distributions matter here.\n\n"
+        f"{raw['seconds']:.0f} s in all; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores). "
+        "Only the distributions matter here, not the time.\n\n"
         + table(["agreement", "disagreements", "gap p50", "gap p90", "gap max", "max per response",
                  "max fraction per response", "max abs Δ logprob (chosen)"],
                 [[rep["agreement"], rep["disagreements"], q["p50"], q["p90"], q["max"],

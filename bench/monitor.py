@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,8 @@ def main() -> None:
         + table(head + ["prompts needed"], rows)
         + "\n\n**Honest variations** (false alarms: any flagged share above 0% is a false alarm)\n\n"
         + table(head, fa_rows)
-        + "\n\nThe box was loaded (other engineers' jobs on 2 cores); counts, not timings, are the result. "
+        + f"\n\nLoad average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        "counts, not timings, are the result. "
         "Calibration under a *nondeterministic* provider is checked on synthetic answers in "
         "tests/audit/test_monitor.py (1500 honest trials at alpha = 5%: 5.1% false alarms).\n"
     )

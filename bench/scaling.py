@@ -131,9 +131,9 @@ def main() -> None:
             "(no start-up). Ray rows: the `--ray` re-scoring stage (`ReferenceScorer` actor pool, reference loaded "
             "once per actor, one CPU and one torch thread per actor); steady = (n - 1) / (last - first scored "
             "prompt), wall includes starting the actors and loading the reference in each. Scores were identical "
-            f"across configurations with the same thread count. **The box was loaded** (load average "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores, other jobs running): "
-            "absolute numbers are noisy; rerun on a quiet machine. On a loaded box a process with more torch threads "
+            f"across configurations with the same thread count. Load average at the end of the run: "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores (above 2 the absolute "
+            "numbers are noisy; rerun on a quiet machine). On a loaded box a process with more torch threads "
             "than free cores slows down sharply (its threads wait on each other), one reason the actors use one "
             "thread each.")
     print(body)
