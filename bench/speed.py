@@ -192,6 +192,8 @@ def main() -> None:
         if base == "llamacpp":
             options = {"n_threads": args.llama_threads}
         pinned = bool(flags and "-pinned" in flags[0])
+        if base == "llamacpp":
+            options["draft_ahead"] = False  # on by default in the drafter: the plain row measures without it
         if flags:
             options.update(draft_ahead=True, ahead_wait="ready" if "-ready" in flags[0] else "all")
             if pinned:

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..attest import dsse
 from ..attest.disclosure import token_records_root
-from ..attest.receipts import parse_statement, response_digest
+from ..attest.receipts import ENGINE_KEY, parse_statement, response_digest
 from ..canonical import json_digest
 from ..errors import ParseError, RequestError, SpecguardError, VerificationError
 from ..keys import NodeKey, key_id_for
@@ -236,6 +236,12 @@ class VerifierService:
         if root != predicate["token_records_root"]:
             out.append(f"token_records_root: transcript token records give {root}, receipt signs "
                        f"{predicate['token_records_root']}")
+        # the engine picks the tolerance: it must be the one the receipt shows the client (receipts from
+        # before the engine field count as the exact built-in engine)
+        engine = predicate.get(ENGINE_KEY)
+        signed_engine = engine["name"] if isinstance(engine, dict) else "specguard"
+        if transcript.engine != signed_engine:
+            out.append(f"engine: the transcript names {transcript.engine!r}, the receipt signs {signed_engine!r}")
         if out:
             return ["transcript is not the one the receipt signs"] + out
         if req.request_digest != predicate["request_digest"]:

@@ -292,16 +292,44 @@ def test_llamacpp_vs_torch_on_the_default_model():
 
 
 def test_verifier_route_refuses_an_unknown_engine_with_422_and_no_vote(tmp_home):
-    """Through the verifier's HTTP route: same receipt, request and body, the transcript naming
-    another engine; without a table for it the answer is a typed 422 error, not a vote."""
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    """Through the verifier's HTTP route: a receipt signed for another engine. Without a table for it
+    the answer is a typed 422 error, not a vote; with one, the vote names the engine's tolerance."""
+    from support.consensus_node import answer, respond
+
+    from specguard.attest.receipts import ReceiptIssuer
+    from specguard.consensus.quorum import new_nonce
+    from specguard.consensus.vote import verify_vote
+
+    model = tiny_model(seed=11, vocab_size=64, layers=2, scale=4.0)
+    issuer = ReceiptIssuer(tmp_home, NodeKey(Ed25519PrivateKey.generate()))
+    try:
+        served = respond(model, issuer, {"model": "tiny", "prompt": [5, 9, 17, 30], "max_tokens": 12,
+                                         "temperature": 0})
+        relabelled = answer(model, issuer, served.request, dataclasses.replace(served.transcript, engine="llamacpp"))
+    finally:
+        issuer.close()
+    table = {"margin": 0.5, "logprob_tolerance": 0.5, "max_near_tie_fraction": 0.2}
+    for engines, expected in (({}, 422), ({"llamacpp": table}, 200)):
+        client, info = _verifier_client(model, engines)
+        assert client.post("/specguard/v1/verify", json=served.verify_body(new_nonce())).status_code == 200
+        resp = client.post("/specguard/v1/verify", json=relabelled.verify_body(new_nonce()))
+        assert resp.status_code == expected, resp.text
+        if expected == 422:
+            assert "engine" in resp.json()["error"]["message"] + str(resp.json()["error"].get("param"))
+        else:
+            vote = verify_vote(resp.json(), [bytes.fromhex(info["public_key"])])
+            assert vote.verdict == ACCEPT and vote.body["stats"]["engine"] == "llamacpp"
+            assert vote.body["stats"]["tolerance_profile"] == "cross-engine"
+
+
+def test_a_transcript_cannot_claim_a_looser_engine_than_its_receipt(tmp_home):
+    """Attack: the receipt shows the client the exact built-in engine, while the transcript sent to the
+    verifiers names llama.cpp to be judged with the cross-engine margin. The verifier rejects."""
     from support.consensus_node import respond
 
     from specguard.attest.receipts import ReceiptIssuer
     from specguard.consensus.quorum import new_nonce
     from specguard.consensus.vote import verify_vote
-    from specguard.plugins import consensus as plugin
 
     model = tiny_model(seed=11, vocab_size=64, layers=2, scale=4.0)
     issuer = ReceiptIssuer(tmp_home, NodeKey(Ed25519PrivateKey.generate()))
@@ -310,22 +338,27 @@ def test_verifier_route_refuses_an_unknown_engine_with_422_and_no_vote(tmp_home)
                                          "temperature": 0})
     finally:
         issuer.close()
-    table = {"margin": 0.5, "logprob_tolerance": 0.5, "max_near_tie_fraction": 0.2}
-    for engines, expected in (({}, 422), ({"llamacpp": table}, 200)):
-        node = dataclasses.make_dataclass("N", ["role", "model", "policy", "signing_key", "node_key", "home"])(
-            "verifier", model, policy({"engines": engines}), Ed25519PrivateKey.generate(), None, Path("."))
-        app = FastAPI()
-        plugin.register_routes(app, node)
-        client = TestClient(app)
-        body = served.verify_body(new_nonce())
-        assert client.post("/specguard/v1/verify", json=body).status_code == 200  # the node's own engine: exact
-        body["transcript"]["engine"] = "llamacpp"
-        resp = client.post("/specguard/v1/verify", json=body)
-        assert resp.status_code == expected, resp.text
-        if expected == 422:
-            assert "engine" in resp.json()["error"]["message"] + str(resp.json()["error"].get("param"))
-        else:
-            info = client.get("/specguard/v1/verifier/key").json()
-            vote = verify_vote(resp.json(), [bytes.fromhex(info["public_key"])])
-            assert vote.verdict == ACCEPT and vote.body["stats"]["engine"] == "llamacpp"
-            assert vote.body["stats"]["tolerance_profile"] == "cross-engine"
+    client, info = _verifier_client(model, {"llamacpp": {"margin": 0.5, "logprob_tolerance": 0.5,
+                                                         "max_near_tie_fraction": 0.2}})
+    body = served.verify_body(new_nonce())
+    body["transcript"]["engine"] = "llamacpp"
+    resp = client.post("/specguard/v1/verify", json=body)
+    assert resp.status_code == 200, resp.text
+    vote = verify_vote(resp.json(), [bytes.fromhex(info["public_key"])])
+    assert vote.verdict == REJECT
+    assert any("engine: the transcript names 'llamacpp', the receipt signs 'specguard'" in r
+               for r in vote.body["reasons"]), vote.body["reasons"]
+
+
+def _verifier_client(model, engines):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from specguard.plugins import consensus as plugin
+
+    node = dataclasses.make_dataclass("N", ["role", "model", "policy", "signing_key", "node_key", "home"])(
+        "verifier", model, policy({"engines": engines}), Ed25519PrivateKey.generate(), None, Path("."))
+    app = FastAPI()
+    plugin.register_routes(app, node)
+    client = TestClient(app)
+    return client, client.get("/specguard/v1/verifier/key").json()

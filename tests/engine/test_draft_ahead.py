@@ -364,6 +364,21 @@ def test_llamacpp_drafter_with_draft_ahead_on_a_wrong_model():
             assert not ahead_threads()
 
 
+def test_llamacpp_drafter_drafts_ahead_by_default_only_with_a_spare_cpu(monkeypatch):
+    from specguard.drafters import llamacpp
+    from specguard.engine.factory import make_drafter
+    from specguard.models import resolve
+
+    target = tiny_model(seed=5, vocab_size=49152)
+    _, gguf = resolve("smollm2-135m")
+    for cpus, ahead in ((1, False), (2, True), (16, True)):
+        monkeypatch.setattr(llamacpp.os, "cpu_count", lambda c=cpus: c)
+        drafter = make_drafter("llamacpp", target, {"gguf": str(gguf)})
+        assert isinstance(drafter, AheadDrafter) is ahead, cpus
+    off = make_drafter("llamacpp", target, {"gguf": str(gguf), "draft_ahead": False})
+    assert not isinstance(off, AheadDrafter)  # the operator's choice wins over the default
+
+
 @pytest.mark.model
 def test_llamacpp_draft_ahead_identical_on_the_default_model(default_model):
     from specguard.engine.factory import make_drafter

@@ -58,7 +58,7 @@ def test_llamacpp_is_installed_and_listed():
 
 
 def test_greedy_output_identical_to_plain_with_long_accepted_drafts(default_model, prompts):
-    drafter = make_drafter("llamacpp", default_model, {})
+    drafter = make_drafter("llamacpp", default_model, {"draft_ahead": False})  # the bare drafter
     assert isinstance(drafter, LlamaCppDrafter) and drafter.trusted is False
     engine = SpeculativeEngine(default_model, drafter)
     assert engine.draft_length.maximum == 32  # the drafter's max_draft, not the engine default
@@ -81,7 +81,7 @@ def test_greedy_output_identical_to_plain_with_long_accepted_drafts(default_mode
 
 
 def test_kv_cache_resyncs_to_the_common_prefix_after_a_rejection(default_model, prompts):
-    drafter = make_drafter("llamacpp", default_model, {})
+    drafter = make_drafter("llamacpp", default_model, {"draft_ahead": False})
     drafter.start(prompts[0], GREEDY)
     try:
         first = drafter.propose(list(prompts[0]), 6).tokens
@@ -141,7 +141,7 @@ def test_context_ids_outside_the_gguf_vocabulary_get_no_draft_instead_of_a_crash
 
     _, gguf = resolve("smollm2-135m")
     target = tiny_model(seed=6, vocab_size=49152 + 64)
-    drafter = make_drafter("llamacpp", target, {"gguf": str(gguf)})
+    drafter = make_drafter("llamacpp", target, {"gguf": str(gguf), "draft_ahead": False})
     drafter.start([1, 2], GREEDY)
     try:
         assert len(drafter.propose([1, 2, 3], 3).tokens) == 3
@@ -156,7 +156,7 @@ def test_sampled_output_identical_and_shared_seed_raises_acceptance(default_mode
     for share in (False, True):
         accepted = drafted = 0
         for prompt in prompts[:2]:
-            drafter = make_drafter("llamacpp", default_model, {"share_seed": share})
+            drafter = make_drafter("llamacpp", default_model, {"share_seed": share, "draft_ahead": False})
             transcript = SpeculativeEngine(default_model, drafter).generate(prompt, SAMPLED)
             assert transcript.output_ids == plain(default_model, prompt, SAMPLED)
             accepted += transcript.metrics()["accepted_tokens"]
