@@ -51,7 +51,7 @@ from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
 from .sampling import choose, decision_scores
-from .stops import cut_at_stop_token, cut_text, stop_string_cut
+from .stops import cut_at_stop_token, cut_text, trim_at_stop_string
 
 __all__ = ["GumbelLogitsProcessor", "LlamaCppEngine", "build", "decide", "token_record"]
 
@@ -236,12 +236,8 @@ class LlamaCppEngine:
                 steps.append(step)
                 if on_step is not None:
                     on_step(step)
-                stop_at = stop_string_cut(self.target.decode, output, params.stop)
-                if stop_at is not None:
-                    cut = len(output) - stop_at
-                    del output[stop_at:]
-                    del records[stop_at:]
-                    new_records = new_records[: max(0, len(new_records) - cut)]
+                new_records, hit = trim_at_stop_string(self.target.decode, output, records, new_records, params.stop)
+                if hit:
                     finish = "stop"
                 yield StepEvent(step=step, tokens=new_records)
                 if finish == "stop":

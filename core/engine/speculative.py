@@ -39,7 +39,7 @@ from .inputs import MAX_TOP_LOGPROBS, check_mode, check_prompt, check_top_logpro
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
 from .proposals import ask_drafter, validate_proposal
 from .records import token_records
-from .stops import cut_at_stop_token, cut_text, stop_string_cut
+from .stops import cut_at_stop_token, cut_text, trim_at_stop_string
 
 __all__ = [
     "MAX_TOP_LOGPROBS", "MIN_VERIFY_ROWS", "DraftLength", "Plan", "SpeculativeEngine", "SpeculativeRun", "StepEvent",
@@ -231,12 +231,8 @@ class SpeculativeRun:
         self.draft_length.update(len(plan.draft), accepted)
         if self.on_step is not None:
             self.on_step(step)
-        stop_at = stop_string_cut(self.target.decode, output, params.stop)
-        if stop_at is not None:
-            cut = len(output) - stop_at
-            del output[stop_at:]
-            del self.records[stop_at:]
-            new_records = new_records[: max(0, len(new_records) - cut)]
+        new_records, hit = trim_at_stop_string(self.target.decode, output, self.records, new_records, params.stop)
+        if hit:
             self.finish = "stop"
         return StepEvent(step=step, tokens=new_records)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 def cut_at_stop_token(emitted: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
@@ -25,6 +26,19 @@ def stop_string_cut(decode: Callable[[list[int]], str], output: list[int], stops
         if any(s in partial for s in stops):
             return n
     return len(output)
+
+
+def trim_at_stop_string(decode: Callable[[list[int]], str], output: list[int], records: list[Any],
+                        step_records: list[Any], stops: tuple[str, ...]) -> tuple[list[Any], bool]:
+    """Cut `output` and `records` (in place) at the first stop string; return what is left of this
+    step's records and whether a stop string was hit (the same rule for every engine)."""
+    stop_at = stop_string_cut(decode, output, stops)
+    if stop_at is None:
+        return step_records, False
+    cut = len(output) - stop_at
+    del output[stop_at:]
+    del records[stop_at:]
+    return step_records[: max(0, len(step_records) - cut)], True
 
 
 def cut_text(text: str, stops: tuple[str, ...]) -> str:

@@ -63,7 +63,7 @@ from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_see
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
 from .records import token_records
 from .sampling import choose, decision_scores
-from .stops import cut_at_stop_token, cut_text, stop_string_cut
+from .stops import cut_at_stop_token, cut_text, trim_at_stop_string
 
 #: Score given to every token but the chosen one: finite, so prompt lookup's candidate screening
 #: (which treats -inf and the dtype minimum as "forbidden") never drops a candidate.
@@ -272,12 +272,8 @@ class TransformersEngine:
                 steps.append(step)
                 if on_step is not None:
                     on_step(step)
-                stop_at = stop_string_cut(self.target.decode, output, params.stop)
-                if stop_at is not None:
-                    cut = len(output) - stop_at
-                    del output[stop_at:]
-                    del records[stop_at:]
-                    new_records = new_records[: max(0, len(new_records) - cut)]
+                new_records, hit = trim_at_stop_string(self.target.decode, output, records, new_records, params.stop)
+                if hit:
                     finish = "stop"
                 if len(output) >= budget and finish != "stop":
                     finish = "length"
