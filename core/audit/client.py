@@ -239,6 +239,19 @@ def _check_token(entry: Any, where: str) -> dict[str, Any]:
     return {"token": token, "bytes": raw, "logprob": _check_logprob(entry.get("logprob"), f"{where}.logprob")}
 
 
+def _first_choice(answer: Any, request: dict[str, Any], kind: str) -> dict[str, Any]:
+    """`choices[0]` of an answer object (as many choices as the request's `n`), or a ProviderFault."""
+    if not isinstance(answer, dict):
+        raise _fault("answer is not an object", "answer", type(answer).__name__, kind)
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not 1 <= len(choices) <= max(1, _bounded_int(request, "n", 1)):
+        raise _fault("answer has no (or too many) choices", "choices", choices, "a list of one choice")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise _fault("choice is not an object", "choices[0]", choice, "an object")
+    return choice
+
+
 def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     """Check a chat-completion answer against the request that asked for it; raise ProviderFault.
 
@@ -247,14 +260,7 @@ def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     max_tokens * 64 characters. Logprobs are read only when they were requested."""
     max_tokens = max(1, _bounded_int(request, "max_tokens", 4096))
     wanted_top = _bounded_int(request, "top_logprobs", 0)
-    if not isinstance(answer, dict):
-        raise _fault("answer is not an object", "answer", type(answer).__name__, "a chat completion object")
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not 1 <= len(choices) <= max(1, _bounded_int(request, "n", 1)):
-        raise _fault("answer has no (or too many) choices", "choices", choices, "a list of one choice")
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        raise _fault("choice is not an object", "choices[0]", choice, "an object")
+    choice = _first_choice(answer, request, "a chat completion object")
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
@@ -304,14 +310,7 @@ def validate_completion(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     token logprob (the first prompt token of an echo) is a fault: the audit never asks for echo."""
     max_tokens = max(1, _bounded_int(request, "max_tokens", 16))
     wanted_top = _bounded_int(request, "logprobs", 0)
-    if not isinstance(answer, dict):
-        raise _fault("answer is not an object", "answer", type(answer).__name__, "a completion object")
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not 1 <= len(choices) <= max(1, _bounded_int(request, "n", 1)):
-        raise _fault("answer has no (or too many) choices", "choices", choices, "a list of one choice")
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        raise _fault("choice is not an object", "choices[0]", choice, "an object")
+    choice = _first_choice(answer, request, "a completion object")
     content = choice.get("text")
     if not isinstance(content, str):
         raise _fault("answer has no text", "choices[0].text", content, "a string")
