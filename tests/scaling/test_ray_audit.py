@@ -31,7 +31,7 @@ def setup(ray_cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("ray-audit")
     ref_dir = make_audit_model_dir(base / "ref", seed=0)
     prompts = base / "prompts.jsonl"
-    # 3 prompts for a budget of 4: the 4th repeats the 1st (one request, reused)
+    # 3 prompts for a budget of 4: prompts are never repeated (a repeat would be counted twice), 3 are asked
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: tell me about topic number {i}."}) + "\n"
                                for i in range(3)))
     ref = load_model(str(ref_dir))
@@ -63,7 +63,8 @@ def test_ray_audit_gives_the_local_report_for_an_honest_provider(setup):
     assert local["verdict"] == "consistent", local["reasons"]
     assert {t["name"] for t in local["tests"]} == {"token_agreement", "logprob"}
     assert on_ray == local  # the whole report: verdict, statistics, per-prompt records, client counts
-    assert local["client"]["attempts"] == 3 and local["client"]["reused"] == 1  # the repeated prompt
+    assert local["client"]["attempts"] == 3 and local["client"]["reused"] == 0  # no prompt is asked twice
+    assert len(local["per_prompt"]) == 3
     assert sorted(r["key"] for r in _raw(setup, "honest-ray")) == sorted(r["key"] for r in _raw(setup, "honest-local"))
 
 
@@ -78,8 +79,8 @@ def test_ray_audit_resumes_a_cut_log_as_the_local_run_text_only_substitute(setup
         (part / "raw.jsonl").write_text("".join(lines[:2]) + lines[2][:40])
         resumed = run_audit_ray(cfg, part, setup["options"], reference=setup["ref"])
     assert local["verdict"] == "substituted", local["reasons"]
-    assert local["client"]["attempts"] == 3 and local["client"]["reused"] == 1
-    assert resumed["client"]["reused"] == 3 and resumed["client"]["attempts"] == 1
+    assert local["client"]["attempts"] == 3 and local["client"]["reused"] == 0
+    assert resumed["client"]["reused"] == 2 and resumed["client"]["attempts"] == 1  # the cut line is asked again
     assert {k: v for k, v in resumed.items() if k != "client"} == {k: v for k, v in local.items() if k != "client"}
     logged = (part / "raw.jsonl").read_text()
     assert logged.startswith("".join(lines[:2])) and logged.count('"status": 200') == 3  # appended, as run_audit does
