@@ -252,6 +252,17 @@ def _first_choice(answer: Any, request: dict[str, Any], kind: str) -> dict[str, 
     return choice
 
 
+def _check_text_and_finish(choice: dict[str, Any], content: str, where: str, max_tokens: int) -> str | None:
+    """The answer text is no longer than max_tokens allows; returns the (short string or null) finish_reason."""
+    if len(content) > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise _fault("answer text is longer than max_tokens allows", where,
+                     f"{len(content)} chars", f"<= {max_tokens * MAX_CHARS_PER_TOKEN} chars")
+    finish = choice.get("finish_reason")
+    if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
+        raise _fault("finish_reason is not a short string", "choices[0].finish_reason", finish, "null or a string")
+    return finish
+
+
 def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     """Check a chat-completion answer against the request that asked for it; raise ProviderFault.
 
@@ -265,12 +276,7 @@ def validate_answer(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise _fault("answer has no message content", "choices[0].message.content", content, "a string")
-    if len(content) > max_tokens * MAX_CHARS_PER_TOKEN:
-        raise _fault("answer text is longer than max_tokens allows", "choices[0].message.content",
-                     f"{len(content)} chars", f"<= {max_tokens * MAX_CHARS_PER_TOKEN} chars")
-    finish = choice.get("finish_reason")
-    if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
-        raise _fault("finish_reason is not a short string", "choices[0].finish_reason", finish, "null or a string")
+    finish = _check_text_and_finish(choice, content, "choices[0].message.content", max_tokens)
     entries: list[dict[str, Any]] | None = None
     lp = choice.get("logprobs")
     if request.get("logprobs") and lp is not None:
@@ -314,12 +320,7 @@ def validate_completion(answer: Any, request: dict[str, Any]) -> ProviderAnswer:
     content = choice.get("text")
     if not isinstance(content, str):
         raise _fault("answer has no text", "choices[0].text", content, "a string")
-    if len(content) > max_tokens * MAX_CHARS_PER_TOKEN:
-        raise _fault("answer text is longer than max_tokens allows", "choices[0].text",
-                     f"{len(content)} chars", f"<= {max_tokens * MAX_CHARS_PER_TOKEN} chars")
-    finish = choice.get("finish_reason")
-    if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
-        raise _fault("finish_reason is not a short string", "choices[0].finish_reason", finish, "null or a string")
+    finish = _check_text_and_finish(choice, content, "choices[0].text", max_tokens)
     lp = choice.get("logprobs")
     if not request.get("logprobs") or lp is None:
         return ProviderAnswer(content, None, finish)
