@@ -50,6 +50,16 @@ def target_gguf(target: LoadedModel) -> Path | None:
     return Path(location) if kind == "gguf" else None
 
 
+def checked_gguf(path: Path | None, target: LoadedModel, who: str, how: str) -> Path:
+    """`path` if it is a GGUF file; else a UsageError saying `who` needs one and `how` to give it."""
+    if path is None:
+        raise UsageError(f"the {who} needs a GGUF of the model: the model was not loaded from one; {how}",
+                         field="gguf", got=target.name)
+    if not path.is_file():
+        raise UsageError("GGUF file not found", field="gguf", got=str(path))
+    return path
+
+
 class LlamaPool:
     """Idle llama.cpp contexts per (path, n_threads, n_ctx, extra); each is lent to one user at a time.
 

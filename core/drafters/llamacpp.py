@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..llamacpp_runtime import INSTALL_HINT, POOL, LlamaPool, llama_cpp_module, target_gguf
+from ..llamacpp_runtime import INSTALL_HINT, POOL, LlamaPool, checked_gguf, llama_cpp_module, target_gguf
 from ..llamacpp_runtime import int_option as _int_option
 from ..models import LoadedModel
 from ..transcript import SamplingParams
@@ -185,14 +185,7 @@ def build(target: LoadedModel, options: dict[str, Any]) -> Drafter:
             path = target_gguf(target)
     else:
         path = Path(str(ref)).expanduser()
-    if path is None:
-        raise UsageError(
-            "the llamacpp drafter needs a GGUF of the target: the target was not loaded from one; "
-            "set the drafter option gguf = PATH (policy [drafter] table)",
-            field="gguf", got=target.name,
-        )
-    if not path.is_file():
-        raise UsageError("GGUF file not found", field="gguf", got=str(path))
+    path = checked_gguf(path, target, "llamacpp drafter", "set the drafter option gguf = PATH (policy [drafter] table)")
     n_threads = _int_option(options, "n_threads", 1, 1, 1024)
     n_ctx = _int_option(options, "n_ctx", min(target.max_context, DEFAULT_MAX_CTX), 16, 1 << 20)
     max_draft = _int_option(options, "max_draft", DEFAULT_MAX_DRAFT, 1, 64)

@@ -45,7 +45,15 @@ import torch
 
 from ..drafters.base import Drafter
 from ..errors import RequestError, UsageError
-from ..llamacpp_runtime import POOL, LlamaPool, file_sha256, int_option, llama_cpp_module, target_gguf
+from ..llamacpp_runtime import (
+    POOL,
+    LlamaPool,
+    checked_gguf,
+    file_sha256,
+    int_option,
+    llama_cpp_module,
+    target_gguf,
+)
 from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
@@ -279,15 +287,8 @@ def build(target: LoadedModel, drafter: Drafter, options: dict[str, Any]) -> Lla
     """The `llamacpp` engine factory: check the package, the GGUF and its vocabulary now."""
     llama_cpp_module("engine")
     ref = options.get("gguf")
-    path = Path(str(ref)).expanduser() if ref is not None else target_gguf(target)
-    if path is None:
-        raise UsageError(
-            "the llamacpp engine needs a GGUF of the model: the model was not loaded from one; "
-            "give --model FILE.gguf (or the engine option gguf = PATH)",
-            field="gguf", got=target.name,
-        )
-    if not path.is_file():
-        raise UsageError("GGUF file not found", field="gguf", got=str(path))
+    path = checked_gguf(Path(str(ref)).expanduser() if ref is not None else target_gguf(target), target,
+                        "llamacpp engine", "give --model FILE.gguf (or the engine option gguf = PATH)")
     engine = LlamaCppEngine(
         target, path,
         threads=int_option(options, "threads", default_threads(), 1, 1024),
