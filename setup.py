@@ -2,7 +2,8 @@
 
 specguard -> core/, specguard.plugins -> plugins/, specguard.attest -> attest/,
 specguard.policies -> policies/. Sub-packages are found by walking each folder, so
-adding a folder with an __init__.py is all a new module needs.
+adding a folder with an __init__.py is all a new module needs; folders that hold only data
+(roots/, presets/, data/) are listed too, so their files ship as package data.
 """
 
 import os
@@ -19,8 +20,8 @@ ROOTS = {
 packages: list[str] = []
 package_dir: dict[str, str] = {}
 for package, folder in ROOTS.items():
-    for root, _dirs, files in os.walk(folder):
-        if "__init__.py" not in files or "__pycache__" in root:
+    for root, _dirs, _files in os.walk(folder):
+        if "__pycache__" in root:
             continue
         rel = os.path.relpath(root, folder)
         name = package if rel == "." else package + "." + rel.replace(os.sep, ".")

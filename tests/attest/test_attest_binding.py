@@ -128,12 +128,12 @@ def test_no_node_no_slot():
 
 def test_attestation_route(no_tee):
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    from support.asgi import app_client
 
     node = make_node()
     app = FastAPI()
     plugin.register_routes(app=app, node=node)
-    client = TestClient(app)
+    client = app_client(app)
     nonce = bytes(range(24))
     r = client.get("/specguard/v1/attestation", params={"nonce": nonce.hex()})
     assert r.status_code == 200

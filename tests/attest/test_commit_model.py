@@ -211,12 +211,12 @@ def test_hooks_through_the_plugin_manager(tmp_path: Path) -> None:
 
 def test_route_serves_published_commitment(tmp_path: Path) -> None:
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    from support.asgi import app_client
 
     app = FastAPI()
     node = make_node(tmp_path)
     plugin.register_routes(app=app, node=node)
-    with TestClient(app) as client:
+    with app_client(app) as client:
         resp = client.get(ROUTE)
         assert resp.status_code == 200
         body = resp.json()
@@ -224,7 +224,7 @@ def test_route_serves_published_commitment(tmp_path: Path) -> None:
         assert "blinding" not in resp.text
     empty = FastAPI()
     plugin.register_routes(app=empty, node=make_node(tmp_path / "n", None))
-    with TestClient(empty) as client:
+    with app_client(empty) as client:
         resp = client.get(ROUTE)
         assert resp.status_code == 404 and resp.json()["error"] == "UsageError"
 

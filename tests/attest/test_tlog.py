@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 
 from specguard.attest import merkle
 from specguard.attest.checkpoint import verify_checkpoint
@@ -202,7 +202,7 @@ def served(tmp_path: Path):
                            key_id=key.key_id, home=tmp_path)
     app = FastAPI()
     plugin.register_routes(app=app, node=node)
-    client = TestClient(app, raise_server_exceptions=False)
+    client = app_client(app, raise_server_exceptions=False)
     yield client, issuer, key
     client.close()
     issuer.close()

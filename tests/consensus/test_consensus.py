@@ -414,14 +414,14 @@ def test_verify_evidence_hook(receipted):
 
 def test_routes_in_process(receipted, model):
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    from support.asgi import app_client
 
     served, _ = receipted
     node = SimpleNamespace(role="verifier", model=model, policy=load_policy("dev"), signing_key=key().private,
                            node_key=None, home=Path("."))
     app = FastAPI()
     plugin.register_routes(app, node)
-    client = TestClient(app)
+    client = app_client(app)
     info = client.get("/specguard/v1/verifier/key").json()
     nonce = new_nonce()
     resp = client.post("/specguard/v1/verify", json=served.verify_body(nonce))

@@ -352,7 +352,7 @@ def test_a_transcript_cannot_claim_a_looser_engine_than_its_receipt(tmp_home):
 
 def _verifier_client(model, engines):
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    from support.asgi import app_client
 
     from specguard.plugins import consensus as plugin
 
@@ -360,5 +360,5 @@ def _verifier_client(model, engines):
         "verifier", model, policy({"engines": engines}), Ed25519PrivateKey.generate(), None, Path("."))
     app = FastAPI()
     plugin.register_routes(app, node)
-    client = TestClient(app)
+    client = app_client(app)
     return client, client.get("/specguard/v1/verifier/key").json()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 from support.paths import ROOT, SUPPORT
 from support.servers import free_port, specguard_cmd, start_process
 from support.tiny import tiny_model
@@ -258,7 +258,7 @@ def test_health_registry_cooldown_expires_and_redacts_credentials():
 def test_draft_server_validates_input_and_bounds_sessions(target):
     now = [0.0]
     app = create_draft_app(target, "ngram", {}, max_sessions=2, idle_seconds=10, clock=lambda: now[0])
-    client = TestClient(app)
+    client = app_client(app)
     sid = client.post("/v1/draft/sessions", json={"prompt_ids": [1, 2, 3, 1, 2], "params": {"seed": 5}}).json()["session"]
     r = client.post(f"/v1/draft/sessions/{sid}/propose", json={"append": [], "rollback_to": 5, "k": 2})
     assert r.status_code == 200 and r.json() == {"tokens": [3, 1]}
@@ -290,14 +290,12 @@ def test_draft_server_validates_input_and_bounds_sessions(target):
         create_draft_app(target, "remote", {})
 
 
-# the drafter passes per-request timeouts, which Starlette's in-process TestClient warns about
-@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 def test_client_recreates_an_evicted_session(target):
     app = create_draft_app(target, "ngram", {}, max_sessions=1)
-    client = TestClient(app)
+    client = app_client(app)
     drafter = remote("http://testserver")
     drafter.start(PROMPTS[0], GREEDY)
-    drafter._client = client  # TestClient is an httpx.Client speaking to the app in-process
+    drafter._client = client  # a plain httpx.Client speaking to the app in-process
     assert drafter.propose(list(PROMPTS[0]), 2).tokens == [4, 5]
     client.post("/v1/draft/sessions", json={"prompt_ids": [9]})  # evicts the drafter's session
     context = PROMPTS[0] + [4, 5]
@@ -379,15 +377,14 @@ def test_fallback_is_asked_for_no_more_than_its_own_max_draft():
 
 
 def test_draft_server_advertises_its_drafters_max_draft(target):
-    client = TestClient(create_draft_app(target, "ngram", {}))
+    client = app_client(create_draft_app(target, "ngram", {}))
     assert client.get("/v1/draft/health").json()["max_draft"] == 12
     created = client.post("/v1/draft/sessions", json={"prompt_ids": [1, 2, 3]}).json()
     assert created["max_draft"] == 12 and isinstance(created["session"], str)
-    ahead = TestClient(create_draft_app(target, "ngram", {"draft_ahead": True}))
+    ahead = app_client(create_draft_app(target, "ngram", {"draft_ahead": True}))
     assert ahead.get("/v1/draft/health").json()["draft_ahead"] is True
 
 
-@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 def test_llamacpp_behind_draft_serve_gets_drafts_of_up_to_32():
     # a random target with SmolLM2's vocabulary; the server drafts with llama.cpp on SmolLM2's GGUF
     from specguard.models import resolve
@@ -395,7 +392,7 @@ def test_llamacpp_behind_draft_serve_gets_drafts_of_up_to_32():
     _, gguf = resolve("smollm2-135m")
     target = tiny_model(seed=5, vocab_size=49152)
     app = create_draft_app(target, "llamacpp", {"gguf": str(gguf), "draft_ahead": True})
-    client = TestClient(app)
+    client = app_client(app)
     assert client.get("/v1/draft/health").json()["max_draft"] == 32
     # loading the GGUF and drafting 32 tokens on a loaded CI box can take seconds: no step timeout here
     drafter = remote("http://testserver", HealthPolicy(timeout_seconds=600, min_steps_before_judging=1000))
@@ -406,7 +403,7 @@ def test_llamacpp_behind_draft_serve_gets_drafts_of_up_to_32():
         assert drafter.remote_max_draft == 32 and drafter.stats["failures"] == 0
     finally:
         drafter.finish()  # deletes the session: the server stops and joins its draft-ahead thread
-    assert TestClient(app).get("/v1/draft/health").json()["sessions"] == 0
+    assert app_client(app).get("/v1/draft/health").json()["sessions"] == 0
     assert not [t for t in threading.enumerate() if t.name == "specguard-draft-ahead"]
 
 

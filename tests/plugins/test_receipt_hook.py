@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 from support.servers import make_tiny_model_dir
 
 from specguard.context import NodeContext
@@ -55,7 +55,7 @@ def test_issue_receipt_hook_gets_the_response_and_a_node_context(node):
     size_before = node.receipts.log.size
     pm.register(OtherIssuer(), name="other-issuer")
     try:
-        with TestClient(create_app(node)) as client:
+        with app_client(create_app(node)) as client:
             body = client.post("/v1/chat/completions", json=CHAT).json()
     finally:
         pm.unregister(name="other-issuer")
@@ -73,7 +73,7 @@ def test_with_the_receipts_plugin_blocked_the_server_serves_and_says_so(node):
     module = importlib.import_module(RECEIPTS)
     pm.set_blocked(RECEIPTS)
     try:
-        with TestClient(create_app(node)) as client:
+        with app_client(create_app(node)) as client:
             health = client.get("/health").json()
             resp = client.post("/v1/chat/completions", json=CHAT)
             log_route = client.get("/specguard/v1/log/checkpoint")
@@ -87,7 +87,7 @@ def test_with_the_receipts_plugin_blocked_the_server_serves_and_says_so(node):
     assert body["specguard"]["receipt_id"] is None and "receipt" not in body["specguard"]
     assert "x-specguard-receipt" not in resp.headers and "response_token" not in body["specguard"]
     assert log_route.status_code == 404  # the log routes belong to the blocked plugin
-    with TestClient(create_app(node)) as client:  # unblocked again: receipts are back
+    with app_client(create_app(node)) as client:  # unblocked again: receipts are back
         assert client.get("/health").json()["receipts"] is True
         assert client.post("/v1/chat/completions", json=CHAT).json()["specguard"]["receipt_id"]
 

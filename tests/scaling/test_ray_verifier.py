@@ -47,7 +47,7 @@ def pool(ray_cluster, tmp_path_factory):
     """The pool (2 replicas, one key) on 127.0.0.1 and the plain verifier with the same key."""
     import torch
     from ray import serve
-    from starlette.testclient import TestClient
+    from support.asgi import app_client
 
     root = tmp_path_factory.mktemp("pool")
     model_dir = make_tiny_model_dir(root / "model", seed=3)
@@ -61,7 +61,7 @@ def pool(ray_cluster, tmp_path_factory):
     serve.run(ray_pool.build_pool(settings, min_replicas=2, max_replicas=2, cpus_per_replica=1),
               name=ray_pool.APP_NAME, route_prefix="/")
     model = load_model(str(model_dir))
-    plain = TestClient(create_app(VerifierNode(model, load_policy("dev"), home)))
+    plain = app_client(create_app(VerifierNode(model, load_policy("dev"), home)))
     issuer = ReceiptIssuer(root / "node", load_or_create_node_key(root / "node"))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, trust_env=False)
     try:

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
+from support.asgi import app_client
 from support.receipt_factory import run_cli, write_json
 from support.servers import make_tiny_model_dir
 
@@ -30,7 +30,7 @@ def served(tmp_path_factory):
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-sdk")
     node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("sdk-home"),
                 served_model_name="tiny", max_model_len=256)
-    with TestClient(create_app(node)) as client:
+    with app_client(create_app(node)) as client:
         yield client, node
     node.close()
 

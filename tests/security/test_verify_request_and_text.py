@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 from support.receipt_factory import run_cli, write_json
 from support.servers import make_tiny_model_dir
 
@@ -35,7 +35,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 def served(tmp_path_factory, tiny_dir):
     node = Node(load_model(str(tiny_dir)), drafter="ngram", home=tmp_path_factory.mktemp("text-home"),
                 served_model_name="tiny", max_model_len=256)
-    with TestClient(create_app(node)) as client:
+    with app_client(create_app(node)) as client:
         yield client, node
     node.close()
 

@@ -1,4 +1,4 @@
-"""The HTTP server in-process (FastAPI TestClient) on a tiny random model with the real tokenizer:
+"""The HTTP server in-process (tests/support/asgi.py app_client) on a tiny random model with the real tokenizer:
 response shapes, receipts, streaming, every kind of bad request, the queue limit, metrics."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 from support.servers import make_tiny_model_dir
 
 from specguard.attest.receipts import verify_receipt
@@ -32,7 +32,7 @@ def node(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(node):
-    with TestClient(create_app(node)) as c:
+    with app_client(create_app(node)) as c:
         yield c
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
+from support.asgi import app_client
 from support.servers import make_tiny_model_dir
 
 from specguard.errors import UsageError
@@ -66,7 +66,7 @@ def test_four_apps_one_error_shape_and_a_streamed_body_limit(model, node, tmp_pa
 
     limits = {"serve": MAX_BODY_BYTES, "verifier": VERIFIER_LIMIT, "draft": DRAFT_LIMIT, "simulate": MAX_BODY_BYTES}
     for name, app, path in _apps(model, node, tmp_path_factory):
-        with TestClient(app) as client:
+        with app_client(app) as client:
             missing = client.get("/no/such/route")
             assert missing.status_code == 404 and set(missing.json()["error"]) == SHAPE, name
             wrong = client.delete(path)
@@ -88,7 +88,7 @@ def test_four_apps_one_error_shape_and_a_streamed_body_limit(model, node, tmp_pa
 def test_three_apps_take_bearer_keys(model, node, tmp_path_factory):
     open_paths = {"serve": "/health", "verifier": "/health", "draft": "/v1/draft/health"}
     for name, app, path in _apps(model, node, tmp_path_factory, api_keys=(KEY,)):
-        with TestClient(app) as client:
+        with app_client(app) as client:
             assert client.get(open_paths[name]).status_code == 200, name
             for headers in ({}, {"Authorization": "Bearer wrong-key-0000000"}):
                 resp = client.post(path, json={}, headers=headers)
@@ -106,7 +106,7 @@ def test_tokenizing_happens_inside_admission(node, monkeypatch):
     original = node.model.encode_chat
     monkeypatch.setattr(node.model, "encode_chat", lambda messages: calls.append(1) or original(messages))
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 2, "temperature": 0}
-    with TestClient(create_app(node)) as client:
+    with app_client(create_app(node)) as client:
         node.limiter.running += 1  # the only slot is busy, the queue (0) is full
         try:
             busy = client.post("/v1/chat/completions", json=body)
@@ -124,7 +124,7 @@ def test_prompt_cap_refuses_before_tokenizing(node, monkeypatch):
     calls = []
     original = node.model.encode
     monkeypatch.setattr(node.model, "encode", lambda text: calls.append(1) or original(text))
-    with TestClient(create_app(node)) as client:
+    with app_client(create_app(node)) as client:
         resp = client.post("/v1/completions", json={"model": "tiny", "prompt": "x" * (node.max_prompt_chars + 1)})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "prompt_too_large"
         chat = client.post("/v1/chat/completions", json={
