@@ -255,7 +255,7 @@ class Node:
         """Drafter options: the policy's [drafter] table, then explicit options; a draft model is loaded once."""
         from .models import load_model
 
-        merged: dict[str, Any] = dict(self.policy.section("drafter"))
+        merged: dict[str, Any] = dict(self.policy.drafter.options)
         merged.update({k: v for k, v in options.items() if v is not None})
         if "url" in merged and "drafter_url" not in merged:
             merged["drafter_url"] = merged["url"]
@@ -284,8 +284,7 @@ class Node:
         """True when a response may still be refused after generation (the policy's
         `[consensus] on_no_quorum` is "withhold" or "fail"): streams are then held back until
         the verdict, so no token leaves before the certificate is in."""
-        section = self.policy.section("consensus") if hasattr(self.policy, "section") else {}
-        return section.get("on_no_quorum") in ("withhold", "fail")
+        return self.policy.consensus.on_no_quorum in ("withhold", "fail")
 
     def describe(self) -> dict[str, Any]:
         """What `specguard serve` prints at start and GET /health returns."""

@@ -173,8 +173,12 @@ def _key_list(value: Any, where: str) -> tuple[bytes, ...]:
 
 
 def consensus_policy(policy: Any) -> ConsensusPolicy:
-    """The [consensus] table of `policy` (None or a policy without the table: all defaults)."""
-    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
+    """The typed [consensus] table of `policy` (`Policy.consensus`, parsed at load); None: all defaults."""
+    return ConsensusPolicy() if policy is None else policy.consensus
+
+
+def parse_consensus(section: dict[str, Any]) -> ConsensusPolicy:
+    """Parse a [consensus] table (once, by `specguard.policies.Policy.consensus`)."""
     unknown = sorted(set(section) - _POLICY_KEYS)
     if unknown:
         raise ConfigError("unknown key(s) in the policy's [consensus] table", field="consensus", got=unknown,

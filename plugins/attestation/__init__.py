@@ -79,7 +79,7 @@ def verify_evidence(slot, value, statement, options):
                                  expected="{type, evidence_digest, simulated: bool}")
     required = options.policy_requires_attestation
     policy_name = getattr(options.policy, "name", None)
-    if required and value["simulated"] and not options.policy_section("attestation").get("allow_simulated"):
+    if required and value["simulated"] and not options.policy_allows_simulated:
         raise AttestationPolicyError(f"policy {policy_name!r} requires attestation, but the receipt's signed "
                                      "attestation slot says the evidence is SIMULATED", field="attestation.simulated",
                                      got=True, expected=False)
