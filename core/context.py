@@ -34,7 +34,7 @@ def consensus_args(args: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class NodeContext:
     """What a hook may read about the node it runs in."""
 
@@ -60,6 +60,9 @@ class NodeContext:
     metrics: ServerMetrics | None = None
     #: the digest of the node's own TEE evidence when known up front (None: ask the node_attestation hook)
     attestation_digest: str | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(role={self.role!r}, key_id={self.key_id!r}, home={str(self.home)!r})"
 
     @property
     def public_key_bytes(self) -> bytes:

@@ -17,14 +17,9 @@ from typing import Any
 from ..context import NodeContext
 from ..errors import SpecguardError
 from ..keys import home_dir
-from ..models import LoadedModel
 
-
-def VerifierNode(model: LoadedModel, policy: Any, home: Path, attestation_digest: str | None = None,  # noqa: N802
-                 allowed_nodes: list[bytes] | None = None) -> NodeContext:
-    """The NodeContext of a verifier-only process (`NodeContext.for_verifier`): it issues no
-    receipts and stores no responses."""
-    return NodeContext.for_verifier(model, policy, home, attestation_digest, allowed_nodes)
+#: a verifier-only process's node: a NodeContext that issues no receipts and stores no responses
+VerifierNode = NodeContext.for_verifier
 
 
 def create_app(node: NodeContext, *, api_keys: Iterable[str] = ()) -> Any:
