@@ -86,3 +86,30 @@ def test_threaded_generator_reports_an_engine_failure_as_one_error_item():
     job = GenerationJob("r1", [1, 2], SamplingParams(), lambda kind, value: items.append((kind, value)))
     ThreadedGenerator(broken_engine)._run(job)  # the body of the job's thread, run here
     assert [k for k, _ in items] == ["error"] and "construction failed" in str(items[0][1])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_node_runs_requests_through_the_generator_it_chose(batching, tmp_path_factory):
+    """Both generators answer a request end to end; /health says which one the node chose."""
+    from support.asgi import app_client
+    from support.servers import make_tiny_model_dir
+
+    from specguard.models import load_model
+    from specguard.node import Node
+    from specguard.server.app import create_app
+
+    tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-generator", context=256)
+    node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("generator-home"),
+                served_model_name="tiny", batching=batching, max_concurrency=2)
+    try:
+        assert isinstance(node, NodeContext)
+        assert isinstance(node.generator, BatchedGenerator if batching else ThreadedGenerator)
+        client = app_client(create_app(node))
+        assert client.get("/health").json()["batching"] is batching
+        resp = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, "temperature": 0,
+                                                         "messages": [{"role": "user", "content": "Hi."}]})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["usage"]["completion_tokens"] >= 1 and body["specguard"]["receipt_id"]
+    finally:
+        node.close()
