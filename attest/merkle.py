@@ -166,15 +166,7 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         raise LogProofError("old tree is larger than the new tree", field="old_size",
                             got=old_size, expected=f"<= {new_size}")
     if old_size == new_size:
-        if proof:
-            raise LogProofError("equal tree sizes need an empty proof", field="proof", got=len(proof),
-                                expected=0)
-        if old_size == 0 and old_root != EMPTY_ROOT:
-            raise LogProofError("root of the empty tree must be SHA-256('')", field="old_root",
-                                got=bytes(old_root).hex(), expected=EMPTY_ROOT.hex())
-        if old_root != new_root:
-            raise LogProofError("equal tree sizes with different roots", field="new_root",
-                                got=bytes(new_root).hex(), expected=bytes(old_root).hex())
+        _check_same_tree(old_size, old_root, new_root, proof)
         return
     if old_size == 0:
         raise LogProofError("a consistency proof from the empty tree proves nothing", field="old_size",
@@ -183,9 +175,33 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     _check_hash("new_root", new_root)
     if not proof:
         raise LogProofError("consistency proof is empty", field="proof", got=0, expected="> 0")
+    fr, sr = _consistency_roots(old_size, new_size, bytes(old_root), proof)
+    if fr != old_root:
+        raise LogProofError("consistency proof does not reproduce the old root", field="old_root",
+                            got=fr.hex(), expected=bytes(old_root).hex())
+    if sr != new_root:
+        raise LogProofError("consistency proof does not reproduce the new root", field="new_root",
+                            got=sr.hex(), expected=bytes(new_root).hex())
+
+
+def _check_same_tree(size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+    """Equal sizes: an empty proof and the same root (the empty tree's root for size 0)."""
+    if proof:
+        raise LogProofError("equal tree sizes need an empty proof", field="proof", got=len(proof), expected=0)
+    if size == 0 and old_root != EMPTY_ROOT:
+        raise LogProofError("root of the empty tree must be SHA-256('')", field="old_root",
+                            got=bytes(old_root).hex(), expected=EMPTY_ROOT.hex())
+    if old_root != new_root:
+        raise LogProofError("equal tree sizes with different roots", field="new_root",
+                            got=bytes(new_root).hex(), expected=bytes(old_root).hex())
+
+
+def _consistency_roots(old_size: int, new_size: int, old_root: bytes,
+                       proof: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The (old, new) roots a non-empty consistency proof reproduces (RFC 9162 §2.1.4.2 steps 1-7)."""
     path = list(proof)
     if old_size & (old_size - 1) == 0:
-        path.insert(0, bytes(old_root))
+        path.insert(0, old_root)
     fn, sn = old_size - 1, new_size - 1
     while fn & 1:
         fn >>= 1
@@ -207,12 +223,7 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         sn >>= 1
     if sn != 0:
         raise LogProofError("consistency proof is too short", field="proof", got=len(proof))
-    if fr != old_root:
-        raise LogProofError("consistency proof does not reproduce the old root", field="old_root",
-                            got=fr.hex(), expected=bytes(old_root).hex())
-    if sr != new_root:
-        raise LogProofError("consistency proof does not reproduce the new root", field="new_root",
-                            got=sr.hex(), expected=bytes(new_root).hex())
+    return fr, sr
 
 
 def _check_index(index: int, size: int) -> None:

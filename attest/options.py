@@ -25,11 +25,16 @@ CONSENSUS_SLOT = "consensus"
 
 @runtime_checkable
 class PolicyLike(Protocol):
-    """What verification reads from a policy (specguard.policies.Policy satisfies it)."""
+    """What verification reads from a policy (specguard.policies.Policy satisfies it): its name and
+    its typed `[attestation]` and `[consensus]` tables."""
 
     name: str
 
-    def section(self, name: str) -> dict[str, Any]: ...
+    @property
+    def attestation(self) -> Any: ...
+
+    @property
+    def consensus(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class VerifyOptions:
         if self.consistency_proof is not None:
             object.__setattr__(self, "consistency_proof", tuple(self.consistency_proof))
         if self.policy is not None and not isinstance(self.policy, PolicyLike):
-            raise UsageError("policy must be a loaded policy (with .name and .section()), not "
+            raise UsageError("policy must be a loaded policy (with .name, .attestation and .consensus), not "
                              f"{type(self.policy).__name__}", field="policy", got=repr(self.policy)[:80])
         if self.model_commitment is not None and not isinstance(self.model_commitment, str):
             raise UsageError("model commitment must be a hex string", field="model_commitment",
@@ -103,18 +108,19 @@ class VerifyOptions:
 
     # -- what the user asked for ----------------------------------------------------------------
 
-    def policy_section(self, name: str) -> dict[str, Any]:
-        return dict(self.policy.section(name)) if self.policy is not None else {}
-
     @property
     def policy_requires_attestation(self) -> bool:
         """A policy whose [attestation] says `required = true`."""
-        return bool(self.policy_section("attestation").get("required", False))
+        return self.policy is not None and bool(self.policy.attestation.required)
+
+    @property
+    def policy_allows_simulated(self) -> bool:
+        """No policy, or one whose [attestation] says `allow_simulated = true`."""
+        return self.policy is None or bool(self.policy.attestation.allow_simulated)
 
     @property
     def policy_quorum(self) -> int:
-        value = self.policy_section("consensus").get("quorum") or 0
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return int(self.policy.consensus.quorum or 0) if self.policy is not None else 0
 
     def required_slots(self) -> dict[str, str]:
         """Evidence slots / attachments that must be present and verified, with the option that asks."""
@@ -125,7 +131,7 @@ class VerifyOptions:
             out[CONSENSUS_SLOT] = "--quorum"
         if self.verifier_evidence:
             out[CONSENSUS_SLOT] = "--verifier-evidence"
-        if self.policy_quorum or self.policy_section("consensus").get("min_attested_verifiers"):
+        if self.policy_quorum or (self.policy is not None and self.policy.consensus.min_attested_verifiers):
             out.setdefault(CONSENSUS_SLOT, f"policy {self.policy.name!r} [consensus]")
         if self.model_commitment:
             out[COMMITMENT_SLOT] = "--model-commitment"

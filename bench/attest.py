@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import table, write_section  # noqa: E402
 

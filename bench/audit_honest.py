@@ -20,9 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _report import table, write_section  # noqa: E402
 
 from specguard.audit import calibrate  # noqa: E402

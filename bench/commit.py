@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import table, write_section  # noqa: E402
 from py_ecc.optimized_bls12_381 import G1, multiply  # noqa: E402

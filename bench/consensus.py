@@ -24,9 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.servers
-
 from _report import table, write_section  # noqa: E402
 
 from specguard.attest.receipts import ReceiptIssuer  # noqa: E402
@@ -102,8 +99,7 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 
 
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
-    from support.consensus_node import build_body
-    from support.servers import free_port, start_process
+    from _servers import completion_body, free_port, start_process
 
     from specguard.server.openai_schema import CompletionRequest, dump_request
 
@@ -124,7 +120,7 @@ def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[o
             # what the server does: the canonical request and the body the receipt signs, sent to the verifiers
             request_obj = dump_request(CompletionRequest.model_validate(
                 {"model": "bench", "prompt": list(ids), "max_tokens": tokens, "temperature": 0, "logprobs": 5}))
-            body = build_body(target, request_obj, t, served_name="bench")
+            body = completion_body(target, request_obj, t, served_name="bench")
             start = time.perf_counter()
             receipt = issuer.issue(t, request_obj, body, {}, policy)
             receipt_s = time.perf_counter() - start

@@ -19,13 +19,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _report import table, write_section  # noqa: E402
 
 from specguard.drafters.health import DrafterHealthRegistry, HealthPolicy  # noqa: E402

@@ -29,13 +29,8 @@ import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests"))
-
 from _report import table, write_section  # noqa: E402
-from support.servers import free_port, specguard_cmd, start_process  # noqa: E402
+from _servers import free_port, specguard_cmd, start_process  # noqa: E402
 
 PROMPTS = [
     "List five facts about the planet Mars, one per line.",

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section  # noqa: E402
 
 from specguard.engine.factory import make_drafter  # noqa: E402

@@ -61,28 +61,37 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, str):
         out.append(_encode_string(value))
     elif isinstance(value, Mapping):
-        keys = list(value.keys())
-        for key in keys:
-            if not isinstance(key, str):
-                raise CanonicalizationError("object keys must be strings", got=repr(key))
-        keys.sort(key=lambda k: k.encode("utf-16-be"))
-        out.append("{")
-        for i, key in enumerate(keys):
-            if i:
-                out.append(",")
-            out.append(_encode_string(key))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
+        _encode_object(value, out)
     elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+        _encode_array(value, out)
     else:
         raise CanonicalizationError("value is not JSON", got=type(value).__name__)
+
+
+def _encode_object(value: Mapping[Any, Any], out: list[str]) -> None:
+    """Members sorted by the UTF-16 code units of their keys (RFC 8785 §3.2.3)."""
+    keys = list(value.keys())
+    for key in keys:
+        if not isinstance(key, str):
+            raise CanonicalizationError("object keys must be strings", got=repr(key))
+    keys.sort(key=lambda k: k.encode("utf-16-be"))
+    out.append("{")
+    for i, key in enumerate(keys):
+        if i:
+            out.append(",")
+        out.append(_encode_string(key))
+        out.append(":")
+        _encode(value[key], out)
+    out.append("}")
+
+
+def _encode_array(value: list[Any] | tuple[Any, ...], out: list[str]) -> None:
+    out.append("[")
+    for i, item in enumerate(value):
+        if i:
+            out.append(",")
+        _encode(item, out)
+    out.append("]")
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}

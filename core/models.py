@@ -28,6 +28,7 @@ from typing import Any
 
 from .canonical import lp, sha256_hex
 from .errors import ModelError
+from .keys import home_dir  # one $SPECGUARD_HOME for keys and models (it expands ~)
 
 log = logging.getLogger("specguard.models")
 
@@ -47,11 +48,6 @@ _CONFIG_IGNORED = frozenset({
 })
 _CACHE_FORMAT = "1"
 _lock = threading.Lock()
-
-
-def home_dir() -> Path:
-    """`$SPECGUARD_HOME`, default `~/.cache/specguard`."""
-    return Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard")
 
 
 def model_cache_dir() -> Path:

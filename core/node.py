@@ -11,10 +11,10 @@ target model and runs one batched forward per iteration over every running reque
 (`max_concurrency` is the batch size, default 8 from the CLI). Other engines, or
 `batching=False`, run each request's engine in its own worker thread (default 1 at a time).
 
-`Node` implements `specguard.context.NodeContext`, the typed view hooks receive: `model`,
-`policy`, `home`, `node_key`, `public_key_bytes`, `key_id`, `role`, `served_model_name`,
-`consensus`, `receipts` (the issuer), `responses` (the store), `metrics`; also `signing_key`,
-`drafter_name`, `drafter_options`. Plugins read them and never attach new attributes.
+`Node` is a `specguard.context.NodeContext` (frozen fields hooks read: `model`, `policy`, `home`,
+`node_key`, `role`, `served_model_name`, `consensus`, `receipts`, `responses`, `metrics`), plus
+what serving needs: `limiter`, `generator` (`specguard.generator`: batched or threaded, chosen
+here once), `drafter_name`, `drafter_options`. Plugins read the context and never attach attributes.
 """
 
 from __future__ import annotations
@@ -32,15 +32,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from .context import ROLES, NodeContext, consensus_args
 from .engine.interface import Engine
 from .errors import ConfigError, UsageError
+from .generator import BatchedGenerator, Generator, ThreadedGenerator
 from .models import LoadedModel
 from .server.errors import QueueFullError
 from .server.metrics import ServerMetrics
 
 log = logging.getLogger("specguard.node")
 
-ROLES = ("serve", "verifier")
+__all__ = ["ROLES", "ConcurrencyLimiter", "Node", "ResponseStore", "build_node"]
 
 
 class ConcurrencyLimiter:
@@ -162,8 +164,10 @@ class ResponseStore:
         return body if isinstance(body, dict) else None
 
 
-class Node:
-    """Everything one serving process needs to answer and receipt requests."""
+class Node(NodeContext):
+    """Everything one serving process needs to answer and receipt requests: a `NodeContext` (what
+    hooks read; those fields are frozen) plus admission (`limiter`), engine and drafter settings
+    and the request `generator`."""
 
     def __init__(
         self,
@@ -204,20 +208,20 @@ class Node:
             raise UsageError("max model length must be at least 2 tokens", field="--max-model-len", got=max_model_len)
         if default_max_tokens < 1:
             raise UsageError("default max tokens must be positive", field="default_max_tokens", got=default_max_tokens)
-        self.model = model
-        self.policy = policy if policy is not None else load_policy("dev")
-        self.home = Path(home) if home is not None else home_dir()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.node_key = load_or_create_node_key(self.home)
-        self.signing_key = self.node_key.private
-        self.public_key_bytes = self.node_key.public_bytes
-        self.key_id = self.node_key.key_id
+        if max_prompt_chars is not None and max_prompt_chars < 1:
+            raise UsageError("max prompt characters must be positive", field="max_prompt_chars",
+                             got=max_prompt_chars)
+        home = Path(home) if home is not None else home_dir()
+        home.mkdir(parents=True, exist_ok=True)
+        node_key = load_or_create_node_key(home)
         # services are built here (or passed in) and handed to plugins through the NodeContext
-        self.receipts = receipts if receipts is not None else ReceiptIssuer(self.home, self.node_key)
-        self.responses = responses if responses is not None else ResponseStore(self.home / "responses")
-        self.role = role
-        self.consensus = {"verifiers": list(verifiers), "quorum": quorum, "verifier_keys": list(verifier_keys)}
-        self.served_model_name = served_model_name or model.name
+        super().__init__(
+            model=model, policy=policy if policy is not None else load_policy("dev"), home=home, node_key=node_key,
+            role=role, served_model_name=served_model_name or model.name,
+            consensus=consensus_args({"verifiers": verifiers, "quorum": quorum, "verifier_keys": verifier_keys}),
+            receipts=receipts if receipts is not None else ReceiptIssuer(home, node_key),
+            responses=responses if responses is not None else ResponseStore(home / "responses"),
+            metrics=ServerMetrics())
         self.drafter_name = drafter
         self.drafter_options = self._drafter_options(drafter_options or {})
         self.engine_name = engine_name
@@ -227,35 +231,36 @@ class Node:
         self.max_context = min(model.max_context, max_model_len or model.max_context)
         #: prompts longer than this (characters of all message contents, or token ids) are refused
         #: before tokenizing: a token is rarely longer than 16 characters, so 16 per context slot
-        if max_prompt_chars is not None and max_prompt_chars < 1:
-            raise UsageError("max prompt characters must be positive", field="max_prompt_chars",
-                             got=max_prompt_chars)
         self.max_prompt_chars = max_prompt_chars or max(4096, 16 * self.max_context)
-        self.metrics = ServerMetrics()
-        #: the continuous-batching scheduler of the built-in engine (None: one thread per request)
-        self.scheduler: Any = None
-        if batching and engine_name in ("specguard", "builtin"):
-            from .engine.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROWS, BatchScheduler
+        batched = batching and engine_name in ("specguard", "builtin")
+        if batched and max_concurrency is None:
+            from .engine.batching import DEFAULT_MAX_BATCH
 
-            max_concurrency = DEFAULT_MAX_BATCH if max_concurrency is None else max_concurrency
-            if max_concurrency < 1:
-                raise UsageError("max concurrency must be at least 1", field="--max-concurrency", got=max_concurrency)
-            rows = DEFAULT_MAX_ROWS if max_batch_rows is None else max_batch_rows
-            if rows < 0:
-                raise UsageError("max batch rows must be 0 (no cap) or positive", field="--max-batch-rows", got=rows)
-            self.scheduler = BatchScheduler(model, max_batch=max_concurrency, max_rows=rows or None)
+            max_concurrency = DEFAULT_MAX_BATCH
         self.limiter = ConcurrencyLimiter(1 if max_concurrency is None else max_concurrency, max_queue, self.metrics)
+        #: how requests run, chosen once: the built-in engine's continuous batching, else a thread per request
+        self.generator: Generator = (self._batched(self.limiter.max_concurrency, max_batch_rows) if batched
+                                     else ThreadedGenerator(self.make_engine))
         # build one drafter now so a bad drafter name or option fails at start, not per request
         probe = make_drafter(drafter, model, self.drafter_options)
         self.drafter_trusted = bool(probe.trusted)
         # and one engine: an unknown engine name (UsageError listing the names) or a bad option fails at start
         self.engine_capabilities = make_engine(model, probe, engine_name, self.engine_options).capabilities
 
+    def _batched(self, max_batch: int, max_batch_rows: int | None) -> Generator:
+        from .engine.batching import DEFAULT_MAX_ROWS, BatchScheduler
+
+        rows = DEFAULT_MAX_ROWS if max_batch_rows is None else max_batch_rows
+        if rows < 0:
+            raise UsageError("max batch rows must be 0 (no cap) or positive", field="--max-batch-rows", got=rows)
+        return BatchedGenerator(BatchScheduler(self.model, max_batch=max_batch, max_rows=rows or None),
+                                self.make_drafter)
+
     def _drafter_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Drafter options: the policy's [drafter] table, then explicit options; a draft model is loaded once."""
         from .models import load_model
 
-        merged: dict[str, Any] = dict(self.policy.section("drafter"))
+        merged: dict[str, Any] = dict(self.policy.drafter.options)
         merged.update({k: v for k, v in options.items() if v is not None})
         if "url" in merged and "drafter_url" not in merged:
             merged["drafter_url"] = merged["url"]
@@ -284,8 +289,7 @@ class Node:
         """True when a response may still be refused after generation (the policy's
         `[consensus] on_no_quorum` is "withhold" or "fail"): streams are then held back until
         the verdict, so no token leaves before the certificate is in."""
-        section = self.policy.section("consensus") if hasattr(self.policy, "section") else {}
-        return section.get("on_no_quorum") in ("withhold", "fail")
+        return self.policy.consensus.on_no_quorum in ("withhold", "fail")
 
     def describe(self) -> dict[str, Any]:
         """What `specguard serve` prints at start and GET /health returns."""
@@ -303,12 +307,11 @@ class Node:
             "log_origin": getattr(self.receipts, "origin", None),
             "max_concurrency": self.limiter.max_concurrency,
             "max_queue": self.limiter.max_queue,
-            "batching": self.scheduler is not None,
+            "batching": self.generator.batching,
         }
 
     def close(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        self.generator.close()
         if self.receipts is not None and hasattr(self.receipts, "close"):
             self.receipts.close()
 

@@ -21,8 +21,7 @@ def allow_simulated(node: Any) -> bool:
     """SIMULATED evidence is produced unless the node's policy requires real attestation."""
     from .attest.tee.validate import section_of
 
-    policy = getattr(node, "policy", None)
-    section = section_of(policy) if policy is not None else None
+    section = section_of(node.policy) if node.policy is not None else None
     return section is None or section.allow_simulated or not section.required
 
 

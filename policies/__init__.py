@@ -1,7 +1,8 @@
 """Policies: what must hold for a response to be acceptable.
 
-A policy is a TOML file. Each integrity layer reads its own table (`[attestation]`,
-`[drafter]`, `[consensus]`, `[receipts]`, `[commitments]`) with `Policy.section()`; the policy's
+A policy is a TOML file. Each table a layer reads is parsed once, at load, into a frozen typed
+object on `Policy`: `policy.attestation`, `policy.consensus`, `policy.drafter` (unknown keys are a
+ConfigError naming the key); no code outside policies/ reads the raw tables. The policy's
 identity in receipts is its name and the SHA-256 of its canonical JSON form.
 
 Presets ship in `policies/presets/`: `dev` (INSECURE: allows simulated TEE evidence, and says

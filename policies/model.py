@@ -16,6 +16,9 @@ from specguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from specguard.attest.tee.policy import AttestationPolicy
+    from specguard.consensus.config import ConsensusPolicy
+
+    from .drafter import DrafterPolicy
 
 log = logging.getLogger("specguard.policy")
 
@@ -24,7 +27,9 @@ PRESET_PACKAGE = "specguard.policies"
 
 @dataclass(frozen=True)
 class Policy:
-    """A parsed policy. Sections are read-only mappings; `[attestation]` is also typed (`attestation`).
+    """A parsed policy. Each table an integrity layer reads is parsed once, at load, into a frozen
+    typed object: `attestation`, `consensus`, `drafter`. Code outside policies/ reads those, never
+    the raw tables (tests/architecture/test_policy_access.py).
 
     `reference_values` (a path) overrides the `[attestation] reference_values` key: the rules and
     their digest stay the same, the reference values are data kept apart from them."""
@@ -44,6 +49,22 @@ class Policy:
         base = None if self.source.startswith(("<", "preset:")) else Path(self.source).parent
         return parse_attestation(self.section("attestation"), base_dir=base, reference_values=self.reference_values)
 
+    @cached_property
+    def consensus(self) -> ConsensusPolicy:
+        """The `[consensus]` table parsed once into a frozen `ConsensusPolicy` (unknown keys and
+        ill-typed values are a ConfigError naming the key; absent: all defaults)."""
+        from specguard.consensus.config import parse_consensus
+
+        return parse_consensus(self.section("consensus"))
+
+    @cached_property
+    def drafter(self) -> DrafterPolicy:
+        """The `[drafter]` table parsed once into a frozen `DrafterPolicy` (remote-drafter health
+        knobs and drafter options; an unknown key is a ConfigError naming it)."""
+        from .drafter import parse_drafter
+
+        return parse_drafter(self.section("drafter"))
+
     def with_reference_values(self, path: str | Path | None) -> Policy:
         """This policy with its attestation reference values taken from `path` (None: unchanged)."""
         if path is None:
@@ -53,7 +74,7 @@ class Policy:
         return policy
 
     def section(self, name: str) -> dict[str, Any]:
-        """The `[name]` table, or {} when absent."""
+        """The raw `[name]` table, or {} when absent (layers read the typed properties instead)."""
         value = self.data.get(name, {})
         if not isinstance(value, dict):
             raise ConfigError(f"policy table [{name}] must be a table", field=name, got=type(value).__name__)
@@ -97,7 +118,7 @@ def policy_from_dict(data: dict[str, Any], name: str | None = None, source: str 
     policy_name = name or str(plain.get("name") or "unnamed")
     digest = "sha256:" + sha256_hex(canonical_json(plain))
     policy = Policy(name=policy_name, data=MappingProxyType(plain), source=source, digest=digest)
-    policy.attestation  # noqa: B018 - parse [attestation] once, at load: unknown keys fail here
+    _ = (policy.attestation, policy.consensus, policy.drafter)  # parse each table once, at load: bad keys fail here
     for reason in policy.insecure_reasons():
         log.warning("INSECURE policy %r: %s", policy_name, reason)
     return policy

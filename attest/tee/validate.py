@@ -49,8 +49,6 @@ def section_of(policy: Any) -> AttestationPolicy:
     typed = getattr(policy, "attestation", None)
     if isinstance(typed, AttestationPolicy):
         return typed
-    if hasattr(policy, "section"):
-        return parse_attestation(policy.section("attestation"))
     if isinstance(policy, Mapping):
         return parse_attestation(policy)
     raise ConfigError("policy must be a Policy or a mapping", field="policy", got=type(policy).__name__)

@@ -173,8 +173,12 @@ def _key_list(value: Any, where: str) -> tuple[bytes, ...]:
 
 
 def consensus_policy(policy: Any) -> ConsensusPolicy:
-    """The [consensus] table of `policy` (None or a policy without the table: all defaults)."""
-    section = policy.section("consensus") if policy is not None and hasattr(policy, "section") else {}
+    """The typed [consensus] table of `policy` (`Policy.consensus`, parsed at load); None: all defaults."""
+    return ConsensusPolicy() if policy is None else policy.consensus
+
+
+def parse_consensus(section: dict[str, Any]) -> ConsensusPolicy:
+    """Parse a [consensus] table (once, by `specguard.policies.Policy.consensus`)."""
     unknown = sorted(set(section) - _POLICY_KEYS)
     if unknown:
         raise ConfigError("unknown key(s) in the policy's [consensus] table", field="consensus", got=unknown,
@@ -259,8 +263,8 @@ def consensus_config(node: Any) -> ConsensusConfig | None:
     The quorum is the command line's, else the policy's, else n - f of the n verifiers; it is
     fixed here and never taken from a certificate.
     """
-    pol = consensus_policy(getattr(node, "policy", None))
-    cons = getattr(node, "consensus", None) or {}
+    pol = consensus_policy(node.policy)
+    cons = node.consensus
     urls: list[str] = []
     keys: list[bytes] = list(pol.verifier_entry_keys) if not cons.get("verifiers") else []
     if cons.get("verifiers"):
@@ -292,11 +296,11 @@ def consensus_config(node: Any) -> ConsensusConfig | None:
 def allowed_nodes(node: Any) -> tuple[bytes, ...] | None:
     """The serving-node keys a verifier accepts receipts from: the command line / environment
     (`node.consensus["allowed_nodes"]`) over the policy's `allowed_nodes`; None = any node."""
-    cons = getattr(node, "consensus", None) or {}
+    cons = node.consensus
     given = cons.get("allowed_nodes")
     if given is not None:
         return tuple(key_value(k, f"allowed_nodes[{i}]") for i, k in enumerate(given))
-    return consensus_policy(getattr(node, "policy", None)).allowed_nodes
+    return consensus_policy(node.policy).allowed_nodes
 
 
 def allowed_nodes_from_env(environ: dict[str, str] | None = None) -> list[bytes] | None:

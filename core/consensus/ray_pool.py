@@ -111,13 +111,12 @@ class VerifierReplica:
 
         home = Path(settings["home"])
         load_pool_key(home, settings["key_id"])  # before any model work: fail fast on a wrong node
-        node = VerifierNode(load_model(settings["model"]), load_policy(settings["policy"]), home)
+        allowed = None if settings["allowed_nodes"] is None else \
+            [key_value(k, f"allowed_nodes[{i}]") for i, k in enumerate(settings["allowed_nodes"])]
+        node = VerifierNode(load_model(settings["model"]), load_policy(settings["policy"]), home, allowed_nodes=allowed)
         if node.key_id != settings["key_id"]:  # the file changed between the two reads
             raise ConfigError("node key changed while the replica started", field="key_id", got=node.key_id,
                               expected=settings["key_id"])
-        if settings["allowed_nodes"] is not None:
-            node.consensus["allowed_nodes"] = [key_value(k, f"allowed_nodes[{i}]")
-                                               for i, k in enumerate(settings["allowed_nodes"])]
         node.model.digest  # compute the digest before serving  # noqa: B018
         self.node = node
         self.api_keys = load_api_keys(None, settings["api_keys_file"], env={}) if settings["api_keys_file"] else ()

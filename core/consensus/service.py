@@ -93,7 +93,7 @@ class VerifyRequest:
 
 def _attestation_digest(node: Any) -> str | None:
     """The digest of the node's own TEE evidence (from the node_attestation hook), or None."""
-    given = getattr(node, "attestation_digest", None)
+    given = node.attestation_digest
     if given is not None:
         return given
     from ..plugin_manager import load_plugins
@@ -117,12 +117,12 @@ class VerifierService:
     @classmethod
     def for_node(cls, node: Any) -> VerifierService:
         """The service for a node (model, signing key, [consensus] policy tolerances and allow-list)."""
-        key = getattr(node, "node_key", None) or NodeKey(node.signing_key)
+        key = node.node_key
         allowed = allowed_nodes(node)
         if allowed is None:
             log.warning("consensus verifier accepts receipts from ANY serving node: set [consensus] allowed_nodes "
                         "(or --allowed-node) to serve only yours")
-        return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(getattr(node, "policy", None)),
+        return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(node.policy),
                    attestation_digest=_attestation_digest(node), allowed_nodes=allowed)
 
     def public_info(self) -> dict[str, Any]:

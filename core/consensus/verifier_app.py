@@ -14,34 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..context import NodeContext
 from ..errors import SpecguardError
-from ..keys import NodeKey, home_dir, load_or_create_node_key
-from ..models import LoadedModel
+from ..keys import home_dir
+
+#: a verifier-only process's node: a NodeContext that issues no receipts and stores no responses
+VerifierNode = NodeContext.for_verifier
 
 
-class VerifierNode:
-    """The NodeContext of a verifier-only process (specguard.context.NodeContext): it issues no
-    receipts and stores no responses."""
-
-    role = "verifier"
-    served_model_name: str | None = None
-    receipts: Any = None
-    responses: Any = None
-    metrics: Any = None
-
-    def __init__(self, model: LoadedModel, policy: Any, home: Path, attestation_digest: str | None = None) -> None:
-        self.model = model
-        self.policy = policy
-        self.home = Path(home)
-        self.node_key: NodeKey = load_or_create_node_key(self.home)
-        self.signing_key = self.node_key.private
-        self.public_key_bytes = self.node_key.public_bytes
-        self.key_id = self.node_key.key_id
-        self.consensus: dict[str, Any] = {"verifiers": [], "quorum": None}
-        self.attestation_digest = attestation_digest
-
-
-def create_app(node: VerifierNode, *, api_keys: Iterable[str] = ()) -> Any:
+def create_app(node: NodeContext, *, api_keys: Iterable[str] = ()) -> Any:
     """A FastAPI app with /health, the consensus verifier routes and the node's attestation route,
     on the common server base (OpenAI error shape, streamed body limit, optional bearer auth)."""
     from ..plugin_manager import load_plugins
@@ -88,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         allowed_nodes_from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = VerifierNode(load_model(args.model), load_policy(args.policy),
-                        Path(args.home) if args.home else home_dir())
-    if allowed is not None:
-        node.consensus["allowed_nodes"] = allowed
+                        Path(args.home) if args.home else home_dir(), allowed_nodes=allowed)
     node.model.digest  # compute the digest before serving  # noqa: B018
     run_uvicorn(create_app(node, api_keys=security.api_keys), args.host, args.port, security)
 

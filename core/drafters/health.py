@@ -54,25 +54,8 @@ class HealthPolicy:
 
     @classmethod
     def from_policy(cls, policy: Any) -> HealthPolicy:
-        """Read the `[drafter]` table of a Policy (None -> defaults); unknown keys are ignored."""
-        if policy is None:
-            return cls()
-        table = policy.section("drafter")
-        kwargs: dict[str, Any] = {}
-        for name, kind in (
-            ("min_acceptance_rate", float),
-            ("min_steps_before_judging", int),
-            ("cooldown_seconds", float),
-            ("timeout_seconds", float),
-            ("max_consecutive_failures", int),
-        ):
-            if name not in table:
-                continue
-            value = table[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-                raise ConfigError("invalid [drafter] policy value", field=f"drafter.{name}", got=value, expected=kind.__name__)
-            kwargs[name] = kind(value)
-        return cls(**kwargs)
+        """The `[drafter]` knobs of a Policy (`Policy.drafter.health`, checked at load); None -> defaults."""
+        return cls() if policy is None else policy.drafter.health
 
 
 def display_url(url: str) -> str:

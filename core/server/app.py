@@ -84,7 +84,7 @@ def create_app(node: Any, *, api_keys: Iterable[str] = (), body_limit: int = MAX
 
         out: dict[str, Any] = {"status": "ok", **node.describe(), "remote_drafters": drafter_health(),
                                "receipts": with_receipts, "auth": auth_enabled,
-                               "hold_streams": bool(getattr(node, "hold_streams", False))}
+                               "hold_streams": bool(node.hold_streams)}
         if not with_receipts:
             out["warnings"] = ["no receipts: no plugin implements issue_receipt (the receipts plugin is not "
                                "loaded), so responses carry no receipt and are not logged"]
@@ -150,7 +150,7 @@ def create_app(node: Any, *, api_keys: Iterable[str] = (), body_limit: int = MAX
         except BaseException:
             node.limiter.release()
             raise
-        if prep.stream and not getattr(node, "hold_streams", False):
+        if prep.stream and not node.hold_streams:
             first = await _first(run, request)
             if first is None:
                 return Response(status_code=499)

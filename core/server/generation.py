@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PluginError, RequestError
+from ..generator import GenerationJob
 from ..plugin_manager import pm
 from ..transcript import SamplingParams, Transcript
 from . import prompting
@@ -78,7 +79,7 @@ def check_prompt_size(node: Any, req: ChatCompletionRequest | CompletionRequest)
     length check, not a tokenizer pass. The limit is `node.max_prompt_chars` characters of all
     message contents together (chat) or of the prompt text, and the context length for token ids.
     """
-    limit = int(getattr(node, "max_prompt_chars", 0) or 0)
+    limit = int(node.max_prompt_chars or 0)
     if isinstance(req, ChatCompletionRequest):
         size = sum(len(m.text()) for m in req.messages)
         field_name, unit = "messages", "characters"
@@ -179,11 +180,16 @@ class GenerationRun:
         self._next_check = time.monotonic() + 0.25
 
     def start(self) -> None:
-        scheduler = getattr(self.node, "scheduler", None)
-        if scheduler is not None:
-            self._submit(scheduler)
-        else:
-            threading.Thread(target=self._work, name=f"specguard-{self.prep.response_id}", daemon=True).start()
+        """Hand the request to the node's generator (batched or threaded, chosen when the node was built)."""
+        prep = self.prep
+        self.node.generator.submit(GenerationJob(prep.response_id, prep.prompt_ids, prep.params, self._emit,
+                                                 top_logprobs=prep.top_n, on_step=self._on_step,
+                                                 should_stop=self.cancel.is_set))
+
+    def _emit(self, kind: str, value: Any) -> None:
+        self._put((kind, value))
+        if kind in ("done", "error"):
+            self._release()
 
     def _release(self) -> None:
         try:
@@ -194,44 +200,11 @@ class GenerationRun:
     def _on_step(self, step: Any) -> None:
         pm.hook.on_step(request=self.prep.hook_request, step=step)
 
-    def _submit(self, scheduler: Any) -> None:
-        """Hand the request to the batch scheduler; its items come back through `emit`."""
-        from ..engine.batching import BatchRequest
-
-        def emit(kind: str, value: Any) -> None:
-            self._put((kind, value))
-            if kind in ("done", "error"):
-                self._release()
-
-        prep = self.prep
-        scheduler.start()
-        scheduler.submit(BatchRequest(prep.prompt_ids, prep.params, self.node.make_drafter, emit,
-                                      top_logprobs=prep.top_n, on_step=self._on_step,
-                                      should_stop=self.cancel.is_set))
-
     def _put(self, item: tuple[str, Any]) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop has closed (server shutting down)
             pass
-
-    def _work(self) -> None:
-        try:
-            engine = self.node.make_engine()
-            prep = self.prep
-            stream = engine.stream(prep.prompt_ids, prep.params, on_step=self._on_step,
-                                   should_stop=self.cancel.is_set, top_logprobs=prep.top_n)
-            while True:
-                try:
-                    event = next(stream)
-                except StopIteration as done:
-                    self._put(("done", done.value))
-                    return
-                self._put(("event", event))
-        except BaseException as exc:  # handed to the request handler, which answers with an error body
-            self._put(("error", exc))
-        finally:
-            self._release()
 
     async def next(self, request: Any = None, poll: float = 0.25) -> tuple[str, Any]:
         """The next item; with `request`, raise ClientGone (and stop the engine) if the client left.
@@ -304,7 +277,7 @@ def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenTe
     specguard: dict[str, Any] = {"prompt_ids": list(transcript.prompt_ids),
                                  "output_ids": list(transcript.output_ids)}
     if not isinstance(receipt, dict):
-        if getattr(node, "hold_streams", False):  # a judge must decide, and judges need a receipt
+        if node.hold_streams:  # a judge must decide, and judges need a receipt
             raise NoReceiptError("this node's policy requires a judged (consensus) response, but no receipt "
                                  "plugin issued a receipt", field="receipt", got=None,
                                  expected="a receipt from the issue_receipt hook")
@@ -323,7 +296,7 @@ def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenTe
                 if key not in ("receipt_id", "receipt", "response_token"):
                     specguard[key] = value
     token = None
-    if getattr(node, "responses", None) is not None:
+    if node.responses is not None:
         token = node.responses.new_token()
         node.responses.put(receipt_id, body, token)
         specguard["response_token"] = token

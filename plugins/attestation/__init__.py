@@ -41,7 +41,7 @@ def register_commands(cli):
 
 @hookimpl
 def node_attestation(node):
-    if getattr(node, "public_key_bytes", None) is None:  # no node key: nothing to bind evidence to
+    if node is None:  # outside a node: no key to bind evidence to
         return None
     doc = node_evidence(node)
     return {"type": doc.type, "evidence_digest": doc.digest(), "simulated": doc.simulated}
@@ -79,7 +79,7 @@ def verify_evidence(slot, value, statement, options):
                                  expected="{type, evidence_digest, simulated: bool}")
     required = options.policy_requires_attestation
     policy_name = getattr(options.policy, "name", None)
-    if required and value["simulated"] and not options.policy_section("attestation").get("allow_simulated"):
+    if required and value["simulated"] and not options.policy_allows_simulated:
         raise AttestationPolicyError(f"policy {policy_name!r} requires attestation, but the receipt's signed "
                                      "attestation slot says the evidence is SIMULATED", field="attestation.simulated",
                                      got=True, expected=False)

@@ -26,7 +26,7 @@ log = logging.getLogger("specguard.plugins.commitments")
 
 @hookimpl
 def seal_transcript(transcript, evidence, node, receipt_id):
-    if node is None or getattr(node, "model", None) is None:
+    if node is None or node.model is None:
         return None
     from specguard.attest.commitments.model import EVIDENCE_SLOT, CommitmentEvidenceError, response_evidence
 

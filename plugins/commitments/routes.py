@@ -27,7 +27,7 @@ def register(app, node):
 
     @app.get(ROUTE, tags=["specguard"], summary="This node's published model commitment")
     def published_commitment() -> Any:
-        if getattr(node, "model", None) is None:
+        if node.model is None:
             err = UsageError("this node serves no model, so it has no model commitment", field="model")
             return JSONResponse(status_code=404, content=err.to_dict())
         try:

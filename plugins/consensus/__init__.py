@@ -54,7 +54,7 @@ log = logging.getLogger("specguard.consensus")
 def _trusted_keys(config: ConsensusConfig, node: Any) -> list[bytes]:
     keys = list(config.trusted_keys)
     if config.trust_on_first_use:
-        home = Path(getattr(node, "home", None) or ".")
+        home = Path(node.home)
         keys.extend(k for k in pinned_keys(config.verifiers, home / PIN_FILE, config.timeout) if k not in keys)
     return keys
 
@@ -74,7 +74,7 @@ def check_serving_config(node: Any) -> ConsensusConfig | None:
 
 @hookimpl
 def judge_transcript(transcript: Any, receipt: Any, node: Any, request: Any, response: Any) -> dict[str, Any] | None:
-    if node is None or getattr(node, "role", "serve") == "verifier":
+    if node is None or node.role == "verifier":
         return None
     config = consensus_config(node)
     if config is None:
@@ -180,6 +180,6 @@ def register_commands(cli: click.Group) -> None:
 @hookimpl
 def register_routes(app, node):
     """HTTP routes of this layer (see routes.py); a serving node's consensus settings are checked here, at start."""
-    if getattr(node, "role", "serve") != "verifier":
+    if node.role != "verifier":
         check_serving_config(node)
     routes.register(app, node)

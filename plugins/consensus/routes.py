@@ -34,7 +34,7 @@ def _error(exc: SpecguardError, headers: dict[str, str] | None = None) -> Any:
 
 def limiter_for(node: Any) -> TokenBuckets:
     """The per-client rate limiter of a verifier node (its policy's [consensus] rate limit)."""
-    pol = consensus_policy(getattr(node, "policy", None))
+    pol = consensus_policy(node.policy)
     return TokenBuckets(pol.rate_limit_per_second, pol.rate_limit_burst)
 
 
@@ -73,7 +73,7 @@ def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets) -> None:
 
 def register(app: Any, node: Any) -> None:
     """Verifier routes on a verifier node; nothing on a serving node."""
-    if getattr(node, "role", "serve") != "verifier":
+    if node.role != "verifier":
         return
     from specguard.consensus.service import VerifierService
 

@@ -28,7 +28,7 @@ API = "/specguard/v1"
 def issuer_for(node: Any) -> ReceiptIssuer | None:
     """The issuer the node was given (`node.receipts`), or None. Never creates or attaches one:
     services are passed in by whoever builds the node."""
-    return getattr(node, "receipts", None) if node is not None else None
+    return node.receipts if node is not None else None
 
 
 def _error(status: int, message: str, param: str | None, code: str) -> Any:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,9 +21,11 @@ from specguard.attest.checkpoint import verify_checkpoint
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.tlog import LogRangeError, TransparencyLog
 from specguard.cli import main
+from specguard.context import NodeContext
 from specguard.errors import ConfigError
 from specguard.keys import NodeKey, load_or_create_node_key
 from specguard.plugins import receipts as plugin
+from specguard.policies import load_policy
 
 ORIGIN = "test.example/log"
 
@@ -198,8 +199,7 @@ def served(tmp_path: Path):
     issuer = ReceiptIssuer(tmp_path, key, origin=ORIGIN)
     for i in range(6):
         issuer.log.append(_data(i), lambda a, i=i: (f"{i:032x}", b'{"log":{"index":%d},"receipt_id":"%032x"}' % (i, i)))
-    node = SimpleNamespace(receipts=issuer, signing_key=key.private, public_key_bytes=key.public_bytes,
-                           key_id=key.key_id, home=tmp_path)
+    node = NodeContext(model=None, policy=load_policy("dev"), home=tmp_path, node_key=key, receipts=issuer)
     app = FastAPI()
     plugin.register_routes(app=app, node=node)
     client = app_client(app, raise_server_exceptions=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -36,6 +35,7 @@ from specguard.consensus.vote import (
     sign_vote,
     verify_vote,
 )
+from specguard.context import NodeContext
 from specguard.engine.scoring import score
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import ConfigError, RequestError
@@ -412,13 +412,12 @@ def test_verify_evidence_hook(receipted):
     assert plugin.verify_evidence(slot="attestation", value={}, statement=statement, options=VerifyOptions()) is None
 
 
-def test_routes_in_process(receipted, model):
+def test_routes_in_process(receipted, model, tmp_path):
     from fastapi import FastAPI
     from support.asgi import app_client
 
     served, _ = receipted
-    node = SimpleNamespace(role="verifier", model=model, policy=load_policy("dev"), signing_key=key().private,
-                           node_key=None, home=Path("."))
+    node = NodeContext.for_verifier(model, load_policy("dev"), tmp_path)
     app = FastAPI()
     plugin.register_routes(app, node)
     client = app_client(app)
@@ -433,7 +432,7 @@ def test_routes_in_process(receipted, model):
     assert client.post("/specguard/v1/test/fault", json={"behaviour": "always-accept"}).status_code in (404, 405)
     assert not hasattr(node, "verifier_service")  # the service lives in the routes' closure
     serving = FastAPI()
-    plugin.register_routes(serving, SimpleNamespace(role="serve"))
+    plugin.register_routes(serving, NodeContext(model=model, policy=load_policy("dev"), home=tmp_path, node_key=node.node_key))
     assert not any(getattr(r, "path", "").startswith("/specguard/v1/verif") for r in serving.routes)
 
 

@@ -24,6 +24,7 @@ from specguard.consensus.calibrate import cross_engine_calibrate, freedom, recom
 from specguard.consensus.config import EngineTolerance, UnknownEngineError, consensus_policy
 from specguard.consensus.rederive import ACCEPT, REJECT, Tolerances, judge
 from specguard.consensus.vote import parse_vote, sign_vote
+from specguard.context import NodeContext
 from specguard.engine.scoring import score
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import ConfigError
@@ -356,8 +357,8 @@ def _verifier_client(model, engines):
 
     from specguard.plugins import consensus as plugin
 
-    node = dataclasses.make_dataclass("N", ["role", "model", "policy", "signing_key", "node_key", "home"])(
-        "verifier", model, policy({"engines": engines}), Ed25519PrivateKey.generate(), None, Path("."))
+    node = NodeContext(model=model, policy=policy({"engines": engines}), home=Path("."),
+                       node_key=NodeKey(Ed25519PrivateKey.generate()), role="verifier")
     app = FastAPI()
     plugin.register_routes(app, node)
     client = app_client(app)

@@ -34,15 +34,15 @@ def test_hook_list_is_what_we_expect():
 
 def test_node_attestation_hook_feeds_receipts_and_verifier_votes(tmp_path):
     """The first plugin answering node_attestation decides what receipts and votes name."""
-    from types import SimpleNamespace
 
     from specguard.consensus.service import VerifierService
+    from specguard.context import NodeContext
     from specguard.keys import load_or_create_node_key
     from specguard.plugins import attestation
+    from specguard.policies import load_policy
 
     key = load_or_create_node_key(tmp_path)
-    node = SimpleNamespace(model=tiny_model(seed=1, vocab_size=32), node_key=key, signing_key=key.private,
-                           public_key_bytes=key.public_bytes, key_id=key.key_id, policy=None)
+    node = NodeContext(model=tiny_model(seed=1, vocab_size=32), policy=load_policy("dev"), home=tmp_path, node_key=key)
     load_plugins()
     builtin = VerifierService.for_node(node).attestation_digest
     assert builtin == attestation.node_evidence(node).digest()  # the built-in plugin: the node's evidence

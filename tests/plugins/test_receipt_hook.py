@@ -4,7 +4,6 @@ typed NodeContext; plugins never attach services to the node."""
 from __future__ import annotations
 
 import importlib
-from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
@@ -98,9 +97,9 @@ def test_receipt_routes_never_attach_an_issuer_to_the_node(tmp_path):
     from specguard.plugins.receipts import issue_receipt, routes
 
     key = load_or_create_node_key(tmp_path)
-    bare = SimpleNamespace(home=tmp_path, signing_key=key.private, node_key=key, policy=None, role="verifier")
+    bare = NodeContext(model=None, policy=None, home=tmp_path, node_key=key, role="verifier")  # type: ignore[arg-type]
     app = FastAPI()
     routes.register(app, bare)
-    assert not hasattr(bare, "receipts")
+    assert bare.receipts is None
     assert not any(getattr(r, "path", "").startswith("/specguard/v1/log") for r in app.routes)
     assert issue_receipt(transcript=None, request={}, response={}, evidence={}, node=bare, receipt_id="ab" * 16) is None
