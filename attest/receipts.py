@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import re
 import uuid
@@ -30,7 +29,7 @@ from ..canonical import CanonicalizationError, canonical_json, json_digest, sha2
 from ..errors import ParseError, SpecguardError, ValidationError, VerificationError
 from ..keys import NodeKey, key_id_for
 from ..transcript import LOGPROB_DECIMALS, TokenRecord, Transcript, ids_digest
-from . import dsse, merkle
+from . import dsse, jsonio, merkle
 from .checkpoint import Checkpoint, CheckpointParseError, check_consistency, verify_checkpoint
 from .disclosure import token_records_root
 from .dsse import SignatureError
@@ -307,28 +306,8 @@ class VerifiedReceipt:
 
 
 def loads_strict(data: bytes | str, what: str, error: type[ParseError] = ReceiptParseError) -> Any:
-    """JSON without duplicate keys, NaN or Infinity; any failure is a typed ParseError."""
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise error("duplicate key in JSON object", field=f"{what}.{k}")
-            out[k] = v
-        return out
-
-    def no_constants(name: str) -> Any:
-        raise error("NaN/Infinity are not JSON", field=what, got=name)
-
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
-    except UnicodeDecodeError as exc:
-        raise error("not UTF-8", field=what, offset=exc.start) from exc
-    except json.JSONDecodeError as exc:
-        raise error(f"invalid JSON: {exc.msg}", field=what, offset=exc.pos) from exc
-    except RecursionError as exc:
-        raise error("JSON nested too deeply", field=what) from exc
+    """`specguard.attest.jsonio.loads_strict`, failing with ReceiptParseError by default."""
+    return jsonio.loads_strict(data, what, error)
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -756,12 +735,8 @@ def _verify_evidence(evidence: dict[str, Any], statement: dict[str, Any], option
 
 
 def load_json_file(path: Path, what: str) -> Any:
-    """Read a JSON file strictly (ParseError on bad bytes)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ReceiptParseError(f"cannot read {what}: {exc.strerror}", field=str(path)) from exc
-    return loads_strict(data, what)
+    """Read a JSON file strictly (ReceiptParseError on unreadable or bad bytes)."""
+    return jsonio.load_json_file(path, what, ReceiptParseError)
 
 
 __all__ += ["CheckpointParseError", "receipt_document", "parse_statement", "loads_strict", "load_json_file"]
