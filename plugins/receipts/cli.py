@@ -21,6 +21,7 @@ from specguard.attest.checkpoint import (
 from specguard.attest.options import TextDecoder, VerifyOptions
 from specguard.attest.receipts import (
     ReceiptParseError,
+    UnpinnedKeyError,
     load_json_file,
     loads_strict,
     verify_receipt,
@@ -342,16 +343,25 @@ def _key_from_entry(data: bytes) -> bytes:
 @click.option("--checkpoint", "saved_path", type=click.Path(dir_okay=False),
               help="A checkpoint saved earlier; the current one must be consistent with it.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Save the verified checkpoint here.")
-@click.option("--key", "key_arg", help="The node's public key (hex or verifier key string).")
+@click.option("--trusted-key", "--key", "key_arg",
+              help="Pinned node key (hex, verifier key string or file), as in `verify` (--key is an alias). "
+                   "Required unless --allow-unpinned.")
+@click.option("--allow-unpinned", is_flag=True,
+              help="Trust the key the log's own newest entry names (proves only self-consistency).")
 @click.option("--entries", default=1, show_default=True, help="Spot-check inclusion of the last N entries.")
 @click.option("--json", "as_json", is_flag=True)
 def log_verify_command(url: str | None, db_path: str | None, saved_path: str | None, save_path: str | None,
-                       key_arg: str | None, entries: int, as_json: bool) -> None:
+                       key_arg: str | None, entries: int, as_json: bool, allow_unpinned: bool = False) -> None:
     """Check a log: signed checkpoint, consistency with a saved checkpoint, entry inclusion.
 
-    Exit codes: 0 ok, 2 unreachable/usage, 3 malformed, 13 signature/consistency/inclusion failure.
+    Exit codes: 0 ok, 2 unreachable/usage, 3 malformed, 10 no pinned key (without --allow-unpinned),
+    13 signature/consistency/inclusion failure.
     """
     try:
+        if not key_arg and not allow_unpinned:
+            raise UnpinnedKeyError("no trusted node key given: a checkpoint signed by the key the log names "
+                                   "proves nothing; pin the node key (--trusted-key) or pass --allow-unpinned",
+                                   field="trusted_keys", got=0, expected=">= 1 pinned key")
         report = _log_verify(url, db_path, saved_path, save_path, key_arg, entries)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
@@ -361,7 +371,7 @@ def log_verify_command(url: str | None, db_path: str | None, saved_path: str | N
     else:
         for line in report["checks"]:
             click.echo("      ok  " + line)
-        pinned = "" if report["key_pinned"] else " (KEY NOT PINNED: pass --key)"
+        pinned = "" if report["key_pinned"] else " (KEY NOT PINNED: --allow-unpinned)"
         click.echo(f"OK log {report['origin']} size {report['tree_size']} root {report['root']}{pinned}")
 
 
@@ -401,7 +411,7 @@ def _log_verify(url: str | None, db_path: str | None, saved_path: str | None, sa
             cp = verify_checkpoint(note, [key])
             checks.append(f"checkpoint signature by {cp.origin}")
         if not pinned:
-            log.warning("log key not pinned: trusting the key named in the log's own entries; pass --key")
+            log.warning("log key not pinned: trusting the key named in the log's own entries; pass --trusted-key")
         if saved is not None:
             if key is None:
                 raise UsageError("cannot verify the saved checkpoint without a key", field="--key")

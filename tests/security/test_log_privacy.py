@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -141,7 +142,8 @@ def test_old_format_1_receipts_still_verify(tmp_path, capsys):
     key = load_or_create_node_key(tmp_path)
     issuer = ReceiptIssuer(tmp_path, key)
     try:
-        statement = build_statement(transcript(), REQUEST, RESPONSE, {}, Policy(), key)  # no salt: format 1
+        old = dataclasses.replace(transcript(), salt="")  # no receipt secret: format 1
+        statement = build_statement(old, REQUEST, RESPONSE, {}, Policy(), key)
         assert statement["predicateType"] == "https://specguard.dev/receipt/v1"
         envelope = dsse.sign_envelope(canonical_json(statement), key)
         appended = issuer.log.append(canonical_json(envelope))
