@@ -137,7 +137,6 @@ def _parse_positions(text: str) -> list[int]:
 
 
 def _read_json(path: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError("cannot read JSON file", field=path, got=str(exc)) from exc
+    from specguard.attest.jsonio import load_json_file
+
+    return load_json_file(path, path)  # ParseError (exit 3) on unreadable or bad JSON
