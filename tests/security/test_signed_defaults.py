@@ -119,6 +119,14 @@ def test_node_signs_its_defaults_and_verify_accepts_the_honest_answer(served, tm
     assert any(x["layer"] == "params" and x["status"] == "ok" for x in out["layers"])
 
 
+def test_verify_with_the_model_checks_prompt_ids_and_context(served, tiny_dir, tmp_path, capsys):
+    client, node = served
+    code, out = _verify(capsys, node, tmp_path, _chat(client), "--default-max-tokens", "24", "--model", str(tiny_dir))
+    assert code == 0, out
+    params = next(x for x in out["layers"] if x["layer"] == "params")
+    assert "context length 512" in params["detail"]
+
+
 def test_verify_holds_an_unpinned_node_default_to_256(served, tmp_path, capsys):
     """The node's default (24) is not what the auditor expects (256, nothing pinned): refused."""
     client, node = served
@@ -127,7 +135,7 @@ def test_verify_holds_an_unpinned_node_default_to_256(served, tmp_path, capsys):
     assert out["field"] == "request_defaults.max_tokens" and out["got"] == 24 and out["expected"] == 256
 
 
-def test_node_that_truncates_an_omitted_max_tokens_fails_verify(served, tmp_path, capsys, monkeypatch):
+def test_node_that_truncates_an_omitted_max_tokens_fails_verify(served, tiny_dir, tmp_path, capsys, monkeypatch):
     """The attack: the node runs (and signs) max_tokens=3 for a request without max_tokens."""
     client, node = served
     real = generation.resolve_max_tokens
@@ -135,9 +143,10 @@ def test_node_that_truncates_an_omitted_max_tokens_fails_verify(served, tmp_path
     body = _chat(client)
     monkeypatch.undo()
     assert body["usage"]["completion_tokens"] <= 3
-    code, out = _verify(capsys, node, tmp_path, body, "--default-max-tokens", "24")
-    assert code == 11, out
-    assert out["error"] == "ParamsMismatchError" and out["field"] == "params.max_tokens"
+    for extra in ((), ("--model", str(tiny_dir))):  # the issue's `verify --request --model` exited 0
+        code, out = _verify(capsys, node, tmp_path, body, "--default-max-tokens", "24", *extra)
+        assert code == 11, out
+        assert out["error"] == "ParamsMismatchError" and out["field"] == "params.max_tokens"
 
 
 # --- consensus verifiers ----------------------------------------------------------------------
