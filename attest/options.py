@@ -85,6 +85,10 @@ class VerifyOptions:
     verifier_keys: tuple[bytes, ...] = ()
     quorum: int | None = None
     verifier_evidence: tuple[Any, ...] = ()
+    #: the request's prompt ids through the model's tokenizer and template (`--request` with `--model`)
+    prompt_ids: Sequence[int] | None = None
+    #: the defaults the user accepts for omitted request fields (None: the built-in ExpectedDefaults())
+    expected_defaults: Any = None
     envelope: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

@@ -18,24 +18,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..canonical import CanonicalizationError, canonical_json, json_digest, sha256_hex
+from ..canonical import CanonicalizationError, canonical_json, sha256_hex
 from ..errors import ParseError, SpecguardError, ValidationError, VerificationError
 from ..keys import NodeKey, key_id_for
 from ..transcript import LOGPROB_DECIMALS, TokenRecord, Transcript, ids_digest
-from . import dsse, merkle
+from . import dsse, jsonio, merkle
 from .checkpoint import Checkpoint, CheckpointParseError, check_consistency, verify_checkpoint
 from .disclosure import token_records_root
 from .dsse import SignatureError
 from .merkle import LogProofError
 from .options import EvidenceVerifier, VerifyOptions
+from .request_defaults import DEFAULTS_KEY, ExpectedDefaults, RequestDefaults, check_params
 from .tlog import LOG_FILE, Appended, TransparencyLog
 
 log = logging.getLogger("specguard.receipts")
@@ -48,7 +49,23 @@ RESPONSE_EXCLUDED_KEY = "specguard"
 RESPONSE_DIGEST_KEY = "response_digest_format"
 RESPONSE_DIGEST_V1 = "specguard/response-digest/v1"
 RESPONSE_DIGEST_V2 = "specguard/response-digest/v2"
-RESPONSE_DIGEST_FORMATS = (RESPONSE_DIGEST_V1, RESPONSE_DIGEST_V2)
+RESPONSE_DIGEST_FORMATS = (RESPONSE_DIGEST_V1, RESPONSE_DIGEST_V2, "specguard/response-digest/v3")
+#: statement format 2 (what nodes issue now): every content digest salted with the per-response
+#: receipt secret; what is not a digest (parameters, lengths, finish reason, drafter statistics) is
+#: only in the sealed part, which the public statement commits to under the same secret
+PREDICATE_TYPE_V2 = "https://specguard.dev/receipt/v2"
+PREDICATE_TYPES = (PREDICATE_TYPE, PREDICATE_TYPE_V2)
+#: format v2 with the receipt secret as salt (statement format 2)
+RESPONSE_DIGEST_V3 = "specguard/response-digest/v3"
+SEALED_DIGEST_KEY = "sealed_digest"
+#: receipt-document key outside the signature, only in the requester's copy: {"secret", "sealed"}
+DISCLOSURE_KEY = "disclosure"
+#: predicate fields that statement format 2 keeps only in the sealed part
+SEALED_FIELDS = ("prompt_ids_digest", "output_ids_digest", "token_records_root", "token_records_count",
+                 "params", "finish_reason", "drafter")
+_TAG_RESPONSE = b"specguard/receipt-response/v1\x00"
+_TAG_REQUEST = b"specguard/receipt-request/v1\x00"
+_TAG_SEALED = b"specguard/receipt-sealed/v1\x00"
 #: optional predicate key (receipts before it have none): {"name", "version", "model_file_digest"}
 #: of the engine that generated the response, so a verifier knows what it re-checks
 ENGINE_KEY = "engine"
@@ -104,6 +121,13 @@ class ResponseTextError(VerificationError):
     exit_code = 11
 
 
+class ReceiptSecretError(VerificationError):
+    """A check needs the content a format-2 receipt seals, but the receipt secret is missing or does
+    not open it (exit code 11)."""
+
+    exit_code = 11
+
+
 class UnpinnedKeyError(SignatureError):
     """No trusted node key was given and unpinned verification was not allowed (exit code 10)."""
 
@@ -124,14 +148,15 @@ def strip_nulls(value: Any) -> Any:
     return value
 
 
-def response_digest(response_obj: Any, version: str = RESPONSE_DIGEST_V2) -> str:
+def response_digest(response_obj: Any, version: str = RESPONSE_DIGEST_V2, secret: str | None = None) -> str:
     """Hex SHA-256 of the RFC 8785 JSON of the response body without its top-level "specguard" key.
 
     The "specguard" key carries the receipt itself (and other evidence), which cannot be part
-    of what it signs; everything else the client received is covered. Format v2 (what nodes
-    sign now) first removes every null-valued object member (`strip_nulls`), so a body saved by
-    the OpenAI SDK (which writes null for each absent optional field) hashes like the raw body;
-    v1 (receipts without `predicate.response_digest_format`) hashes the body as it is.
+    of what it signs; everything else the client received is covered. Format v2 first removes
+    every null-valued object member (`strip_nulls`), so a body saved by the OpenAI SDK (which
+    writes null for each absent optional field) hashes like the raw body; v1 (receipts without
+    `predicate.response_digest_format`) hashes the body as it is; v3 (statement format 2) is v2
+    salted with the receipt `secret`: SHA-256("specguard/receipt-response/v1" 0x00 ‖ secret ‖ JSON).
     """
     if not isinstance(response_obj, dict):
         raise ReceiptParseError("response must be a JSON object", field="response",
@@ -140,13 +165,46 @@ def response_digest(response_obj: Any, version: str = RESPONSE_DIGEST_V2) -> str
         raise ReceiptParseError("unknown response digest format", field="predicate." + RESPONSE_DIGEST_KEY,
                                 got=version, expected=list(RESPONSE_DIGEST_FORMATS))
     body = {k: v for k, v in response_obj.items() if k != RESPONSE_EXCLUDED_KEY}
-    if version == RESPONSE_DIGEST_V2:
+    if version != RESPONSE_DIGEST_V1:
         body = strip_nulls(body)
     try:
-        return sha256_hex(canonical_json(body))
+        data = canonical_json(body)
     except CanonicalizationError as exc:
         raise ReceiptParseError("response is not canonicalizable JSON", field="response",
                                 got=exc.message) from exc
+    if version == RESPONSE_DIGEST_V3:
+        return _salted(_TAG_RESPONSE, secret, data)
+    return sha256_hex(data)
+
+
+def new_receipt_secret() -> str:
+    """A fresh per-response receipt secret: 32 random bytes, 64 lowercase hex digits."""
+    return secrets.token_hex(32)
+
+
+def _secret_bytes(secret: Any) -> bytes:
+    if not isinstance(secret, str) or not _HEX64.fullmatch(secret):
+        raise ReceiptSecretError("a receipt secret is 64 lowercase hex digits", field="disclosure.secret",
+                                 got=None if secret is None else f"{type(secret).__name__} of {len(str(secret))}")
+    return bytes.fromhex(secret)
+
+
+def _salted(tag: bytes, secret: Any, data: bytes) -> str:
+    return sha256_hex(tag + _secret_bytes(secret) + data)
+
+
+def request_digest(request_obj: Any, secret: str | None = None) -> str:
+    """`sha256:` of the canonical request (statement format 1), or salted with the receipt secret (format 2)."""
+    try:
+        data = canonical_json(dict(request_obj))
+    except (CanonicalizationError, TypeError, ValueError) as exc:
+        raise ReceiptParseError("request is not a canonicalizable JSON object", field="request") from exc
+    return "sha256:" + (sha256_hex(data) if secret is None else _salted(_TAG_REQUEST, secret, data))
+
+
+def sealed_digest(sealed: dict[str, Any], secret: str) -> str:
+    """`sha256:` of SHA-256("specguard/receipt-sealed/v1" 0x00 ‖ secret ‖ RFC 8785 JSON of the sealed part)."""
+    return "sha256:" + _salted(_TAG_SEALED, secret, canonical_json(sealed))
 
 
 def default_origin(key: NodeKey) -> str:
@@ -181,37 +239,57 @@ def build_statement(
     *,
     issued_at: str | None = None,
     receipt_id: str | None = None,
+    request_defaults: RequestDefaults | None = None,
 ) -> dict[str, Any]:
-    """The in-toto Statement v1 for one response (see docs/receipts.md for every field)."""
-    predicate = {
+    """The in-toto Statement for one response (see docs/receipts.md for every field).
+
+    With `transcript.salt` (the receipt secret) this is statement format 2: the public predicate
+    shows only salted digests and commits to the sealed part (`sealed_part`); without, format 1.
+    """
+    secret = transcript.salt or None
+    predicate: dict[str, Any] = {
         "binding_digest": transcript.binding_digest(),
         "model": {
             "name": transcript.model_name,
             "digest": transcript.model_digest,
             "tokenizer_digest": transcript.tokenizer_digest,
         },
-        "request_digest": json_digest(request_obj),
-        "prompt_ids_digest": ids_digest(transcript.prompt_ids),
-        "output_ids_digest": ids_digest(transcript.output_ids),
-        "token_records_root": token_records_root(list(transcript.tokens)),
-        "token_records_count": len(transcript.tokens),
+        "request_digest": request_digest(request_obj, secret),
         "logprob_decimals": LOGPROB_DECIMALS,
-        "params": transcript.params.to_json(),
-        "finish_reason": transcript.finish_reason,
-        "drafter": _drafter_stats(transcript),
         ENGINE_KEY: transcript.engine_info(),
         "policy": {"name": getattr(policy, "name", None), "digest": getattr(policy, "digest", None)},
         "node": {"key_id": key.key_id, "public_key": key.public_hex},
         "evidence": dict(evidence or {}),
         "issued_at": issued_at or _utc_now(),
         "receipt_id": receipt_id or uuid.uuid4().hex,
-        RESPONSE_DIGEST_KEY: RESPONSE_DIGEST_V2,
+        RESPONSE_DIGEST_KEY: RESPONSE_DIGEST_V3 if secret else RESPONSE_DIGEST_V2,
     }
+    if request_defaults is not None:
+        predicate[DEFAULTS_KEY] = request_defaults.to_json()
+    sealed = sealed_part(transcript)
+    if secret:
+        predicate[SEALED_DIGEST_KEY] = sealed_digest(sealed, secret)
+    else:
+        predicate.update(sealed)
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": SUBJECT_NAME, "digest": {"sha256": response_digest(response_obj)}}],
-        "predicateType": PREDICATE_TYPE,
+        "subject": [{"name": SUBJECT_NAME, "digest": {"sha256": response_digest(
+            response_obj, predicate[RESPONSE_DIGEST_KEY], secret)}}],
+        "predicateType": PREDICATE_TYPE_V2 if secret else PREDICATE_TYPE,
         "predicate": predicate,
+    }
+
+
+def sealed_part(transcript: Transcript) -> dict[str, Any]:
+    """What statement format 2 shows only to the requester: token digests, lengths, parameters."""
+    return {
+        "prompt_ids_digest": ids_digest(transcript.prompt_ids),
+        "output_ids_digest": ids_digest(transcript.output_ids),
+        "token_records_root": token_records_root(list(transcript.tokens)),
+        "token_records_count": len(transcript.tokens),
+        "params": transcript.params.to_json(),
+        "finish_reason": transcript.finish_reason,
+        "drafter": _drafter_stats(transcript),
     }
 
 
@@ -228,12 +306,20 @@ class ReceiptIssuer:
         self.log = TransparencyLog(self.home / "log" / LOG_FILE, self.origin, key)
 
     def issue(self, transcript: Transcript, request_obj: dict[str, Any], response_obj: dict[str, Any],
-              evidence: dict[str, Any], policy: Any, *, receipt_id: str | None = None) -> dict[str, Any]:
-        """Build, sign and log one receipt; return the receipt document once it is durable.
+              evidence: dict[str, Any], policy: Any, *, receipt_id: str | None = None,
+              request_defaults: RequestDefaults | None = None) -> dict[str, Any]:
+        """Build, sign and log one receipt; return the requester's receipt document once it is durable.
 
-        `receipt_id` is the id chosen before sealing (evidence may bind it); a fresh one if None."""
+        `receipt_id` is the id chosen before sealing (evidence may bind it); a fresh one if None.
+        The receipt secret is `transcript.salt`; when it is empty a fresh one is set here (the server
+        sets it before `seal_transcript`, since evidence binds the salted binding digest). The
+        log stores (and serves) the public document; the returned one adds the `disclosure`
+        ({"secret", "sealed"}) only the requester gets.
+        """
+        if not transcript.salt:  # evidence sealed before this bound the unsalted binding digest
+            transcript.salt = new_receipt_secret()
         statement = build_statement(transcript, request_obj, response_obj, evidence, policy, self.key,
-                                    receipt_id=receipt_id)
+                                    receipt_id=receipt_id, request_defaults=request_defaults)
         envelope = dsse.sign_envelope(canonical_json(statement), self.key)
         receipt_id = statement["predicate"]["receipt_id"]
         out: dict[str, Any] = {}
@@ -243,6 +329,7 @@ class ReceiptIssuer:
             return receipt_id, canonical_json(out)
 
         self.log.append(canonical_json(envelope), attach)
+        out[DISCLOSURE_KEY] = {"secret": transcript.salt, "sealed": sealed_part(transcript)}
         return out
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any] | None:
@@ -307,28 +394,8 @@ class VerifiedReceipt:
 
 
 def loads_strict(data: bytes | str, what: str, error: type[ParseError] = ReceiptParseError) -> Any:
-    """JSON without duplicate keys, NaN or Infinity; any failure is a typed ParseError."""
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise error("duplicate key in JSON object", field=f"{what}.{k}")
-            out[k] = v
-        return out
-
-    def no_constants(name: str) -> Any:
-        raise error("NaN/Infinity are not JSON", field=what, got=name)
-
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
-    except UnicodeDecodeError as exc:
-        raise error("not UTF-8", field=what, offset=exc.start) from exc
-    except json.JSONDecodeError as exc:
-        raise error(f"invalid JSON: {exc.msg}", field=what, offset=exc.pos) from exc
-    except RecursionError as exc:
-        raise error("JSON nested too deeply", field=what) from exc
+    """`specguard.attest.jsonio.loads_strict`, failing with ReceiptParseError by default."""
+    return jsonio.loads_strict(data, what, error)
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -362,6 +429,36 @@ _PREDICATE_KEYS = {
 }
 
 
+_PUBLIC_KEYS_V2 = (_PREDICATE_KEYS - set(SEALED_FIELDS)) | {SEALED_DIGEST_KEY, RESPONSE_DIGEST_KEY, ENGINE_KEY}
+
+
+def _check_predicate_keys(predicate_type: str, predicate: Any) -> dict[str, Any]:
+    """Exact key sets: format 1 (everything in clear) or format 2 (salted digests + sealed digest)."""
+    if predicate_type == PREDICATE_TYPE:
+        p = _keys(predicate, "predicate", _PREDICATE_KEYS, frozenset({RESPONSE_DIGEST_KEY, ENGINE_KEY, DEFAULTS_KEY}))
+        formats: tuple[str, ...] = (RESPONSE_DIGEST_V1, RESPONSE_DIGEST_V2)
+    else:
+        p = _keys(predicate, "predicate", _PUBLIC_KEYS_V2, frozenset({DEFAULTS_KEY}))
+        formats = (RESPONSE_DIGEST_V3,)
+    _require(p.get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1) in formats, "unknown response digest format",
+             f"predicate.{RESPONSE_DIGEST_KEY}", p.get(RESPONSE_DIGEST_KEY), list(formats))
+    return p
+
+
+def check_sealed(p: dict[str, Any], where: str) -> None:
+    """The fields a format-2 statement seals (in a format-1 predicate or a disclosure's `sealed`)."""
+    for name in ("prompt_ids_digest", "output_ids_digest"):
+        _require(isinstance(p[name], str) and bool(_DIGEST.fullmatch(p[name])), "must be sha256:<hex>",
+                 f"{where}.{name}", p[name])
+    _require(isinstance(p["token_records_root"], str) and bool(_HEX64.fullmatch(p["token_records_root"])),
+             "must be 64 lowercase hex digits", f"{where}.token_records_root", p["token_records_root"])
+    _int(p["token_records_count"], f"{where}.token_records_count")
+    _require(isinstance(p["params"], dict), "must be an object", f"{where}.params")
+    _require(isinstance(p["finish_reason"], str), "must be a string", f"{where}.finish_reason", p["finish_reason"])
+    _keys(p["drafter"], f"{where}.drafter", {"name", "trusted", "drafted_tokens", "accepted_tokens",
+                                             "acceptance_rate", "mean_accepted_tokens", "steps"})
+
+
 def parse_statement(payload: bytes) -> dict[str, Any]:
     """Parse the signed payload: canonical JSON of an in-toto Statement with our predicate."""
     st = loads_strict(payload, "statement")
@@ -373,8 +470,8 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     _keys(st, "statement", {"_type", "subject", "predicateType", "predicate"})
     _require(st["_type"] == STATEMENT_TYPE, "unexpected statement type", "statement._type", st["_type"],
              STATEMENT_TYPE)
-    _require(st["predicateType"] == PREDICATE_TYPE, "unexpected predicate type", "statement.predicateType",
-             st["predicateType"], PREDICATE_TYPE)
+    _require(st["predicateType"] in PREDICATE_TYPES, "unexpected predicate type", "statement.predicateType",
+             st["predicateType"], list(PREDICATE_TYPES))
     subj = st["subject"]
     _require(isinstance(subj, list) and len(subj) == 1, "exactly one subject expected", "statement.subject")
     _keys(subj[0], "statement.subject[0]", {"name", "digest"})
@@ -383,22 +480,20 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     _keys(subj[0]["digest"], "statement.subject[0].digest", {"sha256"})
     _require(isinstance(subj[0]["digest"]["sha256"], str) and bool(_HEX64.fullmatch(subj[0]["digest"]["sha256"])),
              "subject digest must be 64 lowercase hex digits", "statement.subject[0].digest.sha256")
-    p = _keys(st["predicate"], "predicate", _PREDICATE_KEYS, frozenset({RESPONSE_DIGEST_KEY, ENGINE_KEY}))
-    _require(p.get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1) in RESPONSE_DIGEST_FORMATS,
-             "unknown response digest format", f"predicate.{RESPONSE_DIGEST_KEY}", p.get(RESPONSE_DIGEST_KEY),
-             list(RESPONSE_DIGEST_FORMATS))
-    for name in ("binding_digest", "request_digest", "prompt_ids_digest", "output_ids_digest"):
+    p = _check_predicate_keys(st["predicateType"], st["predicate"])
+    for name in ("binding_digest", "request_digest"):
         _require(isinstance(p[name], str) and bool(_DIGEST.fullmatch(p[name])), "must be sha256:<hex>",
                  f"predicate.{name}", p[name])
-    _require(isinstance(p["token_records_root"], str) and bool(_HEX64.fullmatch(p["token_records_root"])),
-             "must be 64 lowercase hex digits", "predicate.token_records_root", p["token_records_root"])
-    _int(p["token_records_count"], "predicate.token_records_count")
     _require(p["logprob_decimals"] == LOGPROB_DECIMALS, "unsupported logprob precision",
              "predicate.logprob_decimals", p["logprob_decimals"], LOGPROB_DECIMALS)
     _keys(p["model"], "predicate.model", {"name", "digest", "tokenizer_digest"})
-    _require(isinstance(p["params"], dict), "must be an object", "predicate.params")
-    _keys(p["drafter"], "predicate.drafter", {"name", "trusted", "drafted_tokens", "accepted_tokens",
-                                              "acceptance_rate", "mean_accepted_tokens", "steps"})
+    if st["predicateType"] == PREDICATE_TYPE:
+        check_sealed(p, "predicate")
+    else:
+        _require(isinstance(p[SEALED_DIGEST_KEY], str) and bool(_DIGEST.fullmatch(p[SEALED_DIGEST_KEY])),
+                 "must be sha256:<hex>", f"predicate.{SEALED_DIGEST_KEY}", p[SEALED_DIGEST_KEY])
+    if DEFAULTS_KEY in p:
+        RequestDefaults.from_json(p[DEFAULTS_KEY])
     _keys(p["policy"], "predicate.policy", {"name", "digest"})
     if ENGINE_KEY in p:
         engine = _keys(p[ENGINE_KEY], "predicate.engine", {"name", "version", "model_file_digest"})
@@ -428,7 +523,7 @@ ATTACHMENTS = frozenset({"consensus"})
 def _parse_document(doc: Any) -> tuple[dsse.Envelope, dict[str, Any]]:
     if isinstance(doc, bytes | str):
         doc = loads_strict(doc, "receipt")
-    _keys(doc, "receipt", {"receipt_id", "envelope", "log"}, ATTACHMENTS)
+    _keys(doc, "receipt", {"receipt_id", "envelope", "log"}, ATTACHMENTS | {DISCLOSURE_KEY})
     _require(isinstance(doc["receipt_id"], str) and bool(_RID.fullmatch(doc["receipt_id"])),
              "must be 32 lowercase hex digits", "receipt.receipt_id", doc["receipt_id"])
     lg = _keys(doc["log"], "receipt.log", {"origin", "index", "tree_size", "inclusion_proof", "checkpoint"})
@@ -447,6 +542,57 @@ def _parse_document(doc: Any) -> tuple[dsse.Envelope, dict[str, Any]]:
     except ParseError as exc:
         raise ReceiptParseError(exc.message, field=exc.field, got=exc.got) from exc
     return envelope, doc
+
+
+def is_sealed(statement: dict[str, Any]) -> bool:
+    """True for statement format 2 (content digests salted, the rest sealed)."""
+    return statement.get("predicateType") == PREDICATE_TYPE_V2
+
+
+def disclosure_of(doc: Any, response: Any = None) -> Any:
+    """The requester's disclosure: the receipt document's, else the one in the response's receipt."""
+    if isinstance(doc, dict) and DISCLOSURE_KEY in doc:
+        return doc[DISCLOSURE_KEY]
+    sg = response.get(RESPONSE_EXCLUDED_KEY) if isinstance(response, dict) else None
+    receipt = sg.get("receipt") if isinstance(sg, dict) else None
+    return receipt.get(DISCLOSURE_KEY) if isinstance(receipt, dict) else None
+
+
+def open_statement(statement: dict[str, Any], disclosure: Any) -> tuple[dict[str, Any], str | None]:
+    """(the statement with its sealed part merged into the predicate, the receipt secret).
+
+    Format 1 comes back as it is (secret None). Format 2 needs the requester's disclosure
+    {"secret", "sealed"}: the sealed part must hash, under the secret, to the signed
+    `sealed_digest`, and with the signed model digests to the signed `binding_digest`.
+    """
+    if not is_sealed(statement):
+        return statement, None
+    if disclosure is None:
+        raise ReceiptSecretError("this receipt seals its content under the requester's receipt secret; give the "
+                                 "requester's copy (the response's specguard.receipt, with its disclosure)",
+                                 field="receipt.disclosure", got=None, expected="{secret, sealed}")
+    d = _keys(disclosure, "receipt.disclosure", {"secret", "sealed"})
+    _secret_bytes(d["secret"])
+    sealed = _keys(d["sealed"], "receipt.disclosure.sealed", set(SEALED_FIELDS))
+    check_sealed(sealed, "receipt.disclosure.sealed")
+    predicate = statement["predicate"]
+    try:
+        got = sealed_digest(sealed, d["secret"])
+        binding = "sha256:" + sha256_hex(canonical_json({
+            "model_digest": predicate["model"]["digest"], "tokenizer_digest": predicate["model"]["tokenizer_digest"],
+            "prompt_ids_digest": sealed["prompt_ids_digest"], "output_ids_digest": sealed["output_ids_digest"],
+            "params": sealed["params"], "finish_reason": sealed["finish_reason"], "salt": d["secret"]}))
+    except CanonicalizationError as exc:
+        raise ReceiptParseError("disclosure is not canonicalizable", field="receipt.disclosure.sealed",
+                                got=exc.message) from exc
+    if got != predicate[SEALED_DIGEST_KEY]:
+        raise ReceiptSecretError("the disclosure does not open the signed sealed digest (another secret, or "
+                                 "altered fields)", field="predicate." + SEALED_DIGEST_KEY, got=got,
+                                 expected=predicate[SEALED_DIGEST_KEY])
+    if binding != predicate["binding_digest"]:
+        raise ReceiptSecretError("the sealed part does not give the signed binding digest",
+                                 field="predicate.binding_digest", got=binding, expected=predicate["binding_digest"])
+    return {**statement, "predicate": {**predicate, **sealed}}, d["secret"]
 
 
 def _tokens_from(response: Any, options: VerifyOptions) -> Any:
@@ -543,14 +689,19 @@ def verify_receipt(
 
     # 2. Signature: against a pinned key; the key the statement names only if allowed.
     statement, key_id, public_key, pinned = _verify_signature(envelope, doc, options)
-    predicate = statement["predicate"]
     detail = f"signed by pinned key {key_id}" if pinned else f"signature valid but key NOT pinned ({key_id})"
     layers.append({"layer": "signature", "status": "ok", "detail": detail, "key_pinned": pinned})
 
-    # 3. Digests of what the client sent and received.
-    layers.append(_check_response(options.response, statement))
+    # 2b. A format-2 statement's sealed content, opened with the requester's receipt secret.
+    statement, secret, layer = _open_sealed(statement, doc, options)
+    predicate = statement["predicate"]
+    layers.append(layer)
+
+    # 3. Digests of what the client sent and received; the parameters the request resolves to.
+    layers.append(_check_response(options.response, statement, secret))
     if options.request is not None:
-        layers.append(_check_request(options.request, predicate))
+        layers.append(_check_request(options.request, predicate, secret))
+        layers.append(_check_params(options, predicate))
 
     # 4. Token records root, when token records are available (options or the response).
     tokens = _tokens_from(options.response, options)
@@ -622,29 +773,76 @@ def _verify_signature(envelope: dsse.Envelope, doc: dict[str, Any],
     return statement, key_id, public_key, pinned
 
 
-def _check_response(response: Any, statement: dict[str, Any]) -> dict[str, Any]:
+def _open_sealed(statement: dict[str, Any], doc: dict[str, Any],
+                 options: VerifyOptions) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Open a format-2 statement when the disclosure is at hand; a check that needs it fails without."""
+    if not is_sealed(statement):
+        return statement, None, {"layer": "sealed", "status": "ok",
+                                 "detail": "statement format 1: content in clear (nothing sealed)"}
+    disclosure = disclosure_of(doc, options.response)
+    needs = [name for name, value in (("--response", options.response), ("--request", options.request),
+                                      ("--transcript", options.tokens), ("--model", options.decoder))
+             if value is not None]
+    if disclosure is None and not needs:
+        return statement, None, {"layer": "sealed", "status": "unchecked",
+                                 "detail": "content sealed under the requester's receipt secret (not given)"}
+    if disclosure is None:
+        raise ReceiptSecretError(f"{', '.join(needs)} check(s) the content this receipt seals: give the requester's "
+                                 "receipt (the response's specguard.receipt, with its disclosure)",
+                                 field="receipt.disclosure", got=None, expected="{secret, sealed}")
+    opened, secret = open_statement(statement, disclosure)
+    return opened, secret, {"layer": "sealed", "status": "ok",
+                            "detail": "sealed content opened with the receipt secret"}
+
+
+def _check_response(response: Any, statement: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
     """Subject digest against the response the client received (minus its "specguard" key)."""
     if response is None:
         return {"layer": "response", "status": "unchecked", "detail": "no response given"}
     subject = statement["subject"][0]["digest"]["sha256"]
     version = statement["predicate"].get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1)
-    got = response_digest(dict(response) if not isinstance(response, dict) else response, version)
+    got = response_digest(dict(response) if not isinstance(response, dict) else response, version, secret)
     if got != subject:
         raise SubjectDigestError("response does not match the signed subject digest",
                                  field="statement.subject[0].digest.sha256", got=got, expected=subject)
     return {"layer": "response", "status": "ok", "detail": f"response digest ({version}) matches the subject"}
 
 
-def _check_request(request: Any, predicate: dict[str, Any]) -> dict[str, Any]:
+def _check_request(request: Any, predicate: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
     """The signed request digest against the canonical request object the user gives."""
-    try:
-        got = json_digest(dict(request))
-    except (CanonicalizationError, TypeError, ValueError) as exc:
-        raise ReceiptParseError("request is not a canonicalizable JSON object", field="request") from exc
+    got = request_digest(request, secret)
     if got != predicate["request_digest"]:
         raise RequestDigestError("request is not the one the receipt signs (prompt or parameters differ)",
                                  field="predicate.request_digest", got=got, expected=predicate["request_digest"])
     return {"layer": "request", "status": "ok", "detail": "request digest matches the signed one"}
+
+
+def _prompt_ids(options: VerifyOptions) -> list[int] | None:
+    if options.prompt_ids is not None:
+        return list(options.prompt_ids)
+    sg = options.response.get(RESPONSE_EXCLUDED_KEY) if isinstance(options.response, dict) else None
+    ids = sg.get("prompt_ids") if isinstance(sg, dict) else None
+    return ids if isinstance(ids, list) else None
+
+
+def _check_params(options: VerifyOptions, predicate: dict[str, Any]) -> dict[str, Any]:
+    """The signed parameters are what the request resolves to (attest/request_defaults.py), under the
+    node's signed defaults and the defaults the user expects (`options.expected_defaults`)."""
+    ids = _prompt_ids(options)
+    if ids is not None:
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
+            raise RequestDigestError("prompt ids must be non-negative integers", field="specguard.prompt_ids")
+        if ids_digest(ids) != predicate["prompt_ids_digest"]:
+            where = "the request through the model's tokenizer and template" if options.prompt_ids is not None \
+                else "the response's specguard.prompt_ids"
+            raise RequestDigestError(f"{where} gives other prompt ids than the receipt signs",
+                                     field="predicate.prompt_ids_digest", got=ids_digest(ids),
+                                     expected=predicate["prompt_ids_digest"])
+    signed = RequestDefaults.from_json(predicate[DEFAULTS_KEY]) if DEFAULTS_KEY in predicate else None
+    expected = options.expected_defaults or ExpectedDefaults()
+    detail = check_params(predicate["params"], dict(options.request), None if ids is None else len(ids), signed,
+                          expected)
+    return {"layer": "params", "status": "ok", "detail": detail}
 
 
 def _output_ids(response: Any, tokens: Any) -> list[int] | None:
@@ -756,12 +954,10 @@ def _verify_evidence(evidence: dict[str, Any], statement: dict[str, Any], option
 
 
 def load_json_file(path: Path, what: str) -> Any:
-    """Read a JSON file strictly (ParseError on bad bytes)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ReceiptParseError(f"cannot read {what}: {exc.strerror}", field=str(path)) from exc
-    return loads_strict(data, what)
+    """Read a JSON file strictly (ReceiptParseError on unreadable or bad bytes)."""
+    return jsonio.load_json_file(path, what, ReceiptParseError)
 
 
-__all__ += ["CheckpointParseError", "receipt_document", "parse_statement", "loads_strict", "load_json_file"]
+__all__ += ["CheckpointParseError", "receipt_document", "parse_statement", "loads_strict", "load_json_file",
+            "ReceiptSecretError", "open_statement", "disclosure_of", "is_sealed", "new_receipt_secret",
+            "request_digest", "sealed_digest", "sealed_part", "PREDICATE_TYPE_V2", "DISCLOSURE_KEY"]

@@ -272,6 +272,13 @@ class Node(NodeContext):
         merged.setdefault("policy", self.policy)
         return merged
 
+    @property
+    def request_defaults(self) -> Any:
+        """What this node fills in for an omitted field (signed into each receipt)."""
+        from .attest.request_defaults import RequestDefaults
+
+        return RequestDefaults(max_tokens=self.default_max_tokens, context_length=self.max_context)
+
     def make_drafter(self) -> Any:
         """A fresh drafter for one request."""
         from .engine.factory import make_drafter

@@ -151,6 +151,9 @@ class Transcript:
     #: False when the engine does not promise that teacher-forced scoring re-derives its tokens
     #: (`EngineCapabilities.rederivable`: e.g. llama.cpp's quantized kernels)
     engine_rederivable: bool = True
+    #: the per-response receipt secret (64 hex digits) that salts every content digest a public receipt
+    #: shows, the binding digest included; "" for transcripts made before receipts were salted
+    salt: str = ""
 
     @property
     def rederivable(self) -> bool:
@@ -193,6 +196,7 @@ class Transcript:
             "output_ids_digest": ids_digest(self.output_ids),
             "params": self.params.to_json(),
             "finish_reason": self.finish_reason,
+            **({"salt": self.salt} if self.salt else {}),
         }
 
     def binding_digest(self) -> str:
@@ -218,6 +222,8 @@ class Transcript:
             "tokens": [t.to_json() for t in self.tokens],
             "metrics": self.metrics(),
         }
+        if self.salt:
+            out["salt"] = self.salt
         if include_steps:
             out["steps"] = [s.to_json() for s in self.steps]
         return out
@@ -252,7 +258,14 @@ class Transcript:
             engine_version=str(data.get("engine_version", "")),
             model_file_digest=str(data.get("model_file_digest", "")),
             engine_rederivable=bool(data.get("engine_rederivable", True)),
+            salt=_salt(data.get("salt", "")),
         )
+
+
+def _salt(value: Any) -> str:
+    if not isinstance(value, str) or (value and not (len(value) == 64 and all(c in "0123456789abcdef" for c in value))):
+        raise RequestError("salt must be 64 lowercase hex digits or empty", field="salt", got=str(value)[:80])
+    return value
 
 
 def ids_digest(ids: list[int]) -> str:

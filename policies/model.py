@@ -15,6 +15,7 @@ from specguard.canonical import canonical_json, sha256_hex
 from specguard.errors import ConfigError
 
 if TYPE_CHECKING:
+    from specguard.attest.request_defaults import ExpectedDefaults
     from specguard.attest.tee.policy import AttestationPolicy
     from specguard.consensus.config import ConsensusPolicy
 
@@ -28,7 +29,7 @@ PRESET_PACKAGE = "specguard.policies"
 @dataclass(frozen=True)
 class Policy:
     """A parsed policy. Each table an integrity layer reads is parsed once, at load, into a frozen
-    typed object: `attestation`, `consensus`, `drafter`. Code outside policies/ reads those, never
+    typed object: `attestation`, `consensus`, `drafter`, `request_defaults`. Code outside policies/ reads those, never
     the raw tables (tests/architecture/test_policy_access.py).
 
     `reference_values` (a path) overrides the `[attestation] reference_values` key: the rules and
@@ -64,6 +65,19 @@ class Policy:
         from .drafter import parse_drafter
 
         return parse_drafter(self.section("drafter"))
+
+    @cached_property
+    def request_defaults(self) -> ExpectedDefaults:
+        """The `[request_defaults]` pins a verifier holds a node's omitted-field defaults to
+        (`max_tokens`, 256 unless pinned; `context_length`, None unless pinned)."""
+        from specguard.attest.request_defaults import ExpectedDefaults
+
+        table = self.section("request_defaults")
+        unknown = sorted(set(table) - {"max_tokens", "context_length"})
+        if unknown:
+            raise ConfigError("unknown key in [request_defaults]", field=f"request_defaults.{unknown[0]}",
+                              got=unknown[0], expected="max_tokens or context_length")
+        return ExpectedDefaults.from_policy_section(table)
 
     def with_reference_values(self, path: str | Path | None) -> Policy:
         """This policy with its attestation reference values taken from `path` (None: unchanged)."""
@@ -118,7 +132,7 @@ def policy_from_dict(data: dict[str, Any], name: str | None = None, source: str 
     policy_name = name or str(plain.get("name") or "unnamed")
     digest = "sha256:" + sha256_hex(canonical_json(plain))
     policy = Policy(name=policy_name, data=MappingProxyType(plain), source=source, digest=digest)
-    _ = (policy.attestation, policy.consensus, policy.drafter)  # parse each table once, at load: bad keys fail here
+    _ = (policy.attestation, policy.consensus, policy.drafter, policy.request_defaults)  # parse each table once, at load: bad keys fail here
     for reason in policy.insecure_reasons():
         log.warning("INSECURE policy %r: %s", policy_name, reason)
     return policy

@@ -37,8 +37,23 @@ from typing import Any
 
 from ..attest import dsse
 from ..attest.disclosure import token_records_root
-from ..attest.receipts import ENGINE_KEY, parse_statement, response_digest
-from ..canonical import json_digest
+from ..attest.receipts import (
+    DISCLOSURE_KEY,
+    ENGINE_KEY,
+    RESPONSE_DIGEST_KEY,
+    RESPONSE_DIGEST_V1,
+    open_statement,
+    parse_statement,
+    request_digest,
+    response_digest,
+)
+from ..attest.request_defaults import (
+    DEFAULTS_KEY,
+    ExpectedDefaults,
+    ParamsMismatchError,
+    RequestDefaults,
+    check_params,
+)
 from ..errors import ParseError, RequestError, SpecguardError, VerificationError
 from ..keys import NodeKey, key_id_for
 from ..transcript import TokenRecord, Transcript, ids_digest
@@ -81,14 +96,16 @@ class VerifyRequest:
     response: dict[str, Any]
     nonce: str
     client: Any = None  # the request parsed by the server's own request models
+    secret: str | None = None  # the receipt secret (format-2 receipts salt their digests with it)
 
     @property
     def request_digest(self) -> str:
-        return json_digest(self.request)
+        return request_digest(self.request, self.secret)
 
     @property
     def response_digest(self) -> str:
-        return "sha256:" + response_digest(self.response)
+        version = self.statement["predicate"].get(RESPONSE_DIGEST_KEY, RESPONSE_DIGEST_V1)
+        return "sha256:" + response_digest(self.response, version, self.secret)
 
 
 def _attestation_digest(node: Any) -> str | None:
@@ -102,6 +119,12 @@ def _attestation_digest(node: Any) -> str | None:
     return info["evidence_digest"] if info else None
 
 
+def _expected_defaults(node: Any) -> ExpectedDefaults:
+    """The policy's [request_defaults] pins; else 256 tokens and the verifier's model context length."""
+    pins = node.policy.request_defaults if node.policy is not None else ExpectedDefaults()
+    return dataclasses.replace(pins, context_length=pins.context_length or node.model.max_context)
+
+
 @dataclass
 class VerifierService:
     """Holds the verifier's model, key, tolerances and allow-list; `handle` answers one verify request."""
@@ -111,6 +134,8 @@ class VerifierService:
     tolerances: Tolerances = field(default_factory=Tolerances)
     attestation_digest: str | None = None
     allowed_nodes: tuple[bytes, ...] | None = None  # None: receipts of any serving node
+    #: defaults an omitted request field may take (None: 256 tokens, this model's context length)
+    expected_defaults: ExpectedDefaults | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _text_of: Any = field(default=None, repr=False)
 
@@ -123,7 +148,8 @@ class VerifierService:
             log.warning("consensus verifier accepts receipts from ANY serving node: set [consensus] allowed_nodes "
                         "(or --allowed-node) to serve only yours")
         return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(node.policy),
-                   attestation_digest=_attestation_digest(node), allowed_nodes=allowed)
+                   attestation_digest=_attestation_digest(node), allowed_nodes=allowed,
+                   expected_defaults=_expected_defaults(node))
 
     def public_info(self) -> dict[str, Any]:
         """GET /specguard/v1/verifier/key."""
@@ -156,6 +182,8 @@ class VerifierService:
             statement = parse_statement(parsed.payload)
             node_key = bytes.fromhex(statement["predicate"]["node"]["public_key"])
             dsse.verify_envelope(parsed, [node_key])
+            statement, secret = open_statement(statement, receipt.get(DISCLOSURE_KEY) if isinstance(receipt, dict)
+                                               else None)
         except (ParseError, VerificationError) as exc:
             raise VerifyRequestError(f"receipt does not verify: {exc.message}", field=exc.field or "receipt",
                                      got=exc.got, expected=exc.expected) from exc
@@ -182,7 +210,7 @@ class VerifierService:
                                      f"{len(transcript.output_ids)} output tokens",
                                      expected=f"<= {context} tokens in all, <= {MAX_OUTPUT_TOKENS} output")
         client = _parse_client_request(body["request"])
-        return VerifyRequest(transcript, envelope, statement, body["request"], body["response"], nonce, client)
+        return VerifyRequest(transcript, envelope, statement, body["request"], body["response"], nonce, client, secret)
 
     def judge(self, req: VerifyRequest) -> Judgement:
         """The verdict on a parsed request: binding checks first (cheap), then re-derivation."""
@@ -190,7 +218,9 @@ class VerifierService:
         if reasons:
             return Judgement(REJECT, reasons, {})
         client = req.client
-        reasons = self._request_reasons(req.transcript, client)
+        defaults = req.statement["predicate"].get(DEFAULTS_KEY)
+        reasons = self._request_reasons(req.transcript, client,
+                                        RequestDefaults.from_json(defaults) if defaults is not None else None)
         if reasons:
             return Judgement(REJECT, ["the transcript is not what the client's request gives"] + reasons, {})
         with self._lock:
@@ -257,7 +287,19 @@ class VerifierService:
                        f"{signed_body}")
         return (["request or response is not the one the receipt signs"] + out) if out else []
 
-    def _request_reasons(self, transcript: Transcript, client: Any) -> list[str]:
+    def _params_reasons(self, transcript: Transcript, client: Any, signed: RequestDefaults | None) -> list[str]:
+        """The parameters are what the request resolves to (attest/request_defaults.py) under the node's
+        signed defaults and the ones this verifier expects."""
+        expected = self.expected_defaults or ExpectedDefaults(context_length=self.model.max_context)
+        try:
+            check_params(transcript.params.to_json(), client.model_dump(mode="json"), len(transcript.prompt_ids),
+                         signed, expected)
+        except (ParamsMismatchError, RequestError) as exc:
+            return [f"params: {exc.summary()}"[:300]]
+        return []
+
+    def _request_reasons(self, transcript: Transcript, client: Any,
+                         signed_defaults: RequestDefaults | None = None) -> list[str]:
         """The request, through the pinned tokenizer and template, gives the prompt ids and parameters."""
         from ..server import prompting
 
@@ -277,21 +319,7 @@ class VerifierService:
             out.append(f"prompt_ids: the request through the pinned tokenizer and chat template gives {len(ids)} "
                        f"tokens ({ids_digest(ids)}), the transcript has {len(transcript.prompt_ids)} "
                        f"({ids_digest(transcript.prompt_ids)}); first difference at position {at}")
-        params = transcript.params
-        requested = prompting.requested_max_tokens(client)
-        room = self.model.max_context - len(transcript.prompt_ids)
-        if requested is None and not 1 <= params.max_tokens <= room:
-            out.append(f"params.max_tokens: {params.max_tokens} with no max_tokens in the request; expected 1..{room}")
-        try:
-            expected = prompting.sampling_params(client, requested if requested is not None else params.max_tokens)
-        except RequestError as exc:
-            return out + [f"params: the request's parameters are invalid: {exc.summary()}"[:300]]
-        if client.seed is None and not expected.greedy:
-            expected = dataclasses.replace(expected, seed=params.seed)  # drawn by the node and recorded
-        want, got = expected.to_json(), params.to_json()
-        for name in sorted(want):
-            if want[name] != got[name]:
-                out.append(f"params.{name}: the transcript has {got[name]!r}, the request asks for {want[name]!r}")
+        out += self._params_reasons(transcript, client, signed_defaults)
         logprobs_on, top_n, _ = prompting.logprob_options(client)
         tops = {len(t.top) for t in transcript.tokens}
         if tops - {min(top_n, self.model.vocab_size)}:

@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..attest.receipts import new_receipt_secret
+from ..attest.request_defaults import resolve_max_tokens
 from ..errors import PluginError, RequestError
 from ..generator import GenerationJob
 from ..plugin_manager import pm
@@ -112,7 +114,7 @@ def _max_tokens(node: Any, requested: int | None, prompt_len: int) -> int:
             got=prompt_len, expected=f"< {context}")
     room = context - prompt_len
     if requested is None:
-        return min(node.default_max_tokens, room)
+        return resolve_max_tokens(None, prompt_len, node.request_defaults)
     if requested > room:
         raise ContextLengthError(
             f"max_tokens={requested} does not fit: the context length is {context} tokens and the prompt uses "
@@ -270,6 +272,7 @@ def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenTe
     start = time.perf_counter()
     evidence: dict[str, Any] = {}
     receipt_id = uuid.uuid4().hex  # chosen first: evidence (commitment proofs) binds it
+    transcript.salt = new_receipt_secret()  # the requester's secret: salts what the public receipt shows
     pm.hook.seal_transcript(transcript=transcript, evidence=evidence, node=node, receipt_id=receipt_id)
     receipt = pm.hook.issue_receipt(transcript=transcript, request=prep.request_obj, response=body,
                                     evidence=evidence, node=node, receipt_id=receipt_id)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from ..attest.request_defaults import params_from_request
 from ..errors import RequestError
 from ..transcript import SamplingParams
 from .openai_schema import ChatCompletionRequest, CompletionRequest
@@ -88,12 +89,6 @@ def logprob_options(req: ChatCompletionRequest | CompletionRequest) -> tuple[boo
 
 
 def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> SamplingParams:
-    """The decoding parameters of a request, with `max_tokens` already resolved against the context."""
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else float(req.temperature),
-        top_p=1.0 if req.top_p is None else float(req.top_p),
-        seed=req.seed,
-        stop=req.stop_list(),
-        ignore_eos=bool(req.ignore_eos),
-    )
+    """The decoding parameters of a request, with `max_tokens` already resolved against the context
+    (`specguard.attest.request_defaults`, the one rule verifiers check against)."""
+    return params_from_request(req.model_dump(mode="json"), max_tokens)

@@ -69,6 +69,8 @@ def _emit(as_json: bool, result: dict[str, Any]) -> None:
     if as_json:
         click.echo(json.dumps(jsonable(result), indent=2, sort_keys=True))
     else:
+        if result.get("simulated"):  # said first, on stdout: before "ok: True" is read as "attested"
+            click.echo("SIMULATED: this evidence is not from a TEE and proves nothing")
         for key, value in result.items():
             click.echo(f"{key}: {json.dumps(jsonable(value)) if isinstance(value, dict | list) else value}")
 

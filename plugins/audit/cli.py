@@ -105,10 +105,13 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
     if bool(base_url) == bool(providers):
         raise AuditUsageError("give either --base-url or one or more --provider NAME=URL", field="base_url",
                               got=f"base_url={base_url!r}, providers={len(providers)}")
+    from specguard.attest.jsonio import loads_strict
+    from specguard.errors import ParseError
+
     try:
-        extra = json.loads(extra_body) if extra_body else {}
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--extra-body") from exc
+        extra = loads_strict(extra_body, "--extra-body") if extra_body else {}
+    except ParseError as exc:
+        raise click.BadParameter(f"not JSON: {exc.summary()}", param_hint="--extra-body") from exc
     if not isinstance(extra, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
     if ray_scorers is not None and (providers or max_cost is not None):

@@ -117,6 +117,11 @@ def _receipt_root(path: str, trusted_key: tuple[str, ...], allow_unpinned: bool)
         doc = doc["specguard"].get("receipt", doc)
     options = VerifyOptions(trusted_keys=tuple(parse_key_arg(k) for k in trusted_key), allow_unpinned=allow_unpinned)
     verified = verify_receipt(doc, options)
+    if "token_records_root" not in verified.predicate:  # a format-2 receipt without the requester's disclosure
+        from specguard.attest.receipts import ReceiptSecretError
+
+        raise ReceiptSecretError("the receipt seals its token-records root: give the requester's receipt (with "
+                                 "its disclosure)", field="receipt.disclosure")
     return (verified.predicate["token_records_root"], verified.predicate["token_records_count"],
             verified.receipt_id)
 
@@ -132,7 +137,6 @@ def _parse_positions(text: str) -> list[int]:
 
 
 def _read_json(path: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError("cannot read JSON file", field=path, got=str(exc)) from exc
+    from specguard.attest.jsonio import load_json_file
+
+    return load_json_file(path, path)  # ParseError (exit 3) on unreadable or bad JSON

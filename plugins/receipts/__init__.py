@@ -42,4 +42,5 @@ def issue_receipt(transcript: Any, request: Any, response: Any, evidence: Any, n
     issuer = routes.issuer_for(node)
     if issuer is None:
         return None
-    return issuer.issue(transcript, request, response, evidence, node.policy, receipt_id=receipt_id)
+    return issuer.issue(transcript, request, response, evidence, node.policy, receipt_id=receipt_id,
+                        request_defaults=node.request_defaults)

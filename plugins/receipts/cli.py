@@ -21,6 +21,7 @@ from specguard.attest.checkpoint import (
 from specguard.attest.options import TextDecoder, VerifyOptions
 from specguard.attest.receipts import (
     ReceiptParseError,
+    UnpinnedKeyError,
     load_json_file,
     loads_strict,
     verify_receipt,
@@ -85,9 +86,15 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
               help="JSON consistency proof between --checkpoint and the receipt's checkpoint.")
 @click.option("--transcript", "transcript_path", type=click.Path(exists=True, dir_okay=False),
               help="Transcript JSON whose token records are checked against the signed root.")
-@click.option("--trusted-key", "trusted_key", multiple=True,
+@click.option("--trusted-key", "--key", "trusted_key", multiple=True,
               help="Pinned node key: 64 hex digits, a verifier key name+hash+key, or a file. Required "
-                   "unless --allow-unpinned.")
+                   "unless --allow-unpinned. (--key is an alias, as in `log verify`.)")
+@click.option("--default-max-tokens", "default_max_tokens", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="The default max_tokens you accept for a request that omitted it (default 256; also the "
+                   "policy's [request_defaults] max_tokens).")
+@click.option("--context-length", "context_length", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="The node's context length you accept (default: the --model's; also [request_defaults] "
+                   "context_length). Needed only when the node cut an omitted max_tokens to fit the context.")
 @click.option("--allow-unpinned", is_flag=True,
               help="Accept a signature under the key the receipt itself names (proves only integrity).")
 @click.option("--policy", "policy_ref", help="Policy (preset name or TOML file) for evidence plugins; a policy "
@@ -111,7 +118,8 @@ def verify_command(receipt: str, response_path: str | None, request_path: str | 
                    trusted_key: tuple[str, ...], allow_unpinned: bool, policy_ref: str | None,
                    attestation_evidence: str | None, collateral: str | None, model_commitment: str | None,
                    verifier_key: tuple[str, ...], quorum: int | None, verifier_evidence: tuple[str, ...],
-                   as_json: bool, reference_values: str | None = None) -> None:
+                   as_json: bool, reference_values: str | None = None, default_max_tokens: int | None = None,
+                   context_length: int | None = None) -> None:
     """Verify a receipt offline: signature, request/response digests, response text, token root,
     log inclusion, evidence. Every layer an option names is required.
 
@@ -124,17 +132,45 @@ def verify_command(receipt: str, response_path: str | None, request_path: str | 
         result = _verify(receipt, response_path, checkpoint_path, consistency_path, transcript_path,
                          trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum,
                          verifier_evidence, allow_unpinned=allow_unpinned, request_path=request_path,
-                         model_ref=model_ref, collateral=collateral, reference_values=reference_values)
+                         model_ref=model_ref, collateral=collateral, reference_values=reference_values,
+                         defaults=(default_max_tokens, context_length))
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
         raise
+    report = verify_report(result)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(json.dumps(report, indent=2))
         return
-    for layer in result.layers:
+    for layer in report["layers"]:
         click.echo(f"{layer['status']:>9}  {layer['layer']}: {layer['detail']}")
+    engine = report["engine"]
+    click.echo(f"   engine  {engine['name']} {engine['version'] or '(version not recorded)'}, model file "
+               f"{engine['model_file_digest'] or '(not recorded)'}")
     pinned = "" if result.key_pinned else " (KEY NOT PINNED: --allow-unpinned)"
     click.echo(f"OK receipt {result.receipt_id} signed by {result.key_id}{pinned}")
+
+
+#: engine of receipts from before the predicate named one
+_UNNAMED_ENGINE = {"name": "specguard", "version": "", "model_file_digest": ""}
+
+
+def verify_report(result: Any) -> dict[str, Any]:
+    """`VerifiedReceipt.to_json()` for people and scripts: the engine the receipt signs, and SIMULATED
+    evidence said on the layer's own line (and as `"simulated": true` in the layer and the evidence)."""
+    report = result.to_json()
+    engine = result.predicate.get("engine")
+    report["engine"] = dict(engine) if isinstance(engine, dict) else dict(_UNNAMED_ENGINE)
+    simulated = []
+    for layer in report["layers"]:
+        slot = layer["layer"].split(":", 1)[1] if layer["layer"].startswith("evidence:") else None
+        evidence = report["evidence"].get(slot) if slot else None
+        signed = result.predicate["evidence"].get(slot) if slot else None
+        if any(isinstance(x, dict) and x.get("simulated") is True for x in (evidence, signed)):
+            layer["simulated"] = True
+            layer["detail"] = "SIMULATED evidence (not from a TEE, proves nothing): " + layer["detail"]
+            simulated.append(slot)
+    report["simulated"] = simulated
+    return report
 
 
 def hook_evidence_verifier(slot: str, value: Any, statement: dict[str, Any],
@@ -166,11 +202,28 @@ def canonical_request(path: str) -> dict[str, Any]:
                                 got=str(first.get("msg", exc))[:200]) from exc
 
 
-def _decoder(model_ref: str) -> TextDecoder:
+def _load(model_ref: str) -> Any:
     from specguard.models import load_model
 
-    model = load_model(model_ref)
-    return TextDecoder(decode=model.decode, tokenizer_digest=model.tokenizer_digest)
+    return load_model(model_ref)
+
+
+def _request_prompt_ids(model: Any, request: dict[str, Any]) -> list[int]:
+    """The request through the model's tokenizer and chat template, as the node does (server prompting)."""
+    from specguard.server import prompting
+
+    return prompting.prompt_ids(model, prompting.parse_request(request))
+
+
+def _expected_defaults(policy: Any, model: Any, max_tokens: int | None, context_length: int | None) -> Any:
+    """Options first, then the policy's [request_defaults], then 256 tokens and the --model's context."""
+    from specguard.attest.request_defaults import ExpectedDefaults
+
+    pins = policy.request_defaults if policy is not None else ExpectedDefaults()
+    table = {"max_tokens": pins.max_tokens if max_tokens is None else max_tokens,
+             "context_length": context_length or pins.context_length}
+    return ExpectedDefaults.from_policy_section({k: v for k, v in table.items() if v is not None},
+                                                context_length=model.max_context if model else None)
 
 
 def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None,
@@ -179,7 +232,8 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
             verifier_key: tuple[str, ...], quorum: int | None = None,
             verifier_evidence: tuple[str, ...] = (), *, allow_unpinned: bool = False,
             request_path: str | None = None, model_ref: str | None = None,
-            collateral: str | None = None, reference_values: str | None = None) -> Any:
+            collateral: str | None = None, reference_values: str | None = None,
+            defaults: tuple[int | None, int | None] = (None, None)) -> Any:
     doc = load_json_file(Path(receipt), "receipt")
     response = None
     if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
@@ -204,12 +258,16 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
     consistency = None
     if consistency_path:
         consistency = _hex_list(load_json_file(Path(consistency_path), "consistency proof"), consistency_path)
+    model = _load(model_ref) if model_ref is not None else None
+    request = canonical_request(request_path) if request_path else None
     options = VerifyOptions(
         trusted_keys=tuple(parse_key_arg(k) for k in trusted_key),
         allow_unpinned=allow_unpinned,
         response=response,
-        request=canonical_request(request_path) if request_path else None,
-        decoder=_decoder(model_ref) if model_ref is not None else None,
+        request=request,
+        decoder=TextDecoder(decode=model.decode, tokenizer_digest=model.tokenizer_digest) if model else None,
+        prompt_ids=_request_prompt_ids(model, request) if model is not None and request is not None else None,
+        expected_defaults=_expected_defaults(policy, model, *defaults),
         tokens=tokens,
         checkpoint=_read_text(checkpoint_path, "checkpoint") if checkpoint_path else None,
         consistency_proof=tuple(consistency) if consistency is not None else None,
@@ -284,16 +342,25 @@ def _key_from_entry(data: bytes) -> bytes:
 @click.option("--checkpoint", "saved_path", type=click.Path(dir_okay=False),
               help="A checkpoint saved earlier; the current one must be consistent with it.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Save the verified checkpoint here.")
-@click.option("--key", "key_arg", help="The node's public key (hex or verifier key string).")
+@click.option("--trusted-key", "--key", "key_arg",
+              help="Pinned node key (hex, verifier key string or file), as in `verify` (--key is an alias). "
+                   "Required unless --allow-unpinned.")
+@click.option("--allow-unpinned", is_flag=True,
+              help="Trust the key the log's own newest entry names (proves only self-consistency).")
 @click.option("--entries", default=1, show_default=True, help="Spot-check inclusion of the last N entries.")
 @click.option("--json", "as_json", is_flag=True)
 def log_verify_command(url: str | None, db_path: str | None, saved_path: str | None, save_path: str | None,
-                       key_arg: str | None, entries: int, as_json: bool) -> None:
+                       key_arg: str | None, entries: int, as_json: bool, allow_unpinned: bool = False) -> None:
     """Check a log: signed checkpoint, consistency with a saved checkpoint, entry inclusion.
 
-    Exit codes: 0 ok, 2 unreachable/usage, 3 malformed, 13 signature/consistency/inclusion failure.
+    Exit codes: 0 ok, 2 unreachable/usage, 3 malformed, 10 no pinned key (without --allow-unpinned),
+    13 signature/consistency/inclusion failure.
     """
     try:
+        if not key_arg and not allow_unpinned:
+            raise UnpinnedKeyError("no trusted node key given: a checkpoint signed by the key the log names "
+                                   "proves nothing; pin the node key (--trusted-key) or pass --allow-unpinned",
+                                   field="trusted_keys", got=0, expected=">= 1 pinned key")
         report = _log_verify(url, db_path, saved_path, save_path, key_arg, entries)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
@@ -303,7 +370,7 @@ def log_verify_command(url: str | None, db_path: str | None, saved_path: str | N
     else:
         for line in report["checks"]:
             click.echo("      ok  " + line)
-        pinned = "" if report["key_pinned"] else " (KEY NOT PINNED: pass --key)"
+        pinned = "" if report["key_pinned"] else " (KEY NOT PINNED: --allow-unpinned)"
         click.echo(f"OK log {report['origin']} size {report['tree_size']} root {report['root']}{pinned}")
 
 
@@ -343,7 +410,7 @@ def _log_verify(url: str | None, db_path: str | None, saved_path: str | None, sa
             cp = verify_checkpoint(note, [key])
             checks.append(f"checkpoint signature by {cp.origin}")
         if not pinned:
-            log.warning("log key not pinned: trusting the key named in the log's own entries; pass --key")
+            log.warning("log key not pinned: trusting the key named in the log's own entries; pass --trusted-key")
         if saved is not None:
             if key is None:
                 raise UsageError("cannot verify the saved checkpoint without a key", field="--key")

@@ -272,7 +272,10 @@ def test_log_verify_over_http_and_locally(served, tmp_path: Path, monkeypatch, c
                           "--entries", "3", "--json"], capsys)
     assert code == 0 and '"tree_size": 11' in out and "consistent with saved checkpoint of size 6" in out
     code, _ = _run_cli(["log", "verify", "--db", str(issuer.log.path), "--checkpoint", str(saved)], capsys)
-    assert code == 2  # no key given, and these test entries name none
+    assert code == 10  # no pinned key and no --allow-unpinned
+    code, _ = _run_cli(["log", "verify", "--db", str(issuer.log.path), "--checkpoint", str(saved),
+                        "--allow-unpinned"], capsys)
+    assert code == 2  # unpinned allowed, but these test entries name no key
     code, out = _run_cli(["log", "verify", "--db", str(issuer.log.path), "--checkpoint", str(saved),
                           "--key", key.public_hex], capsys)
     assert code == 0 and "consistent with saved checkpoint of size 6" in out

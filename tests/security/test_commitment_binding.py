@@ -32,7 +32,8 @@ def _transcript() -> Transcript:
     tokens = [TokenRecord(position=i, token_id=5 + i, logprob=-0.25 * i) for i in range(3)]
     return Transcript(model_name="tiny", model_digest=DIGEST, tokenizer_digest="sha256:" + "55" * 32,
                       prompt_ids=[1, 2], output_ids=[5, 6, 7], tokens=tokens, steps=[],
-                      params=SamplingParams(max_tokens=3), finish_reason="length", drafter="none")
+                      params=SamplingParams(max_tokens=3), finish_reason="length", drafter="none",
+                      salt="66" * 32)  # the receipt secret, set before sealing as the server does
 
 
 def _issue(home: Path, evidence_for=None, receipt_id: str = "aa" * 16, key_home: Path | None = None):

@@ -21,7 +21,6 @@ from support.consensus_node import Served, answer, build_body, generate, issue
 from support.servers import free_port, make_tiny_model_dir, start_process
 
 from specguard.attest.receipts import ReceiptIssuer
-from specguard.canonical import json_digest
 from specguard.consensus.config import default_quorum
 from specguard.consensus.quorum import QuorumError, request_certificate, verify_certificate
 from specguard.consensus.rederive import ACCEPT
@@ -87,10 +86,12 @@ def test_honest_answer_gets_a_full_certificate(verifiers):
     ok = verify_certificate(cert, served.receipt["envelope"], v.keys)
     assert ok.quorum == 3 and len(ok.accepted_by) == 3
     # the votes name the client's request and the body it received
-    assert cert["request_digest"] == json_digest(dump_request(ChatCompletionRequest.model_validate(CHAT)))
-    from specguard.attest.receipts import response_digest
+    from specguard.attest.receipts import RESPONSE_DIGEST_V3, request_digest, response_digest
 
-    assert cert["response_digest"] == "sha256:" + response_digest(served.response)
+    secret = served.receipt["disclosure"]["secret"]  # format-2 receipts salt what votes bind
+    assert cert["request_digest"] == request_digest(dump_request(ChatCompletionRequest.model_validate(CHAT)), secret)
+
+    assert cert["response_digest"] == "sha256:" + response_digest(served.response, RESPONSE_DIGEST_V3, secret)
     assert {vote["vote"]["response_digest"] for vote in cert["votes"]} == {cert["response_digest"]}
 
 
@@ -146,8 +147,11 @@ def test_an_injected_system_prompt_is_not_certified(verifiers):
     # ... or it signs and sends the request it really ran: then every vote names that request, not the client's
     consistent = answer(v.model, v.issuer, node_request, t)
     cert = ask(v, consistent)
-    assert cert["request_digest"] == json_digest(node_request) != json_digest(client_request)
-    assert all(vote["vote"]["request_digest"] != json_digest(client_request) for vote in cert["votes"])
+    from specguard.attest.receipts import request_digest
+
+    secret = consistent.receipt["disclosure"]["secret"]
+    assert cert["request_digest"] == request_digest(node_request, secret) != request_digest(client_request, secret)
+    assert all(vote["vote"]["request_digest"] != request_digest(client_request, secret) for vote in cert["votes"])
 
 
 def test_sending_the_verifiers_another_request_or_body_than_the_receipt_signs_fails(verifiers):

@@ -65,7 +65,7 @@ def test_chat_response_saved_by_the_sdk_verifies(served, tmp_path, capsys, logpr
         code, out, err = run_cli(["verify", receipt, "--response", response, *pin, "--json"], capsys)
         assert code == 0, (out, err)
         layer = next(x for x in out["layers"] if x["layer"] == "response")
-        assert layer["status"] == "ok" and "v2" in layer["detail"]
+        assert layer["status"] == "ok" and "v3" in layer["detail"]  # v2 (nulls stripped), salted
 
 
 def test_completion_response_saved_by_the_sdk_verifies(served, tmp_path, capsys):

@@ -81,7 +81,8 @@ def test_chat_response_shape_logprobs_and_receipt(client, node):
         assert entry["logprob"] <= 0 and all(t["logprob"] <= 0 for t in entry["top_logprobs"])
     verified = verify_receipt(sg["receipt"], trusted_keys=[node.public_key_bytes], response=body)
     assert verified.receipt_id == sg["receipt_id"]
-    assert client.get(f"/specguard/v1/receipts/{sg['receipt_id']}").json() == sg["receipt"]
+    public = {k: v for k, v in sg["receipt"].items() if k != "disclosure"}  # the secret goes to the requester only
+    assert client.get(f"/specguard/v1/receipts/{sg['receipt_id']}").json() == public
     assert resp_headers_token(sg)
     stored = client.get(f"/specguard/v1/responses/{sg['receipt_id']}",
                         headers={"X-Specguard-Response-Token": sg["response_token"]}).json()
@@ -144,7 +145,8 @@ def test_seeded_sampling_is_reproducible_and_seed_is_recorded(client):
     from specguard.attest.receipts import parse_statement
 
     payload = base64.b64decode(unseeded["specguard"]["receipt"]["envelope"]["payload"])
-    assert isinstance(parse_statement(payload)["predicate"]["params"]["seed"], int)
+    assert "params" not in parse_statement(payload)["predicate"]  # sealed: only the requester reads them
+    assert isinstance(unseeded["specguard"]["receipt"]["disclosure"]["sealed"]["params"]["seed"], int)
 
 
 TOO_LONG = list(range(1, 300))

@@ -91,7 +91,8 @@ def test_openai_client_chat_completion_streaming_logprobs_and_verify_cli(server,
     stored = httpx.get(f"{server.url}/specguard/v1/responses/{sg['receipt_id']}", timeout=10,
                        headers={"X-Specguard-Response-Token": sg["response_token"]}).json()
     assert stored["choices"][0]["message"]["content"] == streamed
-    assert httpx.get(f"{server.url}/specguard/v1/receipts/{sg['receipt_id']}", timeout=10).json() == sg["receipt"]
+    public = {k: v for k, v in sg["receipt"].items() if k != "disclosure"}  # the secret is the requester's only
+    assert httpx.get(f"{server.url}/specguard/v1/receipts/{sg['receipt_id']}", timeout=10).json() == public
 
     comp_stream = list(client.completions.create(model=MODEL, prompt="The sky is", max_tokens=8, temperature=0.7,
                                                  seed=7, stream=True))
@@ -217,7 +218,7 @@ def test_kill9_mid_traffic_keeps_every_acknowledged_receipt(tiny_dir, tmp_path):
         assert current.size >= len(receipts)
         for receipt in receipts:
             stored = httpx.get(f"{restarted.url}/specguard/v1/receipts/{receipt['receipt_id']}", timeout=10)
-            assert stored.status_code == 200 and stored.json() == receipt
+            assert stored.status_code == 200 and stored.json() == {k: v for k, v in receipt.items() if k != "disclosure"}
             verify_receipt(receipt, trusted_keys=[key])
             old = verify_checkpoint(receipt["log"]["checkpoint"], [key])
             proof = httpx.get(restarted.url + "/specguard/v1/log/proof/consistency",

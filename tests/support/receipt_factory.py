@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from specguard.attest.receipts import ReceiptIssuer
+from specguard.attest.receipts import ReceiptIssuer, new_receipt_secret
 from specguard.keys import NodeKey, load_or_create_node_key
 from specguard.transcript import SamplingParams, TokenRecord, Transcript
 
@@ -32,7 +32,7 @@ def transcript(output_ids: list[int] | None = None, *, text: str = "abcd", finis
     return Transcript(model_name="tiny", model_digest=model_digest, tokenizer_digest=tokenizer_digest,
                       prompt_ids=[1, 2], output_ids=ids, tokens=tokens, steps=[],
                       params=SamplingParams(max_tokens=max(1, len(ids)), stop=stop), finish_reason=finish,
-                      drafter="none", text=text)
+                      drafter="none", text=text, salt=new_receipt_secret())  # set before evidence, as the server does
 
 
 class Issuer:

@@ -1,0 +1,79 @@
+"""The one strict JSON loader for everything specguard reads from outside.
+
+Receipts, responses, requests, transcripts, proofs, log answers, verifier request bodies: every
+JSON document that comes from a file, a peer or a client goes through `loads_strict`, which
+either returns the value or raises a typed `ParseError` (exit code 3, HTTP 400) naming what it
+was reading. Refused: bytes that are not UTF-8, invalid JSON, duplicate object keys, NaN and
+Infinity (also a number like 1e999 that only overflows to infinity), integers longer than
+`MAX_INT_DIGITS` digits (Python's own limit, 4300, surfaces as a bare ValueError) and nesting deeper
+than the interpreter can follow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParseError
+
+#: longest integer (in decimal digits, sign excluded) a document may carry; ids, sizes and seeds
+#: need at most 20
+MAX_INT_DIGITS = 1000
+
+__all__ = ["loads_strict", "load_json_file", "MAX_INT_DIGITS"]
+
+
+def loads_strict(data: bytes | bytearray | str, what: str, error: type[ParseError] = ParseError) -> Any:
+    """JSON without duplicate keys, NaN/Infinity or oversized integers; any failure is `error`."""
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error("duplicate key in JSON object", field=f"{what}.{k}")
+            out[k] = v
+        return out
+
+    def no_constants(name: str) -> Any:
+        raise error("NaN/Infinity are not JSON", field=what, got=name)
+
+    def bounded_int(text: str) -> int:
+        digits = len(text) - (text[0] == "-")
+        if digits > MAX_INT_DIGITS:
+            raise error("JSON integer too long", field=what, got=f"{digits} digits",
+                        expected=f"<= {MAX_INT_DIGITS} digits")
+        return int(text)
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise error("JSON number out of range (it would be infinite)", field=what, got=text[:40])
+        return value
+
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        if not isinstance(text, str):
+            raise error("JSON input must be bytes or text", field=what, got=type(data).__name__)
+        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants,
+                          parse_int=bounded_int, parse_float=finite_float)
+    except UnicodeDecodeError as exc:
+        raise error("not UTF-8", field=what, offset=exc.start) from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"invalid JSON: {exc.msg}", field=what, offset=exc.pos) from exc
+    except RecursionError as exc:
+        raise error("JSON nested too deeply", field=what) from exc
+    except ParseError:
+        raise
+    except ValueError as exc:  # anything else the decoder refuses
+        raise error(f"invalid JSON: {exc}"[:200], field=what) from exc
+
+
+def load_json_file(path: Path | str, what: str, error: type[ParseError] = ParseError) -> Any:
+    """Read a JSON file strictly (`error` on unreadable or bad bytes)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror}", field=str(path)) from exc
+    return loads_strict(data, what, error)
