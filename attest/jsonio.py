@@ -25,39 +25,46 @@ MAX_INT_DIGITS = 1000
 __all__ = ["loads_strict", "load_json_file", "MAX_INT_DIGITS"]
 
 
-def loads_strict(data: bytes | bytearray | str, what: str, error: type[ParseError] = ParseError) -> Any:
-    """JSON without duplicate keys, NaN/Infinity or oversized integers; any failure is `error`."""
+class _StrictHooks:
+    """json.loads hooks that raise `error` (naming `what`) instead of accepting loose JSON."""
 
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    def __init__(self, what: str, error: type[ParseError]) -> None:
+        self.what, self.error = what, error
+
+    def pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in pairs:
             if k in out:
-                raise error("duplicate key in JSON object", field=f"{what}.{k}")
+                raise self.error("duplicate key in JSON object", field=f"{self.what}.{k}")
             out[k] = v
         return out
 
-    def no_constants(name: str) -> Any:
-        raise error("NaN/Infinity are not JSON", field=what, got=name)
+    def constant(self, name: str) -> Any:
+        raise self.error("NaN/Infinity are not JSON", field=self.what, got=name)
 
-    def bounded_int(text: str) -> int:
+    def integer(self, text: str) -> int:
         digits = len(text) - (text[0] == "-")
         if digits > MAX_INT_DIGITS:
-            raise error("JSON integer too long", field=what, got=f"{digits} digits",
-                        expected=f"<= {MAX_INT_DIGITS} digits")
+            raise self.error("JSON integer too long", field=self.what, got=f"{digits} digits",
+                             expected=f"<= {MAX_INT_DIGITS} digits")
         return int(text)
 
-    def finite_float(text: str) -> float:
+    def real(self, text: str) -> float:
         value = float(text)
         if not math.isfinite(value):
-            raise error("JSON number out of range (it would be infinite)", field=what, got=text[:40])
+            raise self.error("JSON number out of range (it would be infinite)", field=self.what, got=text[:40])
         return value
 
+
+def loads_strict(data: bytes | bytearray | str, what: str, error: type[ParseError] = ParseError) -> Any:
+    """JSON without duplicate keys, NaN/Infinity or oversized integers; any failure is `error`."""
+    hooks = _StrictHooks(what, error)
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         if not isinstance(text, str):
             raise error("JSON input must be bytes or text", field=what, got=type(data).__name__)
-        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants,
-                          parse_int=bounded_int, parse_float=finite_float)
+        return json.loads(text, object_pairs_hook=hooks.pairs, parse_constant=hooks.constant,
+                          parse_int=hooks.integer, parse_float=hooks.real)
     except UnicodeDecodeError as exc:
         raise error("not UTF-8", field=what, offset=exc.start) from exc
     except json.JSONDecodeError as exc:
