@@ -277,6 +277,10 @@ def consensus_config(node: Any) -> ConsensusConfig | None:
         urls = list(pol.verifiers)
     if not urls:
         return None
+    from .credentials import verifier_headers
+
+    for url in urls:  # a key per verifier, never in plaintext: fail at start, not at the first vote
+        verifier_headers(url)
     keys.extend(pol.verifier_keys)
     for i, k in enumerate(cons.get("verifier_keys") or []):
         keys.append(key_value(k, f"--verifier-key[{i}]"))
