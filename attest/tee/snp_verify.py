@@ -156,8 +156,6 @@ def verify_snp(
     notes = []
     if crls is not None:
         notes.append(check_amd_crls(chain, list(crls), at))
-    else:
-        notes.append(f"{REVOCATION_NOT_CHECKED}: no AMD CRL was given (collateral)")
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise SignatureError("endorsement key is not an ECDSA P-384 key", field=f"{report.signing_key} key",
@@ -207,6 +205,8 @@ def verify_snp(
         "id_key_digest": report.id_key_digest,
         "author_key_digest": report.author_key_digest,
     }
+    if crls is None:
+        notes.append(f"{REVOCATION_NOT_CHECKED}: no AMD CRL was given (collateral)")
     return Verified("snp", report, claims, at, tuple(chain.subjects()), notes=tuple(notes),
                     revocation_checked=crls is not None)
 
