@@ -244,7 +244,9 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
         def _guard_sync(self) -> None:
             """Follow the connection's state: waiting for a request head, or serving a request."""
             cycle = getattr(self, "cycle", None)
-            waiting = cycle is None or cycle.response_complete
+            # answered and its body all in (a body still arriving after an early answer, a 401 say, is
+            # body, not the next request's head: the idle timeout covers it)
+            waiting = cycle is None or (cycle.response_complete and not cycle.more_body)
             now = self.loop.time()
             if waiting and not self._guard_waiting:
                 self._guard_waiting, self._guard_since, self._guard_head_bytes = True, now, 0
@@ -277,7 +279,7 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
                 return
             cycle = getattr(self, "cycle", None)
             flow = getattr(self, "flow", None)
-            if cycle is None or cycle.response_complete or not cycle.more_body:
+            if cycle is None or not cycle.more_body:
                 return  # the body is in: what remains is the server's work
             if flow is not None and flow.read_paused:
                 self._guard_last_data = now  # the server paused reading, not the client
