@@ -41,7 +41,8 @@ from specguard.errors import ConfigError
 log = logging.getLogger("specguard.attest")
 
 COMMON_KEYS = frozenset({"required", "allow_simulated", "allow_debug", "types", "max_evidence_age_seconds",
-                         "require_key_binding", "require_reference_values", "reference_values",
+                         "require_key_binding", "require_reference_values", "require_revocation_check",
+                         "reference_values",
                          "snp", "tdx", "nvidia"})
 SNP_KEYS = frozenset({"measurements", "host_data", "guest_policies", "vmpl", "min_guest_svn", "min_tcb"})
 TDX_KEYS = frozenset({"mr_td", "mr_seam", "mr_config_id", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "min_tee_tcb_svn",
@@ -259,6 +260,9 @@ class AttestationPolicy(Mapping):
     allow_debug: bool = False
     require_key_binding: bool = False
     require_reference_values: bool = False
+    #: evidence whose certificate chain has revocation lists (SEV-SNP: AMD CRLs; TDX: PCK CRLs) must have
+    #: been checked against current ones (`--collateral`); `strict` sets it
+    require_revocation_check: bool = False
     types: tuple[str, ...] | None = None
     max_evidence_age_seconds: float | None = None
     snp: SnpReference = field(default_factory=SnpReference)
@@ -293,6 +297,7 @@ class AttestationPolicy(Mapping):
     def summary(self) -> dict[str, Any]:
         rv = self.reference_values
         return {"require_reference_values": self.require_reference_values,
+                "require_revocation_check": self.require_revocation_check,
                 "reference_values": None if rv is None else {"source": rv.source, "digest": rv.digest,
                                                              "name": rv.name, "example": rv.example}}
 
@@ -313,7 +318,7 @@ def parse_attestation(
     where = "attestation"
     kw: dict[str, Any] = {k: _bool(table, k, where) for k in
                           ("required", "allow_simulated", "allow_debug", "require_key_binding",
-                           "require_reference_values")}
+                           "require_reference_values", "require_revocation_check")}
     if "types" in table:
         kw["types"] = _str_list(table["types"], "attestation.types")
     if "max_evidence_age_seconds" in table:

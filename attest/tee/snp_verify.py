@@ -37,7 +37,7 @@ from .errors import (
     SignatureError,
 )
 from .snp import SnpReport, TcbVersion
-from .types import Verified
+from .types import REVOCATION_NOT_CHECKED, Verified
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = AMD_OID + ".1"
@@ -205,7 +205,10 @@ def verify_snp(
         "id_key_digest": report.id_key_digest,
         "author_key_digest": report.author_key_digest,
     }
-    return Verified("snp", report, claims, at, tuple(chain.subjects()), notes=tuple(notes))
+    if crls is None:
+        notes.append(f"{REVOCATION_NOT_CHECKED}: no AMD CRL was given (collateral)")
+    return Verified("snp", report, claims, at, tuple(chain.subjects()), notes=tuple(notes),
+                    revocation_checked=crls is not None)
 
 
 def _check_tcb(reported: TcbVersion, e: AmdEndorsement) -> None:

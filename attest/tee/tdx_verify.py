@@ -18,7 +18,7 @@ from . import der, roots
 from .certs import build_chain, ecdsa_verify, name, utc
 from .errors import EndorsementMismatchError, EvidenceParseError, SignatureError
 from .tdx import TdxQuote
-from .types import Verified
+from .types import REVOCATION_NOT_CHECKED, Verified
 
 SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 
@@ -130,7 +130,7 @@ def verify_tdx(
         tcb_status, advisories = result.status, result.advisories
         notes.extend(result.notes)
     else:
-        notes.append("no collateral given: TCB status not evaluated")
+        notes.append(f"no collateral given: TCB status not evaluated, {REVOCATION_NOT_CHECKED} (no PCK CRLs)")
     b = quote.body
     claims = {
         "report_data": b.report_data,
@@ -152,4 +152,4 @@ def verify_tdx(
         "quote_version": quote.header.version,
     }
     return Verified("tdx", quote, claims, at, tuple(chain.subjects()), tcb_status=tcb_status,
-                    advisories=advisories, notes=tuple(notes))
+                    advisories=advisories, notes=tuple(notes), revocation_checked=collateral is not None)

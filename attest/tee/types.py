@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+#: what every output says when a certificate chain was not checked against a revocation list
+REVOCATION_NOT_CHECKED = "revocation not checked"
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -38,6 +41,9 @@ class Verified:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: GPU evidence verified next to this CPU evidence (its nonce derived from it), see document.py
     attached: tuple[Verified, ...] = ()
+    #: True when the chain was checked against current CRLs, False when it was not (no CRL given),
+    #: None for types without revocation lists here
+    revocation_checked: bool | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary (bytes as hex)."""
@@ -50,6 +56,8 @@ class Verified:
             "advisories": list(self.advisories),
             "claims": jsonable(dict(self.claims)),
             "notes": list(self.notes),
+            "revocation": None if self.revocation_checked is None else
+            "checked" if self.revocation_checked else REVOCATION_NOT_CHECKED,
         }
         if self.attached:
             out["attached"] = [a.summary() for a in self.attached]

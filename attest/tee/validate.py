@@ -167,6 +167,10 @@ def validate_evidence(
     _report_data_rules(verified, p, c, gpu=gpu, public_key=public_key, nonce=nonce,
                        expected_report_data=expected_report_data)
     _reference_rules(verified, p, c)
+    if p.require_revocation_check and verified.revocation_checked is False and not verified.simulated:
+        c.fail("revocation not checked: this policy requires the certificate chain to be checked against "
+               "current revocation lists (give them with --collateral: AMD CRLs for SEV-SNP, PCK CRLs for TDX)",
+               "collateral", "no CRL", "current CRLs of the chain's issuers")
     if type_rules is not None:
         type_rules(verified, p, c)
     if c.failures:

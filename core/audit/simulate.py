@@ -186,8 +186,9 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
     return app
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run the app with uvicorn (blocking)."""
-    import uvicorn
+def serve(app: FastAPI, host: str, port: int, limits: Any = None) -> None:
+    """Run the app with uvicorn (blocking), behind the same connection limits as every server
+    (`specguard.server.base.run_uvicorn`: header and idle timeouts, connection caps)."""
+    from ..server.base import run_uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_uvicorn(app, host, port, limits=limits)

@@ -137,12 +137,14 @@ class ConsensusPolicy:
     allowed_nodes: tuple[bytes, ...] | None = None  # None: any serving node (logged as open)
     rate_limit_per_second: float = 5.0
     rate_limit_burst: int = 20
+    work_tokens_per_second: float = 2000.0  # per-client work budget, in model tokens re-derived
+    work_burst_tokens: int = 32768
     engines: tuple[EngineTolerance, ...] = ()  # [consensus.engines.NAME]: cross-engine re-checking
 
 
 _POLICY_KEYS = {"engines", "verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
                 "margin", "logprob_tolerance", "min_attested_verifiers", "allowed_nodes", "rate_limit_per_second",
-                "rate_limit_burst"}
+                "rate_limit_burst", "work_tokens_per_second", "work_burst_tokens"}
 
 
 def _number(section: dict[str, Any], name: str, default: float | None, lo: float, hi: float,
@@ -216,6 +218,8 @@ def parse_consensus(section: dict[str, Any]) -> ConsensusPolicy:
         allowed_nodes=None if allowed is None else _key_list(allowed, "consensus.allowed_nodes"),
         rate_limit_per_second=float(_number(section, "rate_limit_per_second", 5.0, 0.0, 1e6) or 0.0),
         rate_limit_burst=int(_integer(section, "rate_limit_burst", 20, 1) or 1),
+        work_tokens_per_second=float(_number(section, "work_tokens_per_second", 2000.0, 0.0, 1e9) or 0.0),
+        work_burst_tokens=int(_integer(section, "work_burst_tokens", 32768, 1) or 1),
         engines=_engine_tables(section.get("engines", {})),
     )
 
@@ -277,6 +281,10 @@ def consensus_config(node: Any) -> ConsensusConfig | None:
         urls = list(pol.verifiers)
     if not urls:
         return None
+    from .credentials import verifier_headers
+
+    for url in urls:  # a key per verifier, never in plaintext: fail at start, not at the first vote
+        verifier_headers(url)
     keys.extend(pol.verifier_keys)
     for i, k in enumerate(cons.get("verifier_keys") or []):
         keys.append(key_value(k, f"--verifier-key[{i}]"))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -46,6 +45,7 @@ from typing import Any
 from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
 from .config import redact_http_client_logs, redact_text, redact_url
+from .credentials import verifier_headers
 from .rederive import ACCEPT
 from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
 
@@ -101,8 +101,7 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
     from ..errors import DeadlineExceeded, OutboundError
 
     try:
-        key = os.environ.get("SPECGUARD_VERIFIER_API_KEY")  # verifiers started with --api-key
-        headers = {"Authorization": f"Bearer {key}"} if key else None
+        headers = verifier_headers(url)  # this verifier's own key, never another's (credentials.py)
         with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
             resp = http.request(client, "POST", url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout,
                                 max_bytes=1 << 20)
@@ -462,8 +461,7 @@ def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
     from ..errors import OutboundError
 
     shown = http.redact_url(url)
-    key = os.environ.get("SPECGUARD_VERIFIER_API_KEY")  # verifiers started with --api-key guard this route too
-    headers = {"Authorization": f"Bearer {key}"} if key else None
+    headers = verifier_headers(url)  # verifiers started with --api-key guard this route too
     try:
         with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
             resp = http.request(client, "GET", url.rstrip("/") + KEY_PATH, timeout=timeout, max_bytes=64 << 10)

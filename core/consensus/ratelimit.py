@@ -1,8 +1,9 @@
 """Per-client token buckets: how a verifier node bounds what one client can make it re-derive.
 
 Each client address has a bucket of `burst` tokens refilled at `rate` tokens per second; a
-request takes one token or is refused (HTTP 429). At most `max_clients` buckets are kept (the
-least recently used is dropped), so the table itself cannot grow without bound.
+request takes one token (or `cost` tokens: the work budget counts model tokens to re-derive) or is
+refused (HTTP 429). At most `max_clients` buckets are kept (the least recently used is dropped),
+so the table itself cannot grow without bound.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class RateLimitedError(RequestError):
     """A client sent more verify requests than its rate allows (HTTP 429)."""
 
     http_status = 429
+    retry_after: int = 1
 
 
 class TokenBuckets:
@@ -40,22 +42,25 @@ class TokenBuckets:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self, client: str) -> None:
-        """Take one token for `client`, or raise RateLimitedError saying when to retry."""
+    def take(self, client: str, cost: float = 1.0, what: str = "verify requests") -> None:
+        """Take `cost` tokens (at most `burst`) for `client`, or raise RateLimitedError saying when to retry."""
         if not self.enabled:
             return
+        cost = min(float(self.burst), max(0.0, float(cost)))
         now = self._clock()
         with self._lock:
             tokens, at = self._buckets.pop(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1.0:
+            if tokens < cost:
                 self._buckets[client] = (tokens, now)
-                retry = (1.0 - tokens) / self.rate
-                raise RateLimitedError(
-                    f"too many verify requests from this client: at most {self.burst} at once and {self.rate:g} per "
+                retry = (cost - tokens) / self.rate
+                exc = RateLimitedError(
+                    f"too many {what} from this client: at most {self.burst} at once and {self.rate:g} per "
                     f"second; retry in {retry:.1f} s", field="client", got=client,
                     expected=f"<= {self.rate:g}/s (burst {self.burst})")
-            self._buckets[client] = (tokens - 1.0, now)
+                exc.retry_after = max(1, math.ceil(retry))
+                raise exc
+            self._buckets[client] = (tokens - cost, now)
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
 

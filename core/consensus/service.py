@@ -54,10 +54,10 @@ from ..attest.request_defaults import (
     RequestDefaults,
     check_params,
 )
-from ..errors import ParseError, RequestError, SpecguardError, VerificationError
+from ..errors import ConfigError, ParseError, RequestError, SpecguardError, VerificationError
 from ..keys import NodeKey, key_id_for
 from ..transcript import TokenRecord, Transcript, ids_digest
-from .config import allowed_nodes
+from .config import ALLOWED_NODES_ENV, allowed_nodes
 from .rederive import ACCEPT, REJECT, UNVERIFIABLE, Judgement, Tolerances, judge
 from .vote import envelope_digest, sign_vote
 
@@ -144,6 +144,12 @@ class VerifierService:
         """The service for a node (model, signing key, [consensus] policy tolerances and allow-list)."""
         key = node.node_key
         allowed = allowed_nodes(node)
+        policy = node.policy
+        if allowed is None and policy is not None and not policy.insecure:
+            raise ConfigError("a verifier outside dev must name the serving nodes it judges: without an allow-list "
+                              "anyone can make it re-derive work signed with their own key",
+                              field="consensus.allowed_nodes", got=policy.name,
+                              expected="[consensus] allowed_nodes, --allowed-node or " + ALLOWED_NODES_ENV)
         if allowed is None:
             log.warning("consensus verifier accepts receipts from ANY serving node: set [consensus] allowed_nodes "
                         "(or --allowed-node) to serve only yours")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the model and run the verifier with uvicorn."""
     from ..models import load_model
     from ..policies import load_policy
-    from ..server.base import add_server_arguments, run_uvicorn, server_security
+    from ..server.base import add_server_arguments, limits_from_arguments, run_uvicorn, server_security
     from .config import ALLOWED_NODES_ENV, allowed_nodes_from_env, key_value
 
     parser = argparse.ArgumentParser(prog="python -m specguard.consensus.verifier_app")
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         security = server_security(args.api_key, args.api_keys_file, args.ssl_certfile, args.ssl_keyfile)
+        limits = limits_from_arguments(args)
     except SpecguardError as exc:
         parser.error(exc.summary())
     allowed = [key_value(k, "--allowed-node") for k in args.allowed_node] if args.allowed_node else \
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     node = VerifierNode(load_model(args.model), load_policy(args.policy),
                         Path(args.home) if args.home else home_dir(), allowed_nodes=allowed)
     node.model.digest  # compute the digest before serving  # noqa: B018
-    run_uvicorn(create_app(node, api_keys=security.api_keys), args.host, args.port, security)
+    run_uvicorn(create_app(node, api_keys=security.api_keys), args.host, args.port, security, limits=limits)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,18 @@ Protocol (exact shapes in docs/drafters.md):
 - `DELETE /v1/draft/sessions/{id}` -> {"deleted": bool}
 - `GET /v1/draft/health` -> model, drafter, max_draft, session and traffic counters.
 
-Sessions expire after `idle_seconds` without use; at most `max_sessions` live at once (the least
-recently used one is evicted when a new one is needed; its client recreates it on a 404).
+Sessions expire after `idle_seconds` without use; at most `max_sessions` live at once. Each session
+belongs to the client that created it (its API key when the server has keys, else its address):
+only that client can use or delete it, and each client holds at most `max_sessions_per_client`.
+A client at its quota replaces its own least recently used session; when the server is full, a new
+session replaces the least recently used one of the client holding the most sessions, and only if
+that client holds more than the requester: no client can push another below its own share. When
+nothing may be evicted the answer is 429. An evicted session's client recreates it on a 404.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -23,11 +29,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from ..models import LoadedModel
-from ..server.base import create_base_app
+from ..server.base import create_base_app, parse_bearer
 from ..transcript import SamplingParams
 from .ahead import AheadDrafter, with_draft_ahead
 from .base import Drafter
@@ -66,6 +72,7 @@ class _Session:
     drafter: Drafter
     context: list[int]
     last_used: float
+    owner: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: set (under `lock`) once the drafter is finished: a propose racing an eviction gets a 404
     closed: bool = False
@@ -82,8 +89,10 @@ class DraftSessions:
         max_sessions: int = 64,
         idle_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        max_sessions_per_client: int | None = None,
     ) -> None:
         self.target = target
+        self.max_sessions_per_client = min(max_sessions, max_sessions_per_client or max_sessions)
         self.vocab_size = target.vocab_size
         self.max_context = target.max_context
         self._make = make
@@ -92,7 +101,8 @@ class DraftSessions:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
-        self.counters = {"sessions_created": 0, "sessions_expired": 0, "sessions_evicted": 0, "proposals": 0, "tokens_received": 0, "tokens_proposed": 0}
+        self.counters = {"sessions_created": 0, "sessions_expired": 0, "sessions_evicted": 0, "sessions_refused": 0,
+                         "proposals": 0, "tokens_received": 0, "tokens_proposed": 0}
 
     def _check_ids(self, ids: list[int], name: str) -> None:
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
@@ -123,7 +133,34 @@ class DraftSessions:
                 except Exception:  # a drafter's cleanup failing must not break the server
                     pass
 
-    def create(self, body: CreateSession) -> str:
+    def _make_room(self, owner: str) -> list[_Session]:
+        """Evict for `owner`'s new session (call under self._lock): its own oldest at its quota, else,
+        when full, the oldest of the biggest holder if that one holds more than `owner`; 429 otherwise."""
+        counts: dict[str, int] = {}
+        for sess in self._sessions.values():
+            counts[sess.owner] = counts.get(sess.owner, 0) + 1
+        mine = counts.get(owner, 0)
+        if mine >= self.max_sessions_per_client:
+            victim_owner = owner
+        elif len(self._sessions) >= self.max_sessions:
+            victim_owner = max(counts, key=lambda o: (counts[o], o == owner))
+            if victim_owner != owner and counts[victim_owner] <= mine + 1:
+                self.counters["sessions_refused"] += 1
+                raise HTTPException(429, detail={"field": "session", "error": "the drafting server is full and no "
+                                                 "client holds more sessions than its share", "got": mine,
+                                                 "expected": f"{self.max_sessions} sessions in all"})
+        else:
+            return []
+        oldest = min((s for s, sess in self._sessions.items() if sess.owner == victim_owner),
+                     key=lambda s: self._sessions[s].last_used)
+        self.counters["sessions_evicted"] += 1
+        return self._drop(oldest)
+
+    def _owned(self, sid: str, owner: str | None) -> _Session | None:
+        session = self._sessions.get(sid)
+        return session if session is not None and (owner is None or session.owner == owner) else None
+
+    def create(self, body: CreateSession, owner: str = "") -> str:
         ids = list(body.prompt_ids)
         self._check_ids(ids, "prompt_ids")
         if len(ids) >= self.max_context:
@@ -136,23 +173,28 @@ class DraftSessions:
         drafter = self._make()
         drafter.start(ids, params)
         now = self._clock()
+        refusal: HTTPException | None = None
+        sid = secrets.token_urlsafe(16)
         with self._lock:
             gone = self._expire(now)
-            while len(self._sessions) >= self.max_sessions:
-                oldest = min(self._sessions, key=lambda s: self._sessions[s].last_used)
-                gone += self._drop(oldest)
-                self.counters["sessions_evicted"] += 1
-            sid = secrets.token_urlsafe(16)
-            self._sessions[sid] = _Session(drafter=drafter, context=ids, last_used=now)
-            self.counters["sessions_created"] += 1
-            self.counters["tokens_received"] += len(ids)
+            try:
+                gone += self._make_room(owner)
+            except HTTPException as exc:
+                refusal = exc
+                gone.append(_Session(drafter=drafter, context=ids, last_used=now, owner=owner))
+            else:
+                self._sessions[sid] = _Session(drafter=drafter, context=ids, last_used=now, owner=owner)
+                self.counters["sessions_created"] += 1
+                self.counters["tokens_received"] += len(ids)
         self._finish(gone)
+        if refusal is not None:
+            raise refusal
         return sid
 
-    def propose(self, sid: str, body: ProposeRequest) -> list[int]:
+    def propose(self, sid: str, body: ProposeRequest, owner: str | None = None) -> list[int]:
         with self._lock:
             gone = self._expire(self._clock())
-            session = self._sessions.get(sid)
+            session = self._owned(sid, owner)
         self._finish(gone)
         if session is None:
             raise HTTPException(404, detail={"field": "session", "error": "unknown or expired session"})
@@ -179,16 +221,17 @@ class DraftSessions:
             self.counters["tokens_proposed"] += len(tokens)
         return tokens
 
-    def delete(self, sid: str) -> bool:
+    def delete(self, sid: str, owner: str | None = None) -> bool:
         with self._lock:
-            gone = self._drop(sid)
+            gone = self._drop(sid) if self._owned(sid, owner) is not None else []
         self._finish(gone)
         return bool(gone)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             gone = self._expire(self._clock())
-            out = {"sessions": len(self._sessions), "max_sessions": self.max_sessions, **self.counters}
+            out = {"sessions": len(self._sessions), "max_sessions": self.max_sessions,
+                   "max_sessions_per_client": self.max_sessions_per_client, **self.counters}
         self._finish(gone)
         return out
 
@@ -202,6 +245,7 @@ def create_draft_app(
     idle_seconds: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
     api_keys: Iterable[str] = (),
+    max_sessions_per_client: int | None = None,
 ) -> FastAPI:
     """The drafting server's FastAPI app: one `drafter_name` drafter per session over `target`.
 
@@ -221,7 +265,8 @@ def create_draft_app(
     # what this server's drafter can use (the engine drafters, llamacpp: 32); clients take the
     # minimum of this and their own cap
     max_draft = max(1, min(MAX_K, int(getattr(probe, "max_draft", Drafter.max_draft))))
-    sessions = DraftSessions(target, make, max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock)
+    sessions = DraftSessions(target, make, max_sessions=max_sessions, idle_seconds=idle_seconds, clock=clock,
+                             max_sessions_per_client=max_sessions_per_client)
     app = create_base_app("specguard drafting server", version=PROTOCOL, api_keys=api_keys,
                           body_limit=MAX_BODY_BYTES, public_paths=("/health", "/v1/draft/health"),
                           public_prefixes=())
@@ -242,15 +287,23 @@ def create_draft_app(
         }
 
     @app.post("/v1/draft/sessions")
-    def create(body: CreateSession) -> dict[str, Any]:
-        return {"session": sessions.create(body), "max_draft": max_draft}
+    def create(body: CreateSession, request: Request) -> dict[str, Any]:
+        return {"session": sessions.create(body, client_of(request)), "max_draft": max_draft}
 
     @app.post("/v1/draft/sessions/{sid}/propose")
-    def propose(sid: str, body: ProposeRequest) -> dict[str, list[int]]:
-        return {"tokens": sessions.propose(sid, body)}
+    def propose(sid: str, body: ProposeRequest, request: Request) -> dict[str, list[int]]:
+        return {"tokens": sessions.propose(sid, body, client_of(request))}
 
     @app.delete("/v1/draft/sessions/{sid}")
-    def delete(sid: str) -> dict[str, bool]:
-        return {"deleted": sessions.delete(sid)}
+    def delete(sid: str, request: Request) -> dict[str, bool]:
+        return {"deleted": sessions.delete(sid, client_of(request))}
 
     return app
+
+
+def client_of(request: Request) -> str:
+    """Who owns the sessions a request creates: its API key (hashed) when it sends one, else its address."""
+    token = parse_bearer(request.scope.get("headers", []))
+    if token:
+        return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+    return "addr:" + (request.client.host if request.client is not None else "unknown")

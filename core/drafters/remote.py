@@ -255,6 +255,9 @@ def register_drafters(register):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8100, show_default=True)
 @click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
+@click.option("--max-sessions-per-client", type=click.IntRange(1, 100000), default=16, show_default=True,
+              help="Sessions one client (API key, else address) may hold; when full, no client can evict "
+                   "another below its own share.")
 @click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
 @click.option("--draft-ahead", is_flag=True,
               help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
@@ -262,7 +265,7 @@ def register_drafters(register):
               help="llama.cpp threads for --drafter llamacpp (default 1).")
 @server_options
 def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds,
-                        draft_ahead=False, drafter_threads=None, api_key=None, api_keys_file=None, ssl_certfile=None,
+                        max_sessions_per_client=16, draft_ahead=False, drafter_threads=None, api_key=None, api_keys_file=None, ssl_certfile=None,
                         ssl_keyfile=None) -> None:
     """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
     from ..models import load_model
@@ -276,6 +279,7 @@ def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port,
         drafter,
         {"draft_model": draft_model, "exit_layer": exit_layer, "draft_ahead": draft_ahead, "n_threads": drafter_threads},
         max_sessions=max_sessions,
+        max_sessions_per_client=max_sessions_per_client,
         idle_seconds=session_idle_seconds,
         api_keys=security.api_keys,
     )

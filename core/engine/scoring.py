@@ -4,6 +4,13 @@ Used to re-check transcripts (consensus verifiers) and provider answers (audits)
 output position it gives the target's log-probability of the given token, its top-k, and the
 token the target itself would have chosen there (argmax for greedy, the seed's Gumbel-max
 argmax for sampled requests) with the decision margin.
+
+Cost: one forward pass keeps only the output positions' logits (`logits_to_keep`); log-softmax,
+top-k and decision scores then run over `CHUNK_ROWS` positions at a time, and each position's
+log-probability is gathered from its chunk. Every one of those operations is row-wise, so the
+results are bit-identical to doing them over all positions at once, while the float32/float64
+temporaries stay at a chunk's size instead of several copies of [positions x vocabulary] (an
+8192-token transcript of a 49152-token vocabulary made ~6 GiB of them).
 """
 
 from __future__ import annotations
@@ -66,23 +73,38 @@ def score(
     n = len(output_ids)
     ids = torch.tensor([list(prompt_ids) + list(output_ids)])
     out = target.model(input_ids=ids, use_cache=False, logits_to_keep=n + 1)
-    logits = out.logits[0, -(n + 1) : -1].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    top = torch.topk(logp, top_k, dim=-1) if top_k else None
-    scores = decision_scores(logits, params, list(range(n)))
-    chosen, margins = choose(scores)
-    result = []
-    for i, tok in enumerate(output_ids):
-        tok = int(tok)
-        result.append(
-            ScoredPosition(
-                position=i,
-                token_id=tok,
-                logprob=float(logp[i, tok]),
-                top=list(zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)) if top is not None else [],
-                expected_id=chosen[i],
-                margin=margins[i],
-                given_score_gap=float(scores[i, chosen[i]] - scores[i, tok]),
-            )
-        )
+    logits = out.logits[0, -(n + 1) : -1]
+    result: list[ScoredPosition] = []
+    for start in range(0, n, CHUNK_ROWS):
+        result.extend(_score_rows(logits[start : start + CHUNK_ROWS].float(), output_ids, start, params, top_k))
     return ScoreResult(result)
+
+
+#: positions scored at once after the forward pass (bounds the size of the temporaries)
+CHUNK_ROWS = 64
+
+
+def _score_rows(logits: torch.Tensor, output_ids: list[int], start: int, params: SamplingParams,
+                top_k: int) -> list[ScoredPosition]:
+    """ScoredPositions of output positions start .. start + len(logits) from their logits rows."""
+    rows = logits.shape[0]
+    given = torch.tensor([int(t) for t in output_ids[start : start + rows]], dtype=torch.long)
+    logp = torch.log_softmax(logits, dim=-1)
+    given_logp = logp.gather(1, given[:, None])[:, 0].tolist()
+    top = torch.topk(logp, top_k, dim=-1) if top_k else None
+    scores = decision_scores(logits, params, list(range(start, start + rows)))
+    chosen, margins = choose(scores)
+    index = torch.arange(rows)
+    gaps = (scores[index, torch.tensor(chosen)] - scores[index, given]).tolist()
+    out = []
+    for i in range(rows):
+        out.append(ScoredPosition(
+            position=start + i,
+            token_id=int(given[i]),
+            logprob=float(given_logp[i]),
+            top=list(zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)) if top is not None else [],
+            expected_id=chosen[i],
+            margin=margins[i],
+            given_score_gap=float(gaps[i]),
+        ))
+    return out

@@ -122,14 +122,17 @@ def create_app(node: Any, *, api_keys: Iterable[str] = (), body_limit: int = MAX
         """The exact response object a receipt's subject digest covers (needed to verify streams).
 
         Only for whoever made the request: send the response's secret (`specguard.response_token`,
-        also the `X-Specguard-Response-Token` header of the response) as that header or as `?token=`
-        (or as `Authorization: Bearer` when the server has no API keys)."""
-        token = request.headers.get(TOKEN_HEADER) or request.query_params.get("token")
+        also the `X-Specguard-Response-Token` header of the response) as that header (or as
+        `Authorization: Bearer` when the server has no API keys); never in the URL, which access logs keep."""
+        if "token" in request.query_params:
+            return error_response(400, f"send the response token as the {TOKEN_HEADER} header, not as ?token= "
+                                       "(URLs end up in access logs)", "token", "token_in_query")
+        token = request.headers.get(TOKEN_HEADER)
         if not token and not auth_enabled:
             token = parse_bearer(request.scope.get("headers", []))
         if not token:
             return error_response(401, f"a stored response is served only to its requester: send its "
-                                       f"response_token as the {TOKEN_HEADER} header or ?token=",
+                                       f"response_token as the {TOKEN_HEADER} header",
                                   "token", "missing_response_token")
         if node.responses is None:
             found = None

@@ -10,16 +10,21 @@ server and the simulated audit provider.
 - metrics hook: a `metrics` object whose `requests_rejected` counter counts every refusal.
 
 `server_options` / `ServerSecurity` add the same command-line options to every server command:
-`--api-key`, `--api-keys FILE` (or `SPECGUARD_API_KEY`), `--ssl-certfile`, `--ssl-keyfile`;
-`run_uvicorn` starts uvicorn with them.
+`--api-key`, `--api-keys FILE` (or `SPECGUARD_API_KEY`), `--ssl-certfile`, `--ssl-keyfile`, and the
+connection limits of `specguard.server.connections` (`--max-connections`,
+`--max-connections-per-client`, `--header-timeout`, `--idle-timeout`, `--trusted-proxy`);
+`run_uvicorn` starts uvicorn with them, behind the connection guard, with forwarded headers
+trusted only from the named proxies and secrets in query strings redacted from the access log.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +34,16 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
 from ..errors import UsageError
+from .connections import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_CLIENT,
+    ConnectionGuard,
+    ConnectionLimits,
+    guarded_protocol,
+    raise_descriptor_limit,
+)
 from .errors import error_response, install_handlers
 
 log = logging.getLogger("specguard.server")
@@ -257,9 +272,40 @@ def server_security(api_key: str | None, api_keys_file: str | None, ssl_certfile
     return ServerSecurity(load_api_keys(api_key, api_keys_file), ssl_certfile, ssl_keyfile)
 
 
+LIMITS_META_KEY = "specguard.connection_limits"
+
+
+def connection_limits(max_connections: int | None = None, max_per_client: int | None = None,
+                      header_timeout: float | None = None, idle_timeout: float | None = None,
+                      trusted_proxies: Iterable[str] = ()) -> ConnectionLimits:
+    """ConnectionLimits from command-line values (None: the default)."""
+    return ConnectionLimits(
+        max_connections=DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections,
+        max_per_client=DEFAULT_MAX_PER_CLIENT if max_per_client is None else max_per_client,
+        header_timeout=DEFAULT_HEADER_TIMEOUT if header_timeout is None else header_timeout,
+        idle_timeout=DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
+        trusted_proxies=tuple(trusted_proxies))
+
+
+_LIMIT_OPTIONS = ("max_connections", "max_per_client", "header_timeout", "idle_timeout", "trusted_proxies")
+
+
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Click options `--api-key`, `--api-keys`, `--ssl-certfile`, `--ssl-keyfile` (shared by every server)."""
+    """Click options `--api-key`, `--api-keys`, `--ssl-certfile`, `--ssl-keyfile` and the connection
+    limits (shared by every server). The limits go to `run_uvicorn` through the click context, so the
+    command function does not take them."""
     import click
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name, None) for name in _LIMIT_OPTIONS}
+        values["trusted_proxies"] = values["trusted_proxies"] or ()
+        try:
+            limits = connection_limits(**values)
+        except UsageError as exc:
+            raise click.UsageError(exc.summary()) from exc
+        click.get_current_context().meta[LIMITS_META_KEY] = limits
+        return fn(*args, **kwargs)
 
     options = [
         click.option("--api-key", "api_key", default=None,
@@ -271,26 +317,100 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve HTTPS with this certificate (PEM)."),
         click.option("--ssl-keyfile", default=None, type=click.Path(dir_okay=False),
                      help="Private key of --ssl-certfile (PEM)."),
+        click.option("--max-connections", "max_connections", type=int, default=None,
+                     help=f"Open connections at most (default {DEFAULT_MAX_CONNECTIONS}); when full, the one "
+                          "waiting longest for a request head is closed."),
+        click.option("--max-connections-per-client", "max_per_client", type=int, default=None,
+                     help=f"Open connections per client address (default {DEFAULT_MAX_PER_CLIENT}; an IPv6 /64 "
+                          "is one client); more get 429."),
+        click.option("--header-timeout", "header_timeout", type=float, default=None,
+                     help=f"Seconds a client has to send a request head (default {DEFAULT_HEADER_TIMEOUT:g})."),
+        click.option("--idle-timeout", "idle_timeout", type=float, default=None,
+                     help=f"Seconds a request body may stall (default {DEFAULT_IDLE_TIMEOUT:g})."),
+        click.option("--trusted-proxy", "trusted_proxies", multiple=True,
+                     help="Address or network of a reverse proxy whose X-Forwarded-For is believed and whose "
+                          "connections skip the per-client cap (repeatable; default: none)."),
     ]
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def add_server_arguments(parser: Any) -> None:
-    """The same options for an argparse parser (the standalone verifier)."""
+    """The same options for an argparse parser (the standalone verifier); read them back with
+    `limits_from_arguments`."""
     parser.add_argument("--api-key", default=None, help=f"require this bearer key (or set {API_KEY_ENV})")
     parser.add_argument("--api-keys", dest="api_keys_file", default=None, help="file of accepted API keys")
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", default=None, help="private key of --ssl-certfile (PEM)")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help=f"open connections at most (default {DEFAULT_MAX_CONNECTIONS})")
+    parser.add_argument("--max-connections-per-client", dest="max_per_client", type=int, default=None,
+                        help=f"open connections per client address (default {DEFAULT_MAX_PER_CLIENT})")
+    parser.add_argument("--header-timeout", type=float, default=None,
+                        help=f"seconds to send a request head (default {DEFAULT_HEADER_TIMEOUT:g})")
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help=f"seconds a request body may stall (default {DEFAULT_IDLE_TIMEOUT:g})")
+    parser.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
+                        help="reverse proxy whose X-Forwarded-For is believed (repeatable; default none)")
+
+
+def limits_from_arguments(args: Any) -> ConnectionLimits:
+    """The connection limits of parsed `add_server_arguments` options."""
+    return connection_limits(args.max_connections, args.max_per_client, args.header_timeout, args.idle_timeout,
+                             args.trusted_proxies)
+
+
+#: query parameters whose values never reach a log line
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:[a-z0-9_.-]*(?:token|key|secret|password|auth)[a-z0-9_.-]*)=)[^&\s\"]*")
+
+
+def redact_query(text: str) -> str:
+    """`text` with the values of secret-looking query parameters (`token`, `api_key`, ...) redacted."""
+    return _SECRET_QUERY.sub(r"\1<redacted>", text)
+
+
+class RedactQuerySecrets(logging.Filter):
+    """uvicorn's access log writes the request path with its query: secrets sent as `?token=` (old
+    clients) must not land in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        return True
+
+
+def _current_limits() -> ConnectionLimits | None:
+    try:
+        import click
+    except ImportError:  # pragma: no cover
+        return None
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.find_root().meta.get(LIMITS_META_KEY)
+
+
+def uvicorn_config_kwargs(limits: ConnectionLimits) -> dict[str, Any]:
+    """uvicorn settings for `limits`: the guarded HTTP protocol and the proxy-header trust."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return {"http": guarded_protocol(AutoHTTPProtocol, ConnectionGuard(limits)), **limits.uvicorn_kwargs()}
 
 
 def run_uvicorn(app: Any, host: str, port: int, security: ServerSecurity | None = None,
-                log_level: str = "warning", **kwargs: Any) -> None:
-    """Run `app` with uvicorn, over TLS when the security options name a certificate."""
+                log_level: str = "warning", limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
+    """Run `app` with uvicorn behind the connection guard, over TLS when the security options name a
+    certificate. `limits` default: the command line's (`server_options`), else the defaults."""
     import uvicorn
 
     sec = security or ServerSecurity()
+    limits = limits or _current_limits() or ConnectionLimits()
     if not sec.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s without --api-key: anyone who can reach it can use it", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, **sec.uvicorn_kwargs(), **kwargs)
+    raise_descriptor_limit(limits)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQuerySecrets) for f in access.filters):
+        access.addFilter(RedactQuerySecrets())
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **sec.uvicorn_kwargs(),
+                **uvicorn_config_kwargs(limits), **kwargs)

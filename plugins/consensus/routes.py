@@ -3,7 +3,9 @@
 Verifier nodes get POST /specguard/v1/verify and GET /specguard/v1/verifier/key. The
 `VerifierService` lives in the routes' closure (never on the node). Verify requests are
 rate-limited per client address (token buckets, [consensus] `rate_limit_per_second` and
-`rate_limit_burst`; 429 in OpenAI's error shape) before their body is read.
+`rate_limit_burst`; 429 in OpenAI's error shape) before their body is read, then admitted by
+`specguard.consensus.admission` (each receipt judged once; a per-client work budget in model tokens).
+The client address is the TCP peer (forwarded headers count only from `--trusted-proxy` proxies).
 """
 
 from __future__ import annotations
@@ -38,13 +40,23 @@ def limiter_for(node: Any) -> TokenBuckets:
     return TokenBuckets(pol.rate_limit_per_second, pol.rate_limit_burst)
 
 
-def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets) -> None:
+def budget_for(node: Any) -> TokenBuckets:
+    """The per-client work budget of a verifier node, in model tokens ([consensus] work_* keys)."""
+    pol = consensus_policy(getattr(node, "policy", None))
+    return TokenBuckets(pol.work_tokens_per_second, pol.work_burst_tokens)
+
+
+def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets, budget: TokenBuckets | None = None) -> None:
     """Add the verifier routes for `service` (a `VerifierService` or a subclass) to `app`."""
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     from specguard.attest.receipts import loads_strict
+    from specguard.consensus.admission import VerifyAdmission
     from specguard.consensus.service import VerifyRequestError
+
+    admission = VerifyAdmission(service, budget if budget is not None else budget_for(None))
+    app.state.verify_admission = admission
 
     @app.get(KEY_PATH)
     def verifier_key() -> Any:
@@ -65,7 +77,9 @@ def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets) -> None:
                                                  expected=f"<= {MAX_BODY_BYTES}"))
         try:
             body = loads_strict(bytes(raw), "body")
-            vote = await run_in_threadpool(service.handle, body)
+            vote = await run_in_threadpool(admission.handle, body, client)
+        except RateLimitedError as exc:  # the work budget
+            return _error(exc, {"Retry-After": str(exc.retry_after)})
         except SpecguardError as exc:
             return _error(exc)
         return JSONResponse(vote)
@@ -79,4 +93,4 @@ def register(app: Any, node: Any) -> None:
 
     service = VerifierService.for_node(node)
     log.info("consensus verifier %s ready (model %s)", service.key.key_id, service.model.digest)
-    add_verifier_routes(app, service, limiter_for(node))
+    add_verifier_routes(app, service, limiter_for(node), budget_for(node))

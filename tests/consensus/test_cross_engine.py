@@ -107,6 +107,11 @@ def policy(consensus: dict):
     return policy_from_dict({"name": "t", "consensus": consensus})
 
 
+def dev_policy(consensus: dict):
+    """An insecure (dev-like) policy: a verifier without an allow-list starts only under one (issue 20 §4)."""
+    return policy_from_dict({"name": "t", "attestation": {"allow_simulated": True}, "consensus": consensus})
+
+
 def test_engine_tables_are_typed_and_strict():
     good = {"margin": 0.5, "logprob_tolerance": 0.4, "max_near_tie_fraction": 0.1}
     pol = consensus_policy(policy({"engines": {"llamacpp": good | {"max_near_ties": 3}}}))
@@ -357,7 +362,7 @@ def _verifier_client(model, engines):
 
     from specguard.plugins import consensus as plugin
 
-    node = NodeContext(model=model, policy=policy({"engines": engines}), home=Path("."),
+    node = NodeContext(model=model, policy=dev_policy({"engines": engines}), home=Path("."),
                        node_key=NodeKey(Ed25519PrivateKey.generate()), role="verifier")
     app = FastAPI()
     plugin.register_routes(app, node)

@@ -29,7 +29,9 @@ def server(tmp_path_factory):
     port = free_port()
     args = specguard_cmd("serve", "--model", str(tiny), "--served-model-name", MODEL, "--port", str(port),
                          "--drafter", "none", "--threads", "1", "--log-level", "warning",
-                         "--max-concurrency", "1", "--max-queue", "4")
+                         "--max-concurrency", "1", "--max-queue", "4",
+                         # the gated uploads below pause for as long as the honest requests take
+                         "--header-timeout", "600", "--idle-timeout", "600")
     srv = start_process(args, port, env={"SPECGUARD_HOME": str(tmp_path_factory.mktemp("load-home"))})
     yield srv
     srv.stop()

@@ -52,6 +52,19 @@ def strict(reference_values=None):
     return load_policy("strict").with_reference_values(reference_values)
 
 
+def strict_without_crl(tmp_path, reference_values=None):
+    """strict with its revocation switch off: the shared SEV-SNP vectors come with no AMD CRL (issue 20 §6)."""
+    path = tmp_path / "strict-no-crl.toml"
+    path.write_text((ROOT / "policies" / "presets" / "strict.toml").read_text()
+                    .replace("require_revocation_check = true", "require_revocation_check = false"))
+    return load_policy(path).with_reference_values(reference_values)
+
+
+def clean_crl(ca):
+    """A current AMD CRL revoking nothing of the chain: revocation checked."""
+    return [make_crl(ca.ark, ca.ark_key, [12345])]
+
+
 def fields(err: pytest.ExceptionInfo) -> list[str]:
     return [f.field for f in err.value.failures]
 
@@ -84,11 +97,15 @@ def test_strict_without_reference_values_fails_with_reference_values_required(ma
     assert f"reference_values.{v.type}" in fields(err)
 
 
-def test_example_reference_values_make_the_matching_snp_vector_pass():
+def test_example_reference_values_make_the_matching_snp_vector_pass(tmp_path):
     v = milan()
     # the example file is labelled as such, and only the verifier's own report_data stands in for a key binding
-    policy = strict(EXAMPLE)
-    assert policy.attestation.reference_values.example is True
+    assert strict(EXAMPLE).attestation.reference_values.example is True
+    with pytest.raises(AttestationPolicyError, match="revocation not checked") as err:  # no AMD CRL for the vector
+        SnpEvidenceType().validate(v, strict(EXAMPLE).attestation, now=SNP_AT,
+                                   expected_report_data=v.claims["report_data"])
+    assert fields(err) == ["collateral"]
+    policy = strict_without_crl(tmp_path, EXAMPLE)
     SnpEvidenceType().validate(v, policy.attestation, now=SNP_AT, expected_report_data=v.claims["report_data"])
     # without any binding input strict still fails closed on the key binding, and only on it
     with pytest.raises(AttestationPolicyError) as err:
@@ -107,10 +124,11 @@ def test_snp_report_with_the_wrong_measurement_fails_under_strict(tmp_path):
     rv = tmp_path / "rv.json"
     rv.write_text(json.dumps(ca.reference_values()))
     bound = report_data_for(PUBKEY, NONCE)
-    ok = verify_snp(parse_snp_report(ca.report(report_data=bound)), at=NOW, trust=ca.trust, certs=[ca.vcek])
+    ok = verify_snp(parse_snp_report(ca.report(report_data=bound)), at=NOW, trust=ca.trust, certs=[ca.vcek],
+                    crls=clean_crl(ca))
     SnpEvidenceType().validate(ok, strict(rv).attestation, public_key=PUBKEY, nonce=NONCE)
     other = verify_snp(parse_snp_report(ca.report(report_data=bound, measurement=b"\xee" * 48)), at=NOW,
-                       trust=ca.trust, certs=[ca.vcek])
+                       trust=ca.trust, certs=[ca.vcek], crls=clean_crl(ca))
     with pytest.raises(AttestationPolicyError) as err:
         SnpEvidenceType().validate(other, strict(rv).attestation, public_key=PUBKEY, nonce=NONCE)
     assert fields(err) == ["MEASUREMENT"]
@@ -123,7 +141,7 @@ def test_wrong_vmpl_and_low_tcb_fail_under_strict(tmp_path):
     rv = tmp_path / "rv.json"
     rv.write_text(json.dumps(FakeAmdCA.reference_values(ca)))
     v = verify_snp(parse_snp_report(ca.report(report_data=report_data_for(PUBKEY, NONCE), vmpl=1, tcb=(3, 0, 7, 115))),
-                   at=NOW, trust=ca.trust, certs=[ca.vcek])
+                   at=NOW, trust=ca.trust, certs=[ca.vcek], crls=clean_crl(ca))
     with pytest.raises(AttestationPolicyError) as err:
         SnpEvidenceType().validate(v, strict(rv).attestation, public_key=PUBKEY, nonce=NONCE)
     assert fields(err) == ["VMPL", "REPORTED_TCB.snp"]
@@ -157,7 +175,7 @@ def test_tdx_example_vector_meets_every_reference_value_with_its_collateral(tmp_
     with pytest.raises(AttestationPolicyError) as err:
         TdxEvidenceType().validate(no_collateral, load_policy(lenient).with_reference_values(EXAMPLE).attestation,
                                    expected_report_data=v.claims["report_data"])
-    assert fields(err) == ["tcb_status"]
+    assert fields(err) == ["collateral", "tcb_status"]  # without collateral, no PCK CRL either
 
 
 # --- GPU evidence never attests a node key alone ---------------------------------------------------
@@ -204,7 +222,7 @@ def test_gpu_evidence_counts_next_to_cpu_evidence_with_the_derived_nonce(cpu_gpu
     doc = _document(ca, gpu)
     trust = {"snp": ca.trust, "nvidia": gpu.trust}
     v = verify_document(load_document(json.dumps(doc.to_json())), _policy(tmp_path, ca, gpu), at=NOW, now=NOW,
-                        trust=trust, expected_public_key=PUBKEY)
+                        trust=trust, expected_public_key=PUBKEY, collateral=clean_crl(ca))
     assert [a.type for a in v.attached] == ["nvidia"] and v.summary()["attached"][0]["type"] == "nvidia"
     assert v.attached[0].claims["report_data"] == doc.gpu_nonce()
 
@@ -228,7 +246,8 @@ def test_attached_gpu_evidence_is_held_to_the_reference_values(cpu_gpu, tmp_path
                            (GpuEvidence("nvidia", gpu.evidence(gpu_nonce_for(report, PUBKEY), driver="535.0.0"),
                                         gpu.chain),))
     with pytest.raises(AttestationPolicyError) as err:
-        verify_document(doc, _policy(tmp_path, ca, gpu), at=NOW, now=NOW, trust={"snp": ca.trust, "nvidia": gpu.trust})
+        verify_document(doc, _policy(tmp_path, ca, gpu), at=NOW, now=NOW, trust={"snp": ca.trust, "nvidia": gpu.trust},
+                        collateral=clean_crl(ca))
     assert fields(err) == ["driver_version"]
 
 
@@ -344,7 +363,8 @@ def test_policy_file_names_its_reference_values_relative_to_itself(tmp_path):
     policy_file = tmp_path / "mine.toml"
     policy_file.write_text((ROOT / "policies" / "presets" / "strict.toml").read_text()
                            .replace("require_reference_values = true",
-                                    'require_reference_values = true\nreference_values = "rv/values.json"'))
+                                    'require_reference_values = true\nreference_values = "rv/values.json"')
+                           .replace("require_revocation_check = true", "require_revocation_check = false"))
     v = milan()
     SnpEvidenceType().validate(v, load_policy(policy_file).attestation, expected_report_data=v.claims["report_data"])
 
@@ -359,6 +379,10 @@ def test_cli_attest_verify_with_reference_values(capsys, tmp_path):
     code, out, _ = run(capsys, *base, "--policy", "strict", "--report-data", rd)
     assert code == 5 and "reference values required" in out
     code, out, _ = run(capsys, *base, "--policy", "strict", "--reference-values", str(EXAMPLE), "--report-data", rd)
+    assert code == 5 and "revocation not checked" in out  # the shared vector comes with no AMD CRL
+    lenient = strict_without_crl(tmp_path)
+    code, out, _ = run(capsys, *base, "--policy", lenient.source, "--reference-values", str(EXAMPLE),
+                       "--report-data", rd)
     result = json.loads(out)
     assert code == 0 and result["validated"] and result["reference_values"]["example"] is True
     code, out, _ = run(capsys, *base, "--reference-values", str(EXAMPLE))  # implies strict: binding still required

@@ -71,7 +71,8 @@ def env(tmp_path_factory):
         "open": ([], {}),
         "cli": (["--allowed-node", stranger.public_hex], {}),
         "env": ([], {ALLOWED_NODES_ENV: f"{stranger.public_hex},{node_key.public_hex}"}),
-        "limited": (["--policy", str(policy)], {}),
+        # outside dev a verifier needs an allow-list (issue 20 §4)
+        "limited": (["--policy", str(policy), "--allowed-node", node_key.public_hex], {}),
     }
 
     def start(name: str):

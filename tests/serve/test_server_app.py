@@ -89,7 +89,10 @@ def test_chat_response_shape_logprobs_and_receipt(client, node):
     assert stored == {k: v for k, v in body.items() if k != "specguard"}
     # without the requester's secret nobody reads it back
     assert client.get(f"/specguard/v1/responses/{sg['receipt_id']}").status_code == 401
-    assert client.get(f"/specguard/v1/responses/{sg['receipt_id']}?token=" + "A" * 43).status_code == 404
+    assert client.get(f"/specguard/v1/responses/{sg['receipt_id']}",
+                      headers={"X-Specguard-Response-Token": "A" * 43}).status_code == 404
+    # never in the URL (access logs keep URLs): refused even with the right token
+    assert client.get(f"/specguard/v1/responses/{sg['receipt_id']}?token={sg['response_token']}").status_code == 400
 
 
 def test_stream_equals_non_stream_and_verifies(client, node):
@@ -106,7 +109,8 @@ def test_stream_equals_non_stream_and_verifies(client, node):
     plain = _chat(client, messages=body["messages"], max_tokens=16, logprobs=True).json()
     assert text == plain["choices"][0]["message"]["content"]
     assert sg["output_ids"] == plain["specguard"]["output_ids"]
-    stored = client.get(f"/specguard/v1/responses/{sg['receipt_id']}?token={sg['response_token']}").json()
+    stored = client.get(f"/specguard/v1/responses/{sg['receipt_id']}",
+                        headers={"X-Specguard-Response-Token": sg["response_token"]}).json()
     assert stored["choices"][0]["message"]["content"] == text
     assert stored["choices"][0]["logprobs"]["content"] == streamed_tokens
     verify_receipt(sg["receipt"], trusted_keys=[node.public_key_bytes], response=stored)
@@ -213,7 +217,8 @@ def test_unknown_route_wrong_method_and_wrong_content_type(client):
     plain = client.post("/v1/completions", content=b"hello", headers={"content-type": "text/plain"})
     assert 400 <= plain.status_code < 500 and "error" in plain.json()
     assert client.get("/specguard/v1/responses/../../etc").status_code == 404
-    assert client.get("/specguard/v1/responses/" + "0" * 32 + "?token=" + "A" * 43).status_code == 404
+    assert client.get("/specguard/v1/responses/" + "0" * 32,
+                      headers={"X-Specguard-Response-Token": "A" * 43}).status_code == 404
     assert client.get("/v1/models/nope").status_code == 404
     huge = client.post("/v1/completions", content=b" " * (16 * 1024 * 1024 + 1),
                        headers={"content-type": "application/json"})

@@ -8,6 +8,11 @@ Answers provided here:
 - `drip(head, body, interval)`: sends the bytes one at a time, `interval` seconds apart (a
   slow-loris peer); stops as soon as the client hangs up;
 - `answer(status, body, headers)`: a plain, immediate HTTP/1.1 answer (e.g. a 302 redirect).
+
+And the other direction, slow clients against our own servers: `half_open(port, source)` opens a
+connection from a chosen loopback source address (127.0.0.0/8 is all loopback on Linux, so one
+test can be many clients) and sends part of a request head; `answered(sockets, n, timeout)` waits
+until the server has answered or closed `n` of them.
 """
 
 from __future__ import annotations
@@ -184,3 +189,39 @@ def self_signed_tls(directory) -> tuple[ssl.SSLContext, str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context, str(ca_path)
+
+
+PARTIAL_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"
+
+
+def half_open(port: int, source: str = "127.0.0.1", data: bytes = PARTIAL_HEAD) -> socket.socket:
+    """A connection from `source` to 127.0.0.1:`port` that sent `data` (a partial head) and then waits."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def answered(sockets: list[socket.socket], n: int, timeout: float = 120.0) -> dict[socket.socket, bytes]:
+    """Wait (at most `timeout` s) until the server answered or closed at least `n` of `sockets`;
+    returns what each of those received before the server closed it (b"" for a bare close)."""
+    import time
+
+    done: dict[socket.socket, bytes] = {}
+    pending = {s: b"" for s in sockets}
+    deadline = time.monotonic() + timeout
+    while len(done) < n and pending and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(pending), [], [], 0.5)
+        for sock in readable:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:  # reset: closed by the server
+                chunk = b""
+            if chunk:
+                pending[sock] += chunk
+            else:
+                done[sock] = pending.pop(sock)
+    return done
