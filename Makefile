@@ -11,6 +11,9 @@ LLAMA_STAMP := $(VENV)/.llama-cpp-installed
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# extra `specguard serve` options, e.g. make serve SERVE_ARGS="--drafter ngram --threads 2"; without them
+# serve picks the fastest lossless setup it can (llama.cpp drafting ahead, own cores) and prints it
+SERVE_ARGS ?=
 
 .PHONY: install serve test lint bench clean
 
@@ -33,7 +36,7 @@ $(LLAMA_STAMP): $(BIN)/python
 install: $(STAMP) $(LLAMA_STAMP)
 
 serve: install
-	$(BIN)/specguard serve --host $(HOST) --port $(PORT)
+	$(BIN)/specguard serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
