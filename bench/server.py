@@ -14,7 +14,8 @@ same work. Issue 13's goal: at 8 clients >= 4x the tokens/s of 1 client, with p5
 
     python bench/server.py [--clients 1,2,4,8,16] [--rounds 2] [--max-tokens 64] [--drafters none,ngram]
                            [--max-concurrency 8] [--no-batching] [--sequential 4]
-    python bench/server.py --drafters none,default --clients 1,8 --rounds 1 --tokens 32 --sequential 2
+    python bench/server.py --drafters none,default --clients 1,8 --rounds 1 --tokens 32 --sequential 2 \
+        --section server-defaults --title "HTTP server: the default configuration under concurrent clients"
 
 `default` in `--drafters` starts the server with no `--drafter` (and no `--threads` unless given): what
 `make serve` runs, with the drafter and thread split `specguard serve` chooses and prints.
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--max-batch-rows", type=int, default=None, help="the server's --max-batch-rows")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not write docs/benchmarks.md")
+    parser.add_argument("--section", default="server", help="docs/benchmarks.md section to write")
+    parser.add_argument("--title", default="HTTP server: throughput under concurrent clients, receipt overhead")
+    parser.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = parser.parse_args()
     args.clients_list = [int(c) for c in args.clients.split(",")]
     load_rows, seq_rows, notes = [], [], []
@@ -230,10 +234,11 @@ def main() -> None:
             ["drafter", "latency ms", "receipt ms/response", "receipt share of latency"], seq_rows) + "\n"
     if notes:
         body += "\n" + "\n".join(notes) + "\n"
+    if args.note:
+        body += f"\n{args.note}\n"
     print(body)
     if not args.no_doc:
-        write_section("server", "HTTP server: throughput under concurrent clients, receipt overhead",
-                      "python bench/server.py " + " ".join(sys.argv[1:]), body)
+        write_section(args.section, args.title, "python bench/server.py " + " ".join(sys.argv[1:]), body)
 
 
 if __name__ == "__main__":

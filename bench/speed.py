@@ -40,7 +40,11 @@ from specguard.engine.speculative import SpeculativeEngine  # noqa: E402
 from specguard.models import load_model  # noqa: E402
 from specguard.transcript import SamplingParams  # noqa: E402
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+#: Spec-Bench's questions: SPECGUARD_SPEC_BENCH, else shared/data/spec_bench next to the checkout or in /work
+_SPEC_BENCH = Path("data") / "spec_bench" / "question.jsonl"
+_ROOTS = (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
+QUESTIONS = Path(os.environ.get("SPECGUARD_SPEC_BENCH")
+                 or next((r / _SPEC_BENCH for r in _ROOTS if (r / _SPEC_BENCH).is_file()), _ROOTS[0] / _SPEC_BENCH))
 
 
 @dataclass

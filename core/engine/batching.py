@@ -9,7 +9,10 @@ One iteration (`step()`):
 
 1. admit waiting requests (up to `max_batch` running);
 2. every running request polls its `should_stop` (cancelled requests leave with
-   `finish_reason = "cancelled"`) and asks its drafter for a draft;
+   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters share a
+   `shared_drafting_key()` are drafted together by one shared drafter (the llama.cpp drafter: one
+   context, a KV sequence per request, each decode carrying every request's next token), and a row cap
+   never cuts a draft below its drafter's `batch_min_draft`;
 3. **one** target forward over all running requests: rows are left-padded to the longest
    (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
    lets a token see only its own request's cache up to its own position. Keys and values live in
