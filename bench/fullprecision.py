@@ -10,7 +10,7 @@ verification forward of k rows costs on each candidate target runtime:
   SHA-256 is what a receipt would name), and on the Q4_1 GGUF itself for reference.
 
 For each runtime: plain greedy decoding tokens/s (one token per forward), and the time of one forward
-of N new tokens over a 300-token cache (N = 1, 4, 8, 16, 32), median of `--repeat`. Writes section
+of N new tokens over the prompt's cache (a chat prompt cut to at most 300 tokens; N = 1, 4, 8, 16, 32), median of `--repeat`. Writes section
 `fullprecision` of docs/benchmarks.md (unless --no-doc).
 
     python bench/fullprecision.py [--threads 1] [--tokens 32] [--repeat 5]
