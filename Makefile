@@ -20,6 +20,9 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGG
 EXTRAS := test,ray,model,llamacpp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# extra `specguard serve` options, e.g. make serve SERVE_ARGS="--drafter ngram --threads 2"; without them
+# serve picks the fastest lossless setup it can (llama.cpp drafting ahead, own cores) and prints it
+SERVE_ARGS ?=
 
 .PHONY: install serve test lint bench lock clean
 
@@ -45,7 +48,7 @@ $(STAMP): $(LLAMA_STAMP) pyproject.toml setup.py $(LOCK) $(BUILD_LOCK)
 install: $(STAMP)
 
 serve: install
-	$(BIN)/specguard serve --host $(HOST) --port $(PORT)
+	$(BIN)/specguard serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

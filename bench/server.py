@@ -14,6 +14,11 @@ same work. Issue 13's goal: at 8 clients >= 4x the tokens/s of 1 client, with p5
 
     python bench/server.py [--clients 1,2,4,8,16] [--rounds 2] [--max-tokens 64] [--drafters none,ngram]
                            [--max-concurrency 8] [--no-batching] [--sequential 4]
+    python bench/server.py --drafters none,default --clients 1,8 --rounds 1 --tokens 32 --sequential 2 \
+        --section server-defaults --title "HTTP server: the default configuration under concurrent clients"
+
+`default` in `--drafters` starts the server with no `--drafter` (and no `--threads` unless given): what
+`make serve` runs, with the drafter and thread split `specguard serve` chooses and prints.
 """
 
 from __future__ import annotations
@@ -123,7 +128,8 @@ async def concurrent(url: str, clients: int, rounds: int, max_tokens: int, pid: 
 
 
 def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
-    extra: list[str] = ["--drafter", drafter, "--max-concurrency", str(args.max_concurrency),
+    extra: list[str] = ([] if drafter == "default" else ["--drafter", drafter]) + [
+                        "--max-concurrency", str(args.max_concurrency),
                         "--max-queue", str(max(args.clients_list) + 8)]
     if args.no_batching:
         extra.append("--no-batching")
@@ -157,7 +163,9 @@ def run(drafter: str, args: argparse.Namespace, home: Path) -> dict | str:
         srv.stop()
         if draft is not None:
             draft.stop()
-    return {"sequential": seq, "loads": loads}
+    chosen = [line.split("defaults", 1)[1].strip() for line in srv.output().splitlines()
+              if line.strip().startswith("defaults ")]
+    return {"sequential": seq, "loads": loads, "chosen": chosen[0] if chosen else ""}
 
 
 def main() -> None:
@@ -165,13 +173,17 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,4,8,16", help="client counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each client count")
     parser.add_argument("--sequential", type=int, default=4, help="requests in the receipt-share phase (0: skip)")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--drafters", default="none,ngram")
+    parser.add_argument("--max-tokens", "--tokens", dest="max_tokens", type=int, default=64)
+    parser.add_argument("--drafters", default="none,ngram",
+                        help="drafters, comma-separated; 'default' = what `make serve` chooses (no --drafter)")
     parser.add_argument("--max-concurrency", type=int, default=8, help="the server's batch size (running requests)")
     parser.add_argument("--no-batching", action="store_true", help="serve with --no-batching (one thread per request)")
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--max-batch-rows", type=int, default=None, help="the server's --max-batch-rows")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not write docs/benchmarks.md")
+    parser.add_argument("--section", default="server", help="docs/benchmarks.md section to write")
+    parser.add_argument("--title", default="HTTP server: throughput under concurrent clients, receipt overhead")
+    parser.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = parser.parse_args()
     args.clients_list = [int(c) for c in args.clients.split(",")]
     load_rows, seq_rows, notes = [], [], []
@@ -181,6 +193,8 @@ def main() -> None:
             if isinstance(result, str):
                 notes.append(f"- {drafter}: {result}")
                 continue
+            if result["chosen"]:
+                notes.append(f"- {drafter}: the server chose `{result['chosen']}`")
             seq = result["sequential"]
             if seq is not None:
                 seq_rows.append([drafter, f"{seq['latency'] * 1000:.0f}", f"{seq['receipt'] * 1000:.2f}",
@@ -215,10 +229,11 @@ def main() -> None:
             ["drafter", "latency ms", "receipt ms/response", "receipt share of latency"], seq_rows) + "\n"
     if notes:
         body += "\n" + "\n".join(notes) + "\n"
+    if args.note:
+        body += f"\n{args.note}\n"
     print(body)
     if not args.no_doc:
-        write_section("server", "HTTP server: throughput under concurrent clients, receipt overhead",
-                      "python bench/server.py " + " ".join(sys.argv[1:]), body)
+        write_section(args.section, args.title, "python bench/server.py " + " ".join(sys.argv[1:]), body)
 
 
 if __name__ == "__main__":

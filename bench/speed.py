@@ -5,10 +5,13 @@ in one run: transformers plain `generate`, transformers prompt lookup (`prompt_l
 llama.cpp plain greedy decoding of the same GGUF (needs llama-cpp-python), and specguard with each
 `--drafters` spec: a drafter name (`llamacpp` is the untrusted llama.cpp drafter), `-ahead` for
 draft-ahead (`-ahead-ready`, `-ahead-pinned`), `+receipts` to sign and log a receipt per response
-as the server does. Every method's output is compared with transformers plain decoding (near-tie
+as the server does, or `default`: what `make serve` / `specguard serve` run out of the box
+(specguard.defaults.choose_defaults: drafter, draft-ahead and the torch/drafter thread split chosen for
+this machine, receipts on). Every method's output is compared with transformers plain decoding (near-tie
 flips are counted). Writes the `--section` ("speed-issue12") section of docs/benchmarks.md.
 
     python bench/speed.py [--per-category 2] [--max-tokens 128] [--threads 1]
+    python bench/speed.py --drafters none,default --prompts 2 --tokens 32 --section speed-defaults   # quick check
     python bench/speed.py --drafters none,ngram,early-exit,draft-model --no-llama-plain --section speed
 """
 
@@ -35,7 +38,11 @@ from specguard.engine.speculative import SpeculativeEngine  # noqa: E402
 from specguard.models import load_model  # noqa: E402
 from specguard.transcript import SamplingParams  # noqa: E402
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+#: Spec-Bench's questions: SPECGUARD_SPEC_BENCH, else shared/data/spec_bench next to the checkout or in /work
+_SPEC_BENCH = Path("data") / "spec_bench" / "question.jsonl"
+_ROOTS = (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
+QUESTIONS = Path(os.environ.get("SPECGUARD_SPEC_BENCH")
+                 or next((r / _SPEC_BENCH for r in _ROOTS if (r / _SPEC_BENCH).is_file()), _ROOTS[0] / _SPEC_BENCH))
 
 
 @dataclass
@@ -96,6 +103,11 @@ def llama_plain(llama, ids: list[int], n: int, eos: set[int]) -> tuple[list[int]
 
 def spec_label(spec: str, args: argparse.Namespace) -> str:
     """A readable row name for a specguard method spec like `llamacpp-ahead+receipts`."""
+    if spec == "default":
+        d = machine_defaults()
+        threads = f"torch {d.torch_threads}" + (f" + drafter {d.drafter_threads}" if d.drafter_threads else "")
+        ahead = " + draft-ahead" if d.draft_ahead else ""
+        return f"specguard default = make serve ({d.drafter}{ahead}, {threads} threads) + receipts"
     name, receipts = (spec.split("+", 1)[0], "+receipts" in spec)
     base, *flags = name.split("-ahead")
     label = f"specguard {base}"
@@ -113,10 +125,18 @@ def spec_label(spec: str, args: argparse.Namespace) -> str:
     return label
 
 
+def machine_defaults():
+    """What `specguard serve` chooses on this machine with no drafter or thread options."""
+    from specguard.defaults import available_cpus, choose_defaults, llamacpp_drafter_available
+
+    return choose_defaults(available_cpus(), llamacpp_drafter_available(None))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-category", type=int, default=2)
     ap.add_argument("--max-tokens", "--tokens", dest="tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=0, help="use only the first N prompts of the sample (0: all)")
     ap.add_argument("--categories", default="", help="comma-separated Spec-Bench categories (default: all)")
     ap.add_argument("--drafters", default="none,ngram,llamacpp,llamacpp-ahead,llamacpp-ahead-ready,llamacpp-ahead-pinned,llamacpp-ahead+receipts",
                     help="specguard rows: a drafter name, '-ahead' (draft-ahead, wait all), '-ahead-ready', "
@@ -138,6 +158,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     target = load_model()
     prompts = sample(args.per_category, [c for c in args.categories.split(",") if c])
+    if args.prompts:
+        prompts = prompts[: args.prompts]
     encoded = [target.encode_chat([{"role": "user", "content": text[:2000]}]) for _, text in prompts]
     eos = target.eos_token_ids
     # warm up
@@ -187,19 +209,29 @@ def main() -> None:
         name = spec.split("+", 1)[0]
         base, *flags = name.split("-ahead")
         options: dict = {"exit_layer": args.exit_layer, "draft_model": target}
-        if base == "llamacpp":
+        torch_threads = None
+        if base == "default":  # exactly what serve chooses: its drafter, draft-ahead and thread split
+            chosen = machine_defaults()
+            base, torch_threads, options = chosen.drafter, chosen.torch_threads, {}
+            if chosen.drafter_threads:
+                options = {"n_threads": chosen.drafter_threads, "draft_ahead": bool(chosen.draft_ahead)}
+            flags = ["-default"] if chosen.draft_ahead else []
+        elif base == "llamacpp":
             options = {"n_threads": args.llama_threads}
         pinned = bool(flags and "-pinned" in flags[0])
-        if base == "llamacpp":
+        if base == "llamacpp" and "draft_ahead" not in options:
             options["draft_ahead"] = False  # on by default in the drafter: the plain row measures without it
-        if flags:
+        if flags and flags[0] != "-default":
             options.update(draft_ahead=True, ahead_wait="ready" if "-ready" in flags[0] else "all")
             if pinned:
                 options["ahead_cpus"] = [1]
-        receipts = "+receipts" in spec
+        receipts = "+receipts" in spec or spec == "default"
 
         def run(ids):
             before = os.sched_getaffinity(0) if pinned else None
+            threads_before = torch.get_num_threads()
+            if torch_threads is not None:
+                torch.set_num_threads(torch_threads)
             if pinned:
                 os.sched_setaffinity(0, {0})  # the target (this thread; torch on 1 thread) on CPU 0
             try:
@@ -221,6 +253,7 @@ def main() -> None:
                     receipt_s = time.perf_counter() - r0
                 seconds = time.perf_counter() - t0
             finally:
+                torch.set_num_threads(threads_before)
                 if before is not None:
                     os.sched_setaffinity(0, before)
             m = t.metrics()
@@ -233,10 +266,10 @@ def main() -> None:
     for spec in args.drafters.split(","):
         methods[spec_label(spec, args)] = spec_method(spec)
     # warm up outside the timed region: llama.cpp contexts (pooled per GGUF) and the receipt log
-    if any(spec.startswith("llamacpp") for spec in args.drafters.split(",")):
+    if any(spec.startswith(("llamacpp", "default")) for spec in args.drafters.split(",")):
         SpeculativeEngine(target, make_drafter("llamacpp", target, {"n_threads": args.llama_threads})).generate(
             encoded[0], SamplingParams(max_tokens=8))
-    if any("+receipts" in spec for spec in args.drafters.split(",")):
+    if any("+receipts" in spec or spec == "default" for spec in args.drafters.split(",")):
         rec, policy = receipt_issuer()
         warm = SpeculativeEngine(target).generate(encoded[0], SamplingParams(max_tokens=4))
         rec.issue(warm, {"model": target.name}, {"id": "warm-up"}, {}, policy)

@@ -50,9 +50,18 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
 @click.option("-e", "--engine", default="specguard", show_default=True,
               help="Engine: specguard (alias builtin), llamacpp, ... (see docs/engines.md).")
-@click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
+@click.option("-d", "--drafter", default=None,
+              help="Drafter name (see `specguard plugins`; default: llamacpp when installed, else ngram).")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
+@click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
+@click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
+              help="Bearer key sent to the --drafter-url drafting server (or SPECGUARD_DRAFTER_API_KEY).")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads: torch's, and the engine's (default: the CPUs left after the drafter's and one "
+                   "spare, at most 8; llamacpp engine: half the CPUs).")
+@click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
+              help="llama.cpp threads of the llamacpp drafter (default 1).")
 @click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
 @click.option("-t", "--temperature", type=float, default=0.0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
@@ -62,8 +71,13 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
-def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json) -> None:
+def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, drafter_url, drafter_api_key, exit_layer,
+                     threads, drafter_threads, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos,
+                     as_json) -> None:
     """Generate text with target-verified speculative decoding (or another --engine)."""
+    import torch
+
+    from .defaults import available_cpus, choose_defaults, llamacpp_drafter_available
     from .engine.factory import check_engine_name, make_drafter, make_engine
     from .errors import UsageError
     from .models import load_model
@@ -78,9 +92,17 @@ def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit
         ignore_eos=ignore_eos,
     )
     check_engine_name(engine)  # before the model loads
+    if drafter == "remote" and not drafter_url:
+        raise UsageError("--drafter remote needs --drafter-url URL", field="--drafter-url")
+    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
+                               drafter=drafter, threads=threads, drafter_threads=drafter_threads)
+    torch.set_num_threads(defaults.torch_threads)
+    click.echo(f"[{defaults.describe()}]", err=True)
     target = load_model(model_ref)
-    engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}),
-                         engine)
+    options = {"draft_model": draft_model, "exit_layer": exit_layer, "drafter_url": drafter_url,
+               "drafter_api_key": drafter_api_key, **defaults.drafter_options()}
+    options = {k: v for k, v in options.items() if v is not None}
+    engine = make_engine(target, make_drafter(defaults.drafter, target, options), engine, defaults.engine_options())
     prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if chat else target.encode(prompt)
     if as_json:
         transcript = engine.generate(prompt_ids, params)

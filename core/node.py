@@ -332,6 +332,7 @@ def build_node(
     exit_layer: int | None = None,
     policy: str | None = None,
     drafter_api_key: str | None = None,
+    drafter_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Node:
     """Load the model and policy named on the command line and build a Node."""
@@ -345,5 +346,5 @@ def build_node(
     pol = load_policy(policy or "dev")
     target = load_model(model_ref)
     options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url,
-               "drafter_api_key": drafter_api_key}
+               "drafter_api_key": drafter_api_key, **(drafter_options or {})}
     return Node(target, drafter=drafter, drafter_options=options, policy=pol, **kwargs)

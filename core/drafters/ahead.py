@@ -81,6 +81,7 @@ class AheadDrafter(Drafter):
         self.trusted = inner.trusted
         self.cheap_drafts = inner.cheap_drafts
         self.max_draft = int(getattr(inner, "max_draft", Drafter.max_draft))
+        self.batch_min_draft = int(getattr(inner, "batch_min_draft", 0))
         self.wait = wait
         self.min_tokens = min_tokens
         self.cpus = sorted(set(cpus)) if cpus else None
@@ -120,6 +121,16 @@ class AheadDrafter(Drafter):
             self._cancel()
         finally:
             self.inner.finish()
+
+    def shared_drafting_key(self) -> tuple[Any, ...] | None:
+        return self.inner.shared_drafting_key()
+
+    def make_shared_drafting(self, n_seqs: int) -> Any:
+        return self.inner.make_shared_drafting(n_seqs)
+
+    def cancel_ahead(self) -> None:
+        """Stop and join the background block, if any (a batch drafts this request with a shared drafter)."""
+        self._cancel()
 
     def describe(self) -> dict[str, Any]:
         info = dict(self.inner.describe())

@@ -34,6 +34,9 @@ class Drafter:
     #: the longest draft the engine's adaptive draft length may grow to for this drafter; engine
     #: drafters (llamacpp) that propose long runs the target accepts declare more (32)
     max_draft: int = 12
+    #: under continuous batching, drafts are not capped below this many tokens when a batch's row cap
+    #: would leave less (a drafter whose drafts are mostly accepted pays for its rows; 0: no floor)
+    batch_min_draft: int = 0
 
     def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Called once per request before the first proposal."""
@@ -50,6 +53,15 @@ class Drafter:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "trusted": self.trusted}
+
+    def shared_drafting_key(self) -> tuple[Any, ...] | None:
+        """Requests whose drafters return the same key may be drafted together by one shared drafter
+        (`make_shared_drafting`) when they run in one batch; None (the default): draft alone."""
+        return None
+
+    def make_shared_drafting(self, n_seqs: int) -> Any:
+        """A shared drafter for `n_seqs` requests (see specguard.drafters.llamacpp_batch)."""
+        raise NotImplementedError
 
 
 class NoDrafter(Drafter):

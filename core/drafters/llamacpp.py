@@ -29,7 +29,6 @@ the drafter proposes its own argmax for sampled requests too.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,10 @@ __all__ = ["INSTALL_HINT", "POOL", "LlamaCppDrafter", "build", "llama_cpp_module
 
 DEFAULT_MAX_DRAFT = 32
 DEFAULT_MAX_CTX = 4096
+#: under batching, drafts stay at least this long whatever the row cap (most of them are accepted)
+BATCH_MIN_DRAFT = 4
+#: KV cells per request of the batch's shared drafting context (longer contexts draft alone)
+SHARED_MAX_CTX = 2048
 
 
 class LlamaCppDrafter(Drafter):
@@ -58,6 +61,7 @@ class LlamaCppDrafter(Drafter):
     name = "llamacpp"
     trusted = False
     max_draft = DEFAULT_MAX_DRAFT
+    batch_min_draft = BATCH_MIN_DRAFT
 
     def __init__(
         self,
@@ -143,6 +147,19 @@ class LlamaCppDrafter(Drafter):
         if llama is not None:
             self._pool.release(self.gguf, self.n_threads, self.n_ctx, llama)
 
+    def shared_drafting_key(self) -> tuple[Any, ...] | None:
+        """Greedy drafts of one GGUF can be drafted for a whole batch at once (specguard.drafters.llamacpp_batch);
+        shared-seed sampled drafts cannot."""
+        if self._shares_seed():
+            return None
+        return ("llamacpp", self.gguf, self.n_threads, min(self.n_ctx, SHARED_MAX_CTX))
+
+    def make_shared_drafting(self, n_seqs: int) -> Any:
+        from .llamacpp_batch import SharedLlamaDrafting
+
+        return SharedLlamaDrafting(self.gguf, n_seqs=n_seqs, n_ctx_seq=min(self.n_ctx, SHARED_MAX_CTX),
+                                   n_threads=self.n_threads)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "trusted": self.trusted, "gguf": Path(self.gguf).name, "n_threads": self.n_threads,
@@ -209,4 +226,6 @@ def default_draft_ahead() -> bool:
     Measured on 2 cores (docs/benchmarks.md, issue 12): 3.1x transformers plain with draft-ahead
     against 1.9x without; on one CPU the background thread would only take the target's time.
     """
-    return (os.cpu_count() or 1) >= 2
+    from ..defaults import available_cpus
+
+    return available_cpus() >= 2

@@ -9,7 +9,10 @@ One iteration (`step()`):
 
 1. admit waiting requests (up to `max_batch` running);
 2. every running request polls its `should_stop` (cancelled requests leave with
-   `finish_reason = "cancelled"`) and asks its drafter for a draft;
+   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters share a
+   `shared_drafting_key()` are drafted together by one shared drafter (the llama.cpp drafter: one
+   context, a KV sequence per request, each decode carrying every request's next token), and a row cap
+   never cuts a draft below its drafter's `batch_min_draft`;
 3. **one** target forward over all running requests: rows are left-padded to the longest
    (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
    lets a token see only its own request's cache up to its own position. Keys and values live in
@@ -178,6 +181,10 @@ class BatchScheduler:
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
         self._joining: list[BatchRequest] = []
+        #: shared drafters by drafter key, and the sequence each running request holds in its key's
+        self._shared: dict[Any, Any] = {}
+        self._seqs: dict[int, int] = {}
+        self._seq_keys: dict[int, Any] = {}
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
         self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
 
@@ -222,6 +229,10 @@ class BatchScheduler:
             self._fail(req, RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        shared, self._shared = list(self._shared.values()), {}
+        for drafting in shared:
+            if drafting is not _NO_SHARED:
+                drafting.close()
 
     def _loop(self) -> None:
         while True:
@@ -289,11 +300,12 @@ class BatchScheduler:
         propose in parallel threads, each request's drafter in one thread; lookups run inline.
         """
         cap = None if self.max_rows is None or not running else max(0, self.max_rows // len(running) - 1)
+        shared = self._draft_shared(running, cap)
 
         def plan(r: BatchRequest) -> Plan | None:
-            return r.run.plan(cap)  # type: ignore[union-attr]
+            return r.run.plan(_draft_cap(r, cap), shared.get(id(r)))  # type: ignore[union-attr]
 
-        slow = [r for r in running if _slow_drafter(r.drafter)]
+        slow = [r for r in running if _slow_drafter(r.drafter) and id(r) not in shared]
         if len(slow) < 2:
             return [(r, self._guard(r, lambda r=r: plan(r))) for r in running]
         if self._pool is None:
@@ -304,6 +316,70 @@ class BatchScheduler:
             future = futures.get(id(r))
             out.append((r, self._guard(r, future.result if future is not None else lambda r=r: plan(r))))
         return out
+
+    def _draft_shared(self, running: list[BatchRequest], cap: int | None) -> dict[int, list[int]]:
+        """Drafts made together for requests whose drafters share a key (`Drafter.shared_drafting_key`),
+        by one shared drafter per key (e.g. one llama.cpp context with a sequence per request, decoding
+        the next token of all of them at once): {id(request): drafted tokens}. Groups of one draft alone."""
+        groups: dict[Any, list[BatchRequest]] = {}
+        for r in running:
+            if r.run is None or r.run.done or not isinstance(r.drafter, Drafter):
+                continue
+            key = self._guard_key(r)
+            if key is not None:
+                groups.setdefault(key, []).append(r)
+        drafts: dict[int, list[int]] = {}
+        for key, members in groups.items():
+            if len(members) < 2:
+                continue
+            shared = self._shared.get(key)
+            if shared is None:
+                try:
+                    shared = self._shared[key] = members[0].drafter.make_shared_drafting(self.max_batch)  # type: ignore[union-attr]
+                except Exception:  # untrusted drafter machinery: draft alone instead
+                    log.exception("could not build a shared drafter")
+                    self._shared[key] = shared = _NO_SHARED
+            if shared is _NO_SHARED:
+                continue
+            asks, asked = [], []
+            for r in members:
+                seq = self._seq_for(r, key)
+                if seq is None:
+                    continue
+                cancel = getattr(r.drafter, "cancel_ahead", None)
+                if cancel is not None:
+                    cancel()  # its own background block would only compete for the drafter's core
+                asks.append((seq, list(r.run.tokens), r.run.draft_size(_draft_cap(r, cap))))  # type: ignore[union-attr]
+                asked.append(r)
+            for r, tokens in zip(asked, shared.propose_many(asks), strict=True):
+                drafts[id(r)] = tokens
+        return drafts
+
+    def _guard_key(self, req: BatchRequest) -> Any:
+        try:
+            return req.drafter.shared_drafting_key()  # type: ignore[union-attr]
+        except Exception:
+            return None
+
+    def _seq_for(self, req: BatchRequest, key: Any) -> int | None:
+        """The shared drafter's sequence lent to `req` (one per running request, returned when it leaves)."""
+        seq = self._seqs.get(id(req))
+        if seq is None:
+            used = set(self._seqs.values())
+            seq = next((i for i in range(self.max_batch) if i not in used), None)
+            if seq is not None:
+                self._seqs[id(req)], self._seq_keys[id(req)] = seq, key
+        return seq
+
+    def _release_seq(self, req: BatchRequest) -> None:
+        seq = self._seqs.pop(id(req), None)
+        key = self._seq_keys.pop(id(req), None)
+        shared = self._shared.get(key)
+        if seq is not None and shared is not None and shared is not _NO_SHARED:
+            try:
+                shared.release(seq)
+            except Exception:
+                log.exception("shared drafter release failed")
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
         """fn(), or False after failing `req` with what it raised."""
@@ -423,6 +499,7 @@ class BatchScheduler:
 
     def _finish(self, req: BatchRequest) -> None:
         """Close the request's drafter and hand over its transcript."""
+        self._release_seq(req)
         if req.ended:
             return
         try:
@@ -436,6 +513,7 @@ class BatchScheduler:
         _safe_emit(req, "done", transcript)
 
     def _fail(self, req: BatchRequest, exc: BaseException) -> None:
+        self._release_seq(req)
         if req.ended:
             return
         req.ended = True
@@ -448,6 +526,17 @@ class BatchScheduler:
 
     def _emit_event(self, req: BatchRequest, event: Any) -> None:
         _safe_emit(req, "event", event)
+
+
+#: marks a drafter key whose shared drafter could not be built (its requests draft alone)
+_NO_SHARED = object()
+
+
+def _draft_cap(req: BatchRequest, cap: int | None) -> int | None:
+    """The row cap's draft bound for `req`, never below its drafter's `batch_min_draft`."""
+    if cap is None:
+        return None
+    return max(cap, int(getattr(req.drafter, "batch_min_draft", 0) or 0))
 
 
 def _slow_drafter(drafter: Any) -> bool:

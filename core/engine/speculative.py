@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..drafters.base import Drafter, NoDrafter
+from ..drafters.base import Drafter, NoDrafter, Proposal
 from ..llamacpp_runtime import model_file_digest
 from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
@@ -180,11 +180,13 @@ class SpeculativeRun:
     def done(self) -> bool:
         return self.finish == "stop" or self.finish == "cancelled" or len(self.output) >= self.budget
 
-    def plan(self, max_draft: int | None = None) -> Plan | None:
+    def plan(self, max_draft: int | None = None, drafted: list[int] | None = None) -> Plan | None:
         """Ask the drafter for the next draft; None when generation has ended.
 
         Polls `should_stop` (a True answer ends the request as "cancelled"). `max_draft` caps this
-        step's draft (the batch scheduler bounds the rows of a shared forward); drafts never change
+        step's draft (the batch scheduler bounds the rows of a shared forward). `drafted`: tokens a
+        shared drafter already proposed for this request (the batch scheduler drafts many requests at
+        once), checked like any proposal instead of asking the request's drafter. Drafts never change
         the output, only how many steps it takes.
         """
         if self.finish in ("stop", "cancelled") or len(self.output) >= self.budget:
@@ -192,11 +194,10 @@ class SpeculativeRun:
         if self.should_stop is not None and self.should_stop():
             self.finish = "cancelled"
             return None
-        k = self._draft_budget(self.budget - len(self.output))
-        if max_draft is not None:
-            k = max(0, min(k, max_draft))
+        k = self.draft_size(max_draft)
+        proposer = self.drafter if drafted is None else _Fixed(drafted)
         t0 = time.perf_counter()
-        draft, q, rejected = ask_drafter(self.drafter, self.tokens, k, self.target.vocab_size, self.spec_sampling)
+        draft, q, rejected = ask_drafter(proposer, self.tokens, k, self.target.vocab_size, self.spec_sampling)
         t1 = time.perf_counter()
         return Plan(uncached=self.tokens[self.cached:], draft=draft, q=q, rejected=rejected,
                     draft_seconds=t1 - t0, verify_start=t1)
@@ -272,12 +273,29 @@ class SpeculativeRun:
             first_token_seconds=self.first_token_at,
         )
 
+    def draft_size(self, max_draft: int | None = None) -> int:
+        """How many tokens the next `plan(max_draft)` asks the drafter for."""
+        k = self._draft_budget(self.budget - len(self.output))
+        return k if max_draft is None else max(0, min(k, max_draft))
+
     def _draft_budget(self, remaining: int) -> int:
         """How many tokens to ask the drafter for, leaving room for the target's own token."""
         k = self.draft_length.k
         if self.drafter.cheap_drafts:  # rows up to min_verify_rows are paid for anyway (pad_rows)
             k = max(k, self.min_verify_rows - 1)
         return max(0, min(k, remaining - 1))
+
+
+class _Fixed(Drafter):
+    """A proposal made elsewhere (a batch's shared drafter), handed to `ask_drafter` to be checked."""
+
+    name = "shared"
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+
+    def propose(self, context: list[int], k: int) -> Proposal:
+        return Proposal(list(self.tokens))
 
 
 class SpeculativeEngine:

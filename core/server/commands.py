@@ -17,7 +17,8 @@ log = logging.getLogger("specguard.server")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("-e", "--engine", default="specguard", show_default=True,
               help="Engine: specguard (alias builtin), llamacpp, ... (see docs/engines.md).")
-@click.option("-d", "--drafter", default="ngram", show_default=True, help="Drafter name (see `specguard plugins`).")
+@click.option("-d", "--drafter", default=None,
+              help="Drafter name (see `specguard plugins`; default: llamacpp when installed, else ngram).")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
 @click.option("--drafter-url", default=None, help="URL of a `specguard draft-serve` for --drafter remote.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
@@ -44,7 +45,10 @@ log = logging.getLogger("specguard.server")
 @click.option("--quorum", type=int, default=None, help="Verifier votes needed (consensus; default n - f).")
 @click.option("--served-model-name", default=None, help="Name clients use in `model` (default: the model reference).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads: torch's, and the engine's (llamacpp: default half the CPUs).")
+              help="CPU threads: torch's, and the engine's (default: the CPUs left after the drafter's and one "
+                   "for the server, at most 8; llamacpp engine: half the CPUs).")
+@click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
+              help="llama.cpp threads of the llamacpp drafter (default 1).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
 @click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
@@ -58,7 +62,7 @@ log = logging.getLogger("specguard.server")
 def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref,
                   max_concurrency, batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers,
                   verifier_keys, quorum,
-                  served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
+                  served_model_name, threads, log_level, drafter_threads=None, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
     if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
@@ -70,13 +74,16 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     import torch
 
     from ..consensus.config import key_value
+    from ..defaults import available_cpus, choose_defaults, llamacpp_drafter_available
     from ..node import build_node
     from .app import create_app
 
     trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
     security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
+                               drafter=drafter, threads=threads, drafter_threads=drafter_threads)
+    drafter = defaults.drafter
+    torch.set_num_threads(defaults.torch_threads)
     node = build_node(
         model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
         policy=policy_ref, max_concurrency=max_concurrency, max_queue=max_queue, role=role,
@@ -84,7 +91,8 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
-        engine_name=engine, engine_options={"threads": threads}, batching=batching, max_batch_rows=max_batch_rows,
+        engine_name=engine, engine_options=defaults.engine_options(), batching=batching, max_batch_rows=max_batch_rows,
+        drafter_options=defaults.drafter_options(),
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
@@ -99,6 +107,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     click.echo(f"  engine         {engine} ({node.engine_capabilities.version})", err=True)
     click.echo(f"  drafter        {drafter}{unused}; max concurrency {info['max_concurrency']} ({mode}), "
                f"queue {max_queue}; role {role}", err=True)
+    click.echo(f"  defaults       {defaults.describe()}", err=True)
     click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
                else "  auth           none (every route open)", err=True)
     if node.policy.insecure:

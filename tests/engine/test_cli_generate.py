@@ -45,3 +45,28 @@ def test_models_prints_digest_and_errors_are_one_line():
         assert bad.returncode == 2, (args, bad.stderr)
         lines = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
         assert len(lines) == 1 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_generate_defaults_to_the_fast_lossless_setup_and_prints_it():
+    from specguard.defaults import available_cpus, choose_defaults
+
+    args = ("generate", "--chat", "List three uses of Python dictionaries.", "-n", "24", "--ignore-eos", "--json")
+    fast, plain = run(*args), run(*args, "--drafter", "none", "--threads", "1")
+    assert fast.returncode == 0 and plain.returncode == 0, fast.stderr + plain.stderr
+    expected = choose_defaults(available_cpus(), True)  # make install builds llama.cpp
+    assert f"[{expected.describe()}]" in fast.stderr, fast.stderr
+    assert "drafter none; torch 1 thread on" in plain.stderr and "chosen" not in plain.stderr
+    fast_out, plain_out = json.loads(fast.stdout), json.loads(plain.stdout)
+    assert fast_out["drafter"] == "llamacpp" and plain_out["drafter"] == "none"
+    assert fast_out["output_ids"] == plain_out["output_ids"]
+    assert len(fast_out["steps"]) < len(plain_out["steps"])  # llama.cpp's drafts were accepted
+
+
+def test_generate_takes_the_serve_drafter_and_thread_options():
+    proc = run("generate", "x", "-n", "4", "--drafter", "remote")
+    assert proc.returncode == 2 and "--drafter-url" in proc.stderr
+    split = run("generate", "Hello", "-n", "4", "--drafter", "llamacpp", "--threads", "1", "--drafter-threads", "1",
+                "--json")
+    assert split.returncode == 0, split.stderr
+    assert "torch 1 thread + drafter 1 thread" in split.stderr
+    assert json.loads(split.stdout)["drafter"] == "llamacpp"

@@ -365,14 +365,14 @@ def test_llamacpp_drafter_with_draft_ahead_on_a_wrong_model():
 
 
 def test_llamacpp_drafter_drafts_ahead_by_default_only_with_a_spare_cpu(monkeypatch):
-    from specguard.drafters import llamacpp
+    from specguard import defaults
     from specguard.engine.factory import make_drafter
     from specguard.models import resolve
 
     target = tiny_model(seed=5, vocab_size=49152)
     _, gguf = resolve("smollm2-135m")
     for cpus, ahead in ((1, False), (2, True), (16, True)):
-        monkeypatch.setattr(llamacpp.os, "cpu_count", lambda c=cpus: c)
+        monkeypatch.setattr(defaults, "available_cpus", lambda c=cpus: c)
         drafter = make_drafter("llamacpp", target, {"gguf": str(gguf)})
         assert isinstance(drafter, AheadDrafter) is ahead, cpus
     off = make_drafter("llamacpp", target, {"gguf": str(gguf), "draft_ahead": False})

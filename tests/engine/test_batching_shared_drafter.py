@@ -1,0 +1,161 @@
+"""Batching and drafting together: requests of one batch drafted by one shared drafter (issue 23).
+
+The scheduler asks one shared drafter (e.g. one llama.cpp context with a KV sequence per request) for
+every running request's draft at once; each request still verifies its draft with the target, so its
+output is its solo output whatever the shared drafter proposes. Sequences are lent per request and
+returned when it leaves; a row cap never shortens such drafts below the drafter's `batch_min_draft`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from engine.test_batching import Sink, compare
+from support.tiny import tiny_model
+
+from specguard.drafters.base import Drafter, NoDrafter, Proposal
+from specguard.engine.batching import BatchRequest, BatchScheduler
+from specguard.engine.speculative import SpeculativeEngine
+from specguard.transcript import SamplingParams
+
+PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [7, 8, 9, 10, 11, 12], [4] * 9 + [9, 3], [2, 40, 2, 40, 2]]
+PARAMS = [SamplingParams(max_tokens=30, ignore_eos=True), SamplingParams(max_tokens=24),
+          SamplingParams(max_tokens=28, temperature=0.8, seed=7, top_k=20, ignore_eos=True),
+          SamplingParams(max_tokens=20, ignore_eos=True)]
+
+
+class FakeShared:
+    """A shared drafter: perfect (the solo outputs), or hostile (garbage of every kind)."""
+
+    def __init__(self, references: dict[tuple[int, ...], list[int]], hostile: bool) -> None:
+        self.references, self.hostile = references, hostile
+        self.calls: list[list[tuple[int, int]]] = []
+        self.released: list[int] = []
+        self.closed = False
+
+    def propose_many(self, asks):
+        self.calls.append([(seq, k) for seq, _, k in asks])
+        out = []
+        for i, (_, context, k) in enumerate(asks):
+            if self.hostile:
+                out.append([[10 ** 9], [-1], [0] * (k + 3), ["x"], []][(len(self.calls) + i) % 5])
+                continue
+            prompt = next(p for p in self.references if tuple(context[: len(p)]) == p)
+            done = len(context) - len(prompt)
+            out.append(self.references[prompt][done: done + k])
+        return out
+
+    def release(self, seq):
+        self.released.append(seq)
+
+    def close(self):
+        self.closed = True
+
+
+class SharingDrafter(Drafter):
+    """Proposes nothing alone; asks to be drafted with the others of its batch."""
+
+    name = "sharing"
+    cheap_drafts = False
+    batch_min_draft = 3
+
+    def __init__(self, shared: FakeShared) -> None:
+        self.shared = shared
+        self.alone = 0
+
+    def propose(self, context, k):
+        self.alone += 1
+        return Proposal([])
+
+    def shared_drafting_key(self):
+        return ("fake",)
+
+    def make_shared_drafting(self, n_seqs):
+        return self.shared
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model(0, eos_token_id=5)
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_shared_drafts_keep_every_output_equal_to_its_solo_run(tiny, hostile):
+    references = [SpeculativeEngine(tiny, NoDrafter()).generate(p, params, top_logprobs=3)
+                  for p, params in zip(PROMPTS, PARAMS, strict=True)]
+    shared = FakeShared({tuple(p): r.output_ids for p, r in zip(PROMPTS, references, strict=True)}, hostile)
+    scheduler = BatchScheduler(tiny, max_batch=4, max_rows=4)  # cap 0 with 4 running: the floor (3) applies
+    sinks, drafters = [], []
+    for prompt, params in zip(PROMPTS, PARAMS, strict=True):
+        drafters.append(SharingDrafter(shared))
+        sinks.append(Sink())
+        scheduler.submit(BatchRequest(prompt, params, drafters[-1], sinks[-1], top_logprobs=3))
+    scheduler.run_until_idle()
+    for ref, sink in zip(references, sinks, strict=True):
+        assert compare(tiny, ref, sink, steps=False) == 0
+    assert shared.calls and max(len(c) for c in shared.calls) == 4  # one call drafted all four
+    assert all(k <= 3 for call in shared.calls for _, k in call) and any(k == 3 for call in shared.calls for _, k in call)
+    assert all(len({seq for seq, _ in call}) == len(call) for call in shared.calls)  # a sequence per request
+    assert sorted(shared.released) == [0, 1, 2, 3] and not scheduler._seqs  # returned when they left
+    steps = [len(s.value.steps) for s in sinks]
+    if hostile:  # every hostile proposal was dropped whole and recorded
+        assert all(any(st.rejected_proposal for st in s.value.steps) for s in sinks)
+    else:  # perfect shared drafts: fewer steps than tokens
+        assert all(n < len(s.value.output_ids) for n, s in zip(steps, sinks, strict=True))
+    scheduler.stop()
+    assert shared.closed
+
+
+def test_a_request_alone_drafts_with_its_own_drafter(tiny):
+    shared = FakeShared({}, hostile=False)
+    drafter = SharingDrafter(shared)
+    sink = Sink()
+    scheduler = BatchScheduler(tiny, max_batch=4)
+    scheduler.submit(BatchRequest(PROMPTS[0], PARAMS[0], drafter, sink))
+    scheduler.run_until_idle()
+    assert sink.kind == "done" and not shared.calls and drafter.alone > 0
+
+
+class BrokenSharing(SharingDrafter):
+    def make_shared_drafting(self, n_seqs):
+        raise RuntimeError("no shared drafter here")
+
+
+def test_a_shared_drafter_that_cannot_be_built_leaves_requests_drafting_alone(tiny):
+    references = [SpeculativeEngine(tiny, NoDrafter()).generate(p, params, top_logprobs=3)
+                  for p, params in zip(PROMPTS[:2], PARAMS[:2], strict=True)]
+    scheduler = BatchScheduler(tiny, max_batch=4)
+    drafters = [BrokenSharing(FakeShared({}, False)) for _ in range(2)]
+    sinks = [Sink(), Sink()]
+    for prompt, params, drafter, sink in zip(PROMPTS, PARAMS, drafters, sinks, strict=False):
+        scheduler.submit(BatchRequest(prompt, params, drafter, sink, top_logprobs=3))
+    scheduler.run_until_idle()
+    for ref, sink in zip(references, sinks, strict=True):
+        assert compare(tiny, ref, sink, steps=False) == 0
+    assert all(d.alone > 0 for d in drafters)
+
+
+@pytest.mark.model
+def test_llamacpp_drafters_of_a_batch_share_one_context_and_change_nothing(default_model):
+    from specguard.engine.factory import make_drafter
+
+    questions = ["Write a short poem about the sea.", "Explain what a hash function is in two sentences.",
+                 "List three uses of Python dictionaries.", "Give three tips for writing clear code."]
+    prompts = [default_model.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    references = [SpeculativeEngine(default_model, NoDrafter()).generate(p, params, top_logprobs=3) for p in prompts]
+    scheduler = BatchScheduler(default_model, max_batch=4, max_rows=8)
+    sinks = []
+    for prompt in prompts:
+        sinks.append(Sink())
+        scheduler.submit(BatchRequest(prompt, params, make_drafter("llamacpp", default_model, {}), sinks[-1],
+                                      top_logprobs=3))
+    scheduler.run_until_idle()
+    flips = sum(compare(default_model, ref, sink, steps=False) for ref, sink in zip(references, sinks, strict=True))
+    assert flips == 0
+    (shared,) = scheduler._shared.values()
+    counters = shared.describe()
+    # lockstep: a decode carried several requests' tokens, and the drafts were mostly accepted
+    assert counters["drafted"] > counters["decodes"] and counters["failures"] == 0, counters
+    steps = sum(len(s.value.steps) for s in sinks)
+    assert steps < sum(len(s.value.output_ids) for s in sinks) / 2, steps
+    scheduler.stop()
