@@ -42,7 +42,7 @@ def limiter_for(node: Any) -> TokenBuckets:
 
 def budget_for(node: Any) -> TokenBuckets:
     """The per-client work budget of a verifier node, in model tokens ([consensus] work_* keys)."""
-    pol = consensus_policy(getattr(node, "policy", None))
+    pol = consensus_policy(node.policy)
     return TokenBuckets(pol.work_tokens_per_second, pol.work_burst_tokens)
 
 
