@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -26,6 +26,9 @@ from ..server.base import server_options
 from ..transcript import SamplingParams
 from .base import Drafter, NoDrafter, Proposal
 from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
+
+if TYPE_CHECKING:
+    from ..hookspecs import Register
 
 log = logging.getLogger("specguard.drafters.remote")
 
@@ -243,7 +246,7 @@ def _remote(target: Any, options: dict[str, Any]) -> Drafter:
 
 
 @hookimpl
-def register_drafters(register):
+def register_drafters(register: Register) -> None:
     register("remote", _remote, "an untrusted drafting server (--drafter-url); local fallback when it fails")
 
 
@@ -285,5 +288,5 @@ def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port,
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     cli.add_command(draft_serve_command)
