@@ -61,6 +61,9 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
                   served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
+    from ..plugin_manager import require_all_loaded
+
+    require_all_loaded()  # a node missing a policy plugin must not serve what that plugin would refuse
     if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
         from ..consensus.ray_pool import serve_pool
 
