@@ -117,7 +117,7 @@ class RemoteDrafter(Drafter):
         self._source = None
         # a small bounded pool; every exchange ends by its step's deadline (specguard.http)
         self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2,
-                                   headers=self._headers)
+                                   headers=self._headers, cacert=http.cacert_for(self.url))
         self.fallback.start(prompt_ids, params)
 
     def propose(self, context: list[int], k: int) -> Proposal:

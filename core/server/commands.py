@@ -6,12 +6,14 @@ import logging
 
 import click
 
+from ..outbound_args import cacert_option
 from .base import run_uvicorn, server_options, server_security
 
 log = logging.getLogger("specguard.server")
 
 
 @click.command(name="serve")
+@cacert_option
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -64,6 +66,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     from ..plugin_manager import require_all_loaded
 
     require_all_loaded()  # a node missing a policy plugin must not serve what that plugin would refuse
+    _trust_policy_cas(policy_ref)
     if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
         from ..consensus.ray_pool import serve_pool
 
@@ -116,6 +119,18 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         run_uvicorn(app, host, port, security, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         node.close()
+
+
+def _trust_policy_cas(policy_ref: str) -> None:
+    """Add the policy's `[tls]` CAs (per verifier / drafter URL) to what --cacert set."""
+    from pathlib import Path
+
+    from .. import http
+    from ..policies import load_policy
+
+    policy = load_policy(policy_ref)
+    base = None if policy.source.startswith(("<", "preset:")) else str(Path(policy.source).parent)
+    http.trust_cas(http.TrustedCAs.from_policy(policy.section("tls"), default=http.trusted().default, base=base))
 
 
 def register(cli: click.Group) -> None:

@@ -16,6 +16,7 @@ from specguard.consensus.quorum import (
     verify_certificate,
 )
 from specguard.errors import UsageError
+from specguard.outbound_args import cacert_option
 
 log = logging.getLogger("specguard.consensus")
 
@@ -45,6 +46,7 @@ def consensus_group() -> None:
 
 
 @consensus_group.command(name="check")
+@cacert_option
 @click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
 @click.option("--transcript", "transcript_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The response's transcript JSON (Transcript.to_json()).")
