@@ -255,10 +255,12 @@ def register_drafters(register: Register) -> None:
 @click.option("-d", "--drafter", default="early-exit", show_default=True, help="Local drafter behind the server.")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8100, show_default=True)
-@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
-@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=int, default=8100, show_default=True, help="TCP port to listen on.")
+@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Drafting sessions kept at once; the least recently used is evicted beyond this.")
+@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="A session unused this long is dropped.")
 @click.option("--draft-ahead", is_flag=True,
               help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
 @click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,

@@ -141,8 +141,8 @@ def show_key_command(home: str | None) -> None:
 
 @consensus_group.command(name="calibrate")
 @click.option("--model", "model_ref", help="Model reference (default: the embedded model).")
-@click.option("--prompts", "n_prompts", type=int, default=4, show_default=True)
-@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--prompts", "n_prompts", type=int, default=4, show_default=True, help="Prompts to calibrate on.")
+@click.option("--max-tokens", type=int, default=32, show_default=True, help="Tokens generated per prompt.")
 def calibrate_command(model_ref: str | None, n_prompts: int, max_tokens: int) -> None:
     """Measure honest re-derivation drift (threads, batch shapes, dtypes) to set margin and tolerance."""
     from specguard.consensus.calibrate import calibrate, recommended

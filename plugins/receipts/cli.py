@@ -288,7 +288,7 @@ def _key_from_entry(data: bytes) -> bytes:
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Save the verified checkpoint here.")
 @click.option("--key", "key_arg", help="The node's public key (hex or verifier key string).")
 @click.option("--entries", default=1, show_default=True, help="Spot-check inclusion of the last N entries.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def log_verify_command(url: str | None, db_path: str | None, saved_path: str | None, save_path: str | None,
                        key_arg: str | None, entries: int, as_json: bool) -> None:
     """Check a log: signed checkpoint, consistency with a saved checkpoint, entry inclusion.
