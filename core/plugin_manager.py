@@ -212,7 +212,7 @@ def _enable_tracing() -> None:
 
 
 def get_plugins() -> list[dict[str, Any]]:
-    """Every registered plugin with its hooks, for `specguard plugins`."""
+    """Every registered plugin with its hooks, and every skipped one with its error, for `specguard plugins`."""
     load_plugins()
     out = []
     for plugin in pm.get_plugins():
@@ -223,7 +223,11 @@ def get_plugins() -> list[dict[str, Any]]:
         if dist is not None:
             entry["distribution"], entry["version"] = dist
         entry["builtin"] = name in DEFAULT_PLUGINS
+        entry["loaded"] = True
         out.append(entry)
+    for failure in load_failures:  # skipped plugins are listed too, with why
+        out.append({"name": failure.name, "hooks": [], "builtin": False, "loaded": False,
+                    "distribution": failure.distribution, "error": failure.reason})
     out.sort(key=lambda e: (not e["builtin"], e["name"]))
     return out
 

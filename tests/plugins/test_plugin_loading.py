@@ -137,8 +137,11 @@ def test_a_broken_plugin_is_skipped_in_one_line_and_serving_refuses(fresh, capsy
     assert "distribution broken-dist" in broken and "specguard_no_such_module_anywhere" in broken
     typo = next(line for line in err if "'typo'" in line)
     assert "did you mean 'check_request'" in typo
-    names = {p["name"] for p in plugin_manager.get_plugins()}
-    assert "specguard.plugins.receipts" in names and not {"broken", "typo"} & names
+    listed = {p["name"]: p for p in plugin_manager.get_plugins()}
+    assert listed["specguard.plugins.receipts"]["loaded"]
+    assert not listed["broken"]["loaded"] and "specguard_no_such_module_anywhere" in listed["broken"]["error"]
+    assert not listed["typo"]["loaded"] and listed["typo"]["distribution"] == "typo-dist"
+    assert plugin_manager.pm.get_plugin("broken") is None and plugin_manager.pm.get_plugin("typo") is None
     with pytest.raises(PluginError, match="refusing to serve") as info:
         plugin_manager.require_all_loaded()
     assert "broken" in str(info.value.got) and "typo" in str(info.value.got)

@@ -236,3 +236,20 @@ def test_remote_drafter_takes_the_cacert(tls_server):
 def test_every_outbound_command_documents_cacert(command):
     code, text = _run(*command, "--help")
     assert code == 0 and "--cacert" in text and "SSL_CERT_FILE is ignored" in " ".join(text.split())
+
+
+def test_serve_reads_a_ca_per_url_from_the_policy_file(tls_server, tmp_path):
+    """`specguard serve --policy FILE`: the policy's [tls] table, relative to the file, adds to --cacert."""
+    from specguard.server.commands import _trust_policy_cas
+
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "verifiers-ca.pem").write_bytes(tls_server.ca.read_bytes())
+    policy = folder / "node.toml"
+    policy.write_text(f'name = "tls-test"\n[tls]\ncacerts = {{ "{tls_server.url}" = "verifiers-ca.pem" }}\n')
+    http.trust_cas(http.TrustedCAs(default=str(tls_server.other_ca)))  # as --cacert would
+    _trust_policy_cas(str(policy))
+    assert http.cacert_for(tls_server.url + "/specguard/v1/verify") == str(folder / "verifiers-ca.pem")
+    assert http.cacert_for("https://127.0.0.1:1/") == str(tls_server.other_ca)  # --cacert for every other URL
+    with pytest.raises(SpecguardError, match="answered HTTP 404"):  # the verifier call now trusts the URL's CA
+        quorum._post_one(tls_server.url, {}, 10.0)
