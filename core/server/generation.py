@@ -58,14 +58,6 @@ def _check_model(node: Any, name: str) -> None:
                                  field="model", got=name, expected=node.served_model_name)
 
 
-def _chat_prompt(node: Any, req: ChatCompletionRequest) -> list[int]:
-    return prompting.chat_prompt_ids(node.model, req)
-
-
-def _completion_prompt(node: Any, req: CompletionRequest) -> list[int]:
-    return prompting.completion_prompt_ids(node.model, req)
-
-
 class PromptTooLargeError(RequestError):
     """The prompt is larger than this node accepts, refused before tokenizing (HTTP 400)."""
 
@@ -113,7 +105,7 @@ def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepar
     kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
     _check_model(node, req.model)
     check_request_shape(req)
-    prompt_ids = _chat_prompt(node, req) if kind == "chat" else _completion_prompt(node, req)  # type: ignore[arg-type]
+    prompt_ids = prompting.prompt_ids(node.model, req)
     if not prompt_ids:
         raise RequestError("the prompt is empty after tokenization", field="messages" if kind == "chat" else "prompt")
     resolved = resolve_request(req, node_defaults(node), prompt_tokens=len(prompt_ids))
