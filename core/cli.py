@@ -62,13 +62,14 @@ def models_command(ref: str | None, as_json: bool) -> None:
                    "spare, at most 8; llamacpp engine: half the CPUs).")
 @click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
               help="llama.cpp threads of the llamacpp drafter (default 1).")
-@click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
-@click.option("-t", "--temperature", type=float, default=0.0, show_default=True)
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("-n", "--max-tokens", type=int, default=128, show_default=True, help="Generated tokens at most.")
+@click.option("-t", "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k likeliest (0: all).")
 @click.option("--seed", type=int, default=None, help="Seed for sampled decoding (drawn by specguard if absent).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
+@click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True,
+              help="gumbel: seed-deterministic, re-derivable; speculative-sampling: trusted local drafters only.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
 def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, drafter_url, drafter_api_key, exit_layer,

@@ -9,19 +9,34 @@ Hooks that take `node` receive a `specguard.context.NodeContext` (or None outsid
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: plugins import this module before anything else loads
+    import click
+    from fastapi import FastAPI
+
+    from .attest.options import VerifyOptions
+    from .context import NodeContext
+    from .server.resolved import ResolvedRequest
+    from .transcript import Step, Transcript
+
+#: `register(name, factory, description)` as passed to register_drafters / register_engines
+Register = Callable[..., None]
 
 hookspec = pluggy.HookspecMarker("specguard")
 hookimpl = pluggy.HookimplMarker("specguard")
 
 
 @hookspec
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the `specguard` CLI group `cli`."""
 
 
 @hookspec
-def register_drafters(register):
+def register_drafters(register: Register) -> None:
     """Register drafters: `register(name, factory, description)`.
 
     `factory(target: LoadedModel, options: dict) -> Drafter` builds one drafter per engine.
@@ -29,7 +44,7 @@ def register_drafters(register):
 
 
 @hookspec
-def register_engines(register):
+def register_engines(register: Register) -> None:
     """Register speculative engines: `register(name, factory, description)`.
 
     `factory(target: LoadedModel, drafter: Drafter, options: dict) -> Engine`.
@@ -37,7 +52,7 @@ def register_engines(register):
 
 
 @hookspec
-def register_evidence_types(register):
+def register_evidence_types(register: Callable[[Any], None]) -> None:
     """Register attestation evidence types: `register(EvidenceType)`.
 
     An evidence type parses, verifies and validates one kind of TEE evidence
@@ -46,12 +61,12 @@ def register_evidence_types(register):
 
 
 @hookspec
-def register_routes(app, node):
+def register_routes(app: FastAPI, node: NodeContext) -> None:
     """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.node.Node)."""
 
 
 @hookspec(firstresult=True)
-def node_attestation(node):
+def node_attestation(node: NodeContext) -> dict[str, Any] | None:
     """The node's own attestation evidence summary, or None when no plugin provides one.
 
     Return `{"type", "evidence_digest", "simulated"}` for the evidence that binds the node's
@@ -61,20 +76,24 @@ def node_attestation(node):
 
 
 @hookspec
-def check_request(request, policy):
+def check_request(request: ResolvedRequest, policy: Any) -> None:
     """Inspect a generation request before it runs.
 
-    Raise `specguard.errors.RequestError` to refuse it (the server answers 4xx).
+    `request` is the resolved request (`specguard.server.resolved.ResolvedRequest`): every default
+    filled in and typed (`request.max_tokens` is the number that will run, whichever of
+    max_tokens / max_completion_tokens / the node default set it). `policy` is the node's
+    `specguard.policies.Policy`. Raise `specguard.errors.RequestError` to refuse it (HTTP 400).
     """
 
 
 @hookspec
-def on_step(request, step):
-    """See each verification step (`specguard.transcript.Step`) as the engine makes it."""
+def on_step(request: ResolvedRequest, step: Step) -> None:
+    """See each verification step (`specguard.transcript.Step`) of the resolved `request` as the engine makes it."""
 
 
 @hookspec
-def seal_transcript(transcript, evidence, node, receipt_id):
+def seal_transcript(transcript: Transcript, evidence: dict[str, Any], node: NodeContext | None,
+                    receipt_id: str) -> None:
     """Add evidence for a finished transcript before its receipt is signed.
 
     `evidence` is a dict of slot name -> JSON value; set your own slot(s) in it.
@@ -84,7 +103,8 @@ def seal_transcript(transcript, evidence, node, receipt_id):
 
 
 @hookspec(firstresult=True)
-def issue_receipt(transcript, request, response, evidence, node, receipt_id):
+def issue_receipt(transcript: Transcript, request: dict[str, Any], response: dict[str, Any],
+                  evidence: dict[str, Any], node: NodeContext, receipt_id: str) -> dict[str, Any] | None:
     """Sign and log a receipt for a finished response; return the receipt document
     (`{"receipt_id", "envelope", "log"}`) once it is durable, or None.
 
@@ -99,7 +119,8 @@ def issue_receipt(transcript, request, response, evidence, node, receipt_id):
 
 
 @hookspec
-def judge_transcript(transcript, receipt, node, request, response):
+def judge_transcript(transcript: Transcript, receipt: dict[str, Any], node: NodeContext,
+                     request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any] | None:
     """Judge a finished, receipted response; return a dict to attach (e.g. a quorum
     certificate) or None. Raise a SpecguardError to fail the request.
 
@@ -109,7 +130,8 @@ def judge_transcript(transcript, receipt, node, request, response):
 
 
 @hookspec(firstresult=True)
-def verify_evidence(slot, value, statement, options):
+def verify_evidence(slot: str, value: Any, statement: dict[str, Any],
+                    options: VerifyOptions) -> dict[str, Any] | None:
     """Verify one evidence slot of a receipt offline.
 
     Return a dict describing what was verified if the slot is yours, None otherwise.

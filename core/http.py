@@ -12,7 +12,10 @@ one byte per second never trips a 2 s read timeout. Every client built here ther
   its request; a stalled peer costs at most the deadline;
 - `trust_env=False` (no proxies, netrc or CA settings from the environment; pass `proxy=`
   to use one) and `follow_redirects=False` (a 3xx is an answer like any other);
-- an optional CA bundle (`verify="ca.pem"`) for TLS;
+- TLS verification always on for `https://`; the CAs trusted are the system's, or exactly the
+  PEM file given as `cacert=` (a private CA). The CLI's `--cacert FILE` and a policy's `[tls]`
+  table set them for a whole command (`trust_cas`, `cacert_for`): `SSL_CERT_FILE` and the other
+  environment settings are ignored on purpose (`trust_env=False`);
 - a cap on the response size (`max_bytes`), checked while streaming.
 
 Failures are `OutboundError`s that carry the URL without user info or secret query values
@@ -42,10 +45,15 @@ from .errors import DeadlineExceeded, OutboundError, ResponseTooLarge
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "TrustedCAs",
+    "cacert_for",
+    "trust_cas",
+    "trusted",
     "Response",
     "Timeouts",
     "client",
     "deadline",
+    "failure_reason",
     "redact_url",
     "request",
 ]
@@ -101,6 +109,105 @@ class Timeouts:
         cap = self.total if remaining is None else min(self.total, max(remaining, 1e-3))
         return httpx.Timeout(connect=min(self.connect, cap), read=min(self.read, cap),
                              write=min(self.write, cap), pool=min(self.pool, cap))
+
+
+@dataclass(frozen=True)
+class TrustedCAs:
+    """Which CA file outbound TLS trusts: `default` for every URL, `per_url` for URLs under a prefix.
+
+    None (the default) means the system CAs. A prefix is `scheme://host[:port][/path]`; the longest
+    prefix that matches a URL wins over `default`.
+    """
+
+    default: str | None = None
+    per_url: tuple[tuple[str, str], ...] = ()
+
+    def for_url(self, url: str) -> str | None:
+        """The CA file for `url`, or None for the system CAs."""
+        best: tuple[int, str] | None = None
+        for prefix, cafile in self.per_url:
+            if _under_prefix(url, prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), cafile)
+        return best[1] if best is not None else self.default
+
+    @classmethod
+    def from_policy(cls, section: Mapping[str, Any], default: str | None = None,
+                    base: str | None = None) -> TrustedCAs:
+        """The policy's `[tls]` table: `cacert = "ca.pem"` and `[tls.cacerts]` `"https://host:port" = "ca.pem"`.
+
+        Relative paths are relative to `base` (the policy file's folder). A command line `--cacert`
+        (`default`) wins over the policy's `cacert`.
+        """
+        from pathlib import Path
+
+        unknown = sorted(set(section) - {"cacert", "cacerts"})
+        if unknown:
+            raise OutboundError("unknown key in the policy's [tls] table", field=f"tls.{unknown[0]}", got=unknown[0],
+                                expected="cacert or cacerts")
+
+        def path(value: Any, name: str) -> str:
+            if not isinstance(value, str) or not value:
+                raise OutboundError("must be a path to a PEM file", field=name, got=value, expected="a file path")
+            return str(Path(base) / value) if base and not Path(value).is_absolute() else value
+
+        table = section.get("cacerts", {})
+        if not isinstance(table, Mapping):
+            raise OutboundError("must be a table of URL prefix -> CA file", field="tls.cacerts", got=table)
+        per_url = []
+        for prefix, cafile in table.items():
+            scheme = urlsplit(str(prefix)).scheme
+            if scheme not in ("http", "https"):
+                raise OutboundError("must be an http(s) URL prefix", field="tls.cacerts", got=prefix,
+                                    expected="https://host[:port][/path]")
+            per_url.append((str(prefix).rstrip("/"), path(cafile, f"tls.cacerts.{prefix}")))
+        policy_default = path(section["cacert"], "tls.cacert") if "cacert" in section else None
+        return cls(default=default or policy_default, per_url=tuple(per_url))
+
+
+def _origin(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    default_port = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port, parts.path.rstrip("/")
+
+
+def _under_prefix(url: str, prefix: str) -> bool:
+    try:
+        scheme, host, port, path = _origin(url)
+        p_scheme, p_host, p_port, p_path = _origin(prefix)
+    except ValueError:
+        return False
+    return (scheme, host, port) == (p_scheme, p_host, p_port) and (path == p_path or path.startswith(p_path + "/")
+                                                                 or not p_path)
+
+
+# what this process trusts for outbound TLS (set once by a command: --cacert, the policy's [tls])
+_trusted = TrustedCAs()
+
+
+def trust_cas(cas: TrustedCAs) -> TrustedCAs:
+    """Set the CAs every later outbound call of this process trusts; return the previous setting."""
+    global _trusted
+    previous, _trusted = _trusted, cas
+    return previous
+
+
+def trusted() -> TrustedCAs:
+    """The CAs this process trusts for outbound TLS now."""
+    return _trusted
+
+
+def cacert_for(url: str) -> str | None:
+    """The CA file this process trusts for `url` (None: the system CAs)."""
+    return _trusted.for_url(url)
+
+
+def _ssl_context(cacert: str) -> ssl.SSLContext:
+    """Verification on, hostname checked, trusting exactly the CAs in `cacert`."""
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise OutboundError("cannot load the CA bundle", field="cacert", got=f"{cacert} ({exc})",
+                            expected="a readable PEM file of CA certificates") from None
 
 
 def _remaining() -> float | None:
@@ -176,6 +283,7 @@ def client(
     *,
     timeouts: Timeouts | None = None,
     verify: bool | str = True,
+    cacert: str | None = None,
     proxy: str | None = None,
     headers: Mapping[str, str] | None = None,
     max_connections: int = 8,
@@ -183,19 +291,19 @@ def client(
 ) -> httpx.Client:
     """An httpx client with specguard's rules: deadline-bounded sockets, no env proxies, no redirects.
 
-    `verify` is True (system CAs), False (tests only) or a CA bundle path; `proxy` is the only way to
+    `cacert` is a PEM file of the CAs to trust (verification on); without it `verify` is True (system
+    CAs), False (tests only) or a CA bundle path. Callers pass `cacert=cacert_for(url)` so the
+    command's `--cacert` and the policy's per-URL CAs apply. `proxy` is the only way to
     use a proxy; `max_connections` bounds the connection pool. `transport` replaces the network
     (in-process test transports; the body deadline and size cap still apply in `request`).
     """
     timeouts = timeouts or Timeouts()
     if transport is None:
-        if isinstance(verify, str):
-            try:
-                verify_ctx: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
-            except (OSError, ssl.SSLError) as exc:
-                raise OutboundError("cannot load the CA bundle", field="verify", got=verify, expected="a PEM file") from exc
-        else:
-            verify_ctx = verify
+        verify_ctx: bool | ssl.SSLContext = verify
+        if cacert is not None:
+            verify_ctx = _ssl_context(cacert)
+        elif isinstance(verify, str):
+            verify_ctx = _ssl_context(verify)
         http_transport = httpx.HTTPTransport(
             verify=verify_ctx, trust_env=False, proxy=proxy,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -307,6 +415,12 @@ def request(
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
             raise OutboundError("invalid request", field="url", got=_scrub(str(exc), url)[:200], url=shown) from None
     return Response(resp.status_code, resp.headers, b"".join(chunks), shown)
+
+
+def failure_reason(exc: OutboundError) -> str:
+    """An outbound failure as one `got=` value: its message and detail without the `field=`/`got=`
+    labels, so an error that wraps it prints each label once."""
+    return exc.message if exc.got is None else f"{exc.message}: {exc.got}"
 
 
 def _client_total(http: httpx.Client) -> float | None:

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,11 @@ class LoadedModel:
     def digest(self) -> str:
         """`sha256:<hex>` over config, generation config and tensors (computed once, on first use)."""
         if self._digest is None:
-            self._digest = model_digest(self.model)
+            from .progress import phase
+
+            tensors = len(self.model.state_dict())
+            with phase(f"Computing the model digest of {self.name} ({tensors} tensors)", total=tensors) as progress:
+                self._digest = model_digest(self.model, on_tensor=progress.advance)
         return self._digest
 
     @property
@@ -156,7 +161,7 @@ def model_identity(model: Any) -> dict[str, Any]:
     }
 
 
-def model_digest(model: Any) -> str:
+def model_digest(model: Any, on_tensor: Callable[[], Any] | None = None) -> str:
     """SHA-256 over the model's architecture, canonical config, generation config and tensors.
 
     Bytes hashed (format v2): lp(tag "specguard/model-digest/v2"), then lp(canonical JSON
@@ -188,6 +193,8 @@ def model_digest(model: Any) -> str:
         h.update(lp(name.encode(), dtype.encode(), shape.encode()))
         h.update(len(raw).to_bytes(8, "big"))
         h.update(raw)
+        if on_tensor is not None:
+            on_tensor()
     return "sha256:" + h.hexdigest()
 
 
@@ -243,10 +250,14 @@ def resolve(ref: str | None) -> tuple[str, Path | str]:
 
 
 def _file_sha256(path: Path) -> str:
+    from .progress import phase
+
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with phase(f"Hashing {path.name} (sha256)", total=path.stat().st_size, unit="B", unit_scale=True) as progress, \
+            path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+            progress.advance(len(chunk))
     return h.hexdigest()
 
 
@@ -255,11 +266,13 @@ def _convert_gguf(path: Path, target: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .progress import spinner
+    from .progress import phase
 
-    with spinner(f"Converting {path.name} (one time, ~20 s)"):
+    with phase(f"Converting {path.name} to safetensors (one time: dequantize, tokenizer, save)", total=3) as steps:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        steps.advance()
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        steps.advance()
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -277,6 +290,7 @@ def _convert_gguf(path: Path, target: Path) -> None:
         (tmp / "specguard.json").write_text(json.dumps({"format": _CACHE_FORMAT, "gguf": path.name}))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
+        steps.advance()
 
 
 def _quiet_transformers() -> None:
@@ -292,9 +306,9 @@ def _load_dir(path: Path, name: str, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    from .progress import spinner
+    from .progress import phase
 
-    with spinner(f"Loading {name}"):
+    with phase(f"Loading {name} (fp32 weights and tokenizer)"):
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(path))

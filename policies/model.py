@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from specguard.attest.request_defaults import ExpectedDefaults
     from specguard.attest.tee.policy import AttestationPolicy
     from specguard.consensus.config import ConsensusPolicy
+    from specguard.http import TrustedCAs
 
     from .drafter import DrafterPolicy
 
@@ -29,7 +30,7 @@ PRESET_PACKAGE = "specguard.policies"
 @dataclass(frozen=True)
 class Policy:
     """A parsed policy. Each table an integrity layer reads is parsed once, at load, into a frozen
-    typed object: `attestation`, `consensus`, `drafter`, `request_defaults`. Code outside policies/ reads those, never
+    typed object: `attestation`, `consensus`, `drafter`, `request_defaults`, `tls`. Code outside policies/ reads those, never
     the raw tables (tests/architecture/test_policy_access.py).
 
     `reference_values` (a path) overrides the `[attestation] reference_values` key: the rules and
@@ -78,6 +79,15 @@ class Policy:
             raise ConfigError("unknown key in [request_defaults]", field=f"request_defaults.{unknown[0]}",
                               got=unknown[0], expected="max_tokens or context_length")
         return ExpectedDefaults.from_policy_section(table)
+
+    @cached_property
+    def tls(self) -> TrustedCAs:
+        """The `[tls]` table: CA files trusted for outbound calls (`cacert`, `[tls.cacerts]` per URL
+        prefix), relative to the policy file's folder; an unknown key fails at load naming it."""
+        from specguard.http import TrustedCAs
+
+        base = None if self.source.startswith(("<", "preset:")) else str(Path(self.source).parent)
+        return TrustedCAs.from_policy(self.section("tls"), base=base)
 
     def with_reference_values(self, path: str | Path | None) -> Policy:
         """This policy with its attestation reference values taken from `path` (None: unchanged)."""
@@ -132,7 +142,7 @@ def policy_from_dict(data: dict[str, Any], name: str | None = None, source: str 
     policy_name = name or str(plain.get("name") or "unnamed")
     digest = "sha256:" + sha256_hex(canonical_json(plain))
     policy = Policy(name=policy_name, data=MappingProxyType(plain), source=source, digest=digest)
-    _ = (policy.attestation, policy.consensus, policy.drafter, policy.request_defaults)  # parse each table once, at load: bad keys fail here
+    _ = (policy.attestation, policy.consensus, policy.drafter, policy.request_defaults, policy.tls)  # parse each table once, at load: bad keys fail here
     for reason in policy.insecure_reasons():
         log.warning("INSECURE policy %r: %s", policy_name, reason)
     return policy

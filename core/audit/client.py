@@ -104,7 +104,7 @@ class ProviderClient:
         self.sleep = sleep
         self.timeout = timeout
         self._http = http.client(timeouts=http.Timeouts.of(timeout), headers=headers, transport=transport,
-                                 verify=ca_bundle or True, max_connections=2)
+                                 cacert=ca_bundle or http.cacert_for(self.url), max_connections=2)
         self.cache = load_raw_log(log_path)
         self.stats = {"attempts": 0, "retries": 0, "failures": 0, "reused": 0, "http_errors": {}}
 

@@ -102,7 +102,8 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
 
     try:
         headers = verifier_headers(url)  # this verifier's own key, never another's (credentials.py)
-        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers,
+                         cacert=http.cacert_for(url)) as client:
             resp = http.request(client, "POST", url.rstrip("/") + VERIFY_PATH, json=body, timeout=timeout,
                                 max_bytes=1 << 20)
     except DeadlineExceeded as exc:
@@ -463,11 +464,12 @@ def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
     shown = http.redact_url(url)
     headers = verifier_headers(url)  # verifiers started with --api-key guard this route too
     try:
-        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers) as client:
+        with http.client(timeouts=http.Timeouts.of(timeout), max_connections=1, headers=headers,
+                         cacert=http.cacert_for(url)) as client:
             resp = http.request(client, "GET", url.rstrip("/") + KEY_PATH, timeout=timeout, max_bytes=64 << 10)
         data = resp.json() if resp.status_code == 200 else None
     except OutboundError as exc:
-        raise ConfigError("cannot fetch the verifier key", field=shown, got=exc.summary()[:200]) from exc
+        raise ConfigError("cannot fetch the verifier key", field=shown, got=http.failure_reason(exc)[:200]) from exc
     hex_key = data.get("public_key") if isinstance(data, dict) else None
     if not isinstance(hex_key, str) or not re.fullmatch(r"[0-9a-f]{64}", hex_key):
         raise ConfigError("verifier key endpoint answered no valid public key", field=shown, got=str(data)[:200])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
 from ..models import LoadedModel
 from .base import Drafter, NoDrafter
 from .model_drafter import ModelDrafter, early_exit_model
 from .ngram import NgramDrafter
+
+if TYPE_CHECKING:
+    from ..hookspecs import Register
 
 
 def _none(target: LoadedModel, options: dict[str, Any]) -> Drafter:
@@ -46,7 +49,7 @@ def _llamacpp(target: LoadedModel, options: dict[str, Any]) -> Drafter:
 
 
 @hookimpl
-def register_drafters(register):
+def register_drafters(register: Register) -> None:
     register("none", _none, "plain decoding through the same verification loop")
     register("ngram", _ngram, "prompt lookup: copy continuations of the context's last n-gram")
     register("draft-model", _draft_model, "a small causal LM with the target's tokenizer (--draft-model)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -26,6 +26,9 @@ from ..server.base import server_options
 from ..transcript import SamplingParams
 from .base import Drafter, NoDrafter, Proposal
 from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
+
+if TYPE_CHECKING:
+    from ..hookspecs import Register
 
 log = logging.getLogger("specguard.drafters.remote")
 
@@ -114,7 +117,7 @@ class RemoteDrafter(Drafter):
         self._source = None
         # a small bounded pool; every exchange ends by its step's deadline (specguard.http)
         self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2,
-                                   headers=self._headers)
+                                   headers=self._headers, cacert=http.cacert_for(self.url))
         self.fallback.start(prompt_ids, params)
 
     def propose(self, context: list[int], k: int) -> Proposal:
@@ -243,7 +246,7 @@ def _remote(target: Any, options: dict[str, Any]) -> Drafter:
 
 
 @hookimpl
-def register_drafters(register):
+def register_drafters(register: Register) -> None:
     register("remote", _remote, "an untrusted drafting server (--drafter-url); local fallback when it fails")
 
 
@@ -252,13 +255,15 @@ def register_drafters(register):
 @click.option("-d", "--drafter", default="early-exit", show_default=True, help="Local drafter behind the server.")
 @click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
 @click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8100, show_default=True)
-@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=int, default=8100, show_default=True, help="TCP port to listen on.")
+@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Drafting sessions kept at once; when full, a new one evicts only from a client above its share.")
 @click.option("--max-sessions-per-client", type=click.IntRange(1, 100000), default=16, show_default=True,
               help="Sessions one client (API key, else address) may hold; when full, no client can evict "
                    "another below its own share.")
-@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True)
+@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="A session unused this long is dropped.")
 @click.option("--draft-ahead", is_flag=True,
               help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
 @click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
@@ -289,5 +294,5 @@ def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port,
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     cli.add_command(draft_serve_command)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
 from .speculative import SpeculativeEngine
 from .transformers_engine import build as _transformers
+
+if TYPE_CHECKING:
+    from ..hookspecs import Register
 
 
 def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> SpeculativeEngine:
@@ -20,7 +23,7 @@ def _llamacpp(target: Any, drafter: Any, options: dict[str, Any]) -> Any:
 
 
 @hookimpl
-def register_engines(register):
+def register_engines(register: Register) -> None:
     register("specguard", _specguard, "target-verified speculative decoding (the reference engine)")
     register("builtin", _specguard, "the reference engine (alias of specguard)")
     register("llamacpp", _llamacpp, "llama.cpp on the model's GGUF as the target (fast; not torch-re-derivable)")

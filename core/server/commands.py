@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
+from ..outbound_args import cacert_option
+from ..progress import phase
 from .base import run_uvicorn, server_options, server_security
 
 log = logging.getLogger("specguard.server")
 
 
 @click.command(name="serve")
+@cacert_option
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port to listen on.")
 @click.option("-e", "--engine", default="specguard", show_default=True,
               help="Engine: specguard (alias builtin), llamacpp, ... (see docs/engines.md).")
 @click.option("-d", "--drafter", default=None,
@@ -37,7 +44,8 @@ log = logging.getLogger("specguard.server")
               help="max_tokens of a chat request that does not set it.")
 @click.option("--max-model-len", type=click.IntRange(2, 1 << 24), default=None,
               help="Cap the context length requests may use (default: the model's).")
-@click.option("--role", type=click.Choice(["serve", "verifier"]), default="serve", show_default=True)
+@click.option("--role", type=click.Choice(["serve", "verifier"]), default="serve", show_default=True,
+              help="serve: answer clients with receipts; verifier: re-check other nodes' responses (consensus).")
 @click.option("--verifier", "verifiers", multiple=True, help="URL of a verifier node (repeatable; consensus).")
 @click.option("--verifier-key", "verifier_keys", multiple=True,
               help="Trusted verifier key, 64 hex digits or a file (repeatable; consensus). Required with --verifier "
@@ -65,6 +73,10 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
                   served_model_name, threads, log_level, drafter_threads=None, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
+    from ..plugin_manager import require_all_loaded
+
+    require_all_loaded()  # a node missing a policy plugin must not serve what that plugin would refuse
+    _trust_policy_cas(policy_ref)
     if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
         from ..consensus.ray_pool import serve_pool
 
@@ -79,6 +91,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     from .app import create_app
 
     trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
+    started = time.monotonic()
     security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
     defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
                                drafter=drafter, threads=threads, drafter_threads=drafter_threads)
@@ -94,22 +107,12 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         engine_name=engine, engine_options=defaults.engine_options(), batching=batching, max_batch_rows=max_batch_rows,
         drafter_options=defaults.drafter_options(),
     )
-    app = create_app(node, api_keys=security.api_keys)
-    info = node.describe()
-    shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1", err=True)
-    click.echo(f"  model digest   {info['model_digest']}", err=True)
-    click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
-    click.echo(f"  log origin     {info['log_origin']}", err=True)
-    click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
-    unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
-    mode = "batched" if info["batching"] else "one thread per request"
-    click.echo(f"  engine         {engine} ({node.engine_capabilities.version})", err=True)
-    click.echo(f"  drafter        {drafter}{unused}; max concurrency {info['max_concurrency']} ({mode}), "
-               f"queue {max_queue}; role {role}", err=True)
+    with phase("Preparing the integrity layers (keys, log, attestation, commitments, routes)"):
+        app = create_app(node, api_keys=security.api_keys)
+        info = node.describe()
+    _print_banner(node, info, security, host=host, port=port, engine=engine, drafter=drafter, threads=threads,
+                  max_queue=max_queue, role=role)
     click.echo(f"  defaults       {defaults.describe()}", err=True)
-    click.echo(f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
-               else "  auth           none (every route open)", err=True)
     if node.policy.insecure:
         banner = "!" * 78
         click.echo(banner, err=True)
@@ -118,12 +121,65 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
                    err=True)
         click.echo(banner, err=True)
         log.warning("serving with INSECURE policy %r", node.policy.name)
+    click.echo(f"specguard: ready in {time.monotonic() - started:.1f}s", err=True)
     try:
         run_uvicorn(app, host, port, security, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         node.close()
 
 
+def _print_banner(node: Any, info: dict[str, Any], security: Any, *, host: str, port: int, engine: str, drafter: str,
+                  threads: int | None, max_queue: int, role: str) -> None:
+    """What is being served, how, under which policy, and where its keys and log live (stderr)."""
+    import torch
+
+    shown_host = f"[{host}]" if ":" in host else host
+    unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
+    mode = "continuous batching" if info["batching"] else "one thread per request"
+    home = Path(node.home)
+    lines = [
+        f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1",
+        f"  engine         {engine} ({node.engine_capabilities.version})",
+        f"  drafter        {drafter}{unused}",
+        f"  threads        torch {torch.get_num_threads()}" + ("" if threads is None else f" (--threads {threads})"),
+        f"  batching       {mode}; max concurrency {info['max_concurrency']}, queue {max_queue}; role {role}",
+        f"  policy         {node.policy.name} ({node.policy.digest})",
+        f"  model digest   {info['model_digest']}",
+        f"  node key id    {info['key_id']}  (public key {info['public_key']})",
+        f"  keys           {home / 'keys'}",
+        f"  log            {home / 'log'}  (origin {info['log_origin']})",
+        f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
+        else "  auth           none (every route open)",
+    ]
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def _trust_policy_cas(policy_ref: str) -> None:
+    """Add the policy's `[tls]` CAs (per verifier / drafter URL) to what --cacert set."""
+    from .. import http
+    from ..policies import load_policy
+
+    if not Path(policy_ref).is_file():  # a preset: presets name no CAs
+        return
+    cas = load_policy(policy_ref).tls
+    http.trust_cas(dataclasses.replace(cas, default=http.trusted().default or cas.default))
+
+
+def list_plugin_choices(command: click.Command) -> None:
+    """Append the registered drafter and engine names to the help of `--drafter` and `--engine`."""
+    from ..engine.factory import drafter_names, engine_names
+
+    names = {"drafter": drafter_names, "engine": engine_names}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name in names and param.help and "Installed:" not in param.help:
+            param.help += " Installed: " + ", ".join(names[param.name]()) + "."
+
+
 def register(cli: click.Group) -> None:
-    """Add the server's commands to the CLI group."""
+    """Add the server's commands to the CLI group (their --help lists the installed drafters and engines)."""
     cli.add_command(serve_command)
+    list_plugin_choices(serve_command)
+    generate = cli.commands.get("generate")
+    if generate is not None:
+        list_plugin_choices(generate)

@@ -8,6 +8,7 @@ wrong methods to 405, a full queue to 429. A 500 means a bug in the server, and 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -70,9 +71,19 @@ def status_of(exc: SpecguardError) -> int:
     return status if isinstance(status, int) and 400 <= status <= 599 else 400
 
 
+#: seconds a client should wait before retrying a 429 (queue full, rate limited) when the error names none
+DEFAULT_RETRY_AFTER = 1
+
+
 def specguard_error_response(exc: SpecguardError) -> JSONResponse:
     code = getattr(exc, "code", None) or type(exc).__name__
-    return error_response(status_of(exc), exc.summary(), exc.field, code)
+    status = status_of(exc)
+    headers = None
+    if status == 429:  # OpenAI SDKs honour Retry-After; without it they back off blindly
+        retry = getattr(exc, "retry_after", None)
+        seconds = retry if isinstance(retry, int | float) and retry > 0 else DEFAULT_RETRY_AFTER
+        headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
+    return error_response(status, exc.summary(), exc.field, code, headers=headers)
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -98,6 +109,10 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None, st
             parts.append(f"'{where}' is required")
         elif err.get("type") == "model_attributes_type" and where == "body":
             parts.append("the request body must be a JSON object")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"'{where}' is not supported by this server")
+        elif err.get("type") == "value_error":  # our validators name the unsupported feature themselves
+            parts.append(f"'{where}': {msg.removeprefix('Value error, ')}")
         else:
             got = err.get("input")
             shown = repr(got) if isinstance(got, int | float | bool | str) or got is None else type(got).__name__

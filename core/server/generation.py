@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..attest.receipts import new_receipt_secret
-from ..attest.request_defaults import resolve_max_tokens
 from ..errors import PluginError, RequestError
 from ..generator import GenerationJob
 from ..plugin_manager import pm
@@ -30,6 +29,7 @@ from . import prompting
 from .errors import ContextLengthError, ModelNotFoundError
 from .format import TokenText, chat_body, completion_body
 from .openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
+from .resolved import NodeDefaults, ResolvedRequest, check_request_shape, resolve_request
 
 log = logging.getLogger("specguard.server")
 
@@ -40,7 +40,7 @@ class Prepared:
 
     kind: str  # "chat" | "completion"
     request_obj: dict[str, Any]
-    hook_request: dict[str, Any]
+    resolved: ResolvedRequest
     prompt_ids: list[int]
     params: SamplingParams
     top_n: int
@@ -58,14 +58,6 @@ def _check_model(node: Any, name: str) -> None:
     if name not in (node.served_model_name, node.model.name):
         raise ModelNotFoundError(f"the model {name!r} is not served here; GET /v1/models lists the served model",
                                  field="model", got=name, expected=node.served_model_name)
-
-
-def _chat_prompt(node: Any, req: ChatCompletionRequest) -> list[int]:
-    return prompting.chat_prompt_ids(node.model, req)
-
-
-def _completion_prompt(node: Any, req: CompletionRequest) -> list[int]:
-    return prompting.completion_prompt_ids(node.model, req)
 
 
 class PromptTooLargeError(RequestError):
@@ -105,59 +97,28 @@ def check_prompt_size(node: Any, req: ChatCompletionRequest | CompletionRequest)
                                   expected=f"<= {limit} {unit}")
 
 
-def _max_tokens(node: Any, requested: int | None, prompt_len: int) -> int:
-    context = node.max_context
-    if prompt_len >= context:
-        raise ContextLengthError(
-            f"the prompt has {prompt_len} tokens but this model's context length is {context} tokens "
-            f"(room is needed for at least one generated token)", field="messages/prompt",
-            got=prompt_len, expected=f"< {context}")
-    room = context - prompt_len
-    if requested is None:
-        return resolve_max_tokens(None, prompt_len, node.request_defaults)
-    if requested > room:
-        raise ContextLengthError(
-            f"max_tokens={requested} does not fit: the context length is {context} tokens and the prompt uses "
-            f"{prompt_len}, so max_tokens must be in 1..{room}", field="max_tokens", got=requested,
-            expected=f"1..{room}")
-    return requested
+def node_defaults(node: Any) -> NodeDefaults:
+    """What `node` fills in for omitted request fields."""
+    return node.request_defaults
 
 
 def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepared:
-    """Validate one request against the node's model and policy."""
+    """Validate one request against the node's model and policy; plugins see the resolved request."""
     kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
     _check_model(node, req.model)
-    if kind == "chat":
-        assert isinstance(req, ChatCompletionRequest)
-        if req.top_logprobs is not None and req.top_logprobs > 0 and not req.logprobs:
-            raise RequestError("top_logprobs needs logprobs: true", field="top_logprobs", got=req.top_logprobs)
-        if req.max_tokens is not None and req.max_completion_tokens is not None \
-                and req.max_tokens != req.max_completion_tokens:
-            raise RequestError("max_tokens and max_completion_tokens disagree; send one",
-                               field="max_completion_tokens", got=req.max_completion_tokens,
-                               expected=req.max_tokens)
-        prompt_ids = _chat_prompt(node, req)
-        prefix = "chatcmpl-"
-    else:
-        assert isinstance(req, CompletionRequest)
-        if req.echo:
-            raise RequestError("echo is not supported", field="echo", got=True, expected=False)
-        prompt_ids = _completion_prompt(node, req)
-        prefix = "cmpl-"
+    check_request_shape(req)
+    prompt_ids = prompting.prompt_ids(node.model, req)
     if not prompt_ids:
         raise RequestError("the prompt is empty after tokenization", field="messages" if kind == "chat" else "prompt")
-    logprobs, top_n, completion_lp = prompting.logprob_options(req)
-    max_tokens = _max_tokens(node, prompting.requested_max_tokens(req), len(prompt_ids))
-    params = prompting.sampling_params(req, max_tokens)
-    request_obj = dump_request(req)
-    hook_request = dict(request_obj)
-    hook_request["_specguard"] = {"endpoint": kind, "prompt_tokens": len(prompt_ids), "max_tokens": max_tokens}
-    pm.hook.check_request(request=hook_request, policy=node.policy)
+    resolved = resolve_request(req, node_defaults(node), prompt_tokens=len(prompt_ids))
+    pm.hook.check_request(request=resolved, policy=node.policy)
+    _, _, completion_lp = prompting.logprob_options(req)
     return Prepared(
-        kind=kind, request_obj=request_obj, hook_request=hook_request, prompt_ids=prompt_ids, params=params,
-        top_n=top_n, logprobs=logprobs, completion_logprobs=completion_lp, stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        response_id=prefix + uuid.uuid4().hex, created=int(time.time()), model_name=node.served_model_name,
+        kind=kind, request_obj=dump_request(req), resolved=resolved, prompt_ids=prompt_ids,
+        params=resolved.sampling_params(), top_n=resolved.top_logprobs, logprobs=resolved.logprobs,
+        completion_logprobs=completion_lp, stream=resolved.stream, include_usage=resolved.include_usage,
+        response_id=("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex, created=int(time.time()),
+        model_name=node.served_model_name,
     )
 
 
@@ -200,7 +161,7 @@ class GenerationRun:
             pass
 
     def _on_step(self, step: Any) -> None:
-        pm.hook.on_step(request=self.prep.hook_request, step=step)
+        pm.hook.on_step(request=self.prep.resolved, step=step)
 
     def _put(self, item: tuple[str, Any]) -> None:
         try:

@@ -1,8 +1,13 @@
 """Request models of the OpenAI-compatible API (pydantic, strict types).
 
 Strict mode: a string where a number is expected is an error, not a coercion. Unknown fields
-are refused, so a client never believes an unsupported option (tools, logit_bias...) took
-effect. Ranges that depend on the model (max_tokens vs the context) are checked by the server
+are refused ("'x' is not supported by this server"), so a client never believes an unsupported
+option took effect. OpenAI options this server cannot honour are accepted only with `null` or a
+value that provably changes nothing (`tools: []`, `logit_bias: {}`, `response_format: {"type":
+"text"}`, `store: false`, `metadata: {}`, `parallel_tool_calls`...); any other value is refused
+with a message naming the feature ("tools are not supported"). Accepted no-op fields are left
+out of the canonical request (`dump_request`), so a receipt never claims an option that was
+ignored. Ranges that depend on the model (max_tokens vs the context) are checked by the server
 after tokenizing the prompt.
 """
 
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
@@ -50,7 +55,44 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class _Sampling(BaseModel):
+def _no_op(description: str) -> Any:
+    """A field accepted only with a value that changes nothing; never part of the canonical request."""
+    return Field(None, exclude=True, description=description)
+
+
+class _NoOpOptions(BaseModel):
+    """OpenAI options accepted only as null or a provable no-op (left out of receipts)."""
+
+    model_config = _STRICT
+    logit_bias: dict[StrictStr, float] | None = _no_op("Only {} (or all-zero biases): biases would change what "
+                                                       "the target verifies.")
+    store: StrictBool | None = _no_op("Only false: this server keeps no completions for distillation or evals.")
+    metadata: dict[StrictStr, StrictStr] | None = _no_op("Only {} (metadata is for stored completions).")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and any(v != 0 for v in value.values()):
+            raise ValueError("logit_bias is not supported (it would change what the target model verifies); "
+                             "send {} or leave it out")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("store: true is not supported (no stored completions for distillation or evals)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value:
+            raise ValueError("metadata is not supported (it belongs to stored completions); send {} or leave it out")
+        return value
+
+
+class _Sampling(_NoOpOptions):
     model_config = _STRICT
     model: StrictStr = Field(description="The served model name (GET /v1/models).")
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(
@@ -80,11 +122,35 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
+    tools: list[Any] | None = _no_op("Only [] or null: tools are not supported.")
+    tool_choice: Literal["none", "auto"] | None = _no_op("Only \"none\", \"auto\" (with no tools) or null.")
+    parallel_tool_calls: StrictBool | None = _no_op("Accepted and ignored: there are no tools to call.")
+    functions: list[Any] | None = _no_op("Only [] or null: functions are not supported.")
+    function_call: Literal["none", "auto"] | None = _no_op("Only \"none\", \"auto\" or null.")
+    response_format: dict[StrictStr, Any] | None = _no_op("Only {\"type\": \"text\"}: structured outputs are "
+                                                          "not supported.")
+
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="Alias of max_tokens (newer OpenAI clients send this).")
     logprobs: StrictBool | None = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tools are not supported (this server does not call functions); send [] or leave "
+                             "them out")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value != {"type": "text"}:
+            raise ValueError(f"response_format {str(value.get('type'))!r} is not supported (only {{\"type\": "
+                             f"\"text\"}}: no JSON mode or structured outputs)")
+        return value
 
 
 TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]

@@ -32,7 +32,10 @@ def parse_request(obj: Any) -> ChatCompletionRequest | CompletionRequest:
     except PydanticValidationError as exc:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())) or "request"
-        raise RequestError(f"invalid request: {first.get('msg', 'does not validate')}", field=f"request.{where}",
+        message = str(first.get("msg", "does not validate")).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            message = f"'{where}' is not supported by this server"
+        raise RequestError(f"invalid request: {message}", field=f"request.{where}",
                            got=str(first.get("input"))[:200]) from exc
 
 

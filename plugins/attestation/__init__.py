@@ -14,6 +14,7 @@ Needs from the node object: `public_key_bytes`, `key_id`, `policy`."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from specguard.attest.tee.builtin import BUILTIN_TYPES
 from specguard.attest.tee.document import load_document, verify_document
@@ -24,23 +25,33 @@ from specguard.node_evidence import node_evidence
 from . import cli as cli_commands
 from . import routes
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import click
+    from fastapi import FastAPI
+
+    from specguard.attest.options import VerifyOptions
+    from specguard.context import NodeContext
+    from specguard.transcript import Transcript
+
 log = logging.getLogger("specguard.attest")
 
 
 
 @hookimpl
-def register_evidence_types(register):
+def register_evidence_types(register: Callable[[Any], None]) -> None:
     for evidence_type in BUILTIN_TYPES:
         register(evidence_type)
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     cli.add_command(cli_commands.attest_group)
 
 
 @hookimpl
-def node_attestation(node):
+def node_attestation(node: NodeContext | None) -> dict[str, Any] | None:
     if node is None:  # outside a node: no key to bind evidence to
         return None
     doc = node_evidence(node)
@@ -48,7 +59,7 @@ def node_attestation(node):
 
 
 @hookimpl
-def seal_transcript(transcript, evidence, node):
+def seal_transcript(transcript: Transcript | None, evidence: dict[str, Any], node: NodeContext | None) -> None:
     if node is None:
         return
     from specguard.plugin_manager import load_plugins
@@ -59,7 +70,7 @@ def seal_transcript(transcript, evidence, node):
 
 
 @hookimpl
-def verify_evidence(slot, value, statement, options):
+def verify_evidence(slot: str, value: Any, statement: dict[str, Any], options: VerifyOptions) -> dict[str, Any] | None:
     """Check the receipt's signed `attestation` slot: against the evidence file given
     (`options.attestation_evidence`), under `options.policy` (strict when none is given).
 
@@ -117,6 +128,6 @@ def verify_evidence(slot, value, statement, options):
 
 
 @hookimpl
-def register_routes(app, node):
+def register_routes(app: FastAPI, node: NodeContext) -> None:
     """HTTP routes of this layer (see routes.py)."""
     routes.register(app, node)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from specguard.outbound_args import cacert_option
+
 
 @click.group(name="audit")
 def audit_group() -> None:
@@ -33,6 +35,7 @@ def _print_json(data: dict) -> None:
 
 
 @audit_group.command(name="run")
+@cacert_option
 @click.option("--base-url", default=None, help="Provider base URL, e.g. http://127.0.0.1:8000/v1 (one provider).")
 @click.option("--provider", "providers", multiple=True,
               help="NAME=URL; repeat to audit several providers on the same prompts into OUT/NAME/ and one report.")
@@ -265,6 +268,7 @@ def monitor_group() -> None:
 
 
 @monitor_group.command(name="baseline")
+@cacert_option
 @click.option("--base-url", required=True, help="Provider base URL, e.g. http://127.0.0.1:8000/v1")
 @click.option("--model", "model_name", required=True, help="Model name to monitor.")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Directory of the monitor store.")
@@ -299,6 +303,7 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
 
 
 @monitor_group.command(name="check")
+@cacert_option
 @click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--repeats", type=int, default=2, show_default=True, help="Times each prompt is asked now.")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm rate of the test.")

@@ -14,6 +14,7 @@ The node object must provide `home` (Path), `model` (with `.digest`, or None) an
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from specguard.hookspecs import hookimpl
 
@@ -21,11 +22,20 @@ from . import cli as cli_commands
 from . import routes
 from .routes import node_secret
 
+if TYPE_CHECKING:
+    import click
+    from fastapi import FastAPI
+
+    from specguard.attest.options import VerifyOptions
+    from specguard.context import NodeContext
+    from specguard.transcript import Transcript
+
 log = logging.getLogger("specguard.plugins.commitments")
 
 
 @hookimpl
-def seal_transcript(transcript, evidence, node, receipt_id):
+def seal_transcript(transcript: Transcript, evidence: dict[str, Any], node: NodeContext | None,
+                    receipt_id: str) -> None:
     if node is None or node.model is None:
         return None
     from specguard.attest.commitments.model import EVIDENCE_SLOT, CommitmentEvidenceError, response_evidence
@@ -42,7 +52,7 @@ def seal_transcript(transcript, evidence, node, receipt_id):
 
 
 @hookimpl
-def verify_evidence(slot, value, statement, options):
+def verify_evidence(slot: str, value: Any, statement: dict[str, Any], options: VerifyOptions) -> dict[str, Any] | None:
     from specguard.attest.commitments.model import (
         EVIDENCE_SLOT,
         CommitmentEvidenceError,
@@ -64,11 +74,11 @@ def verify_evidence(slot, value, statement, options):
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     cli.add_command(cli_commands.commit_group)
 
 
 @hookimpl
-def register_routes(app, node):
+def register_routes(app: FastAPI, node: NodeContext) -> None:
     """HTTP routes of this layer (see routes.py)."""
     routes.register(app, node)

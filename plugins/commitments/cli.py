@@ -74,7 +74,8 @@ def commit_disclose(transcript_path: str, positions: str) -> None:
 
 
 @commit_group.command(name="verify-disclosure")
-@click.option("--disclosure", "disclosure_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--disclosure", "disclosure_path", required=True, type=click.Path(dir_okay=False),
+              help="The disclosure JSON to verify (from `specguard commit disclose`).")
 @click.option("--receipt", "receipt_path", type=click.Path(exists=True, dir_okay=False),
               help="The receipt (or a response holding one) the disclosure is for: its verified "
                    "token-records root and count are used.")

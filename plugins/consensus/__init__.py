@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -43,6 +43,13 @@ from specguard.hookspecs import hookimpl
 
 from . import cli as cli_commands
 from . import routes
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from specguard.attest.options import VerifyOptions
+    from specguard.context import NodeContext
+    from specguard.transcript import Transcript
 
 log = logging.getLogger("specguard.consensus")
 
@@ -73,7 +80,8 @@ def check_serving_config(node: Any) -> ConsensusConfig | None:
 
 
 @hookimpl
-def judge_transcript(transcript: Any, receipt: Any, node: Any, request: Any, response: Any) -> dict[str, Any] | None:
+def judge_transcript(transcript: Transcript, receipt: dict[str, Any], node: NodeContext | None,
+                     request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any] | None:
     if node is None or node.role == "verifier":
         return None
     config = consensus_config(node)
@@ -116,7 +124,7 @@ def judge_transcript(transcript: Any, receipt: Any, node: Any, request: Any, res
 
 
 @hookimpl
-def verify_evidence(slot: str, value: Any, statement: Any, options: Any) -> dict[str, Any] | None:
+def verify_evidence(slot: str, value: Any, statement: dict[str, Any], options: VerifyOptions) -> dict[str, Any] | None:
     """Recount a quorum certificate under the pinned verifier keys (`options.verifier_keys`).
 
     The quorum is the largest of `options.quorum` (default: n - f of the n pinned keys), the
@@ -178,7 +186,7 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookimpl
-def register_routes(app, node):
+def register_routes(app: FastAPI, node: NodeContext) -> None:
     """HTTP routes of this layer (see routes.py); a serving node's consensus settings are checked here, at start."""
     if node.role != "verifier":
         check_serving_config(node)

@@ -16,6 +16,7 @@ from specguard.consensus.quorum import (
     verify_certificate,
 )
 from specguard.errors import UsageError
+from specguard.outbound_args import cacert_option
 
 log = logging.getLogger("specguard.consensus")
 
@@ -45,6 +46,7 @@ def consensus_group() -> None:
 
 
 @consensus_group.command(name="check")
+@cacert_option
 @click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
 @click.option("--transcript", "transcript_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The response's transcript JSON (Transcript.to_json()).")
@@ -139,8 +141,8 @@ def show_key_command(home: str | None) -> None:
 
 @consensus_group.command(name="calibrate")
 @click.option("--model", "model_ref", help="Model reference (default: the embedded model).")
-@click.option("--prompts", "n_prompts", type=int, default=4, show_default=True)
-@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--prompts", "n_prompts", type=int, default=4, show_default=True, help="Prompts to calibrate on.")
+@click.option("--max-tokens", type=int, default=32, show_default=True, help="Tokens generated per prompt.")
 def calibrate_command(model_ref: str | None, n_prompts: int, max_tokens: int) -> None:
     """Measure honest re-derivation drift (threads, batch shapes, dtypes) to set margin and tolerance."""
     from specguard.consensus.calibrate import calibrate, recommended

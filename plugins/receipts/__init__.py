@@ -15,7 +15,7 @@ Issuing (`issue_receipt` hook): signs and logs each response's receipt with the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,12 @@ from specguard.hookspecs import hookimpl
 
 from . import cli as cli_commands
 from . import routes
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from specguard.context import NodeContext
+    from specguard.transcript import Transcript
 
 
 @hookimpl
@@ -32,12 +38,13 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookimpl
-def register_routes(app: Any, node: Any) -> None:
+def register_routes(app: FastAPI, node: NodeContext) -> None:
     routes.register(app, node)
 
 
 @hookimpl
-def issue_receipt(transcript: Any, request: Any, response: Any, evidence: Any, node: Any, receipt_id: str) -> Any:
+def issue_receipt(transcript: Transcript, request: dict[str, Any], response: dict[str, Any], evidence: dict[str, Any],
+                  node: NodeContext, receipt_id: str) -> dict[str, Any] | None:
     """Sign and log the receipt with the node's issuer; None when the node has no issuer."""
     issuer = routes.issuer_for(node)
     if issuer is None:

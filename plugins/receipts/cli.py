@@ -30,6 +30,7 @@ from specguard.attest.tlog import TransparencyLog
 from specguard.errors import SpecguardError, UsageError
 from specguard.key_args import parse_key_arg
 from specguard.keys import parse_public_key
+from specguard.outbound_args import cacert_option
 
 log = logging.getLogger("specguard.plugins.receipts")
 
@@ -293,10 +294,10 @@ def _get(url: str, path: str, params: dict[str, Any] | None = None) -> Any:
     from specguard.errors import OutboundError
 
     try:
-        with http.client(timeouts=http.Timeouts.of(30.0), max_connections=1) as client:
+        with http.client(timeouts=http.Timeouts.of(30.0), max_connections=1, cacert=http.cacert_for(url)) as client:
             resp = http.request(client, "GET", url.rstrip("/") + API + path, params=params, timeout=30.0)
     except OutboundError as exc:
-        raise LogFetchError("cannot reach the log", field=http.redact_url(url), got=exc.summary()) from exc
+        raise LogFetchError("cannot reach the log", field=http.redact_url(url), got=http.failure_reason(exc)) from exc
     if resp.status_code != 200:
         raise LogFetchError("log endpoint answered an error", field=path, got=f"{resp.status_code} {resp.text[:200]}")
     if path.endswith("/checkpoint"):
@@ -337,6 +338,7 @@ def _key_from_entry(data: bytes) -> bytes:
 
 
 @log_group.command(name="verify")
+@cacert_option
 @click.option("--url", help="Base URL of a specguard node (http://host:port).")
 @click.option("--db", "db_path", type=click.Path(exists=True, dir_okay=False), help="A local log file.")
 @click.option("--checkpoint", "saved_path", type=click.Path(dir_okay=False),
@@ -348,7 +350,7 @@ def _key_from_entry(data: bytes) -> bytes:
 @click.option("--allow-unpinned", is_flag=True,
               help="Trust the key the log's own newest entry names (proves only self-consistency).")
 @click.option("--entries", default=1, show_default=True, help="Spot-check inclusion of the last N entries.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def log_verify_command(url: str | None, db_path: str | None, saved_path: str | None, save_path: str | None,
                        key_arg: str | None, entries: int, as_json: bool, allow_unpinned: bool = False) -> None:
     """Check a log: signed checkpoint, consistency with a saved checkpoint, entry inclusion.
@@ -454,6 +456,7 @@ def _open_local(path: Path) -> TransparencyLog:
 
 
 @log_group.command(name="show")
+@cacert_option
 @click.option("--url", help="Base URL of a specguard node.")
 @click.option("--db", "db_path", type=click.Path(exists=True, dir_okay=False), help="A local log file.")
 @click.option("--entry", "entry_index", type=int, help="Print this entry's envelope JSON.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,8 +21,10 @@ from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import PluginError, RequestError, UsageError
 from specguard.hookspecs import hookimpl
 from specguard.plugin_manager import DEFAULT_PLUGINS, collect, get_plugins, load_plugins, pm
+from specguard.server.resolved import NodeDefaults, ResolvedRequest, resolve_request
 from specguard.transcript import SamplingParams
 
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "specguard_spec"))
 SPECGUARD = str(Path(sys.executable).parent / "specguard")
 
@@ -120,9 +123,9 @@ class InlinePlugin:
         register("counting", lambda target, drafter, options: SpeculativeEngine(target, drafter, top_logprobs=0), "")
 
     @hookimpl
-    def check_request(self, request, policy):
-        if request.get("max_tokens", 0) > 100:
-            raise RequestError("too many tokens for this test plugin", field="max_tokens", got=request["max_tokens"])
+    def check_request(self, request: ResolvedRequest, policy: object) -> None:
+        if request.max_tokens > 100:
+            raise RequestError("too many tokens for this test plugin", field="max_tokens", got=request.max_tokens)
 
     @hookimpl
     def on_step(self, request, step):
@@ -143,14 +146,14 @@ def test_inline_plugin_adds_a_drafter_and_sees_requests(inline_plugin):
     drafter = make_drafter("echo-last", lm)
     assert drafter.name == "echo-last"
     assert make_engine(lm, drafter, "counting").top_logprobs == 0
-    request = {"max_tokens": 8}
+    request = resolve_request(CHAT, NodeDefaults(max_tokens=8, context_length=512), prompt_tokens=2)
     pm.hook.check_request(request=request, policy=None)
     t = SpeculativeEngine(lm, drafter).generate(
         [1, 2], SamplingParams(max_tokens=8), on_step=lambda s: pm.hook.on_step(request=request, step=s)
     )
     assert len(inline_plugin.steps) == len(t.steps) > 0
     with pytest.raises(RequestError, match="too many tokens"):
-        pm.hook.check_request(request={"max_tokens": 101}, policy=None)
+        pm.hook.check_request(request=dataclasses.replace(request, max_tokens=101), policy=None)
 
 
 def test_duplicate_drafter_name_is_an_error(inline_plugin):

@@ -187,7 +187,7 @@ BAD_REQUESTS = [
     ("token id outside vocab", "/v1/completions", {"model": MODEL, "prompt": [10**9]}, 400, "vocabulary"),
     ("batch of prompts", "/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt"),
     ("unsupported field", "/v1/chat/completions",
-     {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": []}, 400, "tools"),
+     {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400, "tools are not supported"),
     ("echo", "/v1/completions", {"model": MODEL, "prompt": "hi", "echo": True}, 400, "echo"),
     ("stream not bool", "/v1/completions", {"model": MODEL, "prompt": "hi", "stream": "yes"}, 400, "stream"),
     ("image part", "/v1/chat/completions",
