@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section  # noqa: E402
 
 from specguard.engine import kv  # noqa: E402

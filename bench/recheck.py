@@ -17,9 +17,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import machine, table, write_section  # noqa: E402
 
