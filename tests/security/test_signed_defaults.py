@@ -19,7 +19,7 @@ from support.consensus_node import Served, build_body
 from support.receipt_factory import run_cli, write_json
 from support.servers import make_tiny_model_dir
 
-import specguard.server.generation as generation
+import specguard.server.resolved as resolved
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.request_defaults import (
     ExpectedDefaults,
@@ -138,8 +138,8 @@ def test_verify_holds_an_unpinned_node_default_to_256(served, tmp_path, capsys):
 def test_node_that_truncates_an_omitted_max_tokens_fails_verify(served, tiny_dir, tmp_path, capsys, monkeypatch):
     """The attack: the node runs (and signs) max_tokens=3 for a request without max_tokens."""
     client, node = served
-    real = generation.resolve_max_tokens
-    monkeypatch.setattr(generation, "resolve_max_tokens", lambda *a: min(3, real(*a)))
+    real = resolved.resolve_max_tokens
+    monkeypatch.setattr(resolved, "resolve_max_tokens", lambda *a: min(3, real(*a)))
     body = _chat(client)
     monkeypatch.undo()
     assert body["usage"]["completion_tokens"] <= 3

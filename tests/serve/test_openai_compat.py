@@ -14,7 +14,7 @@ import pytest
 from support.asgi import app_client
 from support.servers import make_tiny_model_dir
 
-from specguard.attest.receipts import verify_receipt
+from specguard.attest.receipts import request_digest, verify_receipt
 from specguard.canonical import json_digest
 from specguard.models import load_model
 from specguard.node import Node
@@ -63,9 +63,11 @@ def test_null_and_no_op_options_are_accepted_and_not_in_the_receipt(client, node
     # the canonical request (what the receipt's request digest covers) names no ignored option
     clean, with_no_ops = (dump_request(ChatCompletionRequest.model_validate(b)) for b in (_body(), _body(**NO_OPS)))
     nulls_only = client.post("/v1/chat/completions", json=_body(**NULLS)).json()
-    signed = [verify_receipt(b["specguard"]["receipt"], trusted_keys=[node.public_key_bytes]).predicate["request_digest"]
-              for b in (noisy.json(), nulls_only)]
-    assert signed[0] == signed[1]  # the receipt covers the same request with or without the no-op options
+    with_nulls = dump_request(ChatCompletionRequest.model_validate(_body(**NULLS)))
+    for body in (noisy.json(), nulls_only):  # each receipt covers the same request, no-op options or not
+        receipt = body["specguard"]["receipt"]
+        signed = verify_receipt(receipt, trusted_keys=[node.public_key_bytes]).predicate["request_digest"]
+        assert signed == request_digest(with_nulls, receipt["disclosure"]["secret"])
     assert json_digest(clean) == json_digest(with_no_ops)
     assert not {"tools", "logit_bias", "response_format", "store", "metadata", "parallel_tool_calls"} & set(with_no_ops)
     assert plain.json()["choices"][0]["message"] == noisy.json()["choices"][0]["message"]
