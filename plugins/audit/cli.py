@@ -13,10 +13,14 @@ def audit_group() -> None:
     """Check whether an OpenAI-compatible provider serves the model it claims."""
 
 
-def _echo_verdict(report: dict) -> None:
-    click.echo(json.dumps({"verdict": report["verdict"], "reasons": report["reasons"],
-                           "tests": [{k: t[k] for k in ("name", "statistic", "p_value", "samples", "mde", "powered")}
-                                     for t in report["tests"]]}, indent=1))
+def _echo_summary(report: dict, out: Path) -> None:
+    """What a person reads after `audit run` / `audit report`: verdict, headline, reasons, where the report is."""
+    click.echo(f"verdict: {report['verdict']}")
+    if report.get("headline"):
+        click.echo(report["headline"])
+    for reason in report["reasons"]:
+        click.echo(f"  - {reason}")
+    click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'}; --json prints the verdict JSON)")
 
 
 def _print_json(data: dict) -> None:
@@ -161,8 +165,9 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
             click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
         if result["budget"]:
             click.echo(f"budget: {result['budget']['reason']}")
+        click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
     else:
-        _echo_verdict(report)
+        _echo_summary(report, out)
     raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
 
 
@@ -179,7 +184,7 @@ def report_command(directory: str, as_json: bool) -> None:
     if as_json:
         _print_json(verdict_json([provider_verdict("provider", report, out / "report.json")], report["alpha"]))
     else:
-        _echo_verdict(report)
+        _echo_summary(report, out)
 
 
 @audit_group.command(name="simulate")
