@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGG
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ $(LLAMA_STAMP): $(BIN)/python
 	$(BIN)/python -c "import llama_cpp, llama_cpp.server.app"
 	touch $(LLAMA_STAMP)
 
-install: $(STAMP) $(LLAMA_STAMP)
+install: $(STAMP) $(LLAMA_STAMP) chromium
+
+# headless Chromium renders the audit report in tests/audit/test_audit_report.py (Debian package)
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 serve: install
 	$(BIN)/specguard serve --host $(HOST) --port $(PORT)

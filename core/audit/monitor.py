@@ -12,8 +12,11 @@ Store layout (--store DIR):
   recomputes it (a changed answer, prompt or parameter is a VerificationError) and `check
   --baseline-digest` pins it against a copy kept elsewhere (someone who can rewrite the store
   can also recompute an unkeyed digest).
-- `history.jsonl`: one line per check {"record", "digest"}, each record naming the previous
-  line's digest (the first names the baseline's), so a removed or edited line breaks the chain.
+- `history.jsonl`: one line per check start and per finished check {"record", "digest"}, each
+  record naming the previous line's digest (the first names the baseline's), so a removed or
+  edited line breaks the chain; a truncated or deleted file is caught by pinning the head that
+  `check` prints (`--history-head`). A check records its start before it reuses any raw log, so
+  logs planted for a check never started are refused.
 - `checks/NNNN.json`: a check's full result; `raw/*.jsonl`: every request attempt (client.py).
 """
 

@@ -211,6 +211,13 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
         cal = calibrate.load(shipped, reference)
         calibrate.save(cal, saved)
         return cal
+    if cfg.honest_class == "auto":
+        from ..drafters.llamacpp import target_gguf
+
+        if target_gguf(reference) is None:  # llama.cpp cannot be calibrated: auto would have nothing to accept
+            raise AuditUsageError(calibrate.AUTO_NEEDS_ENGINE, field="honest_class",
+                                  got=f"auto, reference {reference.name} without a calibration or a GGUF",
+                                  expected="--calibration FILE or --honest-class bf16|fp32")
     setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
     cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
     calibrate.save(cal, saved)
@@ -250,6 +257,9 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         raise AuditUsageError("max_tokens does not fit the model context", field="max_tokens", got=cfg.max_tokens,
                               expected=f"1..{max(1, reference.max_context - longest)} (context {reference.max_context}, "
                                        f"longest prompt {longest} tokens)")
+    # the null first: a class that cannot be used must stop the run before any query is paid for
+    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
+    null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
                             api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
                             max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint,
@@ -312,8 +322,6 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             per_prompt.append(rec)
     finally:
         bar.close()
-    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
-    null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     results = []
     power_by_tokens: list[dict[str, Any]] = []
     if any("disagreements" in r for r in per_prompt):

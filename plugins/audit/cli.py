@@ -310,7 +310,7 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
                    f"{det['largest_divergence_margin']:.3g} nats, limit {det['threshold']:.3g}); "
                    + ("accepted as the null (--allow-nondeterministic): a provider mixing models into it can switch "
                       "unseen" if allow_nondeterministic else "checks against it are inconclusive, never no_change"),
-                   err=not as_json)
+                   err=True)
 
 
 @monitor_group.command(name="check")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -516,3 +517,8 @@ def test_cli_switch_mid_run_on_a_provider_with_other_threads(sim, capsys):
     assert "no_change" in out and "change" in out.splitlines()[-1]
     code, _, err = run_cli(capsys, "audit", "monitor", "check", "--store", store, "--baseline-digest", "sha256:00")
     assert code == VerificationError.exit_code and "pinned" in err
+    head = re.search(r"history head (sha256:[0-9a-f]{64})", out2).group(1)
+    code, out, err = run_cli(capsys, "audit", "monitor", "history", "--store", store, "--history-head", head)
+    assert code == 0 and f"history head {head}" in out, err
+    code, _, err = run_cli(capsys, "audit", "monitor", "check", "--store", store, "--history-head", digest)
+    assert code == VerificationError.exit_code and "after the pinned head" in err
