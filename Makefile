@@ -24,7 +24,7 @@ PORT   ?= 8000
 # serve picks the fastest lossless setup it can (llama.cpp drafting ahead, own cores) and prints it
 SERVE_ARGS ?=
 
-.PHONY: install serve test lint bench lock clean
+.PHONY: install serve test lint bench lock clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,19 @@ $(STAMP): $(LLAMA_STAMP) pyproject.toml setup.py $(LOCK) $(BUILD_LOCK)
 
 install: $(STAMP)
 
+# headless Chromium renders the audit report in tests/audit/test_audit_report.py (Debian package;
+# only `make test` needs it)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (echo "specguard: installing Debian's chromium for the report test" && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
 serve: install
 	$(BIN)/specguard serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+test: install lint chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install

@@ -13,8 +13,9 @@ the fp32, batch-1 reference re-scoring exactly as a provider's answer would be):
 Honest classes name which set-ups the auditor accepts: `fp32` = fp32-threads + fp32-batch
 ("identical implementation"); `bf16` ("bf16 or better", same engine) = the four torch set-ups;
 `cross-engine` = all of them ("the claimed weights on some honest engine"). `auto` (the default of
-`audit run`) is `cross-engine` when the calibration has an engine other than torch, else `bf16`:
-an auditor who does not know the provider's engine must accept every honest engine.
+`audit run`) is `cross-engine`, and needs a calibration with an engine other than torch: an auditor
+who does not know the provider's engine must accept every honest engine, so without one `auto` is a
+usage error (never a silent torch-only `bf16`, which would accuse an honest llama.cpp or vLLM provider).
 The saved JSON (format below) is reusable for audits
 of the same reference and can be edited or replaced by the user (`--calibration FILE`). A file
 for the default model is committed (`data/`; `specguard audit calibrate --reference smollm2-135m
@@ -65,12 +66,29 @@ CLASS_NAMES = (*HONEST_CLASSES, "auto")
 DATA_DIR = Path(__file__).parent / "data"
 
 
+#: why `auto` refuses a calibration without another engine (the auditor must decide, not a fallback)
+AUTO_NEEDS_ENGINE = (
+    "the auto honest class needs a calibration with an engine other than torch (llama.cpp on a GGUF of the "
+    "reference): without one only torch-only classes remain, and they would call an honest llama.cpp or vLLM "
+    "provider substituted. Calibrate with `specguard audit calibrate --reference REF --gguf FILE` and pass "
+    "--calibration, or pass --honest-class bf16 (or fp32) if you know the provider runs the reference on torch")
+
+
+def has_other_engine(cal: dict[str, Any]) -> bool:
+    """Whether the calibration measured an engine other than torch (a llama.cpp set-up)."""
+    return any(n in cal.get("setups", {}) and "per_prompt" in cal["setups"][n] for n in LLAMACPP_SETUPS)
+
+
 def resolve_class(honest_class: str, cal: dict[str, Any]) -> str:
-    """`auto` -> `cross-engine` when the calibration measured an engine other than torch, else `bf16`."""
+    """`auto` -> `cross-engine`; a calibration without another engine is a usage error, never a torch-only
+    fallback (an auditor who does not know the provider's engine must accept every honest engine)."""
     if honest_class != "auto":
         return honest_class
-    other = any(n in cal.get("setups", {}) and "per_prompt" in cal["setups"][n] for n in LLAMACPP_SETUPS)
-    return "cross-engine" if other else "bf16"
+    if not has_other_engine(cal):
+        raise AuditUsageError(AUTO_NEEDS_ENGINE, field="honest_class", got="auto (calibration: "
+                              f"{sorted(n for n, v in cal.get('setups', {}).items() if 'per_prompt' in v)})",
+                              expected=f"a calibration with one of {list(LLAMACPP_SETUPS)}, or an explicit class")
+    return "cross-engine"
 
 
 def committed(reference: LoadedModel) -> Path | None:

@@ -85,6 +85,7 @@ class ProviderClient:
         sleep: Callable[[float], None] = time.sleep,
         ca_bundle: str | None = None,
         endpoint: str = "chat",
+        setup_errors: bool = False,
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if api_key_env:
@@ -106,6 +107,9 @@ class ProviderClient:
         self._http = http.client(timeouts=http.Timeouts.of(timeout), headers=headers, transport=transport,
                                  cacert=ca_bundle or http.cacert_for(self.url), max_connections=2)
         self.cache = load_raw_log(log_path)
+        #: until the provider has answered once, 401/403/404 or nothing listening is a usage error
+        self.setup_errors = setup_errors
+        self._answered_once = bool(self.cache)
         self.stats = {"attempts": 0, "retries": 0, "failures": 0, "reused": 0, "http_errors": {}}
 
     def close(self) -> None:
@@ -156,6 +160,8 @@ class ProviderClient:
                 rec["error"] = f"{type(exc).__name__}: {exc}"
             self._append(rec)
             status = rec["status"]
+            if self.setup_errors and not self._answered_once:
+                self._refuse_setup(status, rec.get("error"))
             if status is not None:
                 errs = self.stats["http_errors"]
                 if status != 200:
@@ -168,6 +174,7 @@ class ProviderClient:
                     errs = self.stats["http_errors"]
                     errs["malformed"] = errs.get("malformed", 0) + 1
                 if isinstance(parsed, dict):
+                    self._answered_once = True
                     self.cache[key] = parsed
                     return parsed
             elif status is not None and status not in RETRYABLE:
@@ -178,6 +185,26 @@ class ProviderClient:
                 self._wait(attempt, retry_after)
         self.stats["failures"] += 1
         return None
+
+
+    def _refuse_setup(self, status: int | None, error: str | None) -> None:
+        """A wrong URL, a missing key or no server at all is the auditor's to fix, not a verdict."""
+        shown = http.redact_url(self.url)
+        if status == 404:
+            raise ProviderSetupError(f"the provider answered 404 Not Found for {shown}: is /v1 in the base URL "
+                                     "(e.g. http://host:8000/v1)? is the --endpoint right?",
+                                     field="base_url", got=shown, expected="an OpenAI-compatible base URL")
+        if status in (401, 403):
+            raise ProviderSetupError(f"the provider refused the request ({status}): set --api-key-env VAR to the "
+                                     "environment variable holding the API key", field="api_key_env", got=status,
+                                     expected="an accepted API key")
+        if status is None and error and "ConnectError" in error:
+            raise ProviderSetupError(f"nothing is listening at {shown}: is the server running, and the host and "
+                                     "port right?", field="base_url", got=error[:200])
+
+
+class ProviderSetupError(AuditUsageError):
+    """The provider cannot be reached as configured (wrong URL, no API key, nothing listening): exit 2."""
 
 
 # --- answer validation ---------------------------------------------------------------------------

@@ -12,13 +12,17 @@ Store layout (--store DIR):
   recomputes it (a changed answer, prompt or parameter is a VerificationError) and `check
   --baseline-digest` pins it against a copy kept elsewhere (someone who can rewrite the store
   can also recompute an unkeyed digest).
-- `history.jsonl`: one line per check {"record", "digest"}, each record naming the previous
-  line's digest (the first names the baseline's), so a removed or edited line breaks the chain.
+- `history.jsonl`: one line per check start and per finished check {"record", "digest"}, each
+  record naming the previous line's digest (the first names the baseline's), so a removed or
+  edited line breaks the chain; a truncated or deleted file is caught by pinning the head that
+  `check` prints (`--history-head`). A check records its start before it reuses any raw log, so
+  logs planted for a check never started are refused.
 - `checks/NNNN.json`: a check's full result; `raw/*.jsonl`: every request attempt (client.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -33,7 +37,15 @@ from ..errors import ParseError, VerificationError
 from ..http import redact_url
 from . import AuditUsageError
 from .client import ProviderClient, ProviderFault, validate_answer
-from .monitor_stats import ChangeResult, PromptTest, Run, combine_prompts, prompt_test, run_from_answer
+from .monitor_stats import (
+    ChangeResult,
+    PromptTest,
+    Run,
+    baseline_determinism,
+    combine_prompts,
+    prompt_test,
+    run_from_answer,
+)
 
 BASELINE_FORMAT = "specguard-monitor-baseline/v1"
 CHECK_FORMAT = "specguard-monitor-check/v1"
@@ -60,6 +72,9 @@ class MonitorConfig:
     api_key_env: str | None = None
     timeout: float = 60.0
     max_retries: int = 6
+    #: accept a baseline whose greedy repeats part beyond engine noise as the null (insecure: a provider
+    #: mixing models into the baseline can then switch unseen); checks say so in their reasons
+    allow_nondeterministic: bool = False
 
     def validate(self) -> None:
         if not self.prompts:
@@ -142,6 +157,7 @@ def create_baseline(cfg: MonitorConfig, store: Path, *, force: bool = False, tra
         "request": {"temperature": 0, "seed": 0, "max_tokens": cfg.max_tokens, "logprobs": cfg.logprobs,
                     "top_logprobs": cfg.top_logprobs if cfg.logprobs else 0},
         "tolerance": cfg.tolerance,
+        "allow_nondeterministic": cfg.allow_nondeterministic,
         "repeats": cfg.repeats,
         "prompts": cfg.prompts,
         "answers": answers,
@@ -149,8 +165,11 @@ def create_baseline(cfg: MonitorConfig, store: Path, *, force: bool = False, tra
     }
     digest = _digest(BASELINE_TAG, body)
     _write_atomic(path, json.dumps({"format": BASELINE_FORMAT, "body": body, "digest": digest}, indent=1))
+    runs = [[Run.from_json(a["run"]) for a in per if "run" in a] for per in answers]
+    det = baseline_determinism(runs, cfg.tolerance)
     return {"digest": digest, **body["summary"], "prompts": len(cfg.prompts), "repeats": cfg.repeats,
-            "mode": "logprobs" if with_lp == answered and answered else "text"}
+            "mode": "logprobs" if with_lp == answered and answered else "text", "determinism": det,
+            "allow_nondeterministic": cfg.allow_nondeterministic}
 
 
 def _archive(store: Path) -> Path:
@@ -214,8 +233,10 @@ def load_baseline(store: Path, expected_digest: str | None = None) -> dict[str, 
 # --- history -------------------------------------------------------------------------------------
 
 
-def read_history(store: Path, baseline_digest: str) -> list[dict[str, Any]]:
-    """The verified chain of check records (oldest first); VerificationError if a line was altered or removed."""
+def read_chain(store: Path, baseline_digest: str) -> list[dict[str, Any]]:
+    """Every verified history record (checks and check starts, oldest first), each with its "digest".
+
+    VerificationError if a line was altered, removed or reordered (the chain starts at the baseline)."""
     path = store / "history.jsonl"
     if not path.is_file():
         return []
@@ -226,6 +247,7 @@ def read_history(store: Path, baseline_digest: str) -> list[dict[str, Any]]:
             entry = json.loads(line)
             record, digest = entry["record"], entry["digest"]
             actual = _digest(HISTORY_TAG, record)
+            kind = record.get("kind", "check")
         except Exception as exc:
             raise ParseError("history line is malformed", field=f"history.jsonl line {i}", got=line[:80]) from exc
         if digest != actual:
@@ -234,9 +256,39 @@ def read_history(store: Path, baseline_digest: str) -> list[dict[str, Any]]:
         if record.get("prev") != prev:
             raise VerificationError("history chain is broken (a line was removed, reordered or belongs to another "
                                     "baseline)", field=f"history.jsonl line {i}", got=record.get("prev"), expected=prev)
+        if kind not in ("check", "started") or not isinstance(record.get("check"), int):
+            raise ParseError("history record has an unknown kind", field=f"history.jsonl line {i}", got=kind,
+                             expected="check or started")
         prev = digest
         records.append({**record, "digest": digest})
     return records
+
+
+def chain_head(records: list[dict[str, Any]], baseline_digest: str) -> str:
+    """The digest a new history line names as its predecessor (the baseline's when the history is empty)."""
+    return records[-1]["digest"] if records else baseline_digest
+
+
+def after_pin(records: list[dict[str, Any]], baseline_digest: str, pinned: str) -> list[dict[str, Any]]:
+    """The records written after the pinned head; VerificationError if the chain does not contain it.
+
+    Pin the head printed by the last check (`--history-head`): a history truncated or deleted
+    since (hiding a `change`) no longer contains it, and a recomputed chain cannot fake it."""
+    if pinned == baseline_digest:
+        return records
+    for i, r in enumerate(records):
+        if r["digest"] == pinned:
+            return records[i + 1:]
+    raise VerificationError("history does not contain the pinned head (truncated, deleted or replaced)",
+                            field="history_head", got=chain_head(records, baseline_digest), expected=pinned)
+
+
+def read_history(store: Path, baseline_digest: str, expected_head: str | None = None) -> list[dict[str, Any]]:
+    """The verified completed checks (oldest first); with `expected_head`, the chain must contain it."""
+    records = read_chain(store, baseline_digest)
+    if expected_head is not None:
+        after_pin(records, baseline_digest, expected_head)
+    return [r for r in records if r.get("kind", "check") == "check"]
 
 
 def _append_history(store: Path, record: dict[str, Any], prev: str) -> str:
@@ -247,6 +299,45 @@ def _append_history(store: Path, record: dict[str, Any], prev: str) -> str:
         f.flush()
         os.fsync(f.fileno())
     return digest
+
+
+def _file_digest(path: Path) -> str | None:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _start_check(store: Path, base_digest: str, repeats: int, pinned: str | None) -> tuple[int, list[str]]:
+    """The index of this check and its raw log names; records the start before any raw log is reused.
+
+    Raw logs are reused only for an interrupted check whose start is in the history (and, with a
+    pinned head, covered by it); logs of a check never started are planted (or left by a deleted
+    history): VerificationError. An interrupted start after the pin is restarted, its logs set aside."""
+    records = read_chain(store, base_digest)
+    later = after_pin(records, base_digest, pinned) if pinned is not None else []
+    if [r for r in later if r.get("kind", "check") != "started"] or len(later) > 1:
+        raise VerificationError("the history has completed checks after the pinned head (pin the head printed by "
+                                "the last check)", field="history_head", got=chain_head(records, base_digest),
+                                expected=pinned)
+    index = 1 + sum(1 for r in records if r.get("kind", "check") == "check")
+    names = [f"check-{index:04d}-r{c}.jsonl" for c in range(repeats)]
+    last = records[-1] if records else None
+    started = last is not None and last.get("kind") == "started" and last["check"] == index
+    raw = store / "raw"
+    existing = sorted(raw.glob(f"check-{index:04d}-*")) if raw.is_dir() else []
+    if started and not later and last.get("raw_logs") == dict.fromkeys(names):
+        return index, names  # resume the interrupted check
+    if existing and not started:
+        raise VerificationError("raw logs of a check that the history never started (planted, or left by a "
+                                "removed history); move them away to rerun", field="raw",
+                                got=[p.name for p in existing], expected="none")
+    for p in existing:  # a started check resumed with other repeats, or a start after the pin: not reused
+        aside = raw / "discarded" / f"{p.name}.{time.time_ns()}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, aside)
+    store.mkdir(parents=True, exist_ok=True)
+    _append_history(store, {"kind": "started", "check": index, "time": time.time(), "repeats": repeats,
+                            "raw_logs": {n: _file_digest(raw / n) for n in names}},
+                    chain_head(records, base_digest))
+    return index, names
 
 
 # --- check ---------------------------------------------------------------------------------------
@@ -268,9 +359,21 @@ def _verdict(result: ChangeResult, alpha: float, asked: int, usable: int) -> tup
     return "no_change", [f"combined p = {result.p_value:.3g} > alpha = {alpha:g}"]
 
 
+def _nondeterministic_reason(det: dict[str, Any], prompts: int) -> str:
+    return (f"the baseline is non-deterministic: at temperature 0 its repeats part at decisive positions on "
+            f"{len(det['prompts'])} of {prompts} prompts (margin up to {det['largest_divergence_margin']:.3g} "
+            f"nats, engine noise {det['noise']:.3g}, limit {det['threshold']:.3g}); a provider mixing models into "
+            "the baseline makes a later switch look like noise, so it is not used as the null (re-baseline, or "
+            "baseline --allow-nondeterministic to accept it)")
+
+
 def evaluate(baseline_runs: list[list[Run | None]], check_runs: list[list[Run | None]], tolerance: float,
-             alpha: float, seed: int = 0, draws: int = 20000) -> dict[str, Any]:
-    """The change test on runs (per prompt: baseline repeats, check repeats); missing runs are dropped."""
+             alpha: float, seed: int = 0, draws: int = 20000, allow_nondeterministic: bool = False) -> dict[str, Any]:
+    """The change test on runs (per prompt: baseline repeats, check repeats); missing runs are dropped.
+
+    A baseline whose greedy repeats part beyond engine noise (monitor_stats.baseline_determinism)
+    never gives "no_change" unless `allow_nondeterministic`: the verdict is inconclusive instead."""
+    det = baseline_determinism([[r for r in per if r is not None] for per in baseline_runs], tolerance)
     rng = np.random.default_rng(seed)
     tests: list[PromptTest] = []
     per_prompt: list[dict[str, Any]] = []
@@ -286,8 +389,16 @@ def evaluate(baseline_runs: list[list[Run | None]], check_runs: list[list[Run | 
                            "cross": t.cross, "within": t.within, "labellings": len(t.null_p)})
     result = combine_prompts(tests, draws=draws, seed=seed)
     verdict, reasons = _verdict(result, alpha, len(baseline_runs), len(tests))
+    if not det["deterministic"]:
+        if allow_nondeterministic:
+            reasons.append("WARNING: " + _nondeterministic_reason(det, len(baseline_runs)).split(", so it")[0]
+                           + "; accepted as the null at the baseline's request (--allow-nondeterministic)")
+        elif verdict == "no_change":
+            verdict, reasons = "inconclusive", [_nondeterministic_reason(det, len(baseline_runs))]
+        else:
+            reasons.append(_nondeterministic_reason(det, len(baseline_runs)))
     modes = sorted({t.mode for t in tests})
-    return {"verdict": verdict, "reasons": reasons, "statistic": result.statistic, "p_value": result.p_value,
+    return {"verdict": verdict, "reasons": reasons, "baseline_determinism": det, "statistic": result.statistic, "p_value": result.p_value,
             "min_p_value": result.min_p_value, "alpha": alpha, "prompts_used": len(tests),
             "prompts_asked": len(baseline_runs), "mode": "+".join(modes) or "none",
             "changed_prompts": sum(1 for t in tests if t.statistic > 0 and t.p_value <= 1.0 / len(t.null_p) + 1e-12),
@@ -295,15 +406,17 @@ def evaluate(baseline_runs: list[list[Run | None]], check_runs: list[list[Run | 
 
 
 def run_check(store: Path, *, repeats: int = 2, alpha: float = 0.01, base_url: str | None = None,
-              api_key_env: str | None = None, baseline_digest: str | None = None, timeout: float = 60.0,
-              max_retries: int = 6, seed: int = 0, transport: Any = None) -> dict[str, Any]:
-    """Re-send the baseline's requests `repeats` times, test for change, append to history."""
+              api_key_env: str | None = None, baseline_digest: str | None = None, history_head: str | None = None,
+              timeout: float = 60.0, max_retries: int = 6, seed: int = 0, transport: Any = None) -> dict[str, Any]:
+    """Re-send the baseline's requests `repeats` times, test for change, append to history.
+
+    `history_head` pins the history (the head printed by the previous check): a truncated, deleted
+    or replaced history is a VerificationError before any query."""
     if not 1 <= repeats <= 50:
         raise AuditUsageError("check repeats out of range", field="repeats", got=repeats, expected="1..50")
     if not 0 < alpha < 1:
         raise AuditUsageError("alpha out of range", field="alpha", got=alpha, expected="(0, 1)")
     base = load_baseline(store, baseline_digest)
-    history = read_history(store, base["digest"])
     if base_url is None and base.get("base_url_redacted"):
         raise AuditUsageError("the stored base URL is redacted; pass --base-url", field="base_url",
                               got=base["base_url"])
@@ -313,13 +426,14 @@ def run_check(store: Path, *, repeats: int = 2, alpha: float = 0.01, base_url: s
                         top_logprobs=int(req["top_logprobs"]), logprobs=bool(req["logprobs"]),
                         tolerance=float(base["tolerance"]), api_key_env=api_key_env or base.get("api_key_env"),
                         timeout=timeout, max_retries=max_retries)
-    index = len(history) + 1  # an interrupted check reruns under the same index and reuses its raw logs
-    rounds = [_query(cfg, store / "raw" / f"check-{index:04d}-r{c}.jsonl", transport) for c in range(repeats)]
+    index, names = _start_check(store, base["digest"], repeats, history_head)
+    rounds = [_query(cfg, store / "raw" / name, transport) for name in names]
     check_runs = [[Run.from_json(rounds[c][j]["run"]) if "run" in rounds[c][j] else None for c in range(repeats)]
                   for j in range(len(cfg.prompts))]
     problems = [[rounds[c][j]["problem"] for c in range(repeats) if "problem" in rounds[c][j]]
                 for j in range(len(cfg.prompts))]
-    result = evaluate(base["runs"], check_runs, cfg.tolerance, alpha, seed)
+    result = evaluate(base["runs"], check_runs, cfg.tolerance, alpha, seed,
+                      allow_nondeterministic=base.get("allow_nondeterministic") is True)
     for row, probs in zip(result["per_prompt"], problems, strict=True):
         if probs:
             row["check_problems"] = probs
@@ -331,9 +445,11 @@ def run_check(store: Path, *, repeats: int = 2, alpha: float = 0.01, base_url: s
     _write_atomic(store / "checks" / f"{index:04d}.json", json.dumps(full, indent=1))
     record = {k: result[k] for k in ("check", "time", "verdict", "statistic", "p_value", "alpha", "prompts_used",
                                      "prompts_asked", "changed_prompts", "mode", "repeats")}
+    record["kind"] = "check"
     record["result_digest"] = _digest(CHECK_FORMAT, full)
-    prev = history[-1]["digest"] if history else base["digest"]
-    result["history_digest"] = _append_history(store, record, prev)
+    record["raw_digests"] = {n: _file_digest(store / "raw" / n) for n in names}
+    prev = chain_head(read_chain(store, base["digest"]), base["digest"])
+    result["history_digest"] = result["history_head"] = _append_history(store, record, prev)
     return result
 
 

@@ -222,3 +222,53 @@ def combine_prompts(tests: list[PromptTest], draws: int = 20000, seed: int = 0) 
     reachable = math.exp(-sum(math.log(len(t.null_p)) for t in tests))  # every prompt at its smallest rank
     min_p = max(1.0 / (draws + 1), reachable)
     return ChangeResult(obs, p, min_p, tests)
+
+
+# --- is the baseline deterministic up to engine noise? ----------------------------------------------
+
+#: a divergence of greedy repeats is beyond engine noise when both sides' decision margins exceed
+#: tolerance + NOISE_FACTOR x the repeats' own logprob noise (median over positions where they agree)
+NOISE_FACTOR = 8.0
+
+
+def _gap(p: Position, other: str) -> float:
+    """How far p's chosen token is ahead of `other` (a lower bound when `other` is not in p's top-k)."""
+    lps = p.logprobs()
+    return lps[p.token] - lps[other] if other in lps else lps[p.token] - min(lps.values())
+
+
+def _pair_noise(a: tuple[Position, ...], b: tuple[Position, ...]) -> tuple[list[float], float | None]:
+    """(mean |delta logprob| over shared top tokens at each agreeing position, min margin at the first divergence)."""
+    deltas: list[float] = []
+    for pa, pb in zip(a, b, strict=False):
+        if pa.token != pb.token:
+            return deltas, min(_gap(pa, pb.token), _gap(pb, pa.token))
+        la, lb = pa.logprobs(), pb.logprobs()
+        shared = set(la) & set(lb)
+        deltas.append(sum(abs(la[k] - lb[k]) for k in shared) / len(shared))
+    return deltas, None
+
+
+def baseline_determinism(runs: list[list[Run]], tol: float) -> dict[str, Any]:
+    """Whether a greedy baseline's repeats agree up to engine noise (logprob runs only).
+
+    The noise is the median per-position logprob difference where two repeats chose the same token;
+    a prompt is non-deterministic when two of its repeats part at a position where each is ahead of
+    the other's token by more than tol + NOISE_FACTOR x noise: not a near-tie flip but another
+    decision (e.g. a provider answering part of the baseline from another model, which would make
+    a later full switch look like the baseline's own noise)."""
+    deltas: list[float] = []
+    divergences: list[tuple[int, float]] = []
+    for j, per in enumerate(runs):
+        lp = [r.positions for r in per if r.positions is not None]
+        for a, b in itertools.combinations(lp, 2):
+            d, margin = _pair_noise(a, b)
+            deltas.extend(d)
+            if margin is not None:
+                divergences.append((j, margin))
+    noise = float(np.median(deltas)) if deltas else 0.0
+    threshold = tol + NOISE_FACTOR * noise
+    bad = sorted({j for j, m in divergences if m > threshold})
+    worst = max((m for _j, m in divergences), default=0.0)
+    return {"deterministic": not bad, "noise": noise, "threshold": threshold, "prompts": bad,
+            "largest_divergence_margin": worst}

@@ -85,6 +85,65 @@ def agreement_svg(by_position: list[list[Any]]) -> str:
     return _svg("Token agreement by position (orange: exact; green: near-ties discounted)", parts)
 
 
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _marked(prefix: str, token: str, rest: str) -> str:
+    shown = token if token.strip() else repr(token)  # a divergence on whitespace must still be visible
+    return f"{html.escape(prefix)}<mark>{html.escape(shown)}</mark>{html.escape(rest)}"
+
+
+def per_prompt_html(report: dict[str, Any]) -> str:
+    """One row per prompt: the prompt, the provider's text and the reference's, the first divergence marked."""
+    tau = report.get("honest_class", {}).get("tau")
+    rows = []
+    for r in report.get("per_prompt", []):
+        prompt = html.escape(str(r.get("prompt", "")))
+        if r.get("problem"):
+            rows.append(f"<tr><td>{r['index'] + 1}</td><td>{prompt}</td><td colspan=\"3\">"
+                        f"{html.escape(str(r['problem']))}</td></tr>")
+            continue
+        d = r.get("divergence")
+        if d is None:
+            same = "no divergence" if "divergence" in r else "not shown"
+            rows.append(f"<tr><td>{r['index'] + 1}</td><td>{prompt}</td><td colspan=\"2\">"
+                        f"{'the reference chooses every token the provider chose' if 'divergence' in r else ''}</td>"
+                        f"<td>{same}</td></tr>")
+            continue
+        kind = ("near-tie: honest engines may differ here too" if tau is not None and d["margin"] < tau
+                else "decisive: honest engines agree here")
+        rows.append(f"<tr><td>{r['index'] + 1}</td><td>{prompt}</td>"
+                    f"<td class=\"provider\">{_marked(d['prefix'], d['provider_token'], d['provider_rest'])}</td>"
+                    f"<td class=\"reference\">{_marked(d['prefix'], d['reference_token'], d['reference_rest'])}</td>"
+                    f"<td>token {d['position'] + 1} ({kind}; reference margin {d['margin']:.3g})</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Prompt by prompt</h2><p>The first token where the reference would choose differently is "
+            "<mark>highlighted</mark>; after it the two texts continue from different words.</p>"
+            "<table class=\"prompts\"><tr><th>#</th><th>prompt</th><th>provider's answer</th>"
+            f"<th>reference's answer ({html.escape(report['reference']['name'])})</th><th>first divergence</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _class_line(report: dict[str, Any]) -> str:
+    hc = report["honest_class"]
+    setups = html.escape(", ".join(hc["setups"]))
+    if report.get("verdict") == "consistent":
+        return (f"<p>Honest class {html.escape(hc['name'])} ({setups}). What this verdict claims: "
+                f"{html.escape(str(report.get('claim', '')))}.</p>")
+    return f"<p>Honest class {html.escape(hc['name'])}: the set-ups {setups} are accepted as honest.</p>"
+
+
+def _penalty_line(report: dict[str, Any]) -> str:
+    pa = report.get("penalty_adjusted")
+    if not pa:
+        return ""
+    return (f"<p class=\"penalty\">Positions set aside as repetition-penalty demotions: {pa['positions']} "
+            f"({_pct(pa['fraction'])} of scored positions; limit {pa['limit']:.0%}, above it the run is "
+            "inconclusive).</p>")
+
+
 def render_html(report: dict[str, Any]) -> str:
     tests = report.get("tests", [])
     lp = next((t for t in tests if t["name"] == "logprob"), None)
@@ -104,17 +163,23 @@ def render_html(report: dict[str, Any]) -> str:
     power_table = (f"<h2>Token-agreement power by tokens per answer</h2><table><tr><th>max tokens</th><th>decisive</th>"
                    f"<th>hard rate</th><th>p-value</th><th>min. detectable</th><th>powered</th></tr>{power}</table>"
                    if power else "")
-    claim = html.escape(str(report.get("claim", "")))
     colour = {"consistent": "#2ca02c", "substituted": "#d62728"}.get(report.get("verdict"), "#ff7f0e")
+    headline = html.escape(str(report.get("headline", "")))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>specguard audit report</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{display:inline-block;margin:8px}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}figure{{display:inline-block;margin:8px}}
+.headline{{font-size:1.3em;font-weight:bold}}mark{{background:#ffd54f;font-weight:bold}}
+table.prompts td{{white-space:pre-wrap;max-width:320px}}</style></head><body>
 <h1>specguard audit: <span style="color:{colour}">{html.escape(str(report.get('verdict')))}</span></h1>
+<p class="headline">{headline}</p>
+<ul class="reasons">{reasons}</ul>
 <p>Provider {html.escape(report['provider']['base_url'])} model {html.escape(report['provider']['model'])};
 reference {html.escape(report['reference']['name'])} ({html.escape(report['reference']['digest'])});
-honest class {html.escape(report['honest_class']['name'])} ({html.escape(', '.join(report['honest_class']['setups']))}).</p>
-<p>Endpoint: {html.escape(str(report.get('endpoint', 'chat')))}. What "consistent" claims under this class: {claim}.</p>
-<ul>{reasons}</ul>
+endpoint {html.escape(str(report.get('endpoint', 'chat')))}.</p>
+{_class_line(report)}
+{_penalty_line(report)}
+{per_prompt_html(report)}
+<h2>Tests</h2>
 <table><tr><th>test</th><th>statistic</th><th>p-value</th><th>samples</th><th>min. detectable</th><th>declared effect</th><th>powered</th></tr>{rows}</table>
 <h2>What this run can distinguish</h2><ul>{dist}</ul>
 {power_table}

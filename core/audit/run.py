@@ -67,6 +67,8 @@ class AuditConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     #: most provider choices demoted by a repetition penalty tolerated before the run is inconclusive
     max_adjusted: float = 0.1
+    #: prompts whose reference text (the reference's own continuation at the first divergence) the report shows
+    reference_texts: int = 16
     # sampled audits (core/audit/sampled.py): seeded-exact and RUT prompts, shared sampling parameters
     seeded_prompts: int = 0
     rut_prompts: int = 0
@@ -150,6 +152,7 @@ class ScoredAnswer:
     stat: float | None = None  # the prompt's mean |delta logprob| (None: nothing to compare)
     pairs: list[tuple[float, float]] = field(default_factory=list)  # (reference, provider) logprobs
     adjusted: list[int] = field(default_factory=list)  # positions set aside as repetition-penalty demotions
+    ids: list[int] = field(default_factory=list)  # the scored answer tokens (reference ids)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +161,7 @@ class ScoredAnswer:
     def from_json(cls, d: dict[str, Any]) -> ScoredAnswer:
         return cls(d["with_logprobs"], d["fields"], d["tokens"], d["unscored"],
                    [(bool(a), m) for a, m in d["positions"]], d["stat"], [(r, p) for r, p in d["pairs"]],
-                   [int(p) for p in d.get("adjusted", [])])
+                   [int(p) for p in d.get("adjusted", [])], [int(t) for t in d.get("ids", [])])
 
 
 @dataclass
@@ -183,10 +186,11 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
         return ScoredAnswer(True, {"tokens": mapped.total, "unmappable": mapped.unmappable, "unscored": mapped.unscored,
                                    "unmappable_reasons": mapped.reasons, "logprob_stat": kept},
                             mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs,
-                            sorted(adjusted))
+                            sorted(adjusted), list(mapped.ids))
     scores, rest = align_text(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
     return ScoredAnswer(False, {"tokens": len(scores) + rest, "unmappable": rest, "unscored": rest, "text_only": True},
-                        len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores])
+                        len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores],
+                        ids=[s.token_id for s in scores])
 
 
 def _progress(total: int, desc: str):
@@ -207,6 +211,13 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
         cal = calibrate.load(shipped, reference)
         calibrate.save(cal, saved)
         return cal
+    if cfg.honest_class == "auto":
+        from ..drafters.llamacpp import target_gguf
+
+        if target_gguf(reference) is None:  # llama.cpp cannot be calibrated: auto would have nothing to accept
+            raise AuditUsageError(calibrate.AUTO_NEEDS_ENGINE, field="honest_class",
+                                  got=f"auto, reference {reference.name} without a calibration or a GGUF",
+                                  expected="--calibration FILE or --honest-class bf16|fp32")
     setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
     cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
     calibrate.save(cal, saved)
@@ -246,9 +257,13 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         raise AuditUsageError("max_tokens does not fit the model context", field="max_tokens", got=cfg.max_tokens,
                               expected=f"1..{max(1, reference.max_context - longest)} (context {reference.max_context}, "
                                        f"longest prompt {longest} tokens)")
+    # the null first: a class that cannot be used must stop the run before any query is paid for
+    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
+    null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
                             api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
-                            max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint)
+                            max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint,
+                            setup_errors=not offline)
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
     staged = stage(cfg, client, reference, prompts, prompt_ids) if stage is not None and not offline else None
     per_prompt: list[dict[str, Any]] = []
@@ -297,6 +312,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                 by_position.append((pos, agrees, margin))
             rec["disagreements"] = n_dis
             rec["penalty_adjusted"] = len(adjusted)
+            if i < cfg.reference_texts:
+                rec["divergence"] = first_divergence(reference, pids, scored, cfg.max_tokens)
             adjusted_total += len(adjusted)
             usage = ans.get("usage") if isinstance(ans, dict) else None
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
@@ -305,8 +322,6 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             per_prompt.append(rec)
     finally:
         bar.close()
-    cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
-    null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
     results = []
     power_by_tokens: list[dict[str, Any]] = []
     if any("disagreements" in r for r in per_prompt):
@@ -338,6 +353,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     scored_positions = len(by_position) + adjusted_total
     adjusted_frac = adjusted_total / scored_positions if scored_positions else 0.0
     verdict = combine(results, cfg.alpha, frac, claim=null["claim"])
+    if verdict["verdict"] == "substituted":
+        verdict["reasons"].append(f"honest class {null['class']}: {', '.join(null['setups'])}")
     if verdict["verdict"] == "consistent" and adjusted_frac > cfg.max_adjusted:
         verdict = {**verdict, "verdict": "inconclusive", "reasons": [
             f"the provider did not decode greedily: at {adjusted_total} of {scored_positions} positions "
@@ -361,6 +378,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
                          "mean_abs_delta": null["mean_abs_delta"], "tau": null["tau"], "p0": null["p0"],
                          "margin": null["margin"], "calibration_max_tokens": cal.get("max_tokens")},
         "endpoint": cfg.endpoint,
+        "headline": headline(results, reference.name, answered),
         "penalty_adjusted": {"positions": adjusted_total, "fraction": adjusted_frac, "limit": cfg.max_adjusted},
         "power_by_max_tokens": power_by_tokens,
         "distinguishes": _distinguishes(results, null),
@@ -383,6 +401,52 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     client.close()
     write_reports(report, out)
     return report
+
+
+def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: ScoredAnswer,
+                     max_tokens: int) -> dict[str, Any] | None:
+    """Where the reference first chooses another token than the provider (positions set aside as
+    repetition-penalty demotions skipped), with both texts split there for the report:
+    {"position", "margin", "prefix", "provider_token", "provider_rest", "reference_token",
+    "reference_rest"}; the reference's text is its own greedy continuation from that point."""
+    from .rescore import greedy_generate
+
+    adjusted = set(scored.adjusted)
+    pos = next((i for i, (agrees, _m) in enumerate(scored.positions)
+                if not agrees and i not in adjusted and i < len(scored.ids)), None)
+    if pos is None:
+        return None
+    tok = reference.tokenizer
+
+    def text(ids: list[int]) -> str:
+        return tok.decode([t for t in ids if t not in reference.eos_token_ids], skip_special_tokens=False)
+
+    def split(prefix_ids: list[int], rest_ids: list[int]) -> tuple[str, str]:
+        head, whole = text(prefix_ids), text(prefix_ids + rest_ids[:1])
+        full = text(prefix_ids + rest_ids)
+        first = whole[len(head):] if whole.startswith(head) else whole
+        return first, full[len(whole):] if full.startswith(whole) else full
+
+    prefix = scored.ids[:pos]
+    generated, _lps, _tops = greedy_generate(reference.model, list(prompt_ids) + prefix, max(1, max_tokens - pos),
+                                             reference.eos_token_ids)
+    provider_token, provider_rest = split(prefix, scored.ids[pos:])
+    reference_token, reference_rest = split(prefix, generated)
+    return {"position": pos, "margin": scored.positions[pos][1], "prefix": text(prefix),
+            "provider_token": provider_token, "provider_rest": provider_rest,
+            "reference_token": reference_token, "reference_rest": reference_rest}
+
+
+def headline(results: list[Any], reference_name: str, answered: int) -> str:
+    """One sentence for a reader who is not a statistician."""
+    ta = next((r for r in results if r.name == "token_agreement"), None)
+    if answered == 0:
+        return "The provider answered no prompt: nothing could be compared."
+    if ta is None or not ta.samples:
+        return f"No token of the provider's answers could be compared with what {reference_name} would choose."
+    return (f"{ta.statistic:.1%} of the provider's tokens differ from what {reference_name} would choose; "
+            f"honest engines differ on at most {ta.details['null_rate']:.1%} "
+            f"({ta.samples} tokens compared, near-ties set aside).")
 
 
 def _prompt_ids(reference: LoadedModel, text: str, endpoint: str) -> list[int]:
@@ -450,7 +514,7 @@ def _key(client: ProviderClient, body: dict[str, Any]) -> str:
 
 
 def _distinguishes(results: list[Any], null: dict[str, Any]) -> list[str]:
-    lines = [f"honest class {null['class']} ({', '.join(null['setups'])}): a consistent verdict means {null['claim']}"]
+    lines = [f"honest class {null['class']}: the set-ups {', '.join(null['setups'])} are accepted as honest"]
     if null["class"] == "cross-engine":
         lines.append("against the cross-engine class, substitutes as close to the reference as another honest engine "
                      "(8-bit weights: q8, int8) are not distinguishable; 4-bit re-quantization, pruned layers and "

@@ -187,8 +187,8 @@ def combine(results: list[TestResult], alpha: float, unmappable_fraction: float,
     if any(rejected.values()):
         verdict = "substituted"
         reasons = [f"{n} rejects the honest-noise null (Holm, alpha={alpha})" for n, v in rejected.items() if v]
-        if claim:
-            reasons.append(f"the answers are outside the noise of every honest set-up of the class ({claim})")
+        # never quote the claim here: it says what "consistent" means, and a substituted verdict must not say it
+        reasons.append("the answers are outside the noise of every honest set-up of the declared honest class")
     else:
         names = {r.name for r in results}
         if "token_agreement" not in names:

@@ -15,10 +15,14 @@ def audit_group() -> None:
     """Check whether an OpenAI-compatible provider serves the model it claims."""
 
 
-def _echo_verdict(report: dict) -> None:
-    click.echo(json.dumps({"verdict": report["verdict"], "reasons": report["reasons"],
-                           "tests": [{k: t[k] for k in ("name", "statistic", "p_value", "samples", "mde", "powered")}
-                                     for t in report["tests"]]}, indent=1))
+def _echo_summary(report: dict, out: Path) -> None:
+    """What a person reads after `audit run` / `audit report`: verdict, headline, reasons, where the report is."""
+    click.echo(f"verdict: {report['verdict']}")
+    if report.get("headline"):
+        click.echo(report["headline"])
+    for reason in report["reasons"]:
+        click.echo(f"  - {reason}")
+    click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'}; --json prints the verdict JSON)")
 
 
 def _print_json(data: dict) -> None:
@@ -167,8 +171,9 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
             click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
         if result["budget"]:
             click.echo(f"budget: {result['budget']['reason']}")
+        click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
     else:
-        _echo_verdict(report)
+        _echo_summary(report, out)
     raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
 
 
@@ -185,7 +190,7 @@ def report_command(directory: str, as_json: bool) -> None:
     if as_json:
         _print_json(verdict_json([provider_verdict("provider", report, out / "report.json")], report["alpha"]))
     else:
-        _echo_verdict(report)
+        _echo_summary(report, out)
 
 
 @audit_group.command(name="simulate")
@@ -284,22 +289,35 @@ def monitor_group() -> None:
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--max-retries", type=int, default=6, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing baseline (the old one, its history and logs move to DIR/archive/).")
+@click.option("--allow-nondeterministic", is_flag=True,
+              help="INSECURE: use a baseline whose greedy repeats part beyond engine noise as the null (a provider "
+                   "mixing models into the baseline can then switch unseen).")
 @click.option("--json", "as_json", is_flag=True)
 def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
-                             text_only, tolerance, api_key_env, timeout, max_retries, force, as_json) -> None:
+                             text_only, tolerance, api_key_env, timeout, max_retries, force, allow_nondeterministic,
+                             as_json) -> None:
     """Measure the provider's answers and run-to-run noise; store the fingerprint."""
     from specguard.audit.monitor import MonitorConfig, create_baseline
     from specguard.audit.run import load_prompts
 
     cfg = MonitorConfig(base_url=base_url, model=model_name, prompts=load_prompts(prompts_file, n_prompts),
                         repeats=repeats, max_tokens=max_tokens, top_logprobs=top_logprobs, logprobs=not text_only,
-                        tolerance=tolerance, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
+                        tolerance=tolerance, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
+                        allow_nondeterministic=allow_nondeterministic)
     out = create_baseline(cfg, Path(store), force=force)
     if as_json:
         click.echo(json.dumps(out, indent=1))
     else:
         click.echo(f"baseline: {out['answered']}/{out['asked']} answers ({out['mode']}), digest {out['digest']}")
         click.echo("keep the digest elsewhere and pass it to `check --baseline-digest` to pin this baseline")
+    det = out["determinism"]
+    if not det["deterministic"]:
+        click.echo(f"WARNING: non-deterministic baseline: greedy repeats part at decisive positions on "
+                   f"{len(det['prompts'])} of {out['prompts']} prompts (margin up to "
+                   f"{det['largest_divergence_margin']:.3g} nats, limit {det['threshold']:.3g}); "
+                   + ("accepted as the null (--allow-nondeterministic): a provider mixing models into it can switch "
+                      "unseen" if allow_nondeterministic else "checks against it are inconclusive, never no_change"),
+                   err=True)
 
 
 @monitor_group.command(name="check")
@@ -310,17 +328,20 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
 @click.option("--base-url", default=None, help="Override the stored base URL.")
 @click.option("--api-key-env", default=None, help="Override the stored API key variable name.")
 @click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
+@click.option("--history-head", default=None,
+              help="Fail unless the history's head is this digest (printed by the previous check).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--max-retries", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo null.")
 @click.option("--json", "as_json", is_flag=True)
-def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, timeout, max_retries, seed,
-                          as_json) -> None:
+def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, history_head, timeout,
+                          max_retries, seed, as_json) -> None:
     """Re-ask the baseline's prompts and test for a change. Exit 0 no change, 6 change, 1 inconclusive."""
     from specguard.audit.monitor import EXIT_CODES, run_check
 
     res = run_check(Path(store), repeats=repeats, alpha=alpha, base_url=base_url, api_key_env=api_key_env,
-                    baseline_digest=baseline_digest, timeout=timeout, max_retries=max_retries, seed=seed)
+                    baseline_digest=baseline_digest, history_head=history_head, timeout=timeout,
+                    max_retries=max_retries, seed=seed)
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:
@@ -329,21 +350,25 @@ def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline
                    f"{res['changed_prompts']} changed, {res['mode']})")
         for reason in res["reasons"]:
             click.echo(f"  {reason}")
+        click.echo(f"history head {res['history_head']} (pass it to the next check's --history-head)")
     raise SystemExit(EXIT_CODES[res["verdict"]])
 
 
 @monitor_group.command(name="history")
 @click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
+@click.option("--history-head", default=None, help="Fail unless the history contains this head (from a check).")
 @click.option("--json", "as_json", is_flag=True)
-def monitor_history_command(store, baseline_digest, as_json) -> None:
+def monitor_history_command(store, baseline_digest, history_head, as_json) -> None:
     """The timeline of checks (verified hash chain)."""
-    from specguard.audit.monitor import history_table, load_baseline, read_history
+    from specguard.audit.monitor import chain_head, history_table, load_baseline, read_chain, read_history
 
     base = load_baseline(Path(store), baseline_digest)
-    records = read_history(Path(store), base["digest"])
+    records = read_history(Path(store), base["digest"], expected_head=history_head)
+    head = chain_head(read_chain(Path(store), base["digest"]), base["digest"])
     if as_json:
-        click.echo(json.dumps({"baseline_digest": base["digest"], "checks": records}, indent=1))
+        click.echo(json.dumps({"baseline_digest": base["digest"], "history_head": head, "checks": records}, indent=1))
     else:
         click.echo(f"baseline {base['digest']} ({base['model']}, {len(base['prompts'])} prompts x {base['repeats']})")
+        click.echo(f"history head {head}")
         click.echo(history_table(records))

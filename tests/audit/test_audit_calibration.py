@@ -33,14 +33,18 @@ def _cal(with_llama: bool) -> dict:
 def test_auto_class_is_cross_engine_only_when_another_engine_was_calibrated():
     both, torch_only = _cal(True), _cal(False)
     assert calibrate.resolve_class("auto", both) == "cross-engine"
-    assert calibrate.resolve_class("auto", torch_only) == "bf16"
+    with pytest.raises(AuditUsageError, match="honest llama.cpp or vLLM") as err:
+        calibrate.resolve_class("auto", torch_only)  # never a silent torch-only fallback
+    assert err.value.field == "honest_class"
     cross = calibrate.honest_null(both, "auto")
     assert cross["class"] == "cross-engine" and cross["worst_setup"].startswith("llamacpp")
     assert cross["tau"] == pytest.approx(1.5 * 0.6) and cross["pool"][0] == pytest.approx(1.5 * 0.09)
     assert cross["claim"].startswith("consistent with the claimed weights on some honest engine")
     same = calibrate.honest_null(both, "fp32")
     assert same["setups"] == ["fp32-threads", "fp32-batch"] and "identical implementation" in same["claim"]
-    assert calibrate.honest_null(torch_only, "auto")["class"] == "bf16"
+    with pytest.raises(AuditUsageError):
+        calibrate.honest_null(torch_only, "auto")
+    assert calibrate.honest_null(torch_only, "bf16")["class"] == "bf16"  # an explicit choice still works
     with pytest.raises(AuditUsageError) as err:
         calibrate.honest_null(torch_only, "cross-engine")
     assert err.value.field == "setups"
@@ -142,7 +146,39 @@ def test_calibration_without_a_gguf_records_llamacpp_as_unavailable(tiny):
     cal = calibrate.calibrate(tiny["ref"], ids, 4, 5, setups=("fp32-threads", "llamacpp-t1"))
     assert "per_prompt" in cal["setups"]["fp32-threads"]
     assert "GGUF" in cal["setups"]["llamacpp-t1"]["error"]
-    assert calibrate.resolve_class("auto", cal) == "bf16"
+    with pytest.raises(AuditUsageError):
+        calibrate.resolve_class("auto", cal)
+
+
+def test_a_reference_without_a_calibration_never_falls_back_to_a_torch_only_class(tiny, capsys):
+    """Issue 21: `audit run --reference OTHER` (no committed calibration, no GGUF) used to calibrate torch
+    only and silently audit against bf16, which calls an honest llama.cpp or vLLM provider substituted."""
+    from support.audit_loopback import loopback
+    from support.cli import run as run_cli
+
+    from specguard.audit.simulate import build_app
+
+    prompts = tiny["base"] / "auto-prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(2)))
+    torch_only = tiny["base"] / "torch-only.json"
+    ids = [tiny["ref"].encode_chat([{"role": "user", "content": p}]) for p in load_prompts(str(prompts), 2)]
+    calibrate.save(calibrate.calibrate(tiny["ref"], ids, 4, 5, setups=("fp32-threads",)), torch_only)
+    with loopback(build_app(tiny["ref"])) as url:
+        for name, extra in (("auto-none", []), ("auto-file", ["--calibration", str(torch_only)])):
+            out = tiny["base"] / name
+            code, stdout, err = run_cli(capsys, "audit", "run", "--base-url", url, "--model", "claimed",
+                                        "--reference", str(tiny["dir"]), "--prompts", str(prompts), "--budget", "2",
+                                        "--max-tokens", "4", "--out", str(out), *extra)
+            assert code == 2, stdout + err
+            assert "honest llama.cpp or vLLM provider substituted" in err and "--honest-class bf16" in err
+            assert not (out / "raw.jsonl").exists(), "refused before any query"
+        code, stdout, err = run_cli(capsys, "audit", "run", "--base-url", url, "--model", "claimed",
+                                    "--reference", str(tiny["dir"]), "--prompts", str(prompts), "--budget", "2",
+                                    "--max-tokens", "4", "--out", str(tiny["base"] / "explicit"),
+                                    "--calibration", str(torch_only), "--honest-class", "fp32",
+                                    "--min-effect-tokens", "0.9")
+    assert code in (0, 1), stdout + err  # an explicit torch-only class is the auditor's informed choice
+    assert json.loads((tiny["base"] / "explicit" / "report.json").read_text())["honest_class"]["name"] == "fp32"
 
 
 def test_completions_endpoint_end_to_end_with_the_simulator(tiny):

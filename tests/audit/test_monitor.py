@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -95,14 +96,17 @@ class ClosedProvider:
         self.rng = np.random.default_rng(123)
         self.calls = 0
         self.hostile: dict | None = None
+        #: share of requests answered by a cheap model "B" instead (a provider mixing models)
+        self.mix = 0.0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
         body = json.loads(request.content)
         if self.hostile is not None:
             return httpx.Response(200, json=self.hostile)
+        settings = {**self.settings, "version": "B"} if self.mix and self.rng.random() < self.mix else self.settings
         answer = closed_answer(body["messages"][0]["content"], rng=self.rng, max_tokens=body["max_tokens"],
-                               top=body.get("top_logprobs", 0), logprobs=bool(body.get("logprobs")), **self.settings)
+                               top=body.get("top_logprobs", 0), logprobs=bool(body.get("logprobs")), **settings)
         return httpx.Response(200, json=answer)
 
     def transport(self) -> httpx.MockTransport:
@@ -252,6 +256,122 @@ def test_tampered_baseline_or_history_is_detected(tmp_path):
         load_baseline(store)
 
 
+def _drop_check(store: Path, index: int) -> None:
+    """What a store writer hiding check `index` does: its history lines, result and raw logs removed."""
+    hist = store / "history.jsonl"
+    keep = [line for line in hist.read_text().splitlines(keepends=True)
+            if json.loads(line)["record"]["check"] != index]
+    hist.write_text("".join(keep))
+    (store / "checks" / f"{index:04d}.json").unlink()
+    for p in (store / "raw").glob(f"check-{index:04d}-*"):
+        p.unlink()
+
+
+def test_truncated_or_deleted_history_is_caught_by_the_pinned_head(tmp_path):
+    """Attack (issue 20 §5): removing the last check's lines (a `change`) or the whole history left a valid chain."""
+    prov = ClosedProvider(sigma=0.05)
+    store = _baseline(tmp_path, prov)
+    digest = load_baseline(store)["digest"]
+    run_check(store, transport=prov.transport())
+    prov.settings = {"sigma": 0.05, "version": "B"}
+    second = run_check(store, transport=prov.transport())
+    assert second["verdict"] == "change"
+    head = second["history_head"]
+    assert read_history(store, digest, expected_head=head)[-1]["verdict"] == "change"
+    _drop_check(store, 2)
+    assert [h["verdict"] for h in read_history(store, digest)] == ["no_change"]  # the chain alone still verifies
+    calls = prov.calls
+    with pytest.raises(VerificationError, match="pinned head"):
+        read_history(store, digest, expected_head=head)
+    with pytest.raises(VerificationError, match="pinned head"):
+        run_check(store, history_head=head, transport=prov.transport())
+    (store / "history.jsonl").unlink()
+    with pytest.raises(VerificationError, match="pinned head"):
+        run_check(store, history_head=head, transport=prov.transport())
+    assert prov.calls == calls  # refused before any query
+    # without a pin, the raw logs of the deleted checks still give the deletion away
+    with pytest.raises(VerificationError, match="never started"):
+        run_check(store, transport=prov.transport())
+
+
+def test_planted_raw_logs_are_never_reused(tmp_path):
+    """Attack (issue 20 §5): raw logs planted for the next check (copies of the baseline's answers) made
+    `check` answer no_change without asking the provider."""
+    prov = ClosedProvider()
+    store = _baseline(tmp_path, prov)
+    digest = load_baseline(store)["digest"]
+    prov.settings = {"version": "B"}  # the provider has switched
+    for c in range(2):
+        (store / "raw" / f"check-0001-r{c}.jsonl").write_bytes((store / "raw" / f"baseline-r{c}.jsonl").read_bytes())
+    calls = prov.calls
+    with pytest.raises(VerificationError, match="never started"):
+        run_check(store, transport=prov.transport())
+    assert prov.calls == calls
+    # a forged start record does not help against a pinned head: the check restarts and asks the provider
+    from specguard.audit.monitor import HISTORY_TAG, _digest
+
+    record = {"kind": "started", "check": 1, "time": 0.0, "repeats": 2, "prev": digest,
+              "raw_logs": {"check-0001-r0.jsonl": None, "check-0001-r1.jsonl": None}}
+    (store / "history.jsonl").write_text(json.dumps({"record": record, "digest": _digest(HISTORY_TAG, record)}) + "\n")
+    res = run_check(store, history_head=digest, transport=prov.transport())
+    assert res["verdict"] == "change" and prov.calls == calls + 2 * len(PROMPTS)
+    assert len(list((store / "raw" / "discarded").iterdir())) == 2
+    assert read_history(store, digest, expected_head=res["history_head"])[-1]["verdict"] == "change"
+
+
+def test_an_interrupted_check_resumes_from_its_own_raw_logs(tmp_path):
+    prov = ClosedProvider()
+    store = _baseline(tmp_path, prov)
+    digest = load_baseline(store)["digest"]
+    from specguard.audit.monitor import _start_check
+
+    index, names = _start_check(store, digest, 2, None)  # started, then killed before any answer was used
+    assert index == 1 and names == ["check-0001-r0.jsonl", "check-0001-r1.jsonl"]
+    for c in range(2):
+        (store / "raw" / names[c]).write_bytes((store / "raw" / f"baseline-r{c}.jsonl").read_bytes())
+    calls = prov.calls
+    res = run_check(store, transport=prov.transport())
+    assert res["verdict"] == "no_change" and prov.calls == calls  # its own start is in the history: reused
+    kinds = [json.loads(line)["record"].get("kind") for line in (store / "history.jsonl").read_text().splitlines()]
+    assert kinds == ["started", "check"]
+
+
+def test_a_baseline_mixing_in_a_cheap_model_is_nondeterministic_not_the_null(tmp_path):
+    """Attack (issue 20 §5): a provider answering part of the baseline from a cheap model inflates the
+    measured noise, so a later full switch to that model passed as no_change."""
+    prov = ClosedProvider(sigma=0.05)
+    prov.mix = 0.5
+    store = _baseline(tmp_path, prov)
+    prov.mix, prov.settings = 0.0, {"sigma": 0.05, "version": "B"}
+    res = run_check(store, transport=prov.transport())
+    assert res["verdict"] == "inconclusive", res["reasons"]
+    assert "non-deterministic" in res["reasons"][0]
+    assert not res["baseline_determinism"]["deterministic"]
+    # the same switch against an honest baseline is a change
+    honest = ClosedProvider(sigma=0.05)
+    store2 = _baseline(tmp_path / "honest", honest)
+    honest.settings = {"sigma": 0.05, "version": "B"}
+    assert run_check(store2, transport=honest.transport())["verdict"] == "change"
+    # the insecure opt-in is explicit and every check says so
+    mixed = ClosedProvider(sigma=0.05)
+    mixed.mix = 0.5
+    store3 = _baseline(tmp_path / "accepted", mixed, allow_nondeterministic=True)
+    accepted = run_check(store3, transport=mixed.transport())
+    assert any(r.startswith("WARNING: the baseline is non-deterministic") for r in accepted["reasons"])
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05, 0.3, 1.0])
+def test_honest_engine_noise_is_not_called_nondeterministic(sigma):
+    from specguard.audit.monitor_stats import baseline_determinism
+
+    flagged = 0
+    for t in range(50):
+        rng = np.random.default_rng(t)
+        runs = [[closed_run(f"t{t} p{j}", sigma=sigma, rng=rng) for _ in range(4)] for j in range(4)]
+        flagged += not baseline_determinism(runs, 1e-3)["deterministic"]
+    assert flagged == 0
+
+
 def test_hostile_or_missing_answers_are_recorded_not_crashes(tmp_path):
     prov = ClosedProvider()
     store = _baseline(tmp_path, prov)
@@ -397,3 +517,8 @@ def test_cli_switch_mid_run_on_a_provider_with_other_threads(sim, capsys):
     assert "no_change" in out and "change" in out.splitlines()[-1]
     code, _, err = run_cli(capsys, "audit", "monitor", "check", "--store", store, "--baseline-digest", "sha256:00")
     assert code == VerificationError.exit_code and "pinned" in err
+    head = re.search(r"history head (sha256:[0-9a-f]{64})", out2).group(1)
+    code, out, err = run_cli(capsys, "audit", "monitor", "history", "--store", store, "--history-head", head)
+    assert code == 0 and f"history head {head}" in out, err
+    code, _, err = run_cli(capsys, "audit", "monitor", "check", "--store", store, "--history-head", digest)
+    assert code == VerificationError.exit_code and "after the pinned head" in err
