@@ -32,11 +32,13 @@ def plugins_command() -> None:
 @cli.command(name="models")
 @click.argument("ref", required=False, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def models_command(ref: str | None, as_json: bool) -> None:
+@click.option("--runtime", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True,
+              help="Load with this runtime (llamacpp: a GGUF as is, no torch weights).")
+def models_command(ref: str | None, as_json: bool, runtime: str = "torch") -> None:
     """Resolve a model reference (default: smollm2-135m), load it and print its digest."""
     from .models import load_model
 
-    info = load_model(ref).describe()
+    info = load_model(ref, runtime=runtime).describe()
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -62,9 +64,13 @@ def models_command(ref: str | None, as_json: bool) -> None:
 @click.option("--mode", type=click.Choice(["gumbel", "speculative-sampling"]), default="gumbel", show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
-def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json) -> None:
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="The torch runtime's precision (llamacpp runs the GGUF's own types).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the torch runtime holds the weights.")
+def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit_layer, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos, as_json, dtype="fp32", device="cpu") -> None:
     """Generate text with target-verified speculative decoding (or another --engine)."""
-    from .engine.factory import check_engine_name, make_drafter, make_engine
+    from .engine.factory import check_engine_name, make_drafter, make_engine, runtime_for_engine
     from .errors import UsageError
     from .models import load_model
     from .transcript import SamplingParams
@@ -78,7 +84,7 @@ def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, exit
         ignore_eos=ignore_eos,
     )
     check_engine_name(engine)  # before the model loads
-    target = load_model(model_ref)
+    target = load_model(model_ref, runtime=runtime_for_engine(engine), dtype=dtype, device=device)
     engine = make_engine(target, make_drafter(drafter, target, {"draft_model": draft_model, "exit_layer": exit_layer}),
                          engine)
     prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if chat else target.encode(prompt)

@@ -43,6 +43,9 @@ def target_gguf(target: LoadedModel) -> Path | None:
     """The GGUF file the target was loaded from (an alias like smollm2-135m, or a .gguf path), or None."""
     from .models import resolve
 
+    known = getattr(target, "gguf_path", None)
+    if known is not None:
+        return Path(known)
     try:
         kind, location = resolve(target.name)
     except SpecguardError:
@@ -84,9 +87,10 @@ class LlamaPool:
             if idle:
                 return idle.pop()
         llama_cpp = llama_cpp_module()
+        settings: dict[str, Any] = {"logits_all": False, **extra}
         return llama_cpp.Llama(
             model_path=path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
-            logits_all=False, verbose=False, **extra,
+            verbose=False, **settings,
         )
 
     def release(self, path: str, n_threads: int, n_ctx: int, llama: Any, **extra: Any) -> None:
@@ -137,6 +141,9 @@ def file_sha256(path: str | Path) -> str:
 
 def model_file_digest(target: LoadedModel) -> str:
     """The digest of the file a target was loaded from, when it was a GGUF (else "")."""
+    known = getattr(target, "file_digest", "")
+    if known:  # a llama.cpp runtime model hashed its file when it loaded
+        return str(known)
     source = str(getattr(target, "source", "") or "")
     if source.startswith("gguf:") and "#sha256:" in source:  # load_model hashed it already
         return "sha256:" + source.rsplit("#sha256:", 1)[1]

@@ -234,7 +234,8 @@ class Node:
         self.metrics = ServerMetrics()
         #: the continuous-batching scheduler of the built-in engine (None: one thread per request)
         self.scheduler: Any = None
-        if batching and engine_name in ("specguard", "builtin"):
+        # the batch scheduler builds its tensors on the CPU: a model on another device runs per request
+        if batching and engine_name in ("specguard", "builtin") and getattr(model, "device", "cpu") == "cpu":
             from .engine.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_ROWS, BatchScheduler
 
             max_concurrency = DEFAULT_MAX_BATCH if max_concurrency is None else max_concurrency
@@ -296,6 +297,8 @@ class Node:
             "max_context": self.max_context,
             "drafter": self.drafter_name,
             "engine": {"name": self.engine_name, "version": self.engine_capabilities.version},
+            "runtime": {"name": getattr(self.model, "runtime", "torch"), "dtype": getattr(self.model, "dtype", "fp32"),
+                        "device": getattr(self.model, "device", "cpu")},
             "key_id": self.key_id,
             "public_key": self.public_key_bytes.hex(),
             "policy": {"name": self.policy.name, "digest": self.policy.digest, "insecure": self.policy.insecure},
@@ -322,18 +325,21 @@ def build_node(
     exit_layer: int | None = None,
     policy: str | None = None,
     drafter_api_key: str | None = None,
+    dtype: str = "fp32",
+    device: str = "cpu",
     **kwargs: Any,
 ) -> Node:
     """Load the model and policy named on the command line and build a Node."""
-    from .engine.factory import check_engine_name
+    from .engine.factory import check_engine_name, runtime_for_engine
     from .models import load_model
     from .policies import load_policy
 
     if drafter == "remote" and not drafter_url:
         raise ConfigError("--drafter remote needs --drafter-url URL", field="--drafter-url")
-    check_engine_name(kwargs.get("engine_name", "specguard"))  # before the model loads
+    engine_name = kwargs.get("engine_name", "specguard")
+    check_engine_name(engine_name)  # before the model loads
     pol = load_policy(policy or "dev")
-    target = load_model(model_ref)
+    target = load_model(model_ref, runtime=runtime_for_engine(engine_name), dtype=dtype, device=device)
     options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url,
                "drafter_api_key": drafter_api_key}
     return Node(target, drafter=drafter, drafter_options=options, policy=pol, **kwargs)

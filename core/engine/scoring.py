@@ -64,9 +64,9 @@ def score(
         raise RequestError("sequence longer than the model's context", field="output_ids", got=len(prompt_ids) + len(output_ids))
     params = params or SamplingParams(max_tokens=max(1, len(output_ids)))
     n = len(output_ids)
-    ids = torch.tensor([list(prompt_ids) + list(output_ids)])
+    ids = torch.tensor([list(prompt_ids) + list(output_ids)], device=getattr(target.model, "device", None))
     out = target.model(input_ids=ids, use_cache=False, logits_to_keep=n + 1)
-    logits = out.logits[0, -(n + 1) : -1].float()
+    logits = out.logits[0, -(n + 1) : -1].float().cpu()  # a no-op on the CPU
     logp = torch.log_softmax(logits, dim=-1)
     top = torch.topk(logp, top_k, dim=-1) if top_k else None
     scores = decision_scores(logits, params, list(range(n)))

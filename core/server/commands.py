@@ -45,6 +45,11 @@ log = logging.getLogger("specguard.server")
 @click.option("--served-model-name", default=None, help="Name clients use in `model` (default: the model reference).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads: torch's, and the engine's (llamacpp: default half the CPUs).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="The torch runtime's precision (weights loaded at it, no fp32 copy). llamacpp runs the GGUF's "
+                   "own types.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the torch runtime holds the weights.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
 @click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
@@ -58,7 +63,7 @@ log = logging.getLogger("specguard.server")
 def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref,
                   max_concurrency, batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers,
                   verifier_keys, quorum,
-                  served_model_name, threads, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
+                  served_model_name, threads, dtype, device, log_level, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
     if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
@@ -85,12 +90,15 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
         engine_name=engine, engine_options={"threads": threads}, batching=batching, max_batch_rows=max_batch_rows,
+        dtype=dtype, device=device,
     )
     app = create_app(node, api_keys=security.api_keys)
     info = node.describe()
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1", err=True)
     click.echo(f"  model digest   {info['model_digest']}", err=True)
+    runtime = info.get("runtime", {})
+    click.echo(f"  runtime        {runtime.get('name')} {runtime.get('dtype')} on {runtime.get('device')}", err=True)
     click.echo(f"  node key id    {info['key_id']}  (public key {info['public_key']})", err=True)
     click.echo(f"  log origin     {info['log_origin']}", err=True)
     click.echo(f"  policy         {node.policy.name} ({node.policy.digest})", err=True)
