@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..drafters.base import Drafter
 from ..errors import RequestError, UsageError
@@ -58,7 +57,6 @@ from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
-from .sampling import choose, decision_scores
 from .stops import cut_at_stop_token, cut_text, trim_at_stop_string
 
 __all__ = ["GumbelLogitsProcessor", "LlamaCppEngine", "build", "decide", "token_record"]
@@ -82,6 +80,10 @@ def decide(logits: np.ndarray, params: SamplingParams, position: int) -> tuple[i
         rest = np.delete(row, token)
         margin = float(row[token] - rest.max()) if rest.size else math.inf
         return token, margin if math.isfinite(margin) else math.inf
+    import torch  # only sampled requests need it: a greedy llama.cpp server never imports torch
+
+    from .sampling import choose, decision_scores
+
     scores = decision_scores(torch.from_numpy(np.array(logits, dtype=np.float32, copy=True))[None], params, [position])
     ids, margins = choose(scores)
     return int(ids[0]), float(margins[0])

@@ -4,12 +4,13 @@
 
 - identity: the v3 digest streamed from the file (specguard.runtime.digest), and the SHA-256
   of the file's bytes (`model_file_digest`, what receipts name as the engine's file);
-- tokenizer, chat template, generation config (EOS ids) and context length: built by
-  transformers from the GGUF's *metadata* only (no tensor is read), exactly as the torch
-  runtime builds them when it converts the same file, so prompt ids, decoded text and the
-  tokenizer digest are the same in both runtimes (and as in receipts signed before runtimes
-  existed). They are cached (a few MB, no weights) under `$SPECGUARD_HOME/models/<sha256>.tokenizer/`
-  or taken from the torch runtime's converted copy when one exists;
+- tokenizer, chat template, generation config (EOS ids) and context length: written once by
+  transformers (in a child process) from the GGUF's *metadata* only (no tensor is read), exactly
+  as the torch runtime writes them when it converts the same file, and served here by
+  `specguard.runtime.tokenizer.FileTokenizer` (no transformers, no torch in this process), so
+  prompt ids, decoded text and the tokenizer digest are the same in both runtimes (and as in
+  receipts signed before runtimes existed). They are cached (a few MB, no weights) under
+  `$SPECGUARD_HOME/models/<sha256>.tokenizer/`, or taken from the torch runtime's converted copy;
 - computation: llama.cpp contexts from the shared pool (specguard.llamacpp_runtime), which
   memory-maps the GGUF: resident memory is about the file plus the KV cache.
 
@@ -24,11 +25,13 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ModelError, RequestError
-from ..models import LoadedModel, _file_sha256, _quiet_transformers, model_cache_dir, recorded_legacy_digest
+from ..models import LoadedModel, _file_sha256, model_cache_dir, recorded_legacy_digest
 from .gguf_file import GGUFFile, read_gguf
+from .tokenizer import FileTokenizer, write_tokenizer_dir_in_child
 
 _TOKENIZER_FORMAT = "1"
 
@@ -131,58 +134,49 @@ def _vocab_size(info: GGUFFile | None) -> int:
 
 def _tokenizer_dir(path: Path) -> Path:
     """A directory with the GGUF's tokenizer, config and generation config (no weights), made once."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
     from ..models import _lock
 
     key = _file_sha256(path)
     converted = model_cache_dir() / key
-    if (converted / "specguard.json").is_file() and (converted / "config.json").is_file():
+    if (converted / "specguard.json").is_file() and (converted / "tokenizer.json").is_file():
         return converted  # the torch runtime's full conversion: the same tokenizer files
     target = model_cache_dir() / f"{key}.tokenizer"
     marker = target / "specguard.json"
     with _lock:
         if marker.is_file() and json.loads(marker.read_text()).get("format") == _TOKENIZER_FORMAT:
             return target
-        _quiet_transformers()
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        except (OSError, ValueError, KeyError) as exc:
+            write_tokenizer_dir_in_child(path, tmp)
+        except ModelError:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(f"cannot read the tokenizer and config from {path.name}: {exc}", field="model",
-                             got=str(path)) from exc
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        config.save_pretrained(tmp)
-        GenerationConfig.from_model_config(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+            raise
         (tmp / "specguard.json").write_text(json.dumps({"format": _TOKENIZER_FORMAT, "gguf": path.name}))
         shutil.rmtree(target, ignore_errors=True)
         tmp.replace(target)
     return target
 
 
+def _json_namespace(path: Path) -> SimpleNamespace:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}", field="model", got=str(exc)) from exc
+    return SimpleNamespace(**data) if isinstance(data, dict) else SimpleNamespace()
+
+
 def load_llamacpp(path: Path, name: str) -> LlamaCppModel:
     """The llama.cpp runtime's handle on a GGUF: identity streamed, tokenizer from metadata, no weights."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    from ..llamacpp_runtime import file_sha256, llama_cpp_module
+    from ..llamacpp_runtime import file_sha256
     from .digest import gguf_model_digest
 
-    llama_cpp_module("engine")
     info = read_gguf(path)
     folder = _tokenizer_dir(path)
-    _quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        config = AutoConfig.from_pretrained(str(folder))
-        generation = GenerationConfig.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer and config cached in {folder}: {exc}") from exc
+    tokenizer = FileTokenizer(folder)
+    config = _json_namespace(folder / "config.json")
+    generation = _json_namespace(folder / "generation_config.json")
     file_digest = file_sha256(path)
     model = LlamaCppModel(
         name=name, model=None, tokenizer=tokenizer, source=f"gguf:{path.name}#{file_digest}", gguf_path=path,

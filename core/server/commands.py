@@ -72,15 +72,15 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         return serve_pool(model_ref, role=role, host=host, port=port, policy=policy_ref, threads=threads,
                           max_replicas=max_concurrency or 1, max_queue=max_queue, api_key=api_key,
                           api_keys_file=api_keys_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    import torch
-
     from ..consensus.config import key_value
     from ..node import build_node
     from .app import create_app
 
     trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
     security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
-    if threads is not None:
+    if threads is not None and engine != "llamacpp":  # a llama.cpp server never imports torch
+        import torch
+
         torch.set_num_threads(threads)
     node = build_node(
         model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
@@ -89,7 +89,7 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
-        engine_name=engine, engine_options={"threads": threads}, batching=batching, max_batch_rows=max_batch_rows,
+        engine_name=engine, engine_options={"threads": threads, "n_ctx": max_model_len if engine == "llamacpp" else None}, batching=batching, max_batch_rows=max_batch_rows,
         dtype=dtype, device=device,
     )
     app = create_app(node, api_keys=security.api_keys)

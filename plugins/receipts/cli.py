@@ -167,9 +167,11 @@ def canonical_request(path: str) -> dict[str, Any]:
 
 
 def _decoder(model_ref: str) -> TextDecoder:
-    from specguard.models import load_model
+    from specguard.models import load_model, resolve
 
-    model = load_model(model_ref)
+    # a GGUF: its tokenizer from the file's metadata, no weights loaded (the same tokenizer either runtime uses)
+    runtime = "llamacpp" if resolve(model_ref)[0] == "gguf" else "torch"
+    model = load_model(model_ref, runtime=runtime)
     return TextDecoder(decode=model.decode, tokenizer_digest=model.tokenizer_digest)
 
 
