@@ -25,10 +25,13 @@ Commands (`--commands`, comma-separated):
   run saved (tokenizer from the GGUF's metadata only);
 - `digest`: `specguard models FILE.gguf --runtime llamacpp` (the v3 digest streamed from disk).
 
-    python bench/scale.py [--shapes 1b,3b,8b] [--quant q4_k|q8_0] [--commands serve-llamacpp,verify-model,digest]
-                          [--max-tokens 32] [--threads 2] [--no-doc]
+    python bench/scale.py [--shapes default,1b,3b,8b] [--quant q4_k|q8_0]
+                          [--commands digest,serve-llamacpp,verify-model,serve-torch]
+                          [--max-tokens 32] [--threads 2] [--max-model-len N] [--no-doc]
 
-Not run in CI (multi-GB files). Writes section "scale" of docs/benchmarks.md unless --no-doc.
+`default` is the default model's own GGUF (SmolLM2-135M Q4_1, 98 MB), not a random one.
+
+Not run in CI (multi-GB files). Writes section "scale-SHAPES-QUANT" of docs/benchmarks.md unless --no-doc.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from support.servers import free_port, specguard_cmd, start_process  # noqa: E40
 
 SHAPES = {
     # name: (layers, hidden, heads, kv_heads, ffn, vocab, tied)
-    "tiny": (2, 256, 4, 2, 512, 128256, True),
+    "tiny": (2, 256, 4, 2, 512, 128256, True),  # to check the script quickly
     "1b": (16, 2048, 32, 8, 8192, 128256, True),
     "3b": (28, 3072, 24, 8, 8192, 128256, True),
     "8b": (32, 4096, 32, 8, 14336, 128256, False),
@@ -251,8 +254,18 @@ def serve_once(argv: list[str], env: dict[str, str], max_tokens: int, save: Path
     return {"peak_kb": peak, "first_answer_s": first_answer, "tokens_per_s": tokens / seconds if seconds else 0.0}
 
 
-def measure(shape: str, quant: str, commands: list[str], max_tokens: int, threads: int, home: Path) -> list[dict]:
-    path = build_gguf(shape, quant)
+def model_path(shape: str, quant: str) -> Path:
+    """`default`: the default model's own GGUF (SmolLM2-135M Q4_1); else the cached random GGUF."""
+    if shape == "default":
+        from specguard.models import resolve
+
+        return Path(resolve(None)[1])
+    return build_gguf(shape, quant)
+
+
+def measure(shape: str, quant: str, commands: list[str], max_tokens: int, threads: int, home: Path,
+            max_model_len: int | None = None) -> list[dict]:
+    path = model_path(shape, quant)
     size = path.stat().st_size
     env = {"SPECGUARD_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
     rows = []
@@ -264,9 +277,11 @@ def measure(shape: str, quant: str, commands: list[str], max_tokens: int, thread
 
     for command in commands:
         if command == "serve-llamacpp":
+            limit = ["--max-model-len", str(max_model_len)] if max_model_len else []
             r = serve_once(specguard_cmd("serve", "--model", str(path), "--engine", "llamacpp", "--threads",
-                                         str(threads), "--max-model-len", "2048"), env, max_tokens, saved)
-            rows.append(row(command, int(r["peak_kb"]), r["first_answer_s"], r["tokens_per_s"]))
+                                         str(threads), *limit), env, max_tokens, saved)
+            label = command + (f" (--max-model-len {max_model_len})" if max_model_len else " (model's context)")
+            rows.append(row(label, int(r["peak_kb"]), r["first_answer_s"], r["tokens_per_s"]))
         elif command == "serve-torch":
             peak, secs, _ = run_once(specguard_cmd("models", str(path)), env)
             rows.append(row("convert (GGUF -> fp32 cache, once)", peak, secs, None))
@@ -294,6 +309,7 @@ def main() -> None:
     ap.add_argument("--commands", default="digest,serve-llamacpp,verify-model")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-model-len", type=int, default=None, help="serve-llamacpp: cap the context (KV cache)")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
     rows = []
@@ -302,15 +318,18 @@ def main() -> None:
         models = Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard") / "models"
         (home / "models").symlink_to(models, target_is_directory=True)  # reuse converted/tokenizer caches
         for shape in args.shapes.split(","):
-            rows += measure(shape, args.quant, args.commands.split(","), args.max_tokens, args.threads, home)
+            rows += measure(shape, args.quant, args.commands.split(","), args.max_tokens, args.threads, home,
+                            args.max_model_len)
     if args.no_doc:
         return
     fmt = [[r["shape"], r["quant"], f"{r['file_gb']:.2f}", r["command"], f"{r['peak_gb']:.2f}",
             f"{r['peak_over_file']:.2f}", "" if r["first_answer_s"] is None else f"{r['first_answer_s']:.1f}",
             "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"] for r in rows]
-    body = table(["shape", "quant", "file GB", "command", "peak RSS GB", "peak / file", "first answer s (or run s)",
+    load = os.getloadavg()[0]
+    body = (f"Load average at the end: {load:.1f} on {os.cpu_count()} cores (timings under that load; memory is "
+            "what this section is for). Peak RSS is the process's VmHWM (children included).\n\n") + table(["shape", "quant", "file GB", "command", "peak RSS GB", "peak / file", "first answer s (or run s)",
                   "tok/s"], fmt)
-    write_section("scale", "Real-size runtimes (bench/scale.py)",
+    write_section(f"scale-{args.shapes}-{args.quant}", f"Real-size runtimes: {args.shapes} (bench/scale.py)",
                   f"python bench/scale.py --shapes {args.shapes} --quant {args.quant} --commands {args.commands}", body)
 
 
