@@ -26,9 +26,13 @@ output would depend on the draft (see docs/engines.md). It is not re-derivable b
 torch scoring (`rederivable=False`): Q4 weights and other kernels; its transcripts say so
 (`Transcript.engine_rederivable`) and record the engine version and the GGUF's SHA-256.
 
+The target is usually a llama.cpp-runtime model (specguard.runtime.llamacpp: no torch weights;
+what `serve --engine llamacpp` loads); a torch-loaded target of the same GGUF gives the same tokens.
+
 Options (`make_engine(target, drafter, "llamacpp", options)`; `specguard serve --engine llamacpp
---threads N`): `gguf` (default: the GGUF the target was loaded from), `threads` (default: half the
-CPUs, as llama-cpp-python), `n_ctx` (default: the target's context, at most 8192), `kv_type`
+--threads N --max-model-len N`): `gguf` (default: the GGUF the target was loaded from), `threads`
+(default: half the CPUs, as llama-cpp-python), `n_ctx` (default: the target's context, at most 8192;
+`--max-model-len`), `kv_type`
 ("f16" default as llama.cpp, or "f32"), `top_logprobs` (default number of alternatives, 5).
 """
 
