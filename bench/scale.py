@@ -271,8 +271,13 @@ def measure(shape: str, quant: str, commands: list[str], max_tokens: int, thread
     rows = []
     saved = home / f"{shape}-{quant}-response.json"
 
+    from specguard.runtime.gguf_file import read_gguf
+    from specguard.runtime.llamacpp import _file_type
+
+    qname = _file_type(read_gguf(path))  # the file's own dominant type (the default model is Q4_1)
+
     def row(command: str, peak_kb: int, first: float | None, tps: float | None) -> dict:
-        return {"shape": shape, "quant": quant, "file_gb": size / 1e9, "command": command, "peak_gb": peak_kb / 1e6,
+        return {"shape": shape, "quant": qname, "file_gb": size / 1e9, "command": command, "peak_gb": peak_kb / 1e6,
                 "peak_over_file": peak_kb * 1e3 / size, "first_answer_s": first, "tokens_per_s": tps}
 
     for command in commands:
@@ -329,8 +334,11 @@ def main() -> None:
     body = (f"Load average at the end: {load:.1f} on {os.cpu_count()} cores (timings under that load; memory is "
             "what this section is for). Peak RSS is the process's VmHWM (children included).\n\n") + table(["shape", "quant", "file GB", "command", "peak RSS GB", "peak / file", "first answer s (or run s)",
                   "tok/s"], fmt)
-    write_section(f"scale-{args.shapes}-{args.quant}", f"Real-size runtimes: {args.shapes} (bench/scale.py)",
-                  f"python bench/scale.py --shapes {args.shapes} --quant {args.quant} --commands {args.commands}", body)
+    limit = f" --max-model-len {args.max_model_len}" if args.max_model_len else ""
+    write_section(f"scale-{args.shapes}-{args.quant}{limit.replace(' --max-model-len ', '-ctx')}",
+                  f"Real-size runtimes: {args.shapes}{limit} (bench/scale.py)",
+                  f"python bench/scale.py --shapes {args.shapes} --quant {args.quant} --commands {args.commands} "
+                  f"--threads {args.threads} --max-tokens {args.max_tokens}{limit}", body)
 
 
 if __name__ == "__main__":
