@@ -139,3 +139,14 @@ def _cache_root() -> str:
     from specguard.models import model_cache_dir
 
     return str(model_cache_dir())
+
+
+def test_verify_model_with_a_gguf_reads_only_its_tokenizer(default_model):
+    """`specguard verify --model FILE.gguf` checks the response text with the GGUF's own tokenizer
+    (no weights): the same digest and decoding as the torch runtime's, so old receipts still check."""
+    from specguard.plugins.receipts.cli import _decoder
+
+    decoder = _decoder(str(default_model.gguf_path))
+    assert decoder.tokenizer_digest == default_model.tokenizer_digest
+    ids = default_model.encode_chat(CONVERSATIONS[1])
+    assert decoder.decode(ids) == default_model.decode(ids)
