@@ -30,7 +30,7 @@ from specguard.transcript import SamplingParams
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp runtime needs llama-cpp-python (make install)")
 
-#: generous: measured ~450 MB at the default 8192-token context (docs/benchmarks.md); the torch
+#: generous: measured 458 MB at the default 8192-token context (docs/benchmarks.md); the torch
 #: path this replaced peaked at ~1.4 GB
 PEAK_BOUND_KB = 600_000
 
