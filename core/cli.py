@@ -32,11 +32,13 @@ def plugins_command() -> None:
 @cli.command(name="models")
 @click.argument("ref", required=False, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def models_command(ref: str | None, as_json: bool) -> None:
+@click.option("--runtime", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True,
+              help="Load with this runtime (llamacpp: a GGUF as is, no torch weights).")
+def models_command(ref: str | None, as_json: bool, runtime: str = "torch") -> None:
     """Resolve a model reference (default: smollm2-135m), load it and print its digest."""
     from .models import load_model
 
-    info = load_model(ref).describe()
+    info = load_model(ref, runtime=runtime).describe()
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -72,14 +74,18 @@ def models_command(ref: str | None, as_json: bool) -> None:
               help="gumbel: seed-deterministic, re-derivable; speculative-sampling: trusted local drafters only.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS up to --max-tokens (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript and metrics as one JSON object.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="The torch runtime's precision (llamacpp runs the GGUF's own types).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the torch runtime holds the weights.")
 def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, drafter_url, drafter_api_key, exit_layer,
                      threads, drafter_threads, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos,
-                     as_json) -> None:
+                     as_json, dtype="fp32", device="cpu") -> None:
     """Generate text with target-verified speculative decoding (or another --engine)."""
     import torch
 
     from .defaults import available_cpus, choose_defaults, llamacpp_drafter_available
-    from .engine.factory import check_engine_name, make_drafter, make_engine
+    from .engine.factory import check_engine_name, make_drafter, make_engine, runtime_for_engine
     from .errors import UsageError
     from .models import load_model
     from .transcript import SamplingParams
@@ -99,7 +105,7 @@ def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, draf
                                drafter=drafter, threads=threads, drafter_threads=drafter_threads)
     torch.set_num_threads(defaults.torch_threads)
     click.echo(f"[{defaults.describe()}]", err=True)
-    target = load_model(model_ref)
+    target = load_model(model_ref, runtime=runtime_for_engine(engine), dtype=dtype, device=device)
     options = {"draft_model": draft_model, "exit_layer": exit_layer, "drafter_url": drafter_url,
                "drafter_api_key": drafter_api_key, **defaults.drafter_options()}
     options = {k: v for k, v in options.items() if v is not None}

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,9 @@ def target_gguf(target: LoadedModel) -> Path | None:
     """The GGUF file the target was loaded from (an alias like smollm2-135m, or a .gguf path), or None."""
     from .models import resolve
 
+    known = getattr(target, "gguf_path", None)
+    if known is not None:
+        return Path(known)
     try:
         kind, location = resolve(target.name)
     except SpecguardError:
@@ -58,6 +63,37 @@ def checked_gguf(path: Path | None, target: LoadedModel, who: str, how: str) -> 
     if not path.is_file():
         raise UsageError("GGUF file not found", field="gguf", got=str(path))
     return path
+
+
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(repack: bool) -> Iterator[None]:
+    """llama.cpp model parameters for one `Llama(...)` load: `use_extra_bufts = repack`.
+
+    llama.cpp's CPU backend by default *repacks* Q4_0/Q4_K/IQ4_NL weights into an interleaved copy
+    in anonymous memory, so a memory-mapped 4.5 GB Q4_K file costs ~9 GB resident. With repacking
+    off (specguard's default) the kernels read the mapped file in place: resident ≈ the file + KV
+    cache. llama-cpp-python does not expose the flag, so its default-parameters function is
+    wrapped for the duration of the load (under a lock: loads are serialized).
+    """
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        if hasattr(value, "use_extra_bufts"):
+            value.use_extra_bufts = repack
+        return value
+
+    with _params_lock:
+        low.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
 
 
 class LlamaPool:
@@ -84,10 +120,13 @@ class LlamaPool:
             if idle:
                 return idle.pop()
         llama_cpp = llama_cpp_module()
-        return llama_cpp.Llama(
-            model_path=path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
-            logits_all=False, verbose=False, **extra,
-        )
+        settings: dict[str, Any] = {"logits_all": False, **extra}
+        repack = bool(settings.pop("repack", False))
+        with _model_params(repack):
+            return llama_cpp.Llama(
+                model_path=path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=n_threads, n_threads_batch=n_threads,
+                verbose=False, **settings,
+            )
 
     def release(self, path: str, n_threads: int, n_ctx: int, llama: Any, **extra: Any) -> None:
         key = self._key(path, n_threads, n_ctx, extra)
@@ -137,6 +176,9 @@ def file_sha256(path: str | Path) -> str:
 
 def model_file_digest(target: LoadedModel) -> str:
     """The digest of the file a target was loaded from, when it was a GGUF (else "")."""
+    known = getattr(target, "file_digest", "")
+    if known:  # a llama.cpp runtime model hashed its file when it loaded
+        return str(known)
     source = str(getattr(target, "source", "") or "")
     if source.startswith("gguf:") and "#sha256:" in source:  # load_model hashed it already
         return "sha256:" + source.rsplit("#sha256:", 1)[1]

@@ -6,12 +6,21 @@ A model reference is one of:
 - a local Hugging Face model directory (config.json + weights);
 - a hub id `org/name` (works only where a model hub is reachable).
 
-GGUF files are dequantized once (~17 s) and cached as safetensors under
-`$SPECGUARD_HOME/models/<sha256 of the GGUF>/`, so later loads take a second or two.
+`load_model(ref, runtime=..., dtype=..., device=...)` picks the runtime (specguard.runtime):
 
-Every loaded model has a *model digest*: SHA-256 over its architecture, canonical config,
-generation config and tensors in canonical order (see `model_digest`), which receipts and
-audits use to name the model.
+- `torch` (default): a transformers model at `dtype` (`fp32` default, `bf16`, `fp16`) on
+  `device` (`cpu` default, `cuda`). Safetensors are memory-mapped and cast tensor by tensor, so
+  a bf16 load never holds an fp32 copy. A GGUF is dequantized once (~17 s) and cached as
+  safetensors under `$SPECGUARD_HOME/models/<sha256 of the GGUF>/`;
+- `llamacpp`: the GGUF as is (specguard.runtime.llamacpp): no torch weights at all; the
+  tokenizer, chat template and generation config come from the GGUF's metadata.
+
+Every loaded model has a *model digest* naming it in receipts and audits. A GGUF (either
+runtime) is named by its v3 digest, streamed from the file's tensors and metadata without
+dequantizing (specguard.runtime.digest); a model directory or an in-memory model by the v2
+digest over its architecture, canonical config, generation config and tensors (`model_digest`).
+`LoadedModel.accepts_digest` also accepts a GGUF's v2 digest, so receipts signed before v3 keep
+verifying.
 """
 
 from __future__ import annotations
@@ -57,9 +66,19 @@ def model_cache_dir() -> Path:
     return Path(explicit) if explicit else home_dir() / "models"
 
 
+DTYPES = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+RUNTIMES = ("torch", "llamacpp")
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 @dataclass
 class LoadedModel:
-    """A target or draft model with its tokenizer and identity."""
+    """A target or draft model with its tokenizer and identity (the torch runtime).
+
+    `gguf_path` is the GGUF the model was loaded from (None for a directory or an in-memory
+    model); `device` is where its weights live.
+    """
 
     name: str
     model: Any
@@ -67,10 +86,15 @@ class LoadedModel:
     source: str
     _digest: str | None = field(default=None, repr=False)
     _tokenizer_digest: str | None = field(default=None, repr=False)
+    gguf_path: Path | None = field(default=None, repr=False)
+    device: str = "cpu"
+    _legacy_digest: str | None = field(default=None, repr=False)
+
+    runtime = "torch"
 
     @property
     def digest(self) -> str:
-        """`sha256:<hex>` over config, generation config and tensors (computed once, on first use)."""
+        """`sha256:<hex>`: v3 of the GGUF it was loaded from, else v2 over config and tensors (computed once)."""
         if self._digest is None:
             from .progress import phase
 
@@ -78,6 +102,50 @@ class LoadedModel:
             with phase(f"Computing the model digest of {self.name} ({tensors} tensors)", total=tensors) as progress:
                 self._digest = model_digest(self.model, on_tensor=progress.advance)
         return self._digest
+
+    @property
+    def dtype(self) -> str:
+        """`fp32`, `bf16` or `fp16`: the dtype the weights are held (and computed) in."""
+        first = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        name = str(first.dtype).replace("torch.", "") if first is not None else "fp32"
+        return {v: k for k, v in _TORCH_DTYPES.items()}.get(name, name)
+
+    @property
+    def runtime_label(self) -> str:
+        """How the runtime is named after the engine version: "" for torch fp32 on cpu (as before
+        runtimes existed), else e.g. " (torch bf16 cpu)"."""
+        dtype = self.dtype
+        return "" if (dtype, self.device) == ("fp32", "cpu") else f" (torch {dtype} {self.device})"
+
+    @property
+    def legacy_digest(self) -> str:
+        """The v2 digest: over the fp32 torch weights and transformers config (computed once, on use).
+
+        For a GGUF this is what receipts signed before the v3 digest name; a model held at another
+        dtype or by llama.cpp loads the fp32 copy once to compute it."""
+        if self._legacy_digest is None:
+            if self.gguf_path is None:
+                self._legacy_digest = self.digest
+            elif self.model is not None and self.dtype == "fp32":
+                self._legacy_digest = model_digest(self.model)
+                _record_legacy_digest(self.gguf_path, self._legacy_digest)
+            else:
+                self._legacy_digest = recorded_legacy_digest(self.gguf_path) or \
+                    load_model(str(self.gguf_path)).legacy_digest
+        return self._legacy_digest
+
+    def accepts_digest(self, digest: str) -> bool:
+        """True when `digest` names this model: its digest, or (a GGUF) its v2 digest from before v3.
+
+        Never loads another copy to find out: the v2 digest is hashed from fp32 weights when they
+        are held, else taken from what the torch runtime recorded on this machine; otherwise refused."""
+        if digest == self.digest:
+            return True
+        if self.gguf_path is None or not isinstance(digest, str) or not digest.startswith("sha256:"):
+            return False
+        if self._legacy_digest is None and not (self.model is not None and self.dtype == "fp32"):
+            return digest == recorded_legacy_digest(self.gguf_path)
+        return digest == self.legacy_digest
 
     @property
     def tokenizer_digest(self) -> str:
@@ -134,7 +202,37 @@ class LoadedModel:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "max_context": self.max_context,
+            "runtime": self.runtime,
+            "device": self.device,
         }
+
+
+_LEGACY_FILE = "legacy-digest-v2"
+
+
+def _record_legacy_digest(gguf: Path, digest: str) -> None:
+    """Remember a GGUF's v2 digest next to its converted copy (a pure function of the file's bytes)."""
+    folder = model_cache_dir() / _file_sha256(gguf)
+    if folder.is_dir() and not (folder / _LEGACY_FILE).is_file():
+        tmp = folder / (_LEGACY_FILE + ".tmp")
+        tmp.write_text(digest)
+        os.replace(tmp, folder / _LEGACY_FILE)
+
+
+def recorded_legacy_digest(gguf: Path) -> str | None:
+    """The v2 digest the torch runtime recorded for this GGUF on this machine, if any."""
+    path = model_cache_dir() / _file_sha256(gguf) / _LEGACY_FILE
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        return None
+    return value if value.startswith("sha256:") and len(value) == 71 else None
+
+
+def names_model(model: Any, digest: Any) -> bool:
+    """True when `digest` names `model` (its digest, or a GGUF's v2 digest from before v3)."""
+    accepts = getattr(model, "accepts_digest", None)
+    return bool(accepts(digest)) if callable(accepts) else digest == getattr(model, "digest", None)
 
 
 def _canonical_config(value: Any) -> Any:
@@ -302,7 +400,30 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
-def _load_dir(path: Path, name: str, source: str) -> LoadedModel:
+def check_runtime(runtime: str, dtype: str, device: str) -> None:
+    """Raise a UsageError naming the option unless runtime, dtype and device are known and fit together."""
+    from .errors import UsageError
+
+    if runtime not in RUNTIMES:
+        raise UsageError("unknown runtime", field="runtime", got=runtime, expected=list(RUNTIMES))
+    if dtype not in DTYPES:
+        raise UsageError("unknown dtype", field="--dtype", got=dtype, expected=list(DTYPES))
+    if device not in DEVICES:
+        raise UsageError("unknown device", field="--device", got=device, expected=list(DEVICES))
+    if runtime == "llamacpp" and (dtype, device) != ("fp32", "cpu"):
+        raise UsageError("--dtype and --device choose the torch runtime's precision; the llamacpp runtime runs "
+                         "the GGUF's own types on the CPU", field="--dtype" if dtype != "fp32" else "--device",
+                         got=dtype if dtype != "fp32" else device, expected="fp32 / cpu (the defaults)")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda but torch sees no CUDA device", field="--device", got=device,
+                             expected="cpu on this machine")
+
+
+def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    """A transformers model from a directory: safetensors are memory-mapped and cast per tensor to `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -310,31 +431,54 @@ def _load_dir(path: Path, name: str, source: str) -> LoadedModel:
 
     with phase(f"Loading {name} (fp32 weights and tokenizer)"):
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_TORCH_DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model from {path}: {exc}") from exc
+    if device != "cpu":
+        model = model.to(device)
     model.eval()
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, device=device)
 
 
-def load_model(ref: str | None = None) -> LoadedModel:
-    """Resolve and load a model reference (see module docstring)."""
+def gguf_cache_dir(path: Path) -> Path:
+    """The converted (dequantized) copy of a GGUF, converting it the first time (keyed by its SHA-256)."""
+    with _lock:
+        key = _file_sha256(path)
+        cached = model_cache_dir() / key
+        marker = cached / "specguard.json"
+        if not marker.is_file() or json.loads(marker.read_text()).get("format") != _CACHE_FORMAT:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, cached)
+    return cached
+
+
+def load_model(ref: str | None = None, *, runtime: str = "torch", dtype: str = "fp32",
+               device: str = "cpu") -> LoadedModel:
+    """Resolve and load a model reference (see module docstring) on `runtime` at `dtype` on `device`."""
+    check_runtime(runtime, dtype, device)
     kind, location = resolve(ref)
     name = ref or DEFAULT_MODEL
+    if runtime == "llamacpp":
+        if kind != "gguf":
+            raise ModelError("the llamacpp runtime runs GGUF files", field="model", got=name,
+                             expected="a .gguf file or an alias of one")
+        from .runtime.llamacpp import load_llamacpp
+
+        return load_llamacpp(Path(location), name)
     if kind == "gguf":
+        from .runtime.digest import gguf_model_digest
+
         path = Path(location)
-        with _lock:
-            key = _file_sha256(path)
-            cached = model_cache_dir() / key
-            marker = cached / "specguard.json"
-            if not marker.is_file() or json.loads(marker.read_text()).get("format") != _CACHE_FORMAT:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                _convert_gguf(path, cached)
-        return _load_dir(cached, name, f"gguf:{path.name}#sha256:{key}")
+        cached = gguf_cache_dir(path)
+        key = cached.name
+        loaded = _load_dir(cached, name, f"gguf:{path.name}#sha256:{key}", dtype, device)
+        loaded.gguf_path = path
+        loaded._digest = gguf_model_digest(path)
+        return loaded
     if kind == "dir":
-        return _load_dir(Path(location), name, f"dir:{location}")
-    return _load_hub(str(location))
+        return _load_dir(Path(location), name, f"dir:{location}", dtype, device)
+    return _load_hub(str(location), dtype, device)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -352,7 +496,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(repo_id: str) -> LoadedModel:
+def _load_hub(repo_id: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not _hub_reachable():
@@ -362,11 +506,11 @@ def _load_hub(repo_id: str) -> LoadedModel:
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo_id)
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype="float32")
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=_TORCH_DTYPES[dtype]).to(device)
     except Exception as exc:  # the hub client raises many unrelated types; all mean "not available"
         raise ModelError(
             f"cannot fetch {repo_id!r} from the model hub ({type(exc).__name__}). "
             "No hub is reachable here: use the alias smollm2-135m, a .gguf file or a local model directory."
         ) from exc
     model.eval()
-    return LoadedModel(name=repo_id, model=model, tokenizer=tokenizer, source=f"hub:{repo_id}")
+    return LoadedModel(name=repo_id, model=model, tokenizer=tokenizer, source=f"hub:{repo_id}", device=device)

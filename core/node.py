@@ -232,7 +232,8 @@ class Node(NodeContext):
         #: prompts longer than this (characters of all message contents, or token ids) are refused
         #: before tokenizing: a token is rarely longer than 16 characters, so 16 per context slot
         self.max_prompt_chars = max_prompt_chars or max(4096, 16 * self.max_context)
-        batched = batching and engine_name in ("specguard", "builtin")
+        # the batch scheduler builds its tensors on the CPU: a model on another device runs per request
+        batched = batching and engine_name in ("specguard", "builtin") and model.device == "cpu"
         if batched and max_concurrency is None:
             from .engine.batching import DEFAULT_MAX_BATCH
 
@@ -307,6 +308,7 @@ class Node(NodeContext):
             "max_context": self.max_context,
             "drafter": self.drafter_name,
             "engine": {"name": self.engine_name, "version": self.engine_capabilities.version},
+            "runtime": {"name": self.model.runtime, "dtype": self.model.dtype, "device": self.model.device},
             "key_id": self.key_id,
             "public_key": self.public_key_bytes.hex(),
             "policy": {"name": self.policy.name, "digest": self.policy.digest, "insecure": self.policy.insecure},
@@ -333,18 +335,21 @@ def build_node(
     policy: str | None = None,
     drafter_api_key: str | None = None,
     drafter_options: dict[str, Any] | None = None,
+    dtype: str = "fp32",
+    device: str = "cpu",
     **kwargs: Any,
 ) -> Node:
     """Load the model and policy named on the command line and build a Node."""
-    from .engine.factory import check_engine_name
+    from .engine.factory import check_engine_name, runtime_for_engine
     from .models import load_model
     from .policies import load_policy
 
     if drafter == "remote" and not drafter_url:
         raise ConfigError("--drafter remote needs --drafter-url URL", field="--drafter-url")
-    check_engine_name(kwargs.get("engine_name", "specguard"))  # before the model loads
+    engine_name = kwargs.get("engine_name", "specguard")
+    check_engine_name(engine_name)  # before the model loads
     pol = load_policy(policy or "dev")
-    target = load_model(model_ref)
+    target = load_model(model_ref, runtime=runtime_for_engine(engine_name), dtype=dtype, device=device)
     options = {"draft_model": draft_model, "exit_layer": exit_layer, "url": drafter_url,
                "drafter_api_key": drafter_api_key, **(drafter_options or {})}
     return Node(target, drafter=drafter, drafter_options=options, policy=pol, **kwargs)

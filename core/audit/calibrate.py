@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecguardError
-from ..models import LoadedModel
+from ..models import LoadedModel, names_model
 from . import AuditUsageError
 from .rescore import greedy_generate_batch, rescore
 from .statistics import prompt_logprob_stat
@@ -98,7 +98,7 @@ def committed(reference: LoadedModel) -> Path | None:
             cal = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(cal, dict) and cal.get("reference", {}).get("digest") == reference.digest:
+        if isinstance(cal, dict) and names_model(reference, cal.get("reference", {}).get("digest")):
             return path
     return None
 
@@ -219,7 +219,7 @@ def load(path: Path, reference: LoadedModel | None = None) -> dict[str, Any]:
     if not isinstance(cal, dict) or cal.get("format") != FORMAT or not isinstance(cal.get("setups"), dict):
         raise AuditUsageError("not a calibration file", field="format", got=cal.get("format") if isinstance(cal, dict) else None,
                               expected=FORMAT)
-    if reference is not None and cal.get("reference", {}).get("digest") != reference.digest:
+    if reference is not None and not names_model(reference, cal.get("reference", {}).get("digest")):
         raise AuditUsageError("calibration was measured on another model", field="reference.digest",
                               got=cal.get("reference", {}).get("digest"), expected=reference.digest)
     return cal

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RequestError
-from ..models import LoadedModel
+from ..models import LoadedModel, names_model
 from ..transcript import Transcript
 from .config import EXACT_ENGINES, EngineTolerance, UnknownEngineError
 
@@ -241,7 +241,7 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
         return Judgement(UNVERIFIABLE, ["params.seed: sampled request without a seed is not re-derivable"], stats)
 
     reasons: list[str] = []
-    if transcript.model_digest != model.digest:
+    if not names_model(model, transcript.model_digest):  # v3, or a GGUF's v2 from before v3
         reasons.append(f"model_digest: transcript names {transcript.model_digest}, verifier holds {model.digest}")
     if transcript.tokenizer_digest != model.tokenizer_digest:
         reasons.append(f"tokenizer_digest: transcript names {transcript.tokenizer_digest}, "

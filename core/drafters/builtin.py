@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from ..hookspecs import hookimpl
 from ..models import LoadedModel
 from .base import Drafter, NoDrafter
-from .model_drafter import ModelDrafter, early_exit_model
 from .ngram import NgramDrafter
 
 if TYPE_CHECKING:
@@ -32,12 +31,16 @@ def _draft_model(target: LoadedModel, options: dict[str, Any]) -> Drafter:
     draft = ref if isinstance(ref, LoadedModel) else load_model(str(ref))
     if draft.vocab_size != target.vocab_size:
         raise UsageError("draft model vocabulary differs from the target's", got=draft.vocab_size, expected=target.vocab_size)
+    from .model_drafter import ModelDrafter  # torch: imported only when a model drafter is built
+
     return ModelDrafter(draft.model, confidence=float(options.get("confidence", 0.3)))
 
 
 def _early_exit(target: LoadedModel, options: dict[str, Any]) -> Drafter:
     total = int(target.model.config.num_hidden_layers)
     layers = int(options.get("exit_layer") or max(1, total // 4))
+    from .model_drafter import ModelDrafter, early_exit_model
+
     drafter = ModelDrafter(early_exit_model(target.model, layers), confidence=float(options.get("confidence", 0.3)), name="early-exit")
     return drafter
 

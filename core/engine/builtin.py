@@ -5,15 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
-from .speculative import SpeculativeEngine
-from .transformers_engine import build as _transformers
+
+# engines import torch (and llama.cpp) only when built: a llama.cpp-only server never loads torch
 
 if TYPE_CHECKING:
     from ..hookspecs import Register
 
 
-def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> SpeculativeEngine:
+def _specguard(target: Any, drafter: Any, options: dict[str, Any]) -> Any:
+    from .speculative import SpeculativeEngine
+
     return SpeculativeEngine(target, drafter, top_logprobs=int(options.get("top_logprobs", 5)))
+
+
+def _transformers(target: Any, drafter: Any, options: dict[str, Any]) -> Any:
+    from .transformers_engine import build
+
+    return build(target, drafter, options)
 
 
 def _llamacpp(target: Any, drafter: Any, options: dict[str, Any]) -> Any:

@@ -9,7 +9,6 @@ from ..drafters.base import Drafter
 from ..errors import RequestError
 from ..models import LoadedModel
 from ..transcript import SamplingParams
-from .acceptance import uses_speculative_sampling
 
 MAX_TOP_LOGPROBS = 20
 
@@ -49,5 +48,7 @@ def with_seed(params: SamplingParams) -> SamplingParams:
 
 def check_mode(params: SamplingParams, drafter: Drafter) -> None:
     """speculative-sampling reads the drafter's q: only a trusted local drafter may take part."""
+    from .acceptance import uses_speculative_sampling  # torch: only engines that take drafts check modes
+
     if uses_speculative_sampling(params) and not drafter.trusted:
         raise RequestError("speculative-sampling mode needs a trusted local drafter", field="mode", got=drafter.name)

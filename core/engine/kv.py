@@ -28,8 +28,9 @@ def _cache_kwarg(model_type: type) -> str:
 def forward(model: Any, ids: list[int], cache: Any, logits_to_keep: int) -> torch.Tensor:
     """Run `ids` through `model` with `cache`; return the last `logits_to_keep` logits rows (float32)."""
     kwargs = {_cache_kwarg(type(model)): cache}
-    out = model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
-    return out.logits[0, -logits_to_keep:].float()
+    device = getattr(model, "device", None)
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
+    return out.logits[0, -logits_to_keep:].float().cpu()  # a no-op on the CPU
 
 
 def crop(cache: Any, keep: int) -> None:

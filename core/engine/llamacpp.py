@@ -26,9 +26,13 @@ output would depend on the draft (see docs/engines.md). It is not re-derivable b
 torch scoring (`rederivable=False`): Q4 weights and other kernels; its transcripts say so
 (`Transcript.engine_rederivable`) and record the engine version and the GGUF's SHA-256.
 
+The target is usually a llama.cpp-runtime model (specguard.runtime.llamacpp: no torch weights;
+what `serve --engine llamacpp` loads); a torch-loaded target of the same GGUF gives the same tokens.
+
 Options (`make_engine(target, drafter, "llamacpp", options)`; `specguard serve --engine llamacpp
---threads N`): `gguf` (default: the GGUF the target was loaded from), `threads` (default: half the
-CPUs, as llama-cpp-python), `n_ctx` (default: the target's context, at most 8192), `kv_type`
+--threads N --max-model-len N`): `gguf` (default: the GGUF the target was loaded from), `threads`
+(default: half the CPUs, as llama-cpp-python), `n_ctx` (default: the target's context, at most 8192;
+`--max-model-len`), `kv_type`
 ("f16" default as llama.cpp, or "f32"), `top_logprobs` (default number of alternatives, 5).
 """
 
@@ -41,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..drafters.base import Drafter
 from ..errors import RequestError, UsageError
@@ -58,7 +61,6 @@ from ..models import LoadedModel
 from ..transcript import SamplingParams, Step, TokenRecord, Transcript
 from .inputs import MAX_TOP_LOGPROBS, check_prompt, check_top_logprobs, with_seed
 from .interface import EngineCapabilities, EngineStream, StepCallback, StepEvent, StopCheck, drain
-from .sampling import choose, decision_scores
 from .stops import cut_at_stop_token, cut_text, trim_at_stop_string
 
 __all__ = ["GumbelLogitsProcessor", "LlamaCppEngine", "build", "decide", "token_record"]
@@ -82,6 +84,10 @@ def decide(logits: np.ndarray, params: SamplingParams, position: int) -> tuple[i
         rest = np.delete(row, token)
         margin = float(row[token] - rest.max()) if rest.size else math.inf
         return token, margin if math.isfinite(margin) else math.inf
+    import torch  # only sampled requests need it: a greedy llama.cpp server never imports torch
+
+    from .sampling import choose, decision_scores
+
     scores = decision_scores(torch.from_numpy(np.array(logits, dtype=np.float32, copy=True))[None], params, [position])
     ids, margins = choose(scores)
     return int(ids[0]), float(margins[0])

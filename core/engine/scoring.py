@@ -71,12 +71,12 @@ def score(
         raise RequestError("sequence longer than the model's context", field="output_ids", got=len(prompt_ids) + len(output_ids))
     params = params or SamplingParams(max_tokens=max(1, len(output_ids)))
     n = len(output_ids)
-    ids = torch.tensor([list(prompt_ids) + list(output_ids)])
+    ids = torch.tensor([list(prompt_ids) + list(output_ids)], device=getattr(target.model, "device", None))
     out = target.model(input_ids=ids, use_cache=False, logits_to_keep=n + 1)
     logits = out.logits[0, -(n + 1) : -1]
     result: list[ScoredPosition] = []
-    for start in range(0, n, CHUNK_ROWS):
-        result.extend(_score_rows(logits[start : start + CHUNK_ROWS].float(), output_ids, start, params, top_k))
+    for start in range(0, n, CHUNK_ROWS):  # .cpu() is a no-op on the CPU
+        result.extend(_score_rows(logits[start : start + CHUNK_ROWS].float().cpu(), output_ids, start, params, top_k))
     return ScoreResult(result)
 
 

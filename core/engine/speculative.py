@@ -20,6 +20,7 @@ is available for trusted local drafters only and is not re-derivable.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,7 +267,7 @@ class SpeculativeRun:
             drafter=self.drafter.name,
             drafter_trusted=self.drafter.trusted,
             engine=self.engine_name,
-            engine_version=__version__,
+            engine_version=__version__ + str(getattr(self.target, "runtime_label", "")),
             model_file_digest=model_file_digest(self.target),
             text=text,
             seconds=end - self.started,
@@ -321,6 +322,9 @@ class SpeculativeEngine:
         min_verify_rows: int = MIN_VERIFY_ROWS,
     ) -> None:
         self.target = target
+        label = str(getattr(target, "runtime_label", ""))
+        if label:  # a non-reference runtime (e.g. torch bf16) is named after the version, in receipts too
+            self.capabilities = dataclasses.replace(self.capabilities, version=__version__ + label)
         self.drafter = drafter or NoDrafter()
         self.top_logprobs = top_logprobs
         self.draft_length = draft_length or DraftLength(maximum=int(getattr(self.drafter, "max_draft", 12)))

@@ -57,6 +57,11 @@ log = logging.getLogger("specguard.server")
                    "for the server, at most 8; llamacpp engine: half the CPUs).")
 @click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
               help="llama.cpp threads of the llamacpp drafter (default 1).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="The torch runtime's precision (weights loaded at it, no fp32 copy). llamacpp runs the GGUF's "
+                   "own types.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the torch runtime holds the weights.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level.")
 @click.option("--drafter-api-key", default=None, envvar="SPECGUARD_DRAFTER_API_KEY",
@@ -70,7 +75,7 @@ log = logging.getLogger("specguard.server")
 def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref,
                   max_concurrency, batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers,
                   verifier_keys, quorum,
-                  served_model_name, threads, log_level, drafter_threads=None, drafter_api_key=None, max_prompt_chars=None, api_key=None,
+                  served_model_name, threads, dtype, device, log_level, drafter_threads=None, drafter_api_key=None, max_prompt_chars=None, api_key=None,
                   api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
     from ..plugin_manager import require_all_loaded
@@ -83,8 +88,6 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         return serve_pool(model_ref, role=role, host=host, port=port, policy=policy_ref, threads=threads,
                           max_replicas=max_concurrency or 1, max_queue=max_queue, api_key=api_key,
                           api_keys_file=api_keys_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    import torch
-
     from ..consensus.config import key_value
     from ..defaults import available_cpus, choose_defaults, llamacpp_drafter_available
     from ..node import build_node
@@ -96,7 +99,11 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
                                drafter=drafter, threads=threads, drafter_threads=drafter_threads)
     drafter = defaults.drafter
-    torch.set_num_threads(defaults.torch_threads)
+    if engine != "llamacpp":  # a llama.cpp server never imports torch
+        import torch
+
+        torch.set_num_threads(defaults.torch_threads)
+    llamacpp_context = {"n_ctx": max_model_len} if engine == "llamacpp" else {}
     node = build_node(
         model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
         policy=policy_ref, max_concurrency=max_concurrency, max_queue=max_queue, role=role,
@@ -104,13 +111,16 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         verifier_keys=trusted_verifier_keys,
         default_max_tokens=default_max_tokens, max_model_len=max_model_len,
         drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
-        engine_name=engine, engine_options=defaults.engine_options(), batching=batching, max_batch_rows=max_batch_rows,
-        drafter_options=defaults.drafter_options(),
+        engine_name=engine, engine_options={**defaults.engine_options(), **llamacpp_context}, batching=batching,
+        max_batch_rows=max_batch_rows, drafter_options=defaults.drafter_options(), dtype=dtype, device=device,
     )
     with phase("Preparing the integrity layers (keys, log, attestation, commitments, routes)"):
         app = create_app(node, api_keys=security.api_keys)
         info = node.describe()
-    _print_banner(node, info, security, host=host, port=port, engine=engine, drafter=drafter, threads=threads,
+    threads_row = f"torch {defaults.torch_threads}" + (
+        f", llama.cpp drafter {defaults.drafter_threads}" if defaults.drafter_threads else "") + (
+        f", engine {defaults.engine_threads}" if defaults.engine_threads else "")
+    _print_banner(node, info, security, host=host, port=port, engine=engine, drafter=drafter, threads=threads_row,
                   max_queue=max_queue, role=role)
     click.echo(f"  defaults       {defaults.describe()}", err=True)
     if node.policy.insecure:
@@ -129,19 +139,19 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
 
 
 def _print_banner(node: Any, info: dict[str, Any], security: Any, *, host: str, port: int, engine: str, drafter: str,
-                  threads: int | None, max_queue: int, role: str) -> None:
+                  threads: str, max_queue: int, role: str) -> None:
     """What is being served, how, under which policy, and where its keys and log live (stderr)."""
-    import torch
-
     shown_host = f"[{host}]" if ":" in host else host
     unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
     mode = "continuous batching" if info["batching"] else "one thread per request"
+    runtime = info["runtime"]
     home = Path(node.home)
     lines = [
         f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1",
         f"  engine         {engine} ({node.engine_capabilities.version})",
+        f"  runtime        {runtime['name']} {runtime['dtype']} on {runtime['device']}",
         f"  drafter        {drafter}{unused}",
-        f"  threads        torch {torch.get_num_threads()}" + ("" if threads is None else f" (--threads {threads})"),
+        f"  threads        {threads}",
         f"  batching       {mode}; max concurrency {info['max_concurrency']}, queue {max_queue}; role {role}",
         f"  policy         {node.policy.name} ({node.policy.digest})",
         f"  model digest   {info['model_digest']}",

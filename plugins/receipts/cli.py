@@ -204,9 +204,12 @@ def canonical_request(path: str) -> dict[str, Any]:
 
 
 def _load(model_ref: str) -> Any:
-    from specguard.models import load_model
+    """The model for `--model`: a GGUF through the llama.cpp runtime (its tokenizer from the file's
+    metadata, no torch weights: the same tokenizer either runtime uses), anything else through torch."""
+    from specguard.models import load_model, resolve
 
-    return load_model(model_ref)
+    runtime = "llamacpp" if resolve(model_ref)[0] == "gguf" else "torch"
+    return load_model(model_ref, runtime=runtime)
 
 
 def _request_prompt_ids(model: Any, request: dict[str, Any]) -> list[int]:
