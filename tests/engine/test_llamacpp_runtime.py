@@ -144,9 +144,11 @@ def _cache_root() -> str:
 def test_verify_model_with_a_gguf_reads_only_its_tokenizer(default_model):
     """`specguard verify --model FILE.gguf` checks the response text with the GGUF's own tokenizer
     (no weights): the same digest and decoding as the torch runtime's, so old receipts still check."""
-    from specguard.plugins.receipts.cli import _decoder
+    from specguard.plugins.receipts.cli import _load
 
-    decoder = _decoder(str(default_model.gguf_path))
-    assert decoder.tokenizer_digest == default_model.tokenizer_digest
+    loaded = _load(str(default_model.gguf_path))
+    assert loaded.runtime == "llamacpp" and loaded.model is None  # no torch weights
+    assert loaded.tokenizer_digest == default_model.tokenizer_digest
     ids = default_model.encode_chat(CONVERSATIONS[1])
-    assert decoder.decode(ids) == default_model.decode(ids)
+    assert loaded.decode(ids) == default_model.decode(ids)
+    assert loaded.encode_chat(CONVERSATIONS[1]) == ids  # verify --request re-tokenizes with it
