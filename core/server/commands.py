@@ -120,8 +120,10 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
     threads_row = f"torch {defaults.torch_threads}" + (
         f", llama.cpp drafter {defaults.drafter_threads}" if defaults.drafter_threads else "") + (
         f", engine {defaults.engine_threads}" if defaults.engine_threads else "")
-    _print_banner(node, info, security, host=host, port=port, engine=engine, drafter=drafter, threads=threads_row,
-                  max_queue=max_queue, role=role)
+    shown_host = f"[{host}]" if ":" in host else host
+    auth = f"{len(security.api_keys)} API key(s)" if security.api_keys else "none (every route open)"
+    _print_banner(node, info, url=f"{security.scheme}://{shown_host}:{port}/v1", auth=auth, drafter=drafter,
+                  threads=threads_row, queue=f"queue {max_queue}; role {role}")
     click.echo(f"  defaults       {defaults.describe()}", err=True)
     if node.policy.insecure:
         banner = "!" * 78
@@ -138,28 +140,27 @@ def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_u
         node.close()
 
 
-def _print_banner(node: Any, info: dict[str, Any], security: Any, *, host: str, port: int, engine: str, drafter: str,
-                  threads: str, max_queue: int, role: str) -> None:
+def _print_banner(node: Any, info: dict[str, Any], *, url: str, auth: str, drafter: str, threads: str,
+                  queue: str) -> None:
     """What is being served, how, under which policy, and where its keys and log live (stderr)."""
-    shown_host = f"[{host}]" if ":" in host else host
+    engine = node.engine_name
     unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
     mode = "continuous batching" if info["batching"] else "one thread per request"
     runtime = info["runtime"]
     home = Path(node.home)
     lines = [
-        f"specguard serving {info['model']} at {security.scheme}://{shown_host}:{port}/v1",
+        f"specguard serving {info['model']} at {url}",
         f"  engine         {engine} ({node.engine_capabilities.version})",
         f"  runtime        {runtime['name']} {runtime['dtype']} on {runtime['device']}",
         f"  drafter        {drafter}{unused}",
         f"  threads        {threads}",
-        f"  batching       {mode}; max concurrency {info['max_concurrency']}, queue {max_queue}; role {role}",
+        f"  batching       {mode}; max concurrency {info['max_concurrency']}, {queue}",
         f"  policy         {node.policy.name} ({node.policy.digest})",
         f"  model digest   {info['model_digest']}",
         f"  node key id    {info['key_id']}  (public key {info['public_key']})",
         f"  keys           {home / 'keys'}",
         f"  log            {home / 'log'}  (origin {info['log_origin']})",
-        f"  auth           {len(security.api_keys)} API key(s)" if security.api_keys
-        else "  auth           none (every route open)",
+        f"  auth           {auth}",
     ]
     for line in lines:
         click.echo(line, err=True)
