@@ -80,6 +80,8 @@ class VerifyOptions:
     verifier_keys: tuple[bytes, ...] = ()
     quorum: int | None = None
     verifier_evidence: tuple[Any, ...] = ()
+    #: consensus tolerance profiles counted beyond exact and same-engine (`--accept-profile`)
+    accept_profiles: tuple[str, ...] = ()
     envelope: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class VerifyOptions:
                                      got=k if not isinstance(k, bytes | bytearray) else f"{len(k)} bytes")
             object.__setattr__(self, name, tuple(bytes(k) for k in keys))
         object.__setattr__(self, "verifier_evidence", tuple(self.verifier_evidence or ()))
+        object.__setattr__(self, "accept_profiles", tuple(self.accept_profiles or ()))
         if self.consistency_proof is not None:
             object.__setattr__(self, "consistency_proof", tuple(self.consistency_proof))
         if self.policy is not None and not isinstance(self.policy, PolicyLike):
