@@ -2,12 +2,18 @@
 
 A `llamacpp` transcript names the SHA-256 of the GGUF the node ran (`Transcript.model_file_digest`,
 signed in the receipt's `engine` object). A verifier that holds that very file re-executes
-llama.cpp teacher-forced over prompt + output (one pass, every output position's logits) and
-judges the claimed tokens and log-probabilities within llama.cpp's own run-to-run noise: decode
-(one token per step, as the engine generates) against teacher-forced prefill (batches of up to
-`n_batch` tokens), and other thread counts. That noise is orders of magnitude smaller than the
-distance between llama.cpp and fp32 torch (see same_engine_calibration.json, measured by
-bench/same_engine.py, and docs/engines.md).
+llama.cpp over prompt + claimed output on the engine's own schedule (`replay_logits`: the prompt
+in chunks of `n_batch`, then one claimed token per step, as `specguard.engine.llamacpp` decodes)
+and judges the claimed tokens and log-probabilities within llama.cpp's own run-to-run noise
+(other thread counts, context sizes), measured by bench/same_engine.py and committed in
+same_engine_calibration.json (docs/engines.md).
+
+Why not one teacher-forced prefill pass: on the portable CPU build, llama.cpp's batched kernels
+for the Q4_1 GGUF differ from its one-token decode kernels by up to about a logit at some
+positions (bench/same_engine.py measures it: `teacher_forced_logits`), as much as the distance to
+fp32 torch; a tolerance that covered it would leave a dishonest node as much freedom as the
+cross-engine margin. Replaying the decode schedule costs one llama.cpp step per output token
+(without sampling) and reproduces the engine's logits (measured: bit-identical here).
 
 `LlamaCppSameEngine.unavailable_reason(file_digest)` says why this verifier cannot re-execute a
 transcript (llama-cpp-python missing, no GGUF, another file digest); it then refuses to vote
@@ -81,6 +87,26 @@ def teacher_forced_logits(llama: Any, prompt_ids: list[int], output_ids: list[in
     return np.stack(rows) if rows else np.zeros((0, vocab), dtype=np.float32)
 
 
+def replay_logits(llama: Any, prompt_ids: list[int], output_ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits for every output position on the `llamacpp` engine's schedule: the prompt
+    evaluated from position 0 in chunks of the context's `n_batch`, then each claimed output token
+    in its own step. Row i is the distribution the engine chose output_ids[i] from."""
+    vocab = int(llama.n_vocab())
+    rows: list[np.ndarray] = []
+    llama.n_tokens = 0
+    try:
+        pending = [int(t) for t in prompt_ids]
+        for token in output_ids:
+            llama.eval(pending)
+            rows.append(np.array(np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(vocab,)),
+                                 dtype=np.float32, copy=True))
+            pending = [int(token)]
+    finally:
+        llama.n_tokens = 0
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+    return np.stack(rows) if rows else np.zeros((0, vocab), dtype=np.float32)
+
+
 def log_softmax64(logits: np.ndarray) -> np.ndarray:
     """Row-wise temperature-1 log-probabilities in float64 (as the llamacpp engine records them)."""
     row = np.asarray(logits, dtype=np.float64)
@@ -118,7 +144,7 @@ class LlamaCppSameEngine:
     margin: float = SAME_ENGINE_MARGIN
     logprob_tolerance: float = SAME_ENGINE_LOGPROB_TOLERANCE
     threads: int = 1
-    n_ctx: int = 4096
+    n_ctx: int = 8192
     engine: str = ENGINE
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -145,13 +171,13 @@ class LlamaCppSameEngine:
         return None
 
     def score(self, prompt_ids: list[int], output_ids: list[int], params: SamplingParams, top_k: int) -> ScoreResult:
-        """Teacher-forced llama.cpp scoring of `output_ids` after `prompt_ids` (one context at a time)."""
+        """llama.cpp's scoring of `output_ids` after `prompt_ids` on the engine's schedule (one context at a time)."""
         from ..llamacpp_runtime import POOL
 
         total = len(prompt_ids) + len(output_ids)
         if not prompt_ids:
             raise RequestError("cannot score without a prompt", field="prompt_ids")
-        n_ctx = max(self.n_ctx, 1 << math.ceil(math.log2(max(total, 16))))
+        n_ctx = self.n_ctx if total <= self.n_ctx else 1 << math.ceil(math.log2(total))
         extra = {"type_k": KV_F16, "type_v": KV_F16}
         with self._lock:
             llama = POOL.acquire(str(self.gguf), self.threads, n_ctx, **extra)
@@ -161,11 +187,11 @@ class LlamaCppSameEngine:
                 if bad is not None:
                     raise RequestError("token id outside the GGUF's vocabulary", field="output_ids", got=bad,
                                        expected=f"0..{vocab - 1}")
-                logits = teacher_forced_logits(llama, prompt_ids, output_ids)
+                logits = replay_logits(llama, prompt_ids, output_ids)
             finally:
                 POOL.release(str(self.gguf), self.threads, n_ctx, llama, **extra)
         return score_logits(logits, output_ids, params, top_k)
 
 
-__all__ = ["LlamaCppSameEngine", "teacher_forced_logits", "score_logits", "log_softmax64", "SAME_ENGINE_MARGIN",
+__all__ = ["LlamaCppSameEngine", "replay_logits", "teacher_forced_logits", "score_logits", "log_softmax64", "SAME_ENGINE_MARGIN",
            "SAME_ENGINE_LOGPROB_TOLERANCE"]

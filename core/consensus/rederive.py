@@ -16,13 +16,16 @@ output ids, sampling parameters, seed, claimed per-token log-probabilities):
    may occur earlier; "cancelled" (a generation the client abandoned) is never certified.
    Stop strings are found with O(log n) decodes of the output, not one per prefix.
 
-Which tolerances apply depends on the engine the transcript names (`Tolerances.for_engine`):
-engines that compute the reference rule on the same fp32 torch model (`EXACT_ENGINES`: specguard,
-transformers) are re-checked exactly (the margin and tolerance below); another engine (llama.cpp
-on the model's GGUF, ...) needs a calibrated [consensus.engines.NAME] table, which also caps how
-many within-margin disagreements one response may have; an engine with neither is refused
-(`UnknownEngineError`: no vote). The judgement's stats (signed into the vote) say which engine,
-profile, margin, tolerance and cap were used.
+Which tolerances apply depends on the engine the transcript names and on what this verifier can
+do (`Tolerances.for_engine`), and the vote signs the resulting profile (specguard.consensus.profiles):
+`exact` for engines that compute the reference rule on the same fp32 torch model (`EXACT_ENGINES`:
+specguard, transformers); `same-engine:NAME` when the verifier re-executes engine NAME itself on the
+model file the transcript names (llama.cpp on the same GGUF: `llamacpp_rederive`), within that
+engine's own measured noise; `cross-engine:NAME` when it can't and its operator configured a
+[consensus.engines.NAME] table (a loose margin, capped at floor(fraction x tokens) within-margin
+disagreements per response), which auditors count only when they say so; otherwise the verifier
+refuses (`UnknownEngineError`: no vote). The judgement's stats (signed into the vote) say which
+engine, profile, margin, tolerance, cap and how many deviations.
 
 The default margin and tolerance come from `specguard.consensus.calibrate` (see
 docs/consensus.md for the measurement): honest fp32 runs differ only by kernel rounding (<2e-5

@@ -214,6 +214,22 @@ def test_a_verifier_without_the_engine_or_a_table_refuses(model, tmp_home):
         judge(model, served.transcript, Tolerances())
 
 
+def test_the_transcript_must_name_the_model_file_the_receipt_signs(model, tmp_home):
+    """The file digest picks what a same-engine verifier re-executes: a transcript naming another file
+    than the receipt signs (to be judged against a file the verifier holds) gets a reject vote."""
+    issuer = ReceiptIssuer(tmp_home, key())
+    try:
+        _, served = swapped_answer(model, issuer)
+    finally:
+        issuer.close()
+    body = served.verify_body("bc" * 16)
+    body["transcript"]["model_file_digest"] = "sha256:" + "cd" * 32
+    vote = parse_vote(VerifierService(model=model, key=key(), tolerances=Tolerances(engines=(CROSS,))).handle(body))
+    assert vote.verdict == REJECT
+    assert any(r.startswith("model_file_digest: the transcript names") for r in vote.body["reasons"]), \
+        vote.body["reasons"]
+
+
 # --- same-engine: a verifier that holds the GGUF re-executes llama.cpp ------------------------------
 
 
