@@ -152,6 +152,34 @@ def test_the_auditor_can_accept_cross_engine_explicitly_and_sees_what_it_rests_o
     assert code == 2 and "profile" in err
 
 
+def test_verify_certificate_command_counts_the_same_profiles(attack, capsys):
+    _, _, _, services, args = attack
+    keys = [a for s in services for a in ("--verifier-key", s.key.public_hex)]
+    cmd = ["consensus", "verify-certificate", args[1], *keys]
+    code, out, err = run(capsys, *cmd)
+    assert code == 4 and "cross-engine:llamacpp" in err and err.count("(NOT counted)") == 3, err
+    code, out, err = run(capsys, *cmd, "--accept-profile", "cross-engine")
+    assert code == 0 and err.count("(counted)") == 3 and json.loads(out)["accepts"] == 3, err
+
+
+def test_policy_profiles_and_same_engine_tables_are_typed():
+    from specguard.consensus.config import SameEngineTable, consensus_policy
+    from specguard.errors import ConfigError
+    from specguard.policies.model import policy_from_dict
+
+    def pol(consensus):
+        return consensus_policy(policy_from_dict({"name": "t", "consensus": consensus}))
+
+    got = pol({"accept_profiles": ["cross-engine:llamacpp"], "same_engine": {"llamacpp": {"gguf": "m.gguf"}}})
+    assert got.accept_profiles == ("cross-engine:llamacpp",)
+    assert got.same_engine == (SameEngineTable("llamacpp", "m.gguf"),)
+    for bad in ({"accept_profiles": "cross-engine"}, {"accept_profiles": ["loose"]},
+                {"same_engine": {"torch": {}}}, {"same_engine": {"llamacpp": {"margn": 0.1}}},
+                {"same_engine": {"llamacpp": {"margin": 2.0}}}, {"same_engine": {"llamacpp": {"gguf": 1}}}):
+        with pytest.raises(ConfigError):
+            pol(bad)
+
+
 def test_a_signed_profile_cannot_be_changed(attack):
     _, served, cert, services, _ = attack
     forged = copy.deepcopy(cert)
