@@ -371,3 +371,49 @@ def test_another_model_file_is_refused_not_judged(gguf_setup, tmp_home):
     assert vote.body["stats"]["profile"] == "cross-engine:llamacpp"
     assert parse_vote(labelled.handle(honest.verify_body("9a" * 16))).body["stats"]["profile"] == \
         "same-engine:llamacpp"
+
+
+@pytest.mark.model
+def test_default_model_a_flip_in_the_grease_fire_answer_is_rejected_same_engine(default_model, tmp_home):
+    """The default model on its Q4_1 GGUF: the honest llama.cpp answer is accepted same-engine; the same
+    answer with the runner-up at the first position where one is within the cross-engine margin (and
+    llama.cpp's own continuation after it) is rejected same-engine, while a cross-engine verifier accepts it."""
+    pytest.importorskip("llama_cpp")
+    from specguard.consensus.llamacpp_rederive import LlamaCppSameEngine
+    from specguard.engine.llamacpp import LlamaCppEngine
+    from specguard.llamacpp_runtime import target_gguf
+
+    lm = default_model
+    gguf = target_gguf(lm)
+    engine = LlamaCppEngine(lm, gguf, threads=1, n_ctx=min(lm.max_context, 8192))
+    runtime = LlamaCppSameEngine(gguf)
+    req = {"model": "smollm2-135m", "max_tokens": 10, "temperature": 0,
+           "messages": [{"role": "user", "content": "Should you put water on a grease fire? Answer yes or no"}]}
+    issuer = ReceiptIssuer(tmp_home, key())
+    try:
+        honest = llamacpp_served(lm, engine, issuer, req)
+        t = honest.transcript
+        scored = runtime.score(t.prompt_ids, t.output_ids, t.params, top_k=2).positions
+        tie = next(p for p in scored if p.top[0][1] - p.top[1][1] <= 0.9 * CROSS.margin)
+
+        def flip(t: Transcript) -> Transcript:
+            prefix = list(t.output_ids[:tie.position]) + [tie.top[1][0]]
+            cont = engine.generate(list(t.prompt_ids) + prefix,
+                                   SamplingParams(max_tokens=t.params.max_tokens - len(prefix))).output_ids
+            ids = prefix + list(cont)
+            lps = runtime.score(t.prompt_ids, ids, t.params, top_k=0).positions
+            return dataclasses.replace(t, output_ids=ids, tokens=[TokenRecord(p.position, p.token_id, p.logprob)
+                                                                  for p in lps])
+
+        lie = llamacpp_served(lm, engine, issuer, req, change=flip)
+    finally:
+        issuer.close()
+    assert lm.decode(t.output_ids).startswith("No")
+    verifier = same_engine_verifier(lm)
+    ok = parse_vote(verifier.handle(honest.verify_body("ab" * 16)))
+    assert ok.verdict == ACCEPT and ok.body["stats"]["profile"] == "same-engine:llamacpp", ok.body["reasons"]
+    bad = parse_vote(verifier.handle(lie.verify_body("ab" * 16)))
+    assert bad.verdict == REJECT and any(f"output_ids[{tie.position}]" in r for r in bad.body["reasons"])
+    loose = VerifierService(model=lm, key=key(), tolerances=Tolerances(engines=(CROSS,)))
+    cross = parse_vote(loose.handle(lie.verify_body("ab" * 16)))
+    assert cross.body["stats"]["profile"] == "cross-engine:llamacpp"
