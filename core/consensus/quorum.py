@@ -425,32 +425,8 @@ def verify_certificate(
         raise QuorumError("quorum must be at least 1", field="consensus.quorum", got=q)
     bound = Bound(*(cert[name] for name in _BOUND))
     profiles = tuple(accept_profiles) if accept_profiles is not None else DEFAULT_ACCEPTED
-    accepted: list[str] = []
-    dissent: list[dict[str, Any]] = []
-    ignored: list[str] = []
-    seen: set[bytes] = set()
-    verifiers: list[dict[str, Any]] = []
-    summaries: list[dict[str, Any]] = []
-    for i, obj in enumerate(cert["votes"]):
-        where = f"consensus.votes[{i}]"
-        try:
-            vote = check_vote(obj, keys, bound, model_digest, where)
-        except (VoteParseError, VerificationError) as exc:
-            ignored.append(exc.summary()[:300])
-            continue
-        if vote.public_key in seen:
-            ignored.append(f"{where}: second vote by key {vote.key_id}")
-            continue
-        seen.add(vote.public_key)
-        summaries.append(vote_summary(vote, profiles))
-        refusal = _profile_refusal(vote, profiles, where) if vote.verdict == ACCEPT else None
-        if refusal is not None:
-            ignored.append(refusal)
-        elif vote.verdict == ACCEPT:
-            accepted.append(vote.key_id)
-            verifiers.append(dict(vote.body["verifier"]))
-        else:
-            dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
+    tally = _tally(cert["votes"], keys, bound, model_digest, profiles)
+    accepted, dissent, ignored = tally.accepted, tally.dissent, tally.ignored
     if len(accepted) < q:
         raise QuorumError(
             f"no quorum: {len(accepted)} valid accepting vote(s) from trusted verifiers, need {q}"
@@ -458,8 +434,45 @@ def verify_certificate(
             + (f"; ignored: {ignored}" if ignored else ""),
             field="consensus.votes", got=len(accepted), expected=f">= {q}")
     return VerifiedCertificate(cert["receipt_digest"], cert["binding_digest"], cert["nonce"], q, accepted,
-                               dissent, ignored, verifiers, cert["request_digest"], cert["response_digest"],
-                               summaries, profiles)
+                               dissent, ignored, tally.verifiers, cert["request_digest"], cert["response_digest"],
+                               tally.summaries, profiles)
+
+
+@dataclass
+class _Tally:
+    accepted: list[str] = field(default_factory=list)  # key ids of counted accepting votes
+    dissent: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # why a vote did not count
+    verifiers: list[dict[str, Any]] = field(default_factory=list)  # the counted votes' verifier objects
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # every valid vote's profile, margin, deviations
+
+
+def _tally(votes: list[Any], keys: list[bytes], bound: Bound, model_digest: str | None,
+           profiles: tuple[str, ...]) -> _Tally:
+    """Check each vote (signature, binding, distinct keys) and count the accepting ones whose profile is accepted."""
+    out = _Tally()
+    seen: set[bytes] = set()
+    for i, obj in enumerate(votes):
+        where = f"consensus.votes[{i}]"
+        try:
+            vote = check_vote(obj, keys, bound, model_digest, where)
+        except (VoteParseError, VerificationError) as exc:
+            out.ignored.append(exc.summary()[:300])
+            continue
+        if vote.public_key in seen:
+            out.ignored.append(f"{where}: second vote by key {vote.key_id}")
+            continue
+        seen.add(vote.public_key)
+        out.summaries.append(vote_summary(vote, profiles))
+        refusal = _profile_refusal(vote, profiles, where) if vote.verdict == ACCEPT else None
+        if refusal is not None:
+            out.ignored.append(refusal)
+        elif vote.verdict == ACCEPT:
+            out.accepted.append(vote.key_id)
+            out.verifiers.append(dict(vote.body["verifier"]))
+        else:
+            out.dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
+    return out
 
 
 def check_verifier_evidence(verified: VerifiedCertificate, documents: list[Any], policy: Any,

@@ -258,6 +258,27 @@ def test_the_transcript_must_name_the_model_file_the_receipt_signs(model, tmp_ho
         vote.body["reasons"]
 
 
+def test_committed_same_engine_calibration_is_the_default_and_tight():
+    """core/consensus/same_engine_calibration.json (bench/same_engine.py on the default model): the defaults
+    come from it, no honest response was rejected by a calibrating (replay) setting, and the freedom the
+    margin leaves is far below the cross-engine margin's."""
+    from specguard.consensus.llamacpp_rederive import (
+        CALIBRATION_FILE,
+        SAME_ENGINE_LOGPROB_TOLERANCE,
+        SAME_ENGINE_MARGIN,
+    )
+
+    data = json.loads(CALIBRATION_FILE.read_text())
+    rec = data["recommended"]
+    assert (SAME_ENGINE_MARGIN, SAME_ENGINE_LOGPROB_TOLERANCE) == (rec["margin"], rec["logprob_tolerance"])
+    replay = [s for s in data["settings"].values() if s["calibrates"]]
+    assert len(replay) >= 2 and data["responses"] >= 32
+    assert all(s["false_rejects"] == 0 for s in replay)
+    assert rec["margin"] >= 2 * max(s["max_logprob_drift"] for s in replay)
+    free = {float(m): f for m, f in data["freedom"].items()}
+    assert free[rec["margin"]] <= 0.005 < free[CROSS.margin]
+
+
 # --- same-engine: a verifier that holds the GGUF re-executes llama.cpp ------------------------------
 
 
