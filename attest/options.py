@@ -89,6 +89,8 @@ class VerifyOptions:
     prompt_ids: Sequence[int] | None = None
     #: the defaults the user accepts for omitted request fields (None: the built-in ExpectedDefaults())
     expected_defaults: Any = None
+    #: consensus tolerance profiles counted beyond exact and same-engine (`--accept-profile`)
+    accept_profiles: tuple[str, ...] = ()
     envelope: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +102,7 @@ class VerifyOptions:
                                      got=k if not isinstance(k, bytes | bytearray) else f"{len(k)} bytes")
             object.__setattr__(self, name, tuple(bytes(k) for k in keys))
         object.__setattr__(self, "verifier_evidence", tuple(self.verifier_evidence or ()))
+        object.__setattr__(self, "accept_profiles", tuple(self.accept_profiles or ()))
         if self.consistency_proof is not None:
             object.__setattr__(self, "consistency_proof", tuple(self.consistency_proof))
         if self.policy is not None and not isinstance(self.policy, PolicyLike):

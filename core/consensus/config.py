@@ -71,9 +71,13 @@ class EngineTolerance:
       is within `margin` of the best (logit units for greedy; divided by the temperature for
       sampled requests, whose scores are log p at that temperature plus noise);
     - `logprob_tolerance`: claimed log-probabilities may differ this much from the verifier's;
-    - `max_near_tie_fraction` / `max_near_ties`: at most ceil(fraction x tokens) such
+    - `max_near_tie_fraction` / `max_near_ties`: at most floor(fraction x tokens) such
       within-margin disagreements per response (and never more than `max_near_ties` when set):
       this bounds how many tokens of one response a dishonest engine may choose differently.
+      The cap rounds down: a short answer gets no free swap (rounding up gave every answer one).
+
+    A vote judged with such a table says `cross-engine:NAME` (see specguard.consensus.profiles):
+    auditors do not count it unless they accept that profile explicitly.
     """
 
     engine: str
@@ -84,7 +88,7 @@ class EngineTolerance:
 
     def allowed_near_ties(self, tokens: int) -> int:
         """How many within-margin disagreements a response of `tokens` tokens may have."""
-        n = math.ceil(self.max_near_tie_fraction * tokens - 1e-12)
+        n = math.floor(self.max_near_tie_fraction * tokens + 1e-9)
         return n if self.max_near_ties is None else min(n, self.max_near_ties)
 
 
@@ -119,6 +123,58 @@ def _engine_tables(value: Any) -> tuple[EngineTolerance, ...]:
     return tuple(out)
 
 
+#: Engines a verifier can re-execute itself on the transcript's own model file (same-engine profile).
+SAME_ENGINES = ("llamacpp",)
+_SAME_ENGINE_KEYS = {"gguf", "margin", "logprob_tolerance", "threads"}
+
+
+@dataclass(frozen=True)
+class SameEngineTable:
+    """A [consensus.same_engine.NAME] table: re-execute engine NAME on a model file (`gguf`; default the
+    verifier's own model file when it was loaded from a GGUF). `margin` / `logprob_tolerance` default
+    to the committed same-engine calibration (specguard.consensus.llamacpp_rederive)."""
+
+    engine: str
+    gguf: str | None = None
+    margin: float | None = None
+    logprob_tolerance: float | None = None
+    threads: int = 1
+
+
+def _same_engine_tables(value: Any) -> tuple[SameEngineTable, ...]:
+    if not isinstance(value, dict):
+        raise ConfigError("consensus.same_engine must be a table of engine tables", field="consensus.same_engine",
+                          got=type(value).__name__)
+    out = []
+    for name, table in sorted(value.items()):
+        where = f"consensus.same_engine.{name}"
+        if name not in SAME_ENGINES:
+            raise ConfigError("no same-engine re-execution for this engine", field=where, got=name,
+                              expected=list(SAME_ENGINES))
+        if not isinstance(table, dict) or set(table) - _SAME_ENGINE_KEYS:
+            raise ConfigError("must be a table with keys among " + ", ".join(sorted(_SAME_ENGINE_KEYS)), field=where,
+                              got=sorted(table) if isinstance(table, dict) else type(table).__name__)
+        gguf = table.get("gguf")
+        if gguf is not None and not isinstance(gguf, str):
+            raise ConfigError("gguf must be a file path", field=f"{where}.gguf", got=gguf)
+        out.append(SameEngineTable(name, gguf, _number(table, "margin", None, 0.0, 1.0, where),
+                                   _number(table, "logprob_tolerance", None, 0.0, 1.0, where),
+                                   int(_integer(table, "threads", 1, 1, where) or 1)))
+    return tuple(out)
+
+
+def _accept_profiles(value: Any) -> tuple[str, ...]:
+    from .profiles import parse_accepted
+
+    if not isinstance(value, list):
+        raise ConfigError("consensus.accept_profiles must be a list of profile names",
+                          field="consensus.accept_profiles", got=type(value).__name__)
+    try:
+        return parse_accepted(value, "consensus.accept_profiles")
+    except SpecguardError as exc:
+        raise ConfigError(exc.message, field=exc.field, got=exc.got, expected=exc.expected) from exc
+
+
 @dataclass(frozen=True)
 class ConsensusPolicy:
     """The policy's [consensus] table, typed. Unknown keys are a ConfigError (a typo must not
@@ -140,9 +196,11 @@ class ConsensusPolicy:
     work_tokens_per_second: float = 2000.0  # per-client work budget, in model tokens re-derived
     work_burst_tokens: int = 32768
     engines: tuple[EngineTolerance, ...] = ()  # [consensus.engines.NAME]: cross-engine re-checking
+    same_engine: tuple[SameEngineTable, ...] = ()  # [consensus.same_engine.NAME]: re-execute engine NAME
+    accept_profiles: tuple[str, ...] = ()  # profiles counted beyond exact and same-engine (the auditor's choice)
 
 
-_POLICY_KEYS = {"engines", "verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
+_POLICY_KEYS = {"engines", "same_engine", "accept_profiles", "verifiers", "verifier_keys", "quorum", "on_no_quorum", "trust_on_first_use", "timeout_seconds",
                 "margin", "logprob_tolerance", "min_attested_verifiers", "allowed_nodes", "rate_limit_per_second",
                 "rate_limit_burst", "work_tokens_per_second", "work_burst_tokens"}
 
@@ -221,6 +279,8 @@ def parse_consensus(section: dict[str, Any]) -> ConsensusPolicy:
         work_tokens_per_second=float(_number(section, "work_tokens_per_second", 2000.0, 0.0, 1e9) or 0.0),
         work_burst_tokens=int(_integer(section, "work_burst_tokens", 32768, 1) or 1),
         engines=_engine_tables(section.get("engines", {})),
+        same_engine=_same_engine_tables(section.get("same_engine", {})),
+        accept_profiles=_accept_profiles(section.get("accept_profiles", [])),
     )
 
 

@@ -46,6 +46,7 @@ from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
 from .config import redact_http_client_logs, redact_text, redact_url
 from .credentials import verifier_headers
+from .profiles import DEFAULT_ACCEPTED, ProfileError, describe, is_accepted, vote_profile
 from .rederive import ACCEPT
 from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
 
@@ -307,12 +308,43 @@ class VerifiedCertificate:
     accepted_verifiers: list[dict[str, Any]] = field(default_factory=list)  # the accepting votes' verifier objects
     request_digest: str = ""
     response_digest: str = ""
+    #: every valid vote: key_id, verdict, profile, margin, deviations, cap, counted (what it rests on)
+    votes: list[dict[str, Any]] = field(default_factory=list)
+    accepted_profiles: tuple[str, ...] = DEFAULT_ACCEPTED
 
     def to_json(self) -> dict[str, Any]:
         return {"certified": True, "receipt_digest": self.receipt_digest, "binding_digest": self.binding_digest,
                 "request_digest": self.request_digest, "response_digest": self.response_digest,
                 "nonce": self.nonce, "quorum": self.quorum, "accepts": len(self.accepted_by),
-                "accepted_by": self.accepted_by, "dissent": self.dissent, "ignored": self.ignored}
+                "accepted_by": self.accepted_by, "dissent": self.dissent, "ignored": self.ignored,
+                "accepted_profiles": list(self.accepted_profiles), "votes": self.votes}
+
+
+def vote_summary(vote: Vote, accepted: tuple[str, ...]) -> dict[str, Any]:
+    """What one valid vote rests on (from its signed stats) and whether its profile is accepted."""
+    stats = vote.body["stats"]
+    try:
+        profile: str | None = vote_profile(stats)
+    except ProfileError:
+        profile = None
+    return {"key_id": vote.key_id, "verdict": vote.verdict, "profile": profile,
+            "margin": stats.get("margin"), "deviations": stats.get("deviations", stats.get("near_ties")),
+            "max_deviations": stats.get("max_deviations", stats.get("max_near_ties")),
+            "profile_accepted": profile is not None and is_accepted(profile, accepted),
+            "summary": describe(stats)}
+
+
+def _profile_refusal(vote: Vote, accepted: tuple[str, ...], where: str) -> str | None:
+    """Why an accepting vote does not count under the auditor's accepted profiles (None: it counts)."""
+    try:
+        profile = vote_profile(vote.body["stats"])
+    except ProfileError as exc:
+        return f"{where}: {exc.summary()}"[:300]
+    if is_accepted(profile, accepted):
+        return None
+    return (f"{where}: vote by {vote.key_id} rests on tolerance profile {profile!r} ({describe(vote.body['stats'])}), "
+            f"which is not accepted (accepted: {', '.join(accepted)}); a {profile.split(':')[0]} vote does not rule "
+            f"out a node choosing other tokens within the margin. To accept it: --accept-profile {profile}")[:500]
 
 
 def _creq(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
@@ -348,8 +380,13 @@ def verify_certificate(
     *,
     binding_digest: str | None = None,
     model_digest: str | None = None,
+    accept_profiles: tuple[str, ...] | None = None,
 ) -> VerifiedCertificate:
     """Verify a quorum certificate offline; raise unless at least q trusted verifiers accepted.
+
+    An accepting vote counts only when its signed tolerance profile is in `accept_profiles`
+    (default `profiles.DEFAULT_ACCEPTED`: exact and same-engine; see specguard.consensus.profiles):
+    the auditor, not the serving node, chooses the tolerance a certificate rests on.
 
     `envelope` is the receipt's DSSE envelope: its digest must be the certificate's receipt
     digest, and its statement gives the binding, request, response and model digests the votes
@@ -387,27 +424,9 @@ def verify_certificate(
     if q < 1:
         raise QuorumError("quorum must be at least 1", field="consensus.quorum", got=q)
     bound = Bound(*(cert[name] for name in _BOUND))
-    accepted: list[str] = []
-    dissent: list[dict[str, Any]] = []
-    ignored: list[str] = []
-    seen: set[bytes] = set()
-    verifiers: list[dict[str, Any]] = []
-    for i, obj in enumerate(cert["votes"]):
-        where = f"consensus.votes[{i}]"
-        try:
-            vote = check_vote(obj, keys, bound, model_digest, where)
-        except (VoteParseError, VerificationError) as exc:
-            ignored.append(exc.summary()[:300])
-            continue
-        if vote.public_key in seen:
-            ignored.append(f"{where}: second vote by key {vote.key_id}")
-            continue
-        seen.add(vote.public_key)
-        if vote.verdict == ACCEPT:
-            accepted.append(vote.key_id)
-            verifiers.append(dict(vote.body["verifier"]))
-        else:
-            dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
+    profiles = tuple(accept_profiles) if accept_profiles is not None else DEFAULT_ACCEPTED
+    tally = _tally(cert["votes"], keys, bound, model_digest, profiles)
+    accepted, dissent, ignored = tally.accepted, tally.dissent, tally.ignored
     if len(accepted) < q:
         raise QuorumError(
             f"no quorum: {len(accepted)} valid accepting vote(s) from trusted verifiers, need {q}"
@@ -415,7 +434,45 @@ def verify_certificate(
             + (f"; ignored: {ignored}" if ignored else ""),
             field="consensus.votes", got=len(accepted), expected=f">= {q}")
     return VerifiedCertificate(cert["receipt_digest"], cert["binding_digest"], cert["nonce"], q, accepted,
-                               dissent, ignored, verifiers, cert["request_digest"], cert["response_digest"])
+                               dissent, ignored, tally.verifiers, cert["request_digest"], cert["response_digest"],
+                               tally.summaries, profiles)
+
+
+@dataclass
+class _Tally:
+    accepted: list[str] = field(default_factory=list)  # key ids of counted accepting votes
+    dissent: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # why a vote did not count
+    verifiers: list[dict[str, Any]] = field(default_factory=list)  # the counted votes' verifier objects
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # every valid vote's profile, margin, deviations
+
+
+def _tally(votes: list[Any], keys: list[bytes], bound: Bound, model_digest: str | None,
+           profiles: tuple[str, ...]) -> _Tally:
+    """Check each vote (signature, binding, distinct keys) and count the accepting ones whose profile is accepted."""
+    out = _Tally()
+    seen: set[bytes] = set()
+    for i, obj in enumerate(votes):
+        where = f"consensus.votes[{i}]"
+        try:
+            vote = check_vote(obj, keys, bound, model_digest, where)
+        except (VoteParseError, VerificationError) as exc:
+            out.ignored.append(exc.summary()[:300])
+            continue
+        if vote.public_key in seen:
+            out.ignored.append(f"{where}: second vote by key {vote.key_id}")
+            continue
+        seen.add(vote.public_key)
+        out.summaries.append(vote_summary(vote, profiles))
+        refusal = _profile_refusal(vote, profiles, where) if vote.verdict == ACCEPT else None
+        if refusal is not None:
+            out.ignored.append(refusal)
+        elif vote.verdict == ACCEPT:
+            out.accepted.append(vote.key_id)
+            out.verifiers.append(dict(vote.body["verifier"]))
+        else:
+            out.dissent.append({"key_id": vote.key_id, "verdict": vote.verdict, "reasons": vote.body["reasons"]})
+    return out
 
 
 def check_verifier_evidence(verified: VerifiedCertificate, documents: list[Any], policy: Any,

@@ -16,13 +16,16 @@ output ids, sampling parameters, seed, claimed per-token log-probabilities):
    may occur earlier; "cancelled" (a generation the client abandoned) is never certified.
    Stop strings are found with O(log n) decodes of the output, not one per prefix.
 
-Which tolerances apply depends on the engine the transcript names (`Tolerances.for_engine`):
-engines that compute the reference rule on the same fp32 torch model (`EXACT_ENGINES`: specguard,
-transformers) are re-checked exactly (the margin and tolerance below); another engine (llama.cpp
-on the model's GGUF, ...) needs a calibrated [consensus.engines.NAME] table, which also caps how
-many within-margin disagreements one response may have; an engine with neither is refused
-(`UnknownEngineError`: no vote). The judgement's stats (signed into the vote) say which engine,
-profile, margin, tolerance and cap were used.
+Which tolerances apply depends on the engine the transcript names and on what this verifier can
+do (`Tolerances.for_engine`), and the vote signs the resulting profile (specguard.consensus.profiles):
+`exact` for engines that compute the reference rule on the same fp32 torch model (`EXACT_ENGINES`:
+specguard, transformers); `same-engine:NAME` when the verifier re-executes engine NAME itself on the
+model file the transcript names (llama.cpp on the same GGUF: `llamacpp_rederive`), within that
+engine's own measured noise; `cross-engine:NAME` when it can't and its operator configured a
+[consensus.engines.NAME] table (a loose margin, capped at floor(fraction x tokens) within-margin
+disagreements per response), which auditors count only when they say so; otherwise the verifier
+refuses (`UnknownEngineError`: no vote). The judgement's stats (signed into the vote) say which
+engine, profile, margin, tolerance, cap and how many deviations.
 
 The default margin and tolerance come from `specguard.consensus.calibrate` (see
 docs/consensus.md for the measurement): honest fp32 runs differ only by kernel rounding (<2e-5
@@ -41,6 +44,7 @@ from ..errors import RequestError
 from ..models import LoadedModel, names_model
 from ..transcript import Transcript
 from .config import EXACT_ENGINES, EngineTolerance, UnknownEngineError
+from .profiles import CROSS_ENGINE, EXACT, SAME_ENGINE, profile_name
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -64,46 +68,69 @@ MAX_DETAILS = 8
 
 @dataclass(frozen=True)
 class EngineCheck:
-    """The tolerances one transcript is judged with, resolved from its engine name."""
+    """The tolerances one transcript is judged with, resolved from its engine name (and model file).
+
+    `kind` is "exact", "same-engine" (`runtime` re-executes the engine on the same file) or
+    "cross-engine" (`cross`: the verifier's torch model with a loose, capped margin);
+    `profile` is the signed name (`profiles.profile_name`: exact, same-engine:NAME, cross-engine:NAME).
+    """
 
     engine: str
-    profile: str  # "exact" | "cross-engine"
+    kind: str
     margin: float
     logprob_tolerance: float
     cross: EngineTolerance | None = None
+    runtime: Any = None  # a same-engine re-executor (llamacpp_rederive.LlamaCppSameEngine)
+
+    @property
+    def profile(self) -> str:
+        return profile_name(self.kind, self.engine)
 
     def margin_for(self, params: Any) -> float:
-        """The margin in decision-score units: cross-engine margins are calibrated in logits, and a
-        sampled request's scores are log p at temperature T (plus noise), so logit drift is / T."""
-        if self.cross is None or params.greedy:
+        """The margin in decision-score units: engine margins are calibrated in logits, and a sampled
+        request's scores are log p at temperature T (plus noise), so logit drift is / T."""
+        if self.kind == EXACT or params.greedy:
             return self.margin
         return self.margin / float(params.temperature)
 
     def allowed_near_ties(self, tokens: int) -> int | None:
-        """The per-response cap on within-margin disagreements (None: no cap, exact re-checking)."""
+        """The per-response cap on within-margin disagreements (None: no cap, exact or same-engine)."""
         return None if self.cross is None else self.cross.allowed_near_ties(tokens)
 
 
 @dataclass(frozen=True)
 class Tolerances:
     """How far an honest re-derivation may differ from the transcript: exact for the engines in
-    EXACT_ENGINES, per [consensus.engines.NAME] table for others, refused for the rest."""
+    EXACT_ENGINES; same-engine where a runtime re-executes the engine on the transcript's model
+    file; per [consensus.engines.NAME] table (cross-engine) where the operator configured one;
+    refused for the rest."""
 
     margin: float = DEFAULT_MARGIN
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE
     engines: tuple[EngineTolerance, ...] = ()
+    same_engine: tuple[Any, ...] = ()  # re-executors with .engine, .margin, .logprob_tolerance, .unavailable_reason
 
-    def for_engine(self, engine: Any) -> EngineCheck:
-        """The check for a transcript of `engine`; UnknownEngineError when there is none."""
+    def for_engine(self, engine: Any, file_digest: Any = None) -> EngineCheck:
+        """The check for a transcript of `engine` that ran the model file `file_digest`:
+        UnknownEngineError when there is none (no vote)."""
         if engine in EXACT_ENGINES:
-            return EngineCheck(engine, "exact", self.margin, self.logprob_tolerance)
+            return EngineCheck(engine, EXACT, self.margin, self.logprob_tolerance)
+        why: list[str] = []
+        for runtime in self.same_engine:
+            if runtime.engine == engine:
+                reason = runtime.unavailable_reason(file_digest)
+                if reason is None:
+                    return EngineCheck(engine, SAME_ENGINE, runtime.margin, runtime.logprob_tolerance, None, runtime)
+                why.append(f"same-engine: {reason}")
         for table in self.engines:
             if table.engine == engine:
-                return EngineCheck(engine, "cross-engine", table.margin, table.logprob_tolerance, table)
+                return EngineCheck(engine, CROSS_ENGINE, table.margin, table.logprob_tolerance, table)
+        shown = engine if isinstance(engine, str) else type(engine).__name__
         raise UnknownEngineError(
-            "no calibrated tolerance for the transcript's engine: this verifier does not vote on it",
-            field="transcript.engine", got=engine if isinstance(engine, str) else type(engine).__name__,
-            expected=sorted([*EXACT_ENGINES, *(t.engine for t in self.engines)]),
+            "this verifier cannot re-execute the transcript's engine on its model file and has no cross-engine "
+            "table for it: it does not vote" + (f" ({'; '.join(why)})" if why else ""),
+            field="transcript.engine", got=shown,
+            expected=sorted({*EXACT_ENGINES, *(r.engine for r in self.same_engine), *(t.engine for t in self.engines)}),
         )
 
     def __post_init__(self) -> None:
@@ -113,8 +140,12 @@ class Tolerances:
                 raise RequestError(f"{name} must be a number in [0, 1]", field=name, got=value)
 
     @classmethod
-    def from_policy(cls, policy: Any) -> Tolerances:
-        """Tolerances from a policy's typed [consensus] table (`config.consensus_policy`), defaults where absent."""
+    def from_policy(cls, policy: Any, model: Any = None) -> Tolerances:
+        """Tolerances from a policy's typed [consensus] table (`config.consensus_policy`), defaults where absent.
+
+        Same-engine llama.cpp re-execution is set up from [consensus.same_engine.llamacpp], or, when the
+        verifier's own `model` was loaded from a GGUF, on that file.
+        """
         from .config import ConsensusPolicy, consensus_policy
 
         pol = policy if isinstance(policy, ConsensusPolicy) else consensus_policy(policy)
@@ -122,7 +153,34 @@ class Tolerances:
             margin=DEFAULT_MARGIN if pol.margin is None else pol.margin,
             logprob_tolerance=DEFAULT_LOGPROB_TOLERANCE if pol.logprob_tolerance is None else pol.logprob_tolerance,
             engines=pol.engines,
+            same_engine=same_engine_runtimes(pol, model),
         )
+
+
+def same_engine_runtimes(pol: Any, model: Any) -> tuple[Any, ...]:
+    """The same-engine re-executors of a verifier: each [consensus.same_engine.NAME] table, and llama.cpp on
+    the verifier's own GGUF when it has one and no table says otherwise."""
+    from pathlib import Path
+
+    from .llamacpp_rederive import LlamaCppSameEngine
+
+    tables = {t.engine: t for t in pol.same_engine}
+    gguf = None
+    if model is not None:
+        from ..llamacpp_runtime import target_gguf
+
+        gguf = target_gguf(model)
+    table = tables.get("llamacpp")
+    path = Path(table.gguf).expanduser() if table is not None and table.gguf else gguf
+    if path is None:
+        return ()
+    n_ctx = min(int(getattr(model, "max_context", 4096) or 4096), 8192) if model is not None else 4096
+    runtime = LlamaCppSameEngine(path, threads=table.threads if table else 1, n_ctx=n_ctx)
+    if table is not None and table.margin is not None:
+        runtime.margin = table.margin
+    if table is not None and table.logprob_tolerance is not None:
+        runtime.logprob_tolerance = table.logprob_tolerance
+    return (runtime,)
 
 
 @dataclass
@@ -221,7 +279,8 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     from ..engine.scoring import score
 
     params = transcript.params
-    tol = (tolerances or Tolerances()).for_engine(transcript.engine)  # unknown engine: no vote at all
+    # unknown engine, or one this verifier cannot re-execute on the transcript's file: no vote at all
+    tol = (tolerances or Tolerances()).for_engine(transcript.engine, transcript.model_file_digest)
     margin = tol.margin_for(params) if params.mode == "gumbel" else tol.margin
     allowed = tol.allowed_near_ties(len(transcript.output_ids))
     stats: dict[str, Any] = {
@@ -229,11 +288,15 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
         "prompt_tokens": len(transcript.prompt_ids),
         "mode": "greedy" if params.greedy else params.mode,
         "engine": tol.engine,
-        "tolerance_profile": tol.profile,
+        "profile": tol.profile,  # signed: the auditor decides whether this profile counts
+        "tolerance_profile": tol.kind,
         "margin": margin,
         "logprob_tolerance": tol.logprob_tolerance,
         "max_near_ties": allowed,
+        "max_deviations": allowed,
     }
+    if tol.runtime is not None:
+        stats["model_file_digest"] = transcript.model_file_digest
     if params.mode != "gumbel" and not params.greedy:
         return Judgement(UNVERIFIABLE, [f"params.mode: {params.mode!r} is not re-derivable (only greedy or "
                                         "seeded gumbel sampling is)"], stats)
@@ -264,8 +327,11 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
         # claimed alternatives must be among the target's top n + 2 (n + 16 across engines, whose ranks
         # near the n-th alternative can swap)
         extra = 2 if tol.cross is None else 16
-        result = score(model, transcript.prompt_ids, transcript.output_ids, params,
-                       top_k=min(top_n + extra, model.vocab_size))
+        top_k = min(top_n + extra, model.vocab_size)
+        if tol.runtime is not None:  # same engine, same file: re-executed, teacher-forced
+            result = tol.runtime.score(transcript.prompt_ids, transcript.output_ids, params, top_k)
+        else:
+            result = score(model, transcript.prompt_ids, transcript.output_ids, params, top_k=top_k)
     except RequestError as exc:
         return Judgement(REJECT, reasons + [f"rescoring refused the transcript: {exc.summary()}"], stats)
     stats["score_seconds"] = round(time.perf_counter() - t0, 6)
@@ -306,6 +372,7 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     stats.update({
         "agreeing_tokens": len(result.positions) - near_ties - mismatches,
         "near_ties": near_ties,
+        "deviations": near_ties,
         "mismatched_tokens": mismatches,
         "logprob_errors": lp_errors,
         "top_errors": top_errors,

@@ -153,7 +153,7 @@ class VerifierService:
         if allowed is None:
             log.warning("consensus verifier accepts receipts from ANY serving node: set [consensus] allowed_nodes "
                         "(or --allowed-node) to serve only yours")
-        return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(node.policy),
+        return cls(model=node.model, key=key, tolerances=Tolerances.from_policy(node.policy, node.model),
                    attestation_digest=_attestation_digest(node), allowed_nodes=allowed,
                    expected_defaults=_expected_defaults(node))
 
@@ -278,6 +278,11 @@ class VerifierService:
         signed_engine = engine["name"] if isinstance(engine, dict) else "specguard"
         if transcript.engine != signed_engine:
             out.append(f"engine: the transcript names {transcript.engine!r}, the receipt signs {signed_engine!r}")
+        # the model file digest picks the file a same-engine verifier re-executes: it must be the signed one
+        signed_file = engine.get("model_file_digest", "") if isinstance(engine, dict) else ""
+        if transcript.model_file_digest != signed_file:
+            out.append(f"model_file_digest: the transcript names {transcript.model_file_digest!r}, the receipt signs "
+                       f"{signed_file!r}")
         if out:
             return ["transcript is not the one the receipt signs"] + out
         if req.request_digest != predicate["request_digest"]:
@@ -364,7 +369,7 @@ class VerifierService:
         else:
             expected = completion_body(honest, response_id=response["id"], created=response["created"],
                                        model=response["model"], logprobs=completion_lp, text_of=self._text_of)
-        tolerance = self.tolerances.for_engine(t.engine).logprob_tolerance  # the engine's (cross-engine) tolerance
+        tolerance = self.tolerances.for_engine(t.engine, t.model_file_digest).logprob_tolerance  # the profile's
         _diff(_drop_nulls(expected), _drop_nulls(response), "response", tolerance, out)
         return out
 

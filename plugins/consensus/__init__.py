@@ -32,6 +32,7 @@ from specguard.consensus.config import (
     consensus_policy,
     default_quorum,
 )
+from specguard.consensus.profiles import accepted_set
 from specguard.consensus.quorum import (
     QuorumError,
     pinned_keys,
@@ -97,11 +98,14 @@ def judge_transcript(transcript: Transcript, receipt: dict[str, Any], node: Node
                                config.quorum, request=request, response=response, timeout=config.timeout)
     if isinstance(receipt, dict):
         receipt["consensus"] = cert
-    # the node decides by recounting the signed votes under its own keys and quorum, like a client would
+    # the node decides by recounting the signed votes under its own keys, quorum and accepted profiles,
+    # like a client would
     certified = False
     if keys:
         try:
-            verify_certificate(cert, receipt["envelope"] if "envelope" in receipt else receipt, keys, config.quorum)
+            accepted = accepted_set(consensus_policy(getattr(node, "policy", None)).accept_profiles)
+            verify_certificate(cert, receipt["envelope"] if "envelope" in receipt else receipt, keys, config.quorum,
+                               accept_profiles=accepted)
             certified = True
         except SpecguardError as exc:
             log.debug("consensus: certificate does not verify: %s", exc.summary())
@@ -129,6 +133,8 @@ def verify_evidence(slot: str, value: Any, statement: dict[str, Any], options: V
 
     The quorum is the largest of `options.quorum` (default: n - f of the n pinned keys), the
     policy's [consensus] quorum and the certificate's own; no field of the certificate lowers it.
+    Accepting votes count only under a tolerance profile the auditor accepts: exact and same-engine,
+    plus `options.accept_profiles` (`--accept-profile`) and the policy's [consensus] accept_profiles.
     """
     if slot != "consensus":
         return None
@@ -148,8 +154,9 @@ def verify_evidence(slot: str, value: Any, statement: dict[str, Any], options: V
         raise QuorumError("no receipt envelope to check the certificate's receipt digest against",
                           field="envelope")
     model = predicate.get("model") if isinstance(predicate.get("model"), dict) else {}
+    accepted = accepted_set([*options.accept_profiles, *consensus_policy(options.policy).accept_profiles])
     verified = verify_certificate(value, dict(envelope), keys, quorum or None, binding_digest=binding,
-                                  model_digest=model.get("digest"))
+                                  model_digest=model.get("digest"), accept_profiles=accepted)
     out = verified.to_json()
     out["receipt_digest_checked"] = True
     out["required_quorum"] = quorum

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from specguard.consensus.config import default_quorum, key_value
+from specguard.consensus.profiles import accepted_set
 from specguard.consensus.quorum import (
     QuorumError,
     request_certificate,
@@ -40,6 +41,33 @@ def _receipt_from(doc: Any) -> dict[str, Any]:
     return doc
 
 
+ACCEPT_PROFILE_HELP = ("Also count accepting votes that rest on this tolerance profile (repeatable), e.g. "
+                       "cross-engine:llamacpp. By default only exact and same-engine votes count: a cross-engine "
+                       "vote does not rule out a node choosing other tokens within the margin.")
+
+
+def print_votes(verified_votes: list[dict[str, Any]]) -> None:
+    """One stderr line per valid vote: what it rests on (profile, margin, deviations) and whether it counted."""
+    for v in verified_votes:
+        counted = "counted" if v["verdict"] == "accept" and v["profile_accepted"] else "NOT counted"
+        click.echo(f"vote {v['key_id']} {v['verdict']}: {v['summary']} ({counted})", err=True)
+
+
+def _summaries(cert: dict[str, Any], keys: list[bytes], accepted: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per-vote summaries of a certificate's votes that verify under `keys` (for printing, also on failure)."""
+    from specguard.consensus.quorum import vote_summary
+    from specguard.consensus.vote import verify_vote
+    from specguard.errors import SpecguardError
+
+    out = []
+    for obj in cert.get("votes", []) if isinstance(cert, dict) and isinstance(cert.get("votes"), list) else []:
+        try:
+            out.append(vote_summary(verify_vote(obj, keys), accepted))
+        except SpecguardError:
+            continue
+    return out
+
+
 @click.group(name="consensus")
 def consensus_group() -> None:
     """Consensus verification: independent verifiers re-check a response and co-sign it."""
@@ -61,9 +89,10 @@ def consensus_group() -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the certificate here.")
 @click.option("--attach", "attach_path", type=click.Path(dir_okay=False),
               help="Write the receipt document with the certificate attached as receipt['consensus'].")
+@click.option("--accept-profile", "accept_profile", multiple=True, metavar="PROFILE", help=ACCEPT_PROFILE_HELP)
 def check_command(receipt: str, transcript_path: str, request_path: str, response_path: str,
                   verifiers: tuple[str, ...], verifier_keys: tuple[str, ...], quorum: int | None, timeout: float,
-                  out_path: str | None, attach_path: str | None) -> None:
+                  out_path: str | None, attach_path: str | None, accept_profile: tuple[str, ...] = ()) -> None:
     """Ask verifiers to re-check a receipted response and build a quorum certificate.
 
     The verifiers check the request (through the pinned tokenizer and template), the response
@@ -82,6 +111,7 @@ def check_command(receipt: str, transcript_path: str, request_path: str, respons
     keys = [key_value(k, "--verifier-key") for k in verifier_keys]
     if not keys:
         raise UsageError("give the trusted verifier keys with --verifier-key", field="--verifier-key")
+    accepted = accepted_set(accept_profile)
     q = quorum or default_quorum(len(verifiers))
     doc = {k: v for k, v in doc.items() if k != "consensus"}
     cert = request_certificate(list(verifiers), transcript, doc, keys, q, request=request, response=response,
@@ -96,12 +126,17 @@ def check_command(receipt: str, transcript_path: str, request_path: str, respons
         click.echo(f"dissent {d['key_id']} {d['verdict']}: {'; '.join(d['reasons'][:4])}", err=True)
     for f in cert["failures"]:
         click.echo(f"no vote from {redact_url(f['verifier'])}: {f['error']}", err=True)
-    try:  # certified means: the signed votes recount to the quorum under the keys given here
-        verify_certificate(cert, doc["envelope"], keys, q)
-    except QuorumError:
+    print_votes(_summaries(cert, keys, accepted))
+    reason = ""
+    try:  # certified means: the signed votes recount to the quorum under the keys and profiles given here
+        verify_certificate(cert, doc["envelope"], keys, q, accept_profiles=accepted)
+    except QuorumError as exc:
         cert["certified"] = False
+        reason = exc.message
     if not cert["certified"]:
-        raise QuorumError(f"no quorum: {cert['accepts']} of {len(verifiers)} verifiers accepted, need {q}",
+        raise QuorumError(f"no quorum: {cert['accepts']} of {len(verifiers)} verifiers accepted, need {q} counted "
+                          f"under the accepted profiles ({', '.join(accepted)})"
+                          + (f": {reason}" if reason else ""),
                           field="consensus", got=cert["accepts"], expected=f">= {q}")
     click.echo(f"OK certified by {cert['accepts']} of {len(verifiers)} verifiers (quorum {q})", err=True)
 
@@ -113,8 +148,9 @@ def check_command(receipt: str, transcript_path: str, request_path: str, respons
 @click.option("--verifier-key", "verifier_keys", multiple=True, required=True,
               help="Trusted verifier key: 64 hex or a file.")
 @click.option("--quorum", type=int, help="Minimum accepting votes (never less than the certificate's own).")
+@click.option("--accept-profile", "accept_profile", multiple=True, metavar="PROFILE", help=ACCEPT_PROFILE_HELP)
 def verify_certificate_command(receipt: str, cert_path: str | None, verifier_keys: tuple[str, ...],
-                               quorum: int | None) -> None:
+                               quorum: int | None, accept_profile: tuple[str, ...] = ()) -> None:
     """Verify a quorum certificate offline against trusted verifier keys."""
     raw = _load_json(receipt, "receipt")
     doc = _receipt_from(raw)
@@ -123,7 +159,10 @@ def verify_certificate_command(receipt: str, cert_path: str | None, verifier_key
         cert = raw["specguard"].get("consensus")
     if cert is None:
         raise UsageError("no certificate: give --certificate or a receipt with 'consensus'", field="--certificate")
-    verified = verify_certificate(cert, doc["envelope"], [key_value(k, "--verifier-key") for k in verifier_keys], quorum)
+    keys = [key_value(k, "--verifier-key") for k in verifier_keys]
+    accepted = accepted_set(accept_profile)
+    print_votes(_summaries(cert, keys, accepted))
+    verified = verify_certificate(cert, doc["envelope"], keys, quorum, accept_profiles=accepted)
     click.echo(json.dumps(verified.to_json(), indent=2))
     click.echo(f"OK quorum certificate: {len(verified.accepted_by)} accepting votes, quorum {verified.quorum}",
                err=True)

@@ -113,6 +113,10 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
               help="Minimum accepting verifier votes (default n - f of the n verifier keys, f = (n-1)//3).")
 @click.option("--verifier-evidence", "verifier_evidence", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="TEE evidence document of a consensus verifier (from its /specguard/v1/attestation); repeatable.")
+@click.option("--accept-profile", "accept_profile", multiple=True, metavar="PROFILE",
+              help="Also count consensus votes that rest on this tolerance profile (repeatable), e.g. "
+                   "cross-engine:llamacpp. By default only exact and same-engine votes count: a cross-engine vote "
+                   "does not rule out a node choosing other tokens within the margin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_command(receipt: str, response_path: str | None, request_path: str | None, model_ref: str | None,
                    checkpoint_path: str | None, consistency_path: str | None, transcript_path: str | None,
@@ -120,7 +124,7 @@ def verify_command(receipt: str, response_path: str | None, request_path: str | 
                    attestation_evidence: str | None, collateral: str | None, model_commitment: str | None,
                    verifier_key: tuple[str, ...], quorum: int | None, verifier_evidence: tuple[str, ...],
                    as_json: bool, reference_values: str | None = None, default_max_tokens: int | None = None,
-                   context_length: int | None = None) -> None:
+                   context_length: int | None = None, accept_profile: tuple[str, ...] = ()) -> None:
     """Verify a receipt offline: signature, request/response digests, response text, token root,
     log inclusion, evidence. Every layer an option names is required.
 
@@ -134,19 +138,24 @@ def verify_command(receipt: str, response_path: str | None, request_path: str | 
                          trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum,
                          verifier_evidence, allow_unpinned=allow_unpinned, request_path=request_path,
                          model_ref=model_ref, collateral=collateral, reference_values=reference_values,
-                         defaults=(default_max_tokens, context_length))
+                         defaults=(default_max_tokens, context_length), accept_profiles=accept_profile)
     except SpecguardError as exc:
         _emit_failure(exc, as_json)
         raise
     report = verify_report(result)
+    consensus = result.evidence.get("attachment:consensus") if isinstance(result.evidence, dict) else None
+    votes = consensus.get("votes", []) if isinstance(consensus, dict) else []
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2))  # evidence.consensus.votes has the votes
         return
     for layer in report["layers"]:
         click.echo(f"{layer['status']:>9}  {layer['layer']}: {layer['detail']}")
     engine = report["engine"]
     click.echo(f"   engine  {engine['name']} {engine['version'] or '(version not recorded)'}, model file "
                f"{engine['model_file_digest'] or '(not recorded)'}")
+    for v in votes:  # what the certificate rests on, vote by vote
+        counted = "counted" if v["verdict"] == "accept" and v["profile_accepted"] else "NOT counted"
+        click.echo(f"{'vote':>9}  {v['key_id']} {v['verdict']}: {v['summary']} ({counted})")
     pinned = "" if result.key_pinned else " (KEY NOT PINNED: --allow-unpinned)"
     click.echo(f"OK receipt {result.receipt_id} signed by {result.key_id}{pinned}")
 
@@ -237,7 +246,7 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
             verifier_evidence: tuple[str, ...] = (), *, allow_unpinned: bool = False,
             request_path: str | None = None, model_ref: str | None = None,
             collateral: str | None = None, reference_values: str | None = None,
-            defaults: tuple[int | None, int | None] = (None, None)) -> Any:
+            defaults: tuple[int | None, int | None] = (None, None), accept_profiles: tuple[str, ...] = ()) -> Any:
     doc = load_json_file(Path(receipt), "receipt")
     response = None
     if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
@@ -282,6 +291,7 @@ def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None
         verifier_keys=tuple(parse_key_arg(k) for k in verifier_key),
         quorum=quorum,
         verifier_evidence=tuple(verifier_evidence),
+        accept_profiles=tuple(accept_profiles),
     )
     return verify_receipt(doc, options, evidence_verifier=hook_evidence_verifier)
 

@@ -136,8 +136,9 @@ def test_engine_tables_are_typed_and_strict():
 
 
 def test_cap_is_a_fraction_of_the_response_bounded_by_the_count():
+    """floor(fraction x tokens): rounding down, so short answers get no free within-margin swap."""
     t = EngineTolerance("x", 0.5, 0.5, 0.1)
-    assert [t.allowed_near_ties(n) for n in (1, 10, 11, 32, 100)] == [1, 1, 2, 4, 10]
+    assert [t.allowed_near_ties(n) for n in (1, 9, 10, 11, 32, 100)] == [0, 0, 1, 1, 3, 10]
     assert EngineTolerance("x", 0.5, 0.5, 0.1, max_near_ties=2).allowed_near_ties(100) == 2
     assert EngineTolerance("x", 0.5, 0.5, 0.0).allowed_near_ties(100) == 0
 
