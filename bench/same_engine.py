@@ -31,9 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _report import table, write_section  # noqa: E402
 
 from specguard.consensus.llamacpp_rederive import (  # noqa: E402
