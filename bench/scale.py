@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,13 +47,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _report import table, write_section
+from _servers import free_port, specguard_cmd, start_process
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from _report import table, write_section  # noqa: E402
-from support.servers import free_port, specguard_cmd, start_process  # noqa: E402
 
 SHAPES = {
     # name: (layers, hidden, heads, kv_heads, ffn, vocab, tied)

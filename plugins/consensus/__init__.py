@@ -103,7 +103,7 @@ def judge_transcript(transcript: Transcript, receipt: dict[str, Any], node: Node
     certified = False
     if keys:
         try:
-            accepted = accepted_set(consensus_policy(getattr(node, "policy", None)).accept_profiles)
+            accepted = accepted_set(consensus_policy(node.policy).accept_profiles)
             verify_certificate(cert, receipt["envelope"] if "envelope" in receipt else receipt, keys, config.quorum,
                                accept_profiles=accepted)
             certified = True
