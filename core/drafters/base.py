@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from ..transcript import SamplingParams
 
 
@@ -60,8 +61,10 @@ class Drafter:
         return None
 
     def make_shared_drafting(self, n_seqs: int) -> Any:
-        """A shared drafter for `n_seqs` requests (see specguard.drafters.llamacpp_batch)."""
-        raise NotImplementedError
+        """A shared drafter for `n_seqs` requests (see specguard.drafters.llamacpp_batch); only drafters
+        that return a `shared_drafting_key` build one."""
+        raise ConfigError("this drafter names no shared drafting key, so it builds no shared drafter",
+                          field="drafter", got=self.name, expected="a drafter whose shared_drafting_key() is not None")
 
 
 class NoDrafter(Drafter):
