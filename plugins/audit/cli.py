@@ -51,8 +51,10 @@ def _print_json(data: dict) -> None:
 @click.option("--budget", type=int, default=8, show_default=True, help="Prompts to send.")
 @click.option("--max-tokens", type=int, default=32, show_default=True,
               help="Tokens per answer, up to the model context (power per budget is in the report).")
-@click.option("--alpha", type=float, default=0.01, show_default=True)
-@click.option("--top-logprobs", type=int, default=5, show_default=True)
+@click.option("--alpha", type=float, default=0.01, show_default=True,
+              help="False-alarm rate: a test rejects at this level after Holm's correction.")
+@click.option("--top-logprobs", type=int, default=5, show_default=True,
+              help="Alternatives (top_logprobs) requested per answer token.")
 @click.option("--honest-class", default="auto", show_default=True,
               type=click.Choice(["auto", "cross-engine", "bf16", "fp32"]),
               help="auto = cross-engine when calibrated (the provider's engine is unknown); bf16/fp32 = same engine.")
@@ -61,22 +63,30 @@ def _print_json(data: dict) -> None:
 @click.option("--extra-body", default=None,
               help='JSON object merged into every request, e.g. \'{"repeat_penalty": 1.0}\' for llama.cpp servers.')
 @click.option("--calibration", default=None, help="Calibration JSON to use instead of measuring one.")
-@click.option("--calibration-prompts", type=int, default=8, show_default=True)
+@click.option("--calibration-prompts", type=int, default=8, show_default=True,
+              help="Audit prompts to measure a calibration on when none is given, saved or committed.")
 @click.option("--margin", type=float, default=1.5, show_default=True, help="Safety factor on the honest noise.")
-@click.option("--min-effect-logprob", type=float, default=0.1, show_default=True)
-@click.option("--min-effect-tokens", type=float, default=0.05, show_default=True)
+@click.option("--min-effect-logprob", type=float, default=0.1, show_default=True,
+              help="Logprob shift (nats per token, beyond the honest noise) that must be powered for consistent.")
+@click.option("--min-effect-tokens", type=float, default=0.05, show_default=True,
+              help="Share of decisive tokens disagreeing that must be powered for consistent.")
 @click.option("--mmd-samples", type=int, default=0, show_default=True, help="Samples per prompt for the text-only MMD test.")
-@click.option("--mmd-prompts", type=int, default=4, show_default=True)
+@click.option("--mmd-prompts", type=int, default=4, show_default=True,
+              help="Prompts for the text-only MMD test (with --mmd-samples >= 2).")
 @click.option("--text-only", is_flag=True, help="Do not ask for logprobs (audit as a text-only client).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
-@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Hard deadline in seconds for each request, retries included.")
+@click.option("--max-retries", type=int, default=6, show_default=True,
+              help="Retries per request on 408/409/425/429/5xx, timeouts and connection errors.")
 @click.option("--seeded", "seeded_prompts", type=int, default=0, show_default=True,
               help="Prompts for the seeded-exact test (providers implementing specguard's seeded sampling).")
 @click.option("--rut", "rut_prompts", type=int, default=0, show_default=True,
               help="Prompts for the rank-based uniformity test (one sampled answer each; any provider).")
 @click.option("--rut-samples", type=int, default=15, show_default=True, help="Reference samples per RUT prompt.")
-@click.option("--sample-temperature", type=float, default=1.0, show_default=True)
-@click.option("--sample-top-p", type=float, default=1.0, show_default=True)
+@click.option("--sample-temperature", type=float, default=1.0, show_default=True,
+              help="Temperature of the sampled requests (seeded and RUT tests).")
+@click.option("--sample-top-p", type=float, default=1.0, show_default=True,
+              help="top_p of the sampled requests (seeded and RUT tests).")
 @click.option("--sample-top-k", type=int, default=0, show_default=True, help="Sent (as top_k) only when > 0.")
 @click.option("--sample-seed", type=int, default=0, show_default=True,
               help="Secret from which the sampled requests' seeds are derived; choose your own.")
@@ -84,7 +94,8 @@ def _print_json(data: dict) -> None:
 @click.option("--price-per-1k-tokens", "prices", multiple=True,
               help="Price per 1000 tokens (prompt + answer), for all providers or NAME=PRICE for one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned verdict JSON (docs/audit.md).")
-@click.option("--out", "out_dir", default="audit-out", show_default=True)
+@click.option("--out", "out_dir", default="audit-out", show_default=True,
+              help="Directory for the raw log, calibration and reports; rerun with it to resume.")
 @click.option("--ray", "ray_scorers", type=click.IntRange(0), is_flag=False, flag_value=0, default=None,
               metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
                                   "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
@@ -196,18 +207,21 @@ def report_command(directory: str, as_json: bool) -> None:
 @audit_group.command(name="simulate")
 @click.option("--reference", required=True, help="Model reference to serve.")
 @click.option("--substitute", default=None, help="q8|int8|q4|q3|prune:N|noise:S|mix:SUB:FRAC (none = honest).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (honest variation).")
 @click.option("--served-name", default=None, help="Model name to report.")
-@click.option("--no-logprobs", is_flag=True)
-@click.option("--ignore-seed", is_flag=True)
+@click.option("--no-logprobs", is_flag=True, help="Never return logprobs, even when asked.")
+@click.option("--ignore-seed", is_flag=True, help="Replace each request's seed with a random one.")
 @click.option("--fail-rate", type=float, default=0.0, show_default=True, help="Share of 429/500 answers.")
-@click.option("--retry-after", type=float, default=1.0, show_default=True)
-@click.option("--malformed-rate", type=float, default=0.0, show_default=True)
+@click.option("--retry-after", type=float, default=1.0, show_default=True,
+              help="Retry-After seconds sent with the simulated failures.")
+@click.option("--malformed-rate", type=float, default=0.0, show_default=True,
+              help="Share of answers cut off into malformed JSON.")
 @click.option("--unmappable-rate", type=float, default=0.0, show_default=True, help="Share of tokens with bogus bytes.")
 @click.option("--slow", type=float, default=0.0, show_default=True, help="Seconds to wait before each answer.")
-@click.option("--fault-seed", type=int, default=0, show_default=True)
+@click.option("--fault-seed", type=int, default=0, show_default=True,
+              help="Seed of the random faults (--fail-rate, --malformed-rate, --ignore-seed).")
 @click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
 @click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
 def simulate_command(reference, substitute, host, port, threads, served_name, no_logprobs, ignore_seed, fail_rate,
@@ -238,12 +252,15 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
 
 
 @audit_group.command(name="calibrate")
-@click.option("--reference", required=True)
-@click.option("--prompts", "prompts_file", default=None)
-@click.option("--n", "n_prompts", type=int, default=8, show_default=True)
-@click.option("--max-tokens", type=int, default=32, show_default=True)
-@click.option("--top-logprobs", type=int, default=5, show_default=True)
-@click.option("--out", "out_file", default="calibration.json", show_default=True)
+@click.option("--reference", required=True, help="Model reference to calibrate.")
+@click.option("--prompts", "prompts_file", default=None,
+              help="JSONL prompts (prompt/text/turns; default: the built-in prompts).")
+@click.option("--n", "n_prompts", type=int, default=8, show_default=True, help="Prompts to measure on.")
+@click.option("--max-tokens", type=int, default=32, show_default=True, help="Tokens generated per prompt.")
+@click.option("--top-logprobs", type=int, default=5, show_default=True,
+              help="Alternatives compared per token.")
+@click.option("--out", "out_file", default="calibration.json", show_default=True,
+              help="Calibration JSON to write.")
 @click.option("--setups", default=None, help="Comma-separated set-ups (default: all; see docs/audit.md).")
 @click.option("--gguf", default=None, help="GGUF of the reference for the llama.cpp set-ups (default: its own).")
 def calibrate_command(reference, prompts_file, n_prompts, max_tokens, top_logprobs, out_file, setups, gguf) -> None:
@@ -278,21 +295,24 @@ def monitor_group() -> None:
 @click.option("--model", "model_name", required=True, help="Model name to monitor.")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Directory of the monitor store.")
 @click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
-@click.option("--n-prompts", type=int, default=8, show_default=True, help="Prompts to use (cycled from the file).")
+@click.option("--n-prompts", type=int, default=8, show_default=True, help="Distinct prompts to use, at most this many (a prompt is never repeated).")
 @click.option("--repeats", type=int, default=5, show_default=True, help="Times each prompt is asked (noise).")
-@click.option("--max-tokens", type=int, default=16, show_default=True)
-@click.option("--top-logprobs", type=int, default=5, show_default=True)
+@click.option("--max-tokens", type=int, default=16, show_default=True, help="Tokens per answer.")
+@click.option("--top-logprobs", type=int, default=5, show_default=True,
+              help="Alternatives (top_logprobs) requested per answer token.")
 @click.option("--text-only", is_flag=True, help="Do not ask for logprobs (text fingerprint only).")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True,
               help="Logprob differences below this (nats) are noise; also the near-tie margin.")
 @click.option("--api-key-env", default=None, help="Environment variable holding the API key (never written).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
-@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Hard deadline in seconds for each request, retries included.")
+@click.option("--max-retries", type=int, default=6, show_default=True,
+              help="Retries per request on 408/409/425/429/5xx, timeouts and connection errors.")
 @click.option("--force", is_flag=True, help="Replace an existing baseline (the old one, its history and logs move to DIR/archive/).")
 @click.option("--allow-nondeterministic", is_flag=True,
               help="INSECURE: use a baseline whose greedy repeats part beyond engine noise as the null (a provider "
                    "mixing models into the baseline can then switch unseen).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the baseline summary as JSON.")
 def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
                              text_only, tolerance, api_key_env, timeout, max_retries, force, allow_nondeterministic,
                              as_json) -> None:
@@ -322,7 +342,8 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
 
 @monitor_group.command(name="check")
 @cacert_option
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory of the monitor store (made by baseline).")
 @click.option("--repeats", type=int, default=2, show_default=True, help="Times each prompt is asked now.")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm rate of the test.")
 @click.option("--base-url", default=None, help="Override the stored base URL.")
@@ -330,10 +351,12 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
 @click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
 @click.option("--history-head", default=None,
               help="Fail unless the history's head is this digest (printed by the previous check).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
-@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Hard deadline in seconds for each request, retries included.")
+@click.option("--max-retries", type=int, default=6, show_default=True,
+              help="Retries per request on 408/409/425/429/5xx, timeouts and connection errors.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo null.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (docs/audit.md).")
 def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, history_head, timeout,
                           max_retries, seed, as_json) -> None:
     """Re-ask the baseline's prompts and test for a change. Exit 0 no change, 6 change, 1 inconclusive."""
@@ -355,10 +378,11 @@ def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline
 
 
 @monitor_group.command(name="history")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory of the monitor store (made by baseline).")
 @click.option("--baseline-digest", default=None, help="Fail unless the stored baseline has this digest.")
 @click.option("--history-head", default=None, help="Fail unless the history contains this head (from a check).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the baseline digest, head and checks as JSON.")
 def monitor_history_command(store, baseline_digest, history_head, as_json) -> None:
     """The timeline of checks (verified hash chain)."""
     from specguard.audit.monitor import chain_head, history_table, load_baseline, read_chain, read_history
