@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import SpecguardError
+from .outbound_args import cacert_option
 from .plugin_manager import get_plugins, load_plugins, pm
 
 
@@ -47,6 +48,7 @@ def models_command(ref: str | None, as_json: bool, runtime: str = "torch") -> No
 
 
 @cli.command(name="generate")
+@cacert_option
 @click.argument("prompt", required=False)
 @click.option("--chat", "chat", is_flag=True, help="Wrap PROMPT as a user message with the chat template.")
 @click.option("-m", "--model", "model_ref", default=None, help="Model reference (default smollm2-135m).")

@@ -232,7 +232,8 @@ def test_remote_drafter_takes_the_cacert(tls_server):
 
 
 @pytest.mark.parametrize("command", [["serve"], ["log", "verify"], ["log", "show"], ["consensus", "check"],
-                                     ["audit", "run"], ["audit", "monitor", "baseline"], ["audit", "monitor", "check"]])
+                                     ["audit", "run"], ["audit", "monitor", "baseline"], ["audit", "monitor", "check"],
+                                     ["generate"]])
 def test_every_outbound_command_documents_cacert(command):
     code, text = _run(*command, "--help")
     assert code == 0 and "--cacert" in text and "SSL_CERT_FILE is ignored" in " ".join(text.split())
