@@ -40,9 +40,10 @@ def limiter_for(node: Any) -> TokenBuckets:
     return TokenBuckets(pol.rate_limit_per_second, pol.rate_limit_burst)
 
 
-def budget_for(node: Any) -> TokenBuckets:
-    """The per-client work budget of a verifier node, in model tokens ([consensus] work_* keys)."""
-    pol = consensus_policy(node.policy)
+def budget_for(node: Any | None) -> TokenBuckets:
+    """The per-client work budget of a verifier node, in model tokens ([consensus] work_* keys; None:
+    the defaults)."""
+    pol = consensus_policy(node.policy if node is not None else None)
     return TokenBuckets(pol.work_tokens_per_second, pol.work_burst_tokens)
 
 

@@ -102,4 +102,4 @@ class FaultPlugin:
                 return JSONResponse(status_code=400, content={"error": {"message": exc.summary()}})
             return JSONResponse({"behaviour": service.behaviour})
 
-        routes.add_verifier_routes(app, service, routes.limiter_for(node))
+        routes.add_verifier_routes(app, service, routes.limiter_for(node), routes.budget_for(node))
