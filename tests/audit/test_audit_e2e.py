@@ -127,7 +127,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(setup, honest):
     shutil.copytree(setup["base"] / "full", copy)
     result = CliRunner().invoke(cli, ["audit", "report", str(copy), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["verdict"] == full["verdict"]
+    assert json.loads(result.stdout)["verdict"] == full["verdict"]
     assert json.loads((copy / "report.json").read_text())["client"]["attempts"] == 0
 
 
