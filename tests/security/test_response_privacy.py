@@ -91,19 +91,18 @@ def test_log_reader_cannot_fetch_a_body_but_the_requester_can(server):
     no_token = httpx.get(url, timeout=10)
     assert no_token.status_code == 401 and no_token.json()["error"]["code"] == "missing_response_token"
     for guess in ("A" * 43, token[:-1] + ("A" if token[-1] != "A" else "B"), token[:20]):
-        for attempt in (httpx.get(url, params={"token": guess}, timeout=10),
-                        httpx.get(url, headers={TOKEN_HEADER: guess}, timeout=10),
+        for attempt in (httpx.get(url, headers={TOKEN_HEADER: guess}, timeout=10),
                         httpx.get(url, headers={"Authorization": f"Bearer {guess}"}, timeout=10)):
             assert attempt.status_code == 404, attempt.text
             assert set(attempt.json()["error"]) == {"message", "type", "param", "code"}
             assert "choices" not in attempt.text
     other = _chat(server.url, max_tokens=5).json()["specguard"]
-    assert httpx.get(url, params={"token": other["response_token"]}, timeout=10).status_code == 404
-    # the requester reads it back, by header or query
-    for got in (httpx.get(url, headers={TOKEN_HEADER: token}, timeout=10),
-                httpx.get(url, params={"token": token}, timeout=10)):
-        assert got.status_code == 200
-        assert got.json() == {k: v for k, v in body.items() if k != "specguard"}
+    assert httpx.get(url, headers={TOKEN_HEADER: other["response_token"]}, timeout=10).status_code == 404
+    # the requester reads it back, by header only (a ?token= is refused: URLs end up in access logs)
+    got = httpx.get(url, headers={TOKEN_HEADER: token}, timeout=10)
+    assert got.status_code == 200
+    assert got.json() == {k: v for k, v in body.items() if k != "specguard"}
+    assert httpx.get(url, params={"token": token}, timeout=10).status_code == 400
     # the token is stored only as a digest
     assert all(token not in p.read_text("utf-8") for p in _stored_files(server.home))
 
@@ -121,7 +120,7 @@ def test_a_withheld_body_is_neither_sent_stored_nor_served(server):
     rid = new_ids.pop()
     assert set(_stored_files(server.home)) == before_files  # ... but its body was never stored
     assert not (server.home / "responses" / rid[:2] / f"{rid}.json").exists()
-    got = httpx.get(f"{server.url}/specguard/v1/responses/{rid}", params={"token": "A" * 43}, timeout=10)
+    got = httpx.get(f"{server.url}/specguard/v1/responses/{rid}", headers={TOKEN_HEADER: "A" * 43}, timeout=10)
     assert got.status_code == 404
 
 
@@ -146,7 +145,7 @@ def test_streaming_under_withhold_leaks_no_token_before_the_verdict(server):
     sg = chunks[-1]["specguard"]
     assert sg["test_judge"] == "accepted" and resp.headers[TOKEN_HEADER] == sg["response_token"]
     stored = httpx.get(f"{server.url}/specguard/v1/responses/{sg['receipt_id']}",
-                       params={"token": sg["response_token"]}, timeout=10).json()
+                       headers={TOKEN_HEADER: sg["response_token"]}, timeout=10).json()
     assert stored["choices"][0]["message"]["content"] == text
 
 
