@@ -99,7 +99,7 @@ def test_openai_client_chat_completion_streaming_logprobs_and_verify_cli(server,
     assert "".join(c.choices[0].text for c in comp_stream if c.choices) == completion.choices[0].text
     sg2 = comp_stream[-1].model_extra["specguard"]
     stored2 = httpx.get(f"{server.url}/specguard/v1/responses/{sg2['receipt_id']}", timeout=10,
-                        params={"token": sg2["response_token"]}).json()
+                        headers={"X-Specguard-Response-Token": sg2["response_token"]}).json()
 
     jobs = [_save(tmp_path, "chat", body), _save(tmp_path, "completion", comp_body),
             _save(tmp_path, "chat-stream", {**stored, "specguard": sg}),
