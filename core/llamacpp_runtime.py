@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import SpecguardError, UsageError
 from .models import LoadedModel
+from .runtime.digest import FileMemo
 
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" FORCE_CMAKE=1 '
@@ -152,26 +153,20 @@ class LlamaPool:
 POOL = LlamaPool()
 atexit.register(POOL.clear)
 
-_digests: dict[tuple[str, int, int], str] = {}
-_digest_lock = threading.Lock()
+_file_digests = FileMemo()
 
 
 def file_sha256(path: str | Path) -> str:
-    """`sha256:<hex>` of a model file's bytes, cached per (resolved path, size, mtime)."""
-    resolved = Path(path).resolve()
-    stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    with _digest_lock:
-        if key in _digests:
-            return _digests[key]
+    """`sha256:` of a model file's bytes, cached per (resolved path, size, mtime)."""
+    return _file_digests.get(path, _sha256_of_bytes)
+
+
+def _sha256_of_bytes(path: Path) -> str:
     h = hashlib.sha256()
-    with resolved.open("rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    digest = "sha256:" + h.hexdigest()
-    with _digest_lock:
-        _digests[key] = digest
-    return digest
+    return "sha256:" + h.hexdigest()
 
 
 def model_file_digest(target: LoadedModel) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ..canonical import lp
@@ -37,8 +38,28 @@ MODEL_DIGEST_V3_TAG = b"specguard/model-digest/v3"
 _CHUNK = 1 << 20
 _KEPT_GENERAL = frozenset({"general.architecture"})
 
-_cache: dict[tuple[str, int, int], str] = {}
-_cache_lock = threading.Lock()
+class FileMemo:
+    """Values computed from a file's bytes, kept per (resolved path, size, mtime): a changed file is
+    recomputed. Thread-safe; the computation itself runs outside the lock."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path, compute: Callable[[Path], str]) -> str:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        value = compute(resolved)
+        with self._lock:
+            self._values[key] = value
+        return value
+
+
+_memo = FileMemo()
 
 
 def _hashed_key(key: str) -> bool:
@@ -47,12 +68,10 @@ def _hashed_key(key: str) -> bool:
 
 def gguf_model_digest(path: str | Path, parsed: GGUFFile | None = None) -> str:
     """`sha256:<hex>`, the v3 model digest of a GGUF file (cached per path, size and mtime)."""
-    resolved = Path(path).resolve()
-    stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
+    return _memo.get(path, lambda resolved: _stream_digest(resolved, parsed))
+
+
+def _stream_digest(resolved: Path, parsed: GGUFFile | None) -> str:
     info = parsed or read_gguf(resolved)
     h = hashlib.sha256(lp(MODEL_DIGEST_V3_TAG, b"gguf"))
     for name in sorted(info.raw, key=lambda k: k.encode("utf-8")):
@@ -71,7 +90,4 @@ def gguf_model_digest(path: str | Path, parsed: GGUFFile | None = None) -> str:
                     break  # read_gguf checked the sizes; a file shrinking under us hashes short and differs
                 h.update(chunk)
                 left -= len(chunk)
-    digest = "sha256:" + h.hexdigest()
-    with _cache_lock:
-        _cache[key] = digest
-    return digest
+    return "sha256:" + h.hexdigest()
