@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..attest.jsonio import Require
 from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
 from .config import redact_http_client_logs, redact_text, redact_url
@@ -72,6 +73,9 @@ redact_http_client_logs()  # the HTTP client logs request URLs: never with a ver
 
 class CertificateParseError(ParseError):
     """A quorum certificate is not well-formed (exit code 3)."""
+
+
+_creq = Require(CertificateParseError)
 
 
 class QuorumError(VerificationError):
@@ -345,11 +349,6 @@ def _profile_refusal(vote: Vote, accepted: tuple[str, ...], where: str) -> str |
     return (f"{where}: vote by {vote.key_id} rests on tolerance profile {profile!r} ({describe(vote.body['stats'])}), "
             f"which is not accepted (accepted: {', '.join(accepted)}); a {profile.split(':')[0]} vote does not rule "
             f"out a node choosing other tokens within the margin. To accept it: --accept-profile {profile}")[:500]
-
-
-def _creq(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
-    if not cond:
-        raise CertificateParseError(message, field=field, got=got, expected=expected)
 
 
 def parse_certificate(cert: Any) -> dict[str, Any]:

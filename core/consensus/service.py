@@ -37,13 +37,13 @@ from typing import Any
 
 from ..attest import dsse
 from ..attest.disclosure import token_records_root
-from ..attest.receipts import (
+from ..attest.receipts.parse import parse_statement
+from ..attest.receipts.sealed import open_statement
+from ..attest.receipts.wire import (
     DISCLOSURE_KEY,
     ENGINE_KEY,
     RESPONSE_DIGEST_KEY,
     RESPONSE_DIGEST_V1,
-    open_statement,
-    parse_statement,
     request_digest,
     response_digest,
 )

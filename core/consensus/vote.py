@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..attest.dsse import b64decode_strict, b64encode
+from ..attest.jsonio import Require
 from ..canonical import CanonicalizationError, canonical_json, json_digest, lp
 from ..errors import ParseError, VerificationError
 from ..keys import NodeKey, key_id_for
@@ -62,6 +63,9 @@ class VoteParseError(ParseError):
 
 class VoteSignatureError(VerificationError):
     """A vote's signature does not verify, or its key is not trusted (exit code 4)."""
+
+
+_req = Require(VoteParseError)
 
 
 def envelope_digest(envelope: dict[str, Any]) -> str:
@@ -153,11 +157,6 @@ def sign_vote(
     }
     _check_body(body)
     return Vote(body, key.sign(signing_input(body))).to_json()
-
-
-def _req(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
-    if not cond:
-        raise VoteParseError(message, field=field, got=got, expected=expected)
 
 
 def _check_body(body: Any, where: str = "vote") -> None:

@@ -26,7 +26,7 @@ log = logging.getLogger("specguard.consensus")
 
 
 def _load_json(path: str, what: str) -> Any:
-    from specguard.attest.receipts import load_json_file
+    from specguard.attest.receipts.parse import load_json_file
 
     return load_json_file(Path(path), what)
 

@@ -19,13 +19,9 @@ from specguard.attest.checkpoint import (
     verify_checkpoint,
 )
 from specguard.attest.options import TextDecoder, VerifyOptions
-from specguard.attest.receipts import (
-    ReceiptParseError,
-    UnpinnedKeyError,
-    load_json_file,
-    loads_strict,
-    verify_receipt,
-)
+from specguard.attest.receipts.errors import ReceiptParseError, UnpinnedKeyError
+from specguard.attest.receipts.parse import load_json_file, loads_strict
+from specguard.attest.receipts.verify import verify_receipt
 from specguard.attest.tlog import TransparencyLog
 from specguard.errors import SpecguardError, UsageError
 from specguard.key_args import parse_key_arg

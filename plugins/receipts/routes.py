@@ -12,9 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from specguard.attest import merkle
-from specguard.attest.receipts import (
-    ReceiptIssuer,
-)
+from specguard.attest.receipts.issuer import ReceiptIssuer
 from specguard.attest.tlog import LogRangeError
 
 log = logging.getLogger("specguard.plugins.receipts")
