@@ -49,7 +49,7 @@ from .config import redact_http_client_logs, redact_text, redact_url
 from .credentials import verifier_headers
 from .profiles import DEFAULT_ACCEPTED, ProfileError, describe, is_accepted, vote_profile
 from .rederive import ACCEPT
-from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
+from .vote import Vote, VoteParseError, VoteSubject, envelope_digest, utc_now, verify_vote
 
 log = logging.getLogger("specguard.consensus")
 
@@ -124,15 +124,8 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
 
 
 @dataclass(frozen=True)
-class Bound:
+class Bound(VoteSubject):
     """What every vote of one request must bind: receipt, binding, request and response digests, nonce."""
-
-    receipt_digest: str
-    binding_digest: str
-    request_digest: str
-    response_digest: str
-    nonce: str
-
     @classmethod
     def of_receipt(cls, envelope: dict[str, Any], nonce: str) -> Bound:
         """The digests a receipt envelope signs (its statement's), with `nonce`."""

@@ -59,7 +59,7 @@ from ..keys import NodeKey, key_id_for
 from ..transcript import TokenRecord, Transcript, ids_digest
 from .config import ALLOWED_NODES_ENV, allowed_nodes
 from .rederive import ACCEPT, REJECT, UNVERIFIABLE, Judgement, Tolerances, judge
-from .vote import envelope_digest, sign_vote
+from .vote import VoteSubject, envelope_digest, sign_vote
 
 log = logging.getLogger("specguard.consensus.verifier")
 
@@ -242,19 +242,10 @@ class VerifierService:
 
     def vote(self, req: VerifyRequest, judgement: Judgement, key: NodeKey | None = None) -> dict[str, Any]:
         """The signed vote for a judgement (`key` defaults to the verifier's own)."""
-        return sign_vote(
-            key or self.key,
-            receipt_digest=envelope_digest(req.envelope),
-            binding_digest=req.transcript.binding_digest(),
-            request_digest=req.request_digest,
-            response_digest=req.response_digest,
-            nonce=req.nonce,
-            verdict=judgement.verdict,
-            reasons=judgement.reasons,
-            stats=judgement.stats,
-            model_digest=self.model.digest,
-            attestation_digest=self.attestation_digest,
-        )
+        subject = VoteSubject(envelope_digest(req.envelope), req.transcript.binding_digest(), req.request_digest,
+                              req.response_digest, req.nonce)
+        return sign_vote(key or self.key, subject, judgement, model_digest=self.model.digest,
+                         attestation_digest=self.attestation_digest)
 
     # -- checks --------------------------------------------------------------------------------
 
