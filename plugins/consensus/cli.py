@@ -14,6 +14,7 @@ from specguard.consensus.config import default_quorum, key_value
 from specguard.consensus.profiles import accepted_set
 from specguard.consensus.quorum import (
     QuorumError,
+    ReceiptedResponse,
     request_certificate,
     verify_certificate,
 )
@@ -139,7 +140,7 @@ def check_command(**options: Any) -> None:
     accepted = accepted_set(args.accept_profile)
     q = args.quorum or default_quorum(len(args.verifiers))
     doc = {k: v for k, v in doc.items() if k != "consensus"}
-    cert = request_certificate(list(args.verifiers), transcript, doc, keys, q, request=request, response=response,
+    cert = request_certificate(list(args.verifiers), ReceiptedResponse(transcript, doc, request, response), keys, q,
                                timeout=args.timeout)
     text = json.dumps(cert, indent=2)
     if args.out_path:
