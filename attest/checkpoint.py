@@ -116,6 +116,22 @@ def sign_checkpoint(origin: str, size: int, root: bytes, key: NodeKey) -> str:
 
 def split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]:
     """Split a signed note into its text and (name, key hash, signature) triples, unverified."""
+    note = _note_text(note)
+    cut = note.rfind("\n\n")
+    if cut < 0:
+        raise CheckpointParseError("signed note has no blank line before its signatures", field="note")
+    text, block = note[: cut + 1], note[cut + 2:]
+    _check_text(text)
+    if not block.endswith("\n"):
+        raise CheckpointParseError("signature block must end with a newline", field="note.signatures")
+    lines = block[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise CheckpointParseError("too many signatures", field="note.signatures", got=len(lines))
+    return text, [_signature_line(line, f"note.signatures[{i}]") for i, line in enumerate(lines)]
+
+
+def _note_text(note: str | bytes) -> str:
+    """The note as text of at most MAX_NOTE_BYTES (bytes must be UTF-8)."""
     if isinstance(note, bytes | bytearray):
         if len(note) > MAX_NOTE_BYTES:
             raise CheckpointParseError("signed note is too large", field="note", got=len(note))
@@ -127,33 +143,24 @@ def split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]:
         raise CheckpointParseError("signed note must be text", field="note", got=type(note).__name__)
     if len(note) > MAX_NOTE_BYTES:
         raise CheckpointParseError("signed note is too large", field="note", got=len(note))
-    cut = note.rfind("\n\n")
-    if cut < 0:
-        raise CheckpointParseError("signed note has no blank line before its signatures", field="note")
-    text, block = note[: cut + 1], note[cut + 2:]
-    _check_text(text)
-    if not block.endswith("\n"):
-        raise CheckpointParseError("signature block must end with a newline", field="note.signatures")
-    lines = block[:-1].split("\n")
-    if len(lines) > MAX_SIGNATURES:
-        raise CheckpointParseError("too many signatures", field="note.signatures", got=len(lines))
-    sigs: list[tuple[str, bytes, bytes]] = []
-    for i, line in enumerate(lines):
-        field_name = f"note.signatures[{i}]"
-        if not line.startswith(SIG_PREFIX):
-            raise CheckpointParseError("signature line must start with an em dash and a space",
-                                       field=field_name, got=line[:40])
-        parts = line[len(SIG_PREFIX):].split(" ")
-        if len(parts) != 2:
-            raise CheckpointParseError("signature line must be '— name signature'", field=field_name,
-                                       got=line[:60])
-        name, sig_b64 = parts
-        _check_name(name)
-        raw = b64decode_strict(sig_b64, field_name, CheckpointParseError)
-        if len(raw) < 5:
-            raise CheckpointParseError("signature is too short", field=field_name, got=len(raw))
-        sigs.append((name, raw[:4], raw[4:]))
-    return text, sigs
+    return note
+
+
+def _signature_line(line: str, field_name: str) -> tuple[str, bytes, bytes]:
+    """(name, key hash, signature) of one '— name base64(key hash ‖ signature)' line."""
+    if not line.startswith(SIG_PREFIX):
+        raise CheckpointParseError("signature line must start with an em dash and a space",
+                                   field=field_name, got=line[:40])
+    parts = line[len(SIG_PREFIX):].split(" ")
+    if len(parts) != 2:
+        raise CheckpointParseError("signature line must be '— name signature'", field=field_name,
+                                   got=line[:60])
+    name, sig_b64 = parts
+    _check_name(name)
+    raw = b64decode_strict(sig_b64, field_name, CheckpointParseError)
+    if len(raw) < 5:
+        raise CheckpointParseError("signature is too short", field=field_name, got=len(raw))
+    return name, raw[:4], raw[4:]
 
 
 def parse_checkpoint(text: str) -> Checkpoint:

@@ -94,6 +94,22 @@ def verify_disclosure(doc: Any, root_hex: str, tree_size: int) -> list[dict[str,
     if not isinstance(tree_size, int) or isinstance(tree_size, bool) or tree_size < 0:
         raise UsageError("tree size must be a non-negative integer (the receipt's token_records_count)",
                          field="tree_size", got=tree_size)
+    items = _check_header(doc, root_hex, tree_size)
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for n, item in enumerate(items):
+        index, record, proof = _parse_item(item, n)
+        if index in seen:
+            raise DisclosureParseError("index disclosed twice", field=f"records[{n}].index", got=index)
+        seen.add(index)
+        _check_included(n, index, record, proof, tree_size, root)
+        out.append({"index": index, **record})
+    out.sort(key=lambda r: r["index"])
+    return out
+
+
+def _check_header(doc: Any, root_hex: str, tree_size: int) -> list[Any]:
+    """The document's version, suite, tree size and root against the receipt's; its records list."""
     if not isinstance(doc, dict):
         raise DisclosureParseError("disclosure must be a JSON object", field="disclosure",
                                    got=type(doc).__name__)
@@ -109,7 +125,6 @@ def verify_disclosure(doc: Any, root_hex: str, tree_size: int) -> list[dict[str,
     if claimed != tree_size:
         raise DisclosureError("disclosure names another tree size than the receipt signs", field="tree_size",
                               got=claimed, expected=tree_size)
-    size = tree_size
     if "root" in doc and doc["root"] != root_hex.lower():
         raise DisclosureError("disclosure is for another root", field="root", got=doc["root"],
                               expected=root_hex.lower())
@@ -117,27 +132,22 @@ def verify_disclosure(doc: Any, root_hex: str, tree_size: int) -> list[dict[str,
     if not isinstance(items, list) or not items:
         raise DisclosureParseError("records must be a non-empty list", field="records",
                                    got=type(items).__name__ if not isinstance(items, list) else 0)
-    out: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    for n, item in enumerate(items):
-        index, record, proof = _parse_item(item, n)
-        if index in seen:
-            raise DisclosureParseError("index disclosed twice", field=f"records[{n}].index", got=index)
-        seen.add(index)
-        try:
-            data = canonical_json(record)
-        except CanonicalizationError as exc:
-            raise DisclosureParseError("record is not canonical JSON", field=f"records[{n}].record",
-                                       got=str(exc)) from exc
-        try:
-            verify_inclusion(index, size, leaf_hash(data), proof, root)
-        except LogProofError as exc:
-            raise DisclosureError(f"record {n} is not included under the root: {exc.message}",
-                                  field=f"records[{n}].{exc.field or 'proof'}", got=exc.got,
-                                  expected=exc.expected) from exc
-        out.append({"index": index, **record})
-    out.sort(key=lambda r: r["index"])
-    return out
+    return items
+
+
+def _check_included(n: int, index: int, record: dict[str, Any], proof: list[bytes], size: int, root: bytes) -> None:
+    """Record `n` (at `index`) must be included under `root` in a tree of `size` leaves."""
+    try:
+        data = canonical_json(record)
+    except CanonicalizationError as exc:
+        raise DisclosureParseError("record is not canonical JSON", field=f"records[{n}].record",
+                                   got=str(exc)) from exc
+    try:
+        verify_inclusion(index, size, leaf_hash(data), proof, root)
+    except LogProofError as exc:
+        raise DisclosureError(f"record {n} is not included under the root: {exc.message}",
+                              field=f"records[{n}].{exc.field or 'proof'}", got=exc.got,
+                              expected=exc.expected) from exc
 
 
 def _parse_item(item: Any, n: int) -> tuple[int, dict[str, Any], list[bytes]]:

@@ -7,12 +7,17 @@ was reading. Refused: bytes that are not UTF-8, invalid JSON, duplicate object k
 Infinity (also a number like 1e999 that only overflows to infinity), integers longer than
 `MAX_INT_DIGITS` digits (Python's own limit, 4300, surfaces as a bare ValueError) and nesting deeper
 than the interpreter can follow.
+
+`Require` is the one set of structure checks over a parsed document (a condition, an exact key
+set, a non-negative integer), each failing with the reader's own `ParseError` subclass.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ from ..errors import ParseError
 #: need at most 20
 MAX_INT_DIGITS = 1000
 
-__all__ = ["loads_strict", "load_json_file", "MAX_INT_DIGITS"]
+__all__ = ["loads_strict", "load_json_file", "MAX_INT_DIGITS", "Require"]
 
 
 class _StrictHooks:
@@ -84,3 +89,32 @@ def load_json_file(path: Path | str, what: str, error: type[ParseError] = ParseE
     except OSError as exc:
         raise error(f"cannot read {what}: {exc.strerror}", field=str(path)) from exc
     return loads_strict(data, what, error)
+
+
+@dataclass(frozen=True)
+class Require:
+    """Structure checks over a parsed JSON document, each raising `error` naming the field.
+
+    A reader binds its own error class once (`_require = Require(VoteParseError)`) and calls
+    `_require(cond, message, field, got, expected)`, `_require.keys(...)`, `_require.uint(...)`.
+    """
+
+    error: type[ParseError] = ParseError
+
+    def __call__(self, cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
+        if not cond:
+            raise self.error(message, field=field, got=got, expected=expected)
+
+    def keys(self, obj: Any, field: str, required: Set[str], optional: Set[str] = frozenset()) -> dict[str, Any]:
+        """`obj` as a JSON object with every `required` key and no key outside `required | optional`."""
+        self(isinstance(obj, dict), "must be a JSON object", field, type(obj).__name__)
+        missing, extra = set(required) - set(obj), set(obj) - set(required) - set(optional)
+        self(not missing, "missing keys", field, sorted(missing))
+        self(not extra, "unexpected keys", field, sorted(extra))
+        return obj
+
+    def uint(self, value: Any, field: str) -> int:
+        """`value` as an integer in 0..2**63-1 (a bool is not an integer here)."""
+        self(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63,
+             "must be a non-negative integer", field, value)
+        return value

@@ -1,6 +1,6 @@
 """What the user asks offline verification to check: one frozen, typed object.
 
-`verify_receipt` (attest/receipts.py) and every plugin's `verify_evidence(slot, value, statement,
+`verify_receipt` (attest/receipts/verify.py) and every plugin's `verify_evidence(slot, value, statement,
 options)` hook receive the same `VerifyOptions`. Every field that names a layer makes that layer
 *required*: a receipt that lacks it fails with that layer's error (see `required_slots`), so a
 check the user asked for can never come back "unchecked".

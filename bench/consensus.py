@@ -27,7 +27,7 @@ from pathlib import Path
 from _report import table, write_section  # noqa: E402
 
 from specguard.attest.receipts import ReceiptIssuer  # noqa: E402
-from specguard.consensus.quorum import request_certificate  # noqa: E402
+from specguard.consensus.quorum import ReceiptedResponse, request_certificate  # noqa: E402
 from specguard.consensus.rederive import (  # noqa: E402
     ACCEPT,
     DEFAULT_LOGPROB_TOLERANCE,
@@ -125,8 +125,8 @@ def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[o
             receipt = issuer.issue(t, request_obj, body, {}, policy)
             receipt_s = time.perf_counter() - start
             start = time.perf_counter()
-            cert = request_certificate([p.url for p in procs], t.to_json(include_steps=False), receipt, keys,
-                                       n_verifiers, request=request_obj, response=body, timeout=120)
+            checked = ReceiptedResponse(t.to_json(include_steps=False), receipt, request_obj, body)
+            cert = request_certificate([p.url for p in procs], checked, keys, n_verifiers, timeout=120)
             consensus_s = time.perf_counter() - start
             rows.append([len(t.output_ids), f"{t.seconds:.2f}", f"{receipt_s:.3f}", f"{consensus_s:.2f}",
                          f"{consensus_s / t.seconds:.0%}", f"{cert['accepts']}/{n_verifiers}"])

@@ -313,10 +313,12 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=None, help="serve-llamacpp: cap the context (KV cache)")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
+    from specguard.models import model_cache_dir
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="specguard-scale-") as tmp:
         home = Path(tmp)
-        models = Path(os.environ.get("SPECGUARD_HOME") or Path.home() / ".cache" / "specguard") / "models"
+        models = model_cache_dir()  # $SPECGUARD_MODEL_CACHE, else $SPECGUARD_HOME/models (with ~ expanded)
         (home / "models").symlink_to(models, target_is_directory=True)  # reuse converted/tokenizer caches
         for shape in args.shapes.split(","):
             rows += measure(shape, args.quant, args.commands.split(","), args.max_tokens, args.threads, home,

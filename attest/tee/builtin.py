@@ -15,7 +15,7 @@ from .snp_verify import load_amd_crls, verify_snp
 from .tdx import parse_tdx_quote, show_tdx
 from .tdx_verify import verify_tdx
 from .types import Verified
-from .validate import nvidia_rules, snp_rules, tdx_rules, validate_evidence
+from .validate import ReportDataBinding, nvidia_rules, snp_rules, tdx_rules, validate_evidence
 
 
 class _Base:
@@ -28,9 +28,9 @@ class _Base:
     def validate(self, verified: Verified, section: Mapping[str, Any], *, public_key: bytes | None = None,
                  nonce: bytes | None = None, now: dt.datetime | None = None,
                  collected_at: dt.datetime | None = None, expected_report_data: bytes | None = None) -> None:
-        validate_evidence(verified, section, public_key=public_key, nonce=nonce, now=now,
-                          collected_at=collected_at, type_rules=type(self).rules,
-                          expected_report_data=expected_report_data, gpu=self.gpu)
+        binding = ReportDataBinding(public_key, nonce, expected_report_data, gpu=self.gpu)
+        validate_evidence(verified, section, binding, now=now, collected_at=collected_at,
+                          type_rules=type(self).rules)
 
 
 class SnpEvidenceType(_Base):

@@ -156,6 +156,25 @@ def verify_snp(
     notes = []
     if crls is not None:
         notes.append(check_amd_crls(chain, list(crls), at))
+    _check_signature(report, leaf)
+    endorsement = read_endorsement(leaf)
+    turin = endorsement.turin
+    if report.cpuid_fam_id is not None and (report.cpuid_fam_id == 0x1A) != turin:
+        raise EndorsementMismatchError(
+            "report CPU family does not match the endorsement certificate's product",
+            field="CPUID_FAM_ID", got=f"{report.cpuid_fam_id:#x}", expected=endorsement.product)
+    reported = report.tcb("reported", turin)
+    _check_tcb(reported, endorsement)
+    if report.signing_key == "VCEK":
+        notes.extend(_check_chip_id(report, endorsement))
+    if crls is None:
+        notes.append(f"{REVOCATION_NOT_CHECKED}: no AMD CRL was given (collateral)")
+    return Verified("snp", report, _claims(report, endorsement), at, tuple(chain.subjects()), notes=tuple(notes),
+                    revocation_checked=crls is not None)
+
+
+def _check_signature(report: SnpReport, leaf: x509.Certificate) -> None:
+    """The report's ECDSA P-384 signature (zero padding) under the endorsement certificate's key."""
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise SignatureError("endorsement key is not an ECDSA P-384 key", field=f"{report.signing_key} key",
@@ -170,23 +189,23 @@ def verify_snp(
         raise SignatureError(
             "report signature does not verify with the endorsement key",
             field="SIGNATURE", got=f"signer {name(leaf)}", expected="ECDSA P-384 over bytes 0x000-0x29F")
-    endorsement = read_endorsement(leaf)
+
+
+def _check_chip_id(report: SnpReport, endorsement: AmdEndorsement) -> list[str]:
+    """A VCEK names the chip: its hardware ID must be the report's CHIP_ID (notes when CHIP_ID is masked)."""
+    if endorsement.hwid is None:
+        raise EndorsementMismatchError("VCEK lacks the hardware ID extension", field=f"VCEK hwID ({OID_HWID})")
+    if not any(report.chip_id) or report.mask_chip_key:
+        return ["CHIP_ID masked: hardware ID not compared"]
+    if report.chip_id[: len(endorsement.hwid)] != endorsement.hwid:
+        raise EndorsementMismatchError("CHIP_ID does not match the VCEK hardware ID", field="CHIP_ID",
+                                       got=report.chip_id, expected=endorsement.hwid)
+    return []
+
+
+def _claims(report: SnpReport, endorsement: AmdEndorsement) -> dict[str, Any]:
     turin = endorsement.turin
-    if report.cpuid_fam_id is not None and (report.cpuid_fam_id == 0x1A) != turin:
-        raise EndorsementMismatchError(
-            "report CPU family does not match the endorsement certificate's product",
-            field="CPUID_FAM_ID", got=f"{report.cpuid_fam_id:#x}", expected=endorsement.product)
-    reported = report.tcb("reported", turin)
-    _check_tcb(reported, endorsement)
-    if report.signing_key == "VCEK":
-        if endorsement.hwid is None:
-            raise EndorsementMismatchError("VCEK lacks the hardware ID extension", field=f"VCEK hwID ({OID_HWID})")
-        if not any(report.chip_id) or report.mask_chip_key:
-            notes.append("CHIP_ID masked: hardware ID not compared")
-        elif report.chip_id[: len(endorsement.hwid)] != endorsement.hwid:
-            raise EndorsementMismatchError("CHIP_ID does not match the VCEK hardware ID", field="CHIP_ID",
-                                           got=report.chip_id, expected=endorsement.hwid)
-    claims = {
+    return {
         "report_data": report.report_data,
         "debug": report.debug,
         "measurement": report.measurement,
@@ -197,7 +216,7 @@ def verify_snp(
         "version": report.version,
         "product": endorsement.product,
         "signing_key": report.signing_key,
-        "reported_tcb": reported.as_dict(),
+        "reported_tcb": report.tcb("reported", turin).as_dict(),
         "current_tcb": report.tcb("current", turin).as_dict(),
         "committed_tcb": report.tcb("committed", turin).as_dict(),
         "launch_tcb": report.tcb("launch", turin).as_dict(),
@@ -205,10 +224,6 @@ def verify_snp(
         "id_key_digest": report.id_key_digest,
         "author_key_digest": report.author_key_digest,
     }
-    if crls is None:
-        notes.append(f"{REVOCATION_NOT_CHECKED}: no AMD CRL was given (collateral)")
-    return Verified("snp", report, claims, at, tuple(chain.subjects()), notes=tuple(notes),
-                    revocation_checked=crls is not None)
 
 
 def _check_tcb(reported: TcbVersion, e: AmdEndorsement) -> None:

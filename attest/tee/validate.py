@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from specguard.errors import ConfigError
@@ -38,7 +39,7 @@ from .policy import (
 from .types import Verified
 
 __all__ = ["COMMON_KEYS", "NVIDIA_KEYS", "SNP_KEYS", "TCB_KEYS", "TDX_KEYS", "Collector", "nvidia_rules",
-           "section_of", "snp_rules", "tdx_rules", "validate_evidence"]
+           "section_of", "snp_rules", "tdx_rules", "validate_evidence", "ReportDataBinding"]
 
 
 def section_of(policy: Any) -> AttestationPolicy:
@@ -76,9 +77,21 @@ class Collector:
             self.fail(f"{field} is below the policy minimum", field, got, f">= {minimum}")
 
 
-def _report_data_rules(verified: Verified, p: AttestationPolicy, c: Collector, *, gpu: bool,
-                       public_key: bytes | None, nonce: bytes | None,
-                       expected_report_data: bytes | None) -> None:
+@dataclass(frozen=True)
+class ReportDataBinding:
+    """What the evidence's report_data must bind: exactly `expected_report_data` when given, else the
+    node's `public_key` with the verifier's `nonce`. GPU evidence (`gpu`) never binds a key alone."""
+
+    public_key: bytes | None = None
+    nonce: bytes | None = None
+    expected_report_data: bytes | None = None
+    gpu: bool = False
+
+
+def _report_data_rules(verified: Verified, p: AttestationPolicy, c: Collector,
+                       binding: ReportDataBinding) -> None:
+    gpu, public_key, nonce = binding.gpu, binding.public_key, binding.nonce
+    expected_report_data = binding.expected_report_data
     size = GPU_NONCE_SIZE if gpu else REPORT_DATA_SIZE
     got = verified.claims.get("report_data")
     if not isinstance(got, bytes | bytearray) or not got:
@@ -127,20 +140,18 @@ def _reference_rules(verified: Verified, p: AttestationPolicy, c: Collector) -> 
 def validate_evidence(
     verified: Verified,
     policy: Any,
+    binding: ReportDataBinding | None = None,
     *,
-    public_key: bytes | None = None,
-    nonce: bytes | None = None,
     now: dt.datetime | None = None,
     collected_at: dt.datetime | None = None,
     type_rules: Callable[[Verified, Any, Collector], None] | None = None,
-    expected_report_data: bytes | None = None,
-    gpu: bool = False,
 ) -> None:
     """Apply the common rules and `type_rules`; raise AttestationPolicyError with all violations.
 
     `report_data` must be present and full length (64 bytes; 32 for GPU evidence). It must equal
-    `expected_report_data` when given (a GPU nonce derived from CPU evidence, or a value the verifier
-    names), else bind `public_key` and `nonce`; GPU evidence (`gpu`) can never bind a key itself.
+    `binding.expected_report_data` when given (a GPU nonce derived from CPU evidence, or a value the
+    verifier names), else bind `binding.public_key` and `binding.nonce`; GPU evidence can never bind
+    a key itself.
     """
     p = section_of(policy)
     c = Collector()
@@ -164,8 +175,7 @@ def validate_evidence(
             if age > limit:
                 c.fail("evidence is older than the policy allows", "collected_at",
                        f"{age:.0f}s old ({utc(collected_at).isoformat()})", f"<= {limit:g}s old")
-    _report_data_rules(verified, p, c, gpu=gpu, public_key=public_key, nonce=nonce,
-                       expected_report_data=expected_report_data)
+    _report_data_rules(verified, p, c, binding or ReportDataBinding())
     _reference_rules(verified, p, c)
     if p.require_revocation_check and verified.revocation_checked is False and not verified.simulated:
         c.fail("revocation not checked: this policy requires the certificate chain to be checked against "

@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..attest.jsonio import Require
 from ..errors import ConfigError, ParseError, SpecguardError, VerificationError
 from ..keys import key_id_for
 from .config import redact_http_client_logs, redact_text, redact_url
 from .credentials import verifier_headers
 from .profiles import DEFAULT_ACCEPTED, ProfileError, describe, is_accepted, vote_profile
 from .rederive import ACCEPT
-from .vote import Vote, VoteParseError, envelope_digest, utc_now, verify_vote
+from .vote import Vote, VoteParseError, VoteSubject, envelope_digest, utc_now, verify_vote
 
 log = logging.getLogger("specguard.consensus")
 
@@ -72,6 +73,9 @@ redact_http_client_logs()  # the HTTP client logs request URLs: never with a ver
 
 class CertificateParseError(ParseError):
     """A quorum certificate is not well-formed (exit code 3)."""
+
+
+_creq = Require(CertificateParseError)
 
 
 class QuorumError(VerificationError):
@@ -120,15 +124,8 @@ def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
 
 
 @dataclass(frozen=True)
-class Bound:
+class Bound(VoteSubject):
     """What every vote of one request must bind: receipt, binding, request and response digests, nonce."""
-
-    receipt_digest: str
-    binding_digest: str
-    request_digest: str
-    response_digest: str
-    nonce: str
-
     @classmethod
     def of_receipt(cls, envelope: dict[str, Any], nonce: str) -> Bound:
         """The digests a receipt envelope signs (its statement's), with `nonce`."""
@@ -163,14 +160,31 @@ class VoteMismatchError(VerificationError):
     """A validly signed vote is for another receipt, binding, request, response or nonce (a replay)."""
 
 
+@dataclass(frozen=True)
+class ReceiptedResponse:
+    """What verifiers re-check: the response's transcript (`Transcript.to_json()`), its receipt document
+    (or bare DSSE envelope), the client's request and the response body the client received."""
+
+    transcript: dict[str, Any]
+    receipt: dict[str, Any]
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return self.receipt["envelope"] if "envelope" in self.receipt else self.receipt
+
+    def verify_body(self, nonce: str) -> dict[str, Any]:
+        """The body POSTed to each verifier (the response without its "specguard" key)."""
+        return {"transcript": self.transcript, "receipt": self.receipt, "request": self.request,
+                "response": {k: v for k, v in self.response.items() if k != "specguard"}, "nonce": nonce}
+
+
 def gather_votes(
     verifiers: list[str],
-    transcript_json: dict[str, Any],
-    receipt: dict[str, Any],
+    checked: ReceiptedResponse,
     trusted_keys: list[bytes],
     *,
-    request: dict[str, Any],
-    response: dict[str, Any],
     nonce: str,
     timeout: float = 10.0,
     model_digest: str | None = None,
@@ -183,10 +197,8 @@ def gather_votes(
     process (beyond that a verifier is recorded as a failure, no thread is started). Failures
     name verifiers by their URL without user info.
     """
-    envelope = receipt["envelope"] if "envelope" in receipt else receipt
-    bound = Bound.of_receipt(envelope, nonce)
-    body = {"transcript": transcript_json, "receipt": receipt, "request": request,
-            "response": {k: v for k, v in response.items() if k != "specguard"}, "nonce": nonce}
+    bound = Bound.of_receipt(checked.envelope, nonce)
+    body = checked.verify_body(nonce)
     result = GatherResult()
     start = time.perf_counter()
     if not verifiers:
@@ -266,29 +278,24 @@ def build_certificate(bound: Bound, quorum: int, n_verifiers: int, gathered: Gat
 
 def request_certificate(
     verifiers: list[str],
-    transcript_json: dict[str, Any],
-    receipt: dict[str, Any],
+    checked: ReceiptedResponse,
     trusted_keys: list[bytes],
     quorum: int,
     *,
-    request: dict[str, Any],
-    response: dict[str, Any],
     timeout: float = 10.0,
     nonce: str | None = None,
 ) -> dict[str, Any]:
-    """Gather votes with a fresh nonce on the client's `request` and the `response` body, and
-    build the certificate (certified or not)."""
+    """Gather votes with a fresh nonce on `checked` (the client's request, the response body, its
+    transcript and receipt), and build the certificate (certified or not)."""
     if quorum < 1:
         raise ConfigError("consensus quorum must be at least 1", field="quorum", got=quorum)
     if quorum > len(verifiers):
         raise ConfigError("consensus quorum is larger than the number of verifiers", field="quorum",
                           got=quorum, expected=f"<= {len(verifiers)}")
     nonce = nonce or new_nonce()
-    envelope = receipt["envelope"] if "envelope" in receipt else receipt
-    model_digest = transcript_json.get("model_digest") if isinstance(transcript_json, dict) else None
-    gathered = gather_votes(verifiers, transcript_json, receipt, trusted_keys, request=request, response=response,
-                            nonce=nonce, timeout=timeout, model_digest=model_digest)
-    return build_certificate(Bound.of_receipt(envelope, nonce), quorum, len(verifiers), gathered)
+    model_digest = checked.transcript.get("model_digest") if isinstance(checked.transcript, dict) else None
+    gathered = gather_votes(verifiers, checked, trusted_keys, nonce=nonce, timeout=timeout, model_digest=model_digest)
+    return build_certificate(Bound.of_receipt(checked.envelope, nonce), quorum, len(verifiers), gathered)
 
 
 # --- offline verification ---------------------------------------------------------------------
@@ -345,11 +352,6 @@ def _profile_refusal(vote: Vote, accepted: tuple[str, ...], where: str) -> str |
     return (f"{where}: vote by {vote.key_id} rests on tolerance profile {profile!r} ({describe(vote.body['stats'])}), "
             f"which is not accepted (accepted: {', '.join(accepted)}); a {profile.split(':')[0]} vote does not rule "
             f"out a node choosing other tokens within the margin. To accept it: --accept-profile {profile}")[:500]
-
-
-def _creq(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
-    if not cond:
-        raise CertificateParseError(message, field=field, got=got, expected=expected)
 
 
 def parse_certificate(cert: Any) -> dict[str, Any]:

@@ -276,19 +276,45 @@ def check_stop_and_length(model: LoadedModel, transcript: Transcript) -> list[st
 
 def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | None = None) -> Judgement:
     """Re-derive `transcript` with `model` and return accept / reject / unverifiable with reasons."""
-    from ..engine.scoring import score
-
     params = transcript.params
     # unknown engine, or one this verifier cannot re-execute on the transcript's file: no vote at all
     tol = (tolerances or Tolerances()).for_engine(transcript.engine, transcript.model_file_digest)
     margin = tol.margin_for(params) if params.mode == "gumbel" else tol.margin
     allowed = tol.allowed_near_ties(len(transcript.output_ids))
+    stats = _judgement_stats(transcript, tol, margin, allowed)
+    if params.mode != "gumbel" and not params.greedy:
+        return Judgement(UNVERIFIABLE, [f"params.mode: {params.mode!r} is not re-derivable (only greedy or "
+                                        "seeded gumbel sampling is)"], stats)
+    if not params.greedy and params.seed is None:
+        return Judgement(UNVERIFIABLE, ["params.seed: sampled request without a seed is not re-derivable"], stats)
+    reasons = _identity_reasons(model, transcript)
+    if reasons:
+        return Judgement(REJECT, reasons, stats)
+    reasons = check_stop_and_length(model, transcript)
+    t0 = time.perf_counter()
+    try:
+        result = _rescore(model, transcript, tol)
+    except RequestError as exc:
+        return Judgement(REJECT, reasons + [f"rescoring refused the transcript: {exc.summary()}"], stats)
+    stats["score_seconds"] = round(time.perf_counter() - t0, 6)
+    tally = _Tally()
+    for pos, rec in zip(result.positions, transcript.tokens, strict=True):
+        tally.compare(pos, rec, margin, tol.logprob_tolerance)
+    stats.update(tally.stats(len(result.positions)))
+    reasons.extend(tally.reasons(allowed, tol, len(transcript.output_ids)))
+    return Judgement(REJECT if reasons else ACCEPT, reasons, stats, list(result.positions))
+
+
+def _judgement_stats(transcript: Transcript, tol: EngineCheck, margin: float, allowed: int | None) -> dict[str, Any]:
+    """What every vote's stats say, re-derived or not: sizes, mode and the tolerance profile (signed: the
+    auditor decides whether this profile counts)."""
+    params = transcript.params
     stats: dict[str, Any] = {
         "output_tokens": len(transcript.output_ids),
         "prompt_tokens": len(transcript.prompt_ids),
         "mode": "greedy" if params.greedy else params.mode,
         "engine": tol.engine,
-        "profile": tol.profile,  # signed: the auditor decides whether this profile counts
+        "profile": tol.profile,
         "tolerance_profile": tol.kind,
         "margin": margin,
         "logprob_tolerance": tol.logprob_tolerance,
@@ -297,12 +323,11 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
     }
     if tol.runtime is not None:
         stats["model_file_digest"] = transcript.model_file_digest
-    if params.mode != "gumbel" and not params.greedy:
-        return Judgement(UNVERIFIABLE, [f"params.mode: {params.mode!r} is not re-derivable (only greedy or "
-                                        "seeded gumbel sampling is)"], stats)
-    if not params.greedy and params.seed is None:
-        return Judgement(UNVERIFIABLE, ["params.seed: sampled request without a seed is not re-derivable"], stats)
+    return stats
 
+
+def _identity_reasons(model: LoadedModel, transcript: Transcript) -> list[str]:
+    """The transcript must name this verifier's model and tokenizer, and its token records its output ids."""
     reasons: list[str] = []
     if not names_model(model, transcript.model_digest):  # v3, or a GGUF's v2 from before v3
         reasons.append(f"model_digest: transcript names {transcript.model_digest}, verifier holds {model.digest}")
@@ -311,85 +336,96 @@ def judge(model: LoadedModel, transcript: Transcript, tolerances: Tolerances | N
                        f"verifier holds {model.tokenizer_digest}")
     if len(transcript.tokens) != len(transcript.output_ids):
         reasons.append(f"tokens: {len(transcript.tokens)} token records for {len(transcript.output_ids)} output ids")
-    else:
-        for i, (rec, tok) in enumerate(zip(transcript.tokens, transcript.output_ids, strict=True)):
-            if rec.position != i or rec.token_id != tok:
-                reasons.append(f"tokens[{i}]: record (position {rec.position}, token {rec.token_id}) does not "
-                               f"match output_ids[{i}]={tok}")
-                break
-    if reasons:
-        return Judgement(REJECT, reasons, stats)
-    reasons.extend(check_stop_and_length(model, transcript))
+        return reasons
+    for i, (rec, tok) in enumerate(zip(transcript.tokens, transcript.output_ids, strict=True)):
+        if rec.position != i or rec.token_id != tok:
+            reasons.append(f"tokens[{i}]: record (position {rec.position}, token {rec.token_id}) does not "
+                           f"match output_ids[{i}]={tok}")
+            break
+    return reasons
+
+
+def _rescore(model: LoadedModel, transcript: Transcript, tol: EngineCheck) -> Any:
+    """The target's teacher-forced scores of the transcript's output ids: re-executed on the same file by
+    the same engine, or by this verifier's model."""
+    from ..engine.scoring import score
 
     top_n = max((len(t.top) for t in transcript.tokens), default=0)
-    t0 = time.perf_counter()
-    try:
-        # claimed alternatives must be among the target's top n + 2 (n + 16 across engines, whose ranks
-        # near the n-th alternative can swap)
-        extra = 2 if tol.cross is None else 16
-        top_k = min(top_n + extra, model.vocab_size)
-        if tol.runtime is not None:  # same engine, same file: re-executed, teacher-forced
-            result = tol.runtime.score(transcript.prompt_ids, transcript.output_ids, params, top_k)
-        else:
-            result = score(model, transcript.prompt_ids, transcript.output_ids, params, top_k=top_k)
-    except RequestError as exc:
-        return Judgement(REJECT, reasons + [f"rescoring refused the transcript: {exc.summary()}"], stats)
-    stats["score_seconds"] = round(time.perf_counter() - t0, 6)
+    # claimed alternatives must be among the target's top n + 2 (n + 16 across engines, whose ranks
+    # near the n-th alternative can swap)
+    extra = 2 if tol.cross is None else 16
+    top_k = min(top_n + extra, model.vocab_size)
+    if tol.runtime is not None:  # same engine, same file: re-executed, teacher-forced
+        return tol.runtime.score(transcript.prompt_ids, transcript.output_ids, transcript.params, top_k)
+    return score(model, transcript.prompt_ids, transcript.output_ids, transcript.params, top_k=top_k)
 
-    near_ties = mismatches = lp_errors = top_errors = 0
-    max_lp_err = 0.0
-    min_margin = math.inf
-    details: list[str] = []
-    for pos, rec in zip(result.positions, transcript.tokens, strict=True):
-        min_margin = min(min_margin, pos.margin)
-        if not pos.agrees:
-            if pos.given_score_gap <= margin:
-                near_ties += 1
-            else:
-                mismatches += 1
-                if len(details) < MAX_DETAILS:
-                    details.append(f"output_ids[{pos.position}]: token {pos.token_id} is not the target's choice "
-                                   f"{pos.expected_id} (score gap {_r(pos.given_score_gap)} > margin {_r(margin)})")
+
+@dataclass
+class _Tally:
+    """Where the claimed tokens, logprobs and alternatives differ from the re-derived ones."""
+
+    near_ties: int = 0
+    mismatches: int = 0
+    lp_errors: int = 0
+    top_errors: int = 0
+    max_lp_err: float = 0.0
+    min_margin: float = math.inf
+    details: list[str] = field(default_factory=list)
+
+    def _detail(self, text: str) -> None:
+        if len(self.details) < MAX_DETAILS:
+            self.details.append(text)
+
+    def compare(self, pos: Any, rec: Any, margin: float, tolerance: float) -> None:
+        """One position: the token (a near tie within `margin` counts apart), its logprob, its top alternatives."""
+        self.min_margin = min(self.min_margin, pos.margin)
+        if not pos.agrees and pos.given_score_gap <= margin:
+            self.near_ties += 1
+        elif not pos.agrees:
+            self.mismatches += 1
+            self._detail(f"output_ids[{pos.position}]: token {pos.token_id} is not the target's choice "
+                         f"{pos.expected_id} (score gap {_r(pos.given_score_gap)} > margin {_r(margin)})")
         err = abs(rec.logprob - pos.logprob) if math.isfinite(rec.logprob) else math.inf
-        max_lp_err = max(max_lp_err, err)
-        if err > tol.logprob_tolerance:
-            lp_errors += 1
-            if len(details) < MAX_DETAILS:
-                details.append(f"tokens[{pos.position}].logprob: claimed {rec.logprob}, recomputed "
-                               f"{round(pos.logprob, 6)} (tolerance {tol.logprob_tolerance})")
+        self.max_lp_err = max(self.max_lp_err, err)
+        if err > tolerance:
+            self.lp_errors += 1
+            self._detail(f"tokens[{pos.position}].logprob: claimed {rec.logprob}, recomputed "
+                         f"{round(pos.logprob, 6)} (tolerance {tolerance})")
         recomputed = dict(pos.top)
         for alt, alt_lp in rec.top:
             if alt not in recomputed:
-                top_errors += 1
-                if len(details) < MAX_DETAILS:
-                    details.append(f"tokens[{pos.position}].top: {alt} is not among the target's top "
-                                   f"{len(pos.top)} alternatives")
-            elif not math.isfinite(alt_lp) or abs(alt_lp - recomputed[alt]) > tol.logprob_tolerance:
-                top_errors += 1
-                if len(details) < MAX_DETAILS:
-                    details.append(f"tokens[{pos.position}].top[{alt}]: claimed {alt_lp}, recomputed "
-                                   f"{round(recomputed[alt], 6)}")
-    stats.update({
-        "agreeing_tokens": len(result.positions) - near_ties - mismatches,
-        "near_ties": near_ties,
-        "deviations": near_ties,
-        "mismatched_tokens": mismatches,
-        "logprob_errors": lp_errors,
-        "top_errors": top_errors,
-        "max_logprob_error": _r(max_lp_err),
-        "min_margin": _r(min_margin),
-    })
-    positions = list(result.positions)
-    if mismatches:
-        reasons.append(f"{mismatches} output token(s) are not the target's choice")
-    if allowed is not None and near_ties > allowed:
-        reasons.append(f"{near_ties} output token(s) differ from the target's choice within the margin, more than "
-                       f"the {allowed} engine {tol.engine!r} may have in {len(transcript.output_ids)} tokens "
-                       f"(max_near_tie_fraction {tol.cross.max_near_tie_fraction}, max_near_ties "
-                       f"{tol.cross.max_near_ties})")
-    if lp_errors:
-        reasons.append(f"{lp_errors} claimed logprob(s) differ from the target's beyond tolerance")
-    if top_errors:
-        reasons.append(f"{top_errors} claimed top-k alternative(s) differ from the target's")
-    reasons.extend(details)
-    return Judgement(REJECT if reasons else ACCEPT, reasons, stats, positions)
+                self.top_errors += 1
+                self._detail(f"tokens[{pos.position}].top: {alt} is not among the target's top "
+                             f"{len(pos.top)} alternatives")
+            elif not math.isfinite(alt_lp) or abs(alt_lp - recomputed[alt]) > tolerance:
+                self.top_errors += 1
+                self._detail(f"tokens[{pos.position}].top[{alt}]: claimed {alt_lp}, recomputed "
+                             f"{round(recomputed[alt], 6)}")
+
+    def stats(self, positions: int) -> dict[str, Any]:
+        return {
+            "agreeing_tokens": positions - self.near_ties - self.mismatches,
+            "near_ties": self.near_ties,
+            "deviations": self.near_ties,
+            "mismatched_tokens": self.mismatches,
+            "logprob_errors": self.lp_errors,
+            "top_errors": self.top_errors,
+            "max_logprob_error": _r(self.max_lp_err),
+            "min_margin": _r(self.min_margin),
+        }
+
+    def reasons(self, allowed: int | None, tol: EngineCheck, output_tokens: int) -> list[str]:
+        """Why the transcript is rejected (empty: accepted), the counts first, then the first details."""
+        reasons: list[str] = []
+        if self.mismatches:
+            reasons.append(f"{self.mismatches} output token(s) are not the target's choice")
+        if allowed is not None and self.near_ties > allowed:
+            reasons.append(f"{self.near_ties} output token(s) differ from the target's choice within the margin, "
+                           f"more than the {allowed} engine {tol.engine!r} may have in {output_tokens} tokens "
+                           f"(max_near_tie_fraction {tol.cross.max_near_tie_fraction}, max_near_ties "
+                           f"{tol.cross.max_near_ties})")
+        if self.lp_errors:
+            reasons.append(f"{self.lp_errors} claimed logprob(s) differ from the target's beyond tolerance")
+        if self.top_errors:
+            reasons.append(f"{self.top_errors} claimed top-k alternative(s) differ from the target's")
+        return reasons + self.details

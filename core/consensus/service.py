@@ -37,13 +37,13 @@ from typing import Any
 
 from ..attest import dsse
 from ..attest.disclosure import token_records_root
-from ..attest.receipts import (
+from ..attest.receipts.parse import parse_statement
+from ..attest.receipts.sealed import open_statement
+from ..attest.receipts.wire import (
     DISCLOSURE_KEY,
     ENGINE_KEY,
     RESPONSE_DIGEST_KEY,
     RESPONSE_DIGEST_V1,
-    open_statement,
-    parse_statement,
     request_digest,
     response_digest,
 )
@@ -59,7 +59,7 @@ from ..keys import NodeKey, key_id_for
 from ..transcript import TokenRecord, Transcript, ids_digest
 from .config import ALLOWED_NODES_ENV, allowed_nodes
 from .rederive import ACCEPT, REJECT, UNVERIFIABLE, Judgement, Tolerances, judge
-from .vote import envelope_digest, sign_vote
+from .vote import VoteSubject, envelope_digest, sign_vote
 
 log = logging.getLogger("specguard.consensus.verifier")
 
@@ -242,19 +242,10 @@ class VerifierService:
 
     def vote(self, req: VerifyRequest, judgement: Judgement, key: NodeKey | None = None) -> dict[str, Any]:
         """The signed vote for a judgement (`key` defaults to the verifier's own)."""
-        return sign_vote(
-            key or self.key,
-            receipt_digest=envelope_digest(req.envelope),
-            binding_digest=req.transcript.binding_digest(),
-            request_digest=req.request_digest,
-            response_digest=req.response_digest,
-            nonce=req.nonce,
-            verdict=judgement.verdict,
-            reasons=judgement.reasons,
-            stats=judgement.stats,
-            model_digest=self.model.digest,
-            attestation_digest=self.attestation_digest,
-        )
+        subject = VoteSubject(envelope_digest(req.envelope), req.transcript.binding_digest(), req.request_digest,
+                              req.response_digest, req.nonce)
+        return sign_vote(key or self.key, subject, judgement, model_digest=self.model.digest,
+                         attestation_digest=self.attestation_digest)
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -416,23 +407,9 @@ def _diff(expected: Any, got: Any, path: str, tolerance: float, out: list[str]) 
     if len(out) >= MAX_BODY_DIFFS:
         return
     if isinstance(expected, dict):
-        if not isinstance(got, dict):
-            out.append(f"{path}: expected an object, got {type(got).__name__}")
-            return
-        for k in sorted(set(expected) | set(got), key=str):
-            if k not in got:
-                out.append(f"{path}.{k}: missing (an honest response has it)")
-            elif k not in expected:
-                out.append(f"{path}.{k}: not part of an honest response")
-            else:
-                _diff(expected[k], got[k], f"{path}.{k}", tolerance, out)
+        _diff_object(expected, got, path, tolerance, out)
     elif isinstance(expected, list):
-        if not isinstance(got, list) or len(got) != len(expected):
-            out.append(f"{path}: expected a list of {len(expected)}, got "
-                       f"{len(got) if isinstance(got, list) else type(got).__name__}")
-            return
-        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
-            _diff(e, g, f"{path}[{i}]", tolerance, out)
+        _diff_list(expected, got, path, tolerance, out)
     elif isinstance(expected, float):
         ok = isinstance(got, int | float) and not isinstance(got, bool) and math.isfinite(expected) \
             and abs(float(got) - expected) <= tolerance
@@ -440,15 +417,39 @@ def _diff(expected: Any, got: Any, path: str, tolerance: float, out: list[str]) 
             out.append(f"{path}: {got!r} is not the re-derived {round(expected, 6)} (tolerance {tolerance})")
     elif isinstance(expected, str):
         if got != expected:
-            if not isinstance(got, str):
-                out.append(f"{path}: expected a string, got {type(got).__name__}")
-            else:
-                at = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b),
-                          min(len(expected), len(got)))
-                out.append(f"{path}: differs from the decoding of the output ids ({len(got)} chars, expected "
-                           f"{len(expected)}; first difference at char {at})")
+            out.append(_string_difference(expected, got, path))
     elif got != expected or type(got) is not type(expected):
         out.append(f"{path}: {got!r}, expected {expected!r}")
+
+
+def _diff_object(expected: dict[str, Any], got: Any, path: str, tolerance: float, out: list[str]) -> None:
+    if not isinstance(got, dict):
+        out.append(f"{path}: expected an object, got {type(got).__name__}")
+        return
+    for k in sorted(set(expected) | set(got), key=str):
+        if k not in got:
+            out.append(f"{path}.{k}: missing (an honest response has it)")
+        elif k not in expected:
+            out.append(f"{path}.{k}: not part of an honest response")
+        else:
+            _diff(expected[k], got[k], f"{path}.{k}", tolerance, out)
+
+
+def _diff_list(expected: list[Any], got: Any, path: str, tolerance: float, out: list[str]) -> None:
+    if not isinstance(got, list) or len(got) != len(expected):
+        out.append(f"{path}: expected a list of {len(expected)}, got "
+                   f"{len(got) if isinstance(got, list) else type(got).__name__}")
+        return
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        _diff(e, g, f"{path}[{i}]", tolerance, out)
+
+
+def _string_difference(expected: str, got: Any, path: str) -> str:
+    if not isinstance(got, str):
+        return f"{path}: expected a string, got {type(got).__name__}"
+    at = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
+    return (f"{path}: differs from the decoding of the output ids ({len(got)} chars, expected "
+            f"{len(expected)}; first difference at char {at})")
 
 
 __all__ = ["VerifierService", "VerifyRequest", "VerifyRequestError", "NodeNotAllowedError", "ACCEPT", "REJECT"]

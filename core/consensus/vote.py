@@ -37,10 +37,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..attest.dsse import b64decode_strict, b64encode
+from ..attest.jsonio import Require
 from ..canonical import CanonicalizationError, canonical_json, json_digest, lp
 from ..errors import ParseError, VerificationError
 from ..keys import NodeKey, key_id_for
-from .rederive import VERDICTS
+from .rederive import VERDICTS, Judgement
 
 VOTE_TYPE = "specguard/consensus-vote/v2"
 VOTE_TAG = b"specguard/consensus-vote/v2"
@@ -62,6 +63,9 @@ class VoteParseError(ParseError):
 
 class VoteSignatureError(VerificationError):
     """A vote's signature does not verify, or its key is not trusted (exit code 4)."""
+
+
+_req = Require(VoteParseError)
 
 
 def envelope_digest(envelope: dict[str, Any]) -> str:
@@ -117,32 +121,39 @@ class Vote:
         return {"vote": self.body, "signature": b64encode(self.signature)}
 
 
+@dataclass(frozen=True)
+class VoteSubject:
+    """What a vote is about and binds: the receipt, binding, request and response digests, and the
+    requester's nonce."""
+
+    receipt_digest: str
+    binding_digest: str
+    request_digest: str
+    response_digest: str
+    nonce: str
+
+
 def sign_vote(
     key: NodeKey,
+    subject: VoteSubject,
+    judgement: Judgement,
     *,
-    receipt_digest: str,
-    binding_digest: str,
-    request_digest: str,
-    response_digest: str,
-    nonce: str,
-    verdict: str,
-    reasons: list[str],
-    stats: dict[str, Any],
     model_digest: str,
     attestation_digest: str | None = None,
     issued_at: str | None = None,
 ) -> dict[str, Any]:
-    """Build and sign a vote; return its JSON form. The body is validated before signing."""
+    """Build and sign a vote on `subject` with `judgement`'s verdict, reasons and stats; return its
+    JSON form. The body is validated before signing."""
     body = {
         "type": VOTE_TYPE,
-        "receipt_digest": receipt_digest,
-        "binding_digest": binding_digest,
-        "request_digest": request_digest,
-        "response_digest": response_digest,
-        "nonce": nonce,
-        "verdict": verdict,
-        "reasons": [str(r)[:MAX_REASON_CHARS] for r in reasons[:MAX_REASONS]],
-        "stats": dict(stats),
+        "receipt_digest": subject.receipt_digest,
+        "binding_digest": subject.binding_digest,
+        "request_digest": subject.request_digest,
+        "response_digest": subject.response_digest,
+        "nonce": subject.nonce,
+        "verdict": judgement.verdict,
+        "reasons": [str(r)[:MAX_REASON_CHARS] for r in judgement.reasons[:MAX_REASONS]],
+        "stats": dict(judgement.stats),
         "verifier": {
             "key_id": key.key_id,
             "public_key": key.public_hex,
@@ -153,11 +164,6 @@ def sign_vote(
     }
     _check_body(body)
     return Vote(body, key.sign(signing_input(body))).to_json()
-
-
-def _req(cond: bool, message: str, field: str, got: Any = None, expected: Any = None) -> None:
-    if not cond:
-        raise VoteParseError(message, field=field, got=got, expected=expected)
 
 
 def _check_body(body: Any, where: str = "vote") -> None:

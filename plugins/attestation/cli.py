@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,33 @@ def _policy_result(policy: Any) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class AttestVerifyArgs:
+    """The options of `specguard attest verify` (see its --help), built once by `from_cli`."""
+
+    file: str
+    type_: str | None = None
+    certs: tuple[str, ...] = ()
+    collateral: str | None = None
+    crls: tuple[str, ...] = ()
+    policy_ref: str | None = None
+    reference_values: str | None = None
+    at_text: str | None = None
+    nonce: str | None = None
+    public_key: str | None = None
+    report_data: str | None = None
+    as_json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.crls and self.collateral:
+            raise UsageError("give AMD CRLs with --crl or --collateral, not both", field="--crl")
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> AttestVerifyArgs:
+        """From the click command's keyword options (repeatable options as tuples)."""
+        return cls(**{**options, "certs": tuple(options.get("certs") or ()), "crls": tuple(options.get("crls") or ())})
+
+
 @attest_group.command(name="verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--type", "type_", help="Evidence type (snp, tdx, nvidia, simulated); implied by an evidence document.")
@@ -118,58 +145,16 @@ def _policy_result(policy: Any) -> dict[str, Any]:
 @click.option("--report-data", "report_data", help="Expected REPORT_DATA (hex, 64 bytes) of raw CPU evidence whose "
               "binding is not specguard's; compared exactly instead of the key binding.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object (also on failure).")
-def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collateral: str | None,
-                   crls: tuple[str, ...], policy_ref: str | None, reference_values: str | None, at_text: str | None,
-                   nonce: str | None, public_key: str | None, report_data: str | None, as_json: bool) -> None:
+def verify_command(**options: Any) -> None:
     """Parse, verify (and with --policy or --reference-values, validate) one piece of evidence.
 
     A node evidence document is checked as node attestation: GPU evidence alone is refused, and
     GPU evidence in its `gpus` must carry the nonce derived from the CPU evidence.
     """
-    stage = "parse"
+    as_json = bool(options.get("as_json"))
+    progress = _Progress()
     try:
-        from specguard.attest.tee.document import validate_document, verify_document_evidence
-        from specguard.attest.tee.registry import get_evidence_type
-        from specguard.plugin_manager import registered_evidence_types
-
-        doc, data = _read_input(file)
-        kind = _kind(type_, doc)
-        et = get_evidence_type(kind, registered_evidence_types())
-        at = parse_time(at_text, "--at") if at_text else None
-        if crls and collateral:
-            raise UsageError("give AMD CRLs with --crl or --collateral, not both", field="--crl")
-        coll: Any = list(crls) if crls else collateral
-        policy = _policy(policy_ref, reference_values)
-        if report_data is not None and (doc is not None or getattr(et, "gpu", False)):
-            raise UsageError("--report-data applies to raw CPU evidence only (documents bind the node key; GPU "
-                             "evidence binds nothing alone)", field="--report-data")
-        expected_rd = bytes.fromhex(report_data) if report_data is not None else None
-        if expected_rd is not None and len(expected_rd) != 64:
-            raise UsageError("--report-data must be 64 bytes (128 hex digits)", field="--report-data",
-                             got=len(expected_rd), expected=64)
-        if doc is not None:
-            if certs:
-                doc = replace(doc, certs=_certs(certs, None))
-            stage = "verify"
-            verified = verify_document_evidence(doc, at=at, collateral=coll, types=registered_evidence_types())
-        else:
-            parsed = et.parse(data)
-            stage = "verify"
-            verified = et.verify(parsed, at=at, certs=_certs(certs, doc), collateral=coll)
-        result: dict[str, Any] = {"ok": True, "stage": "verified", **verified.summary(), "validated": False}
-        if policy is not None:
-            stage = "validate"
-            if doc is not None:
-                if public_key or nonce:
-                    raise UsageError("--public-key/--nonce come from the evidence document", field="--public-key")
-                validate_document(verified, doc, policy, now=at, types=registered_evidence_types())
-            else:
-                pk = bytes.fromhex(public_key) if public_key else None
-                nn = parse_nonce_hex(nonce) if nonce else None
-                kwargs: dict[str, Any] = {"expected_report_data": expected_rd} if expected_rd is not None else {}
-                et.validate(verified, policy.attestation, public_key=pk, nonce=nn, now=at, **kwargs)
-            result.update({"stage": "validated", "validated": True, **_policy_result(policy)})
-        _emit(as_json, result)
+        _emit(as_json, _verify_evidence(AttestVerifyArgs.from_cli(**options), progress))
     except SpecguardError as exc:
         if not as_json:
             raise
@@ -177,7 +162,74 @@ def verify_command(file: str, type_: str | None, certs: tuple[str, ...], collate
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         sys.exit(exc.exit_code)
     except ValueError as exc:  # malformed --public-key / --report-data hex
-        raise UsageError(f"bad option value during {stage}: {exc}") from exc
+        raise UsageError(f"bad option value during {progress.stage}: {exc}") from exc
+
+
+@dataclass
+class _Progress:
+    """How far `attest verify` got (named in a bad option value's message)."""
+
+    stage: str = "parse"
+
+
+def _verify_evidence(args: AttestVerifyArgs, progress: _Progress) -> dict[str, Any]:
+    from specguard.attest.tee.document import verify_document_evidence
+    from specguard.attest.tee.registry import get_evidence_type
+    from specguard.plugin_manager import registered_evidence_types
+
+    doc, data = _read_input(args.file)
+    kind = _kind(args.type_, doc)
+    et = get_evidence_type(kind, registered_evidence_types())
+    at = parse_time(args.at_text, "--at") if args.at_text else None
+    coll: Any = list(args.crls) if args.crls else args.collateral
+    policy = _policy(args.policy_ref, args.reference_values)
+    expected_rd = _expected_report_data(args.report_data, raw_cpu=doc is None and not getattr(et, "gpu", False))
+    if doc is not None:
+        if args.certs:
+            doc = replace(doc, certs=_certs(args.certs, None))
+        progress.stage = "verify"
+        verified = verify_document_evidence(doc, at=at, collateral=coll, types=registered_evidence_types())
+    else:
+        parsed = et.parse(data)
+        progress.stage = "verify"
+        verified = et.verify(parsed, at=at, certs=_certs(args.certs, doc), collateral=coll)
+    result: dict[str, Any] = {"ok": True, "stage": "verified", **verified.summary(), "validated": False}
+    if policy is not None:
+        progress.stage = "validate"
+        _validate(args, et, doc, verified, policy, at, expected_rd)
+        result.update({"stage": "validated", "validated": True, **_policy_result(policy)})
+    return result
+
+
+def _expected_report_data(report_data: str | None, *, raw_cpu: bool) -> bytes | None:
+    """--report-data as 64 bytes, for raw CPU evidence only (None when not given)."""
+    if report_data is None:
+        return None
+    if not raw_cpu:
+        raise UsageError("--report-data applies to raw CPU evidence only (documents bind the node key; GPU "
+                         "evidence binds nothing alone)", field="--report-data")
+    expected = bytes.fromhex(report_data)
+    if len(expected) != 64:
+        raise UsageError("--report-data must be 64 bytes (128 hex digits)", field="--report-data",
+                         got=len(expected), expected=64)
+    return expected
+
+
+def _validate(args: AttestVerifyArgs, et: Any, doc: EvidenceDocument | None, verified: Any, policy: Any,
+              at: Any, expected_rd: bytes | None) -> None:
+    """The policy's rules: a document binds its own key and nonce; raw evidence the options' ones."""
+    from specguard.attest.tee.document import validate_document
+    from specguard.plugin_manager import registered_evidence_types
+
+    if doc is not None:
+        if args.public_key or args.nonce:
+            raise UsageError("--public-key/--nonce come from the evidence document", field="--public-key")
+        validate_document(verified, doc, policy, now=at, types=registered_evidence_types())
+        return
+    pk = bytes.fromhex(args.public_key) if args.public_key else None
+    nn = parse_nonce_hex(args.nonce) if args.nonce else None
+    kwargs: dict[str, Any] = {"expected_report_data": expected_rd} if expected_rd is not None else {}
+    et.validate(verified, policy.attestation, public_key=pk, nonce=nn, now=at, **kwargs)
 
 
 @attest_group.command(name="gpu-nonce")

@@ -35,6 +35,7 @@ from specguard.consensus.config import (
 from specguard.consensus.profiles import accepted_set
 from specguard.consensus.quorum import (
     QuorumError,
+    ReceiptedResponse,
     pinned_keys,
     request_certificate,
     verify_certificate,
@@ -94,8 +95,8 @@ def judge_transcript(transcript: Transcript, receipt: dict[str, Any], node: Node
     keys = _trusted_keys(config, node)
     if not keys:
         log.error("consensus: no trusted verifier keys (give --verifier-key or [consensus].verifier_keys)")
-    cert = request_certificate(config.verifiers, transcript.to_json(include_steps=False), receipt, keys,
-                               config.quorum, request=request, response=response, timeout=config.timeout)
+    checked = ReceiptedResponse(transcript.to_json(include_steps=False), receipt, request, response)
+    cert = request_certificate(config.verifiers, checked, keys, config.quorum, timeout=config.timeout)
     if isinstance(receipt, dict):
         receipt["consensus"] = cert
     # the node decides by recounting the signed votes under its own keys, quorum and accepted profiles,

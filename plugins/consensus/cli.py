@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from specguard.consensus.config import default_quorum, key_value
 from specguard.consensus.profiles import accepted_set
 from specguard.consensus.quorum import (
     QuorumError,
+    ReceiptedResponse,
     request_certificate,
     verify_certificate,
 )
@@ -26,7 +28,7 @@ log = logging.getLogger("specguard.consensus")
 
 
 def _load_json(path: str, what: str) -> Any:
-    from specguard.attest.receipts import load_json_file
+    from specguard.attest.receipts.parse import load_json_file
 
     return load_json_file(Path(path), what)
 
@@ -73,6 +75,33 @@ def consensus_group() -> None:
     """Consensus verification: independent verifiers re-check a response and co-sign it."""
 
 
+@dataclass(frozen=True)
+class CheckArgs:
+    """The options of `specguard consensus check` (see its --help), built once by `from_cli`."""
+
+    receipt: str
+    transcript_path: str
+    request_path: str
+    response_path: str
+    verifiers: tuple[str, ...]
+    verifier_keys: tuple[str, ...] = ()
+    quorum: int | None = None
+    timeout: float = 10.0
+    out_path: str | None = None
+    attach_path: str | None = None
+    accept_profile: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.verifier_keys:
+            raise UsageError("give the trusted verifier keys with --verifier-key", field="--verifier-key")
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> CheckArgs:
+        """From the click command's keyword options (repeatable options as tuples)."""
+        repeated = ("verifiers", "verifier_keys", "accept_profile")
+        return cls(**{**options, **{name: tuple(options.get(name) or ()) for name in repeated}})
+
+
 @consensus_group.command(name="check")
 @cacert_option
 @click.argument("receipt", type=click.Path(exists=True, dir_okay=False))
@@ -90,9 +119,7 @@ def consensus_group() -> None:
 @click.option("--attach", "attach_path", type=click.Path(dir_okay=False),
               help="Write the receipt document with the certificate attached as receipt['consensus'].")
 @click.option("--accept-profile", "accept_profile", multiple=True, metavar="PROFILE", help=ACCEPT_PROFILE_HELP)
-def check_command(receipt: str, transcript_path: str, request_path: str, response_path: str,
-                  verifiers: tuple[str, ...], verifier_keys: tuple[str, ...], quorum: int | None, timeout: float,
-                  out_path: str | None, attach_path: str | None, accept_profile: tuple[str, ...] = ()) -> None:
+def check_command(**options: Any) -> None:
     """Ask verifiers to re-check a receipted response and build a quorum certificate.
 
     The verifiers check the request (through the pinned tokenizer and template), the response
@@ -101,44 +128,49 @@ def check_command(receipt: str, transcript_path: str, request_path: str, respons
     """
     from specguard.consensus.config import redact_url
 
-    doc = _receipt_from(_load_json(receipt, "receipt"))
-    transcript = _load_json(transcript_path, "transcript")
-    request = _load_json(request_path, "request")
-    response = _load_json(response_path, "response")
+    args = CheckArgs.from_cli(**options)
+    doc = _receipt_from(_load_json(args.receipt, "receipt"))
+    transcript = _load_json(args.transcript_path, "transcript")
+    request = _load_json(args.request_path, "request")
+    response = _load_json(args.response_path, "response")
     for value, name in ((transcript, "--transcript"), (request, "--request"), (response, "--response")):
         if not isinstance(value, dict):
             raise UsageError("must be a JSON object", field=name, got=type(value).__name__)
-    keys = [key_value(k, "--verifier-key") for k in verifier_keys]
-    if not keys:
-        raise UsageError("give the trusted verifier keys with --verifier-key", field="--verifier-key")
-    accepted = accepted_set(accept_profile)
-    q = quorum or default_quorum(len(verifiers))
+    keys = [key_value(k, "--verifier-key") for k in args.verifier_keys]
+    accepted = accepted_set(args.accept_profile)
+    q = args.quorum or default_quorum(len(args.verifiers))
     doc = {k: v for k, v in doc.items() if k != "consensus"}
-    cert = request_certificate(list(verifiers), transcript, doc, keys, q, request=request, response=response,
-                               timeout=timeout)
+    cert = request_certificate(list(args.verifiers), ReceiptedResponse(transcript, doc, request, response), keys, q,
+                               timeout=args.timeout)
     text = json.dumps(cert, indent=2)
-    if out_path:
-        Path(out_path).write_text(text + "\n", "utf-8")
-    if attach_path:
-        Path(attach_path).write_text(json.dumps({**doc, "consensus": cert}, indent=2) + "\n", "utf-8")
+    if args.out_path:
+        Path(args.out_path).write_text(text + "\n", "utf-8")
+    if args.attach_path:
+        Path(args.attach_path).write_text(json.dumps({**doc, "consensus": cert}, indent=2) + "\n", "utf-8")
     click.echo(text)
     for d in cert["dissent"]:
         click.echo(f"dissent {d['key_id']} {d['verdict']}: {'; '.join(d['reasons'][:4])}", err=True)
     for f in cert["failures"]:
         click.echo(f"no vote from {redact_url(f['verifier'])}: {f['error']}", err=True)
     print_votes(_summaries(cert, keys, accepted))
+    _require_certified(cert, doc, keys, q, accepted, len(args.verifiers))
+
+
+def _require_certified(cert: dict[str, Any], doc: dict[str, Any], keys: list[bytes], quorum: int,
+                       accepted: tuple[str, ...], n_verifiers: int) -> None:
+    """Certified means: the signed votes recount to the quorum under the keys and profiles given here."""
     reason = ""
-    try:  # certified means: the signed votes recount to the quorum under the keys and profiles given here
-        verify_certificate(cert, doc["envelope"], keys, q, accept_profiles=accepted)
+    try:
+        verify_certificate(cert, doc["envelope"], keys, quorum, accept_profiles=accepted)
     except QuorumError as exc:
         cert["certified"] = False
         reason = exc.message
     if not cert["certified"]:
-        raise QuorumError(f"no quorum: {cert['accepts']} of {len(verifiers)} verifiers accepted, need {q} counted "
+        raise QuorumError(f"no quorum: {cert['accepts']} of {n_verifiers} verifiers accepted, need {quorum} counted "
                           f"under the accepted profiles ({', '.join(accepted)})"
                           + (f": {reason}" if reason else ""),
-                          field="consensus", got=cert["accepts"], expected=f">= {q}")
-    click.echo(f"OK certified by {cert['accepts']} of {len(verifiers)} verifiers (quorum {q})", err=True)
+                          field="consensus", got=cert["accepts"], expected=f">= {quorum}")
+    click.echo(f"OK certified by {cert['accepts']} of {n_verifiers} verifiers (quorum {quorum})", err=True)
 
 
 @consensus_group.command(name="verify-certificate")

@@ -52,7 +52,7 @@ def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets, budget: T
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    from specguard.attest.receipts import loads_strict
+    from specguard.attest.receipts.parse import loads_strict
     from specguard.consensus.admission import VerifyAdmission
     from specguard.consensus.service import VerifyRequestError
 

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,14 @@ from specguard.attest import merkle
 from specguard.attest.checkpoint import (
     Checkpoint,
     check_consistency,
+    parse_checkpoint,
     split_note,
     verify_checkpoint,
 )
 from specguard.attest.options import TextDecoder, VerifyOptions
-from specguard.attest.receipts import (
-    ReceiptParseError,
-    UnpinnedKeyError,
-    load_json_file,
-    loads_strict,
-    verify_receipt,
-)
+from specguard.attest.receipts.errors import ReceiptParseError, UnpinnedKeyError
+from specguard.attest.receipts.parse import load_json_file, loads_strict
+from specguard.attest.receipts.verify import verify_receipt
 from specguard.attest.tlog import TransparencyLog
 from specguard.errors import SpecguardError, UsageError
 from specguard.key_args import parse_key_arg
@@ -69,6 +67,45 @@ def _hex_list(value: Any, field: str) -> list[bytes]:
 def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2))
+
+
+@dataclass(frozen=True)
+class VerifyArgs:
+    """The options of `specguard verify` (see its --help), built once by `from_cli`."""
+
+    receipt: str
+    response_path: str | None = None
+    request_path: str | None = None
+    model_ref: str | None = None
+    checkpoint_path: str | None = None
+    consistency_path: str | None = None
+    transcript_path: str | None = None
+    trusted_key: tuple[str, ...] = ()
+    allow_unpinned: bool = False
+    policy_ref: str | None = None
+    attestation_evidence: str | None = None
+    collateral: str | None = None
+    reference_values: str | None = None
+    model_commitment: str | None = None
+    verifier_key: tuple[str, ...] = ()
+    quorum: int | None = None
+    verifier_evidence: tuple[str, ...] = ()
+    accept_profile: tuple[str, ...] = ()
+    default_max_tokens: int | None = None
+    context_length: int | None = None
+    as_json: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("quorum", "default_max_tokens", "context_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UsageError("must be a positive integer", field="--" + name.replace("_", "-"), got=value)
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> VerifyArgs:
+        """From the click command's keyword options (repeatable options as tuples)."""
+        repeated = ("trusted_key", "verifier_key", "verifier_evidence", "accept_profile")
+        return cls(**{**options, **{name: tuple(options.get(name) or ()) for name in repeated}})
 
 
 @click.command(name="verify")
@@ -118,13 +155,7 @@ def _emit_failure(exc: SpecguardError, as_json: bool) -> None:
                    "cross-engine:llamacpp. By default only exact and same-engine votes count: a cross-engine vote "
                    "does not rule out a node choosing other tokens within the margin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_command(receipt: str, response_path: str | None, request_path: str | None, model_ref: str | None,
-                   checkpoint_path: str | None, consistency_path: str | None, transcript_path: str | None,
-                   trusted_key: tuple[str, ...], allow_unpinned: bool, policy_ref: str | None,
-                   attestation_evidence: str | None, collateral: str | None, model_commitment: str | None,
-                   verifier_key: tuple[str, ...], quorum: int | None, verifier_evidence: tuple[str, ...],
-                   as_json: bool, reference_values: str | None = None, default_max_tokens: int | None = None,
-                   context_length: int | None = None, accept_profile: tuple[str, ...] = ()) -> None:
+def verify_command(**options: Any) -> None:
     """Verify a receipt offline: signature, request/response digests, response text, token root,
     log inclusion, evidence. Every layer an option names is required.
 
@@ -133,21 +164,18 @@ def verify_command(receipt: str, response_path: str | None, request_path: str | 
     3 malformed, 5 policy, 10 signature (also: no --trusted-key without --allow-unpinned),
     11 request/response digest or response text, 12 token records, 13 log, 14 evidence.
     """
+    args = VerifyArgs.from_cli(**options)
     try:
-        result = _verify(receipt, response_path, checkpoint_path, consistency_path, transcript_path,
-                         trusted_key, policy_ref, attestation_evidence, model_commitment, verifier_key, quorum,
-                         verifier_evidence, allow_unpinned=allow_unpinned, request_path=request_path,
-                         model_ref=model_ref, collateral=collateral, reference_values=reference_values,
-                         defaults=(default_max_tokens, context_length), accept_profiles=accept_profile)
+        result = _verify(args)
     except SpecguardError as exc:
-        _emit_failure(exc, as_json)
+        _emit_failure(exc, args.as_json)
         raise
     report = verify_report(result)
-    consensus = result.evidence.get("attachment:consensus") if isinstance(result.evidence, dict) else None
-    votes = consensus.get("votes", []) if isinstance(consensus, dict) else []
-    if as_json:
+    if args.as_json:
         click.echo(json.dumps(report, indent=2))  # evidence.consensus.votes has the votes
         return
+    consensus = result.evidence.get("attachment:consensus") if isinstance(result.evidence, dict) else None
+    votes = consensus.get("votes", []) if isinstance(consensus, dict) else []
     for layer in report["layers"]:
         click.echo(f"{layer['status']:>9}  {layer['layer']}: {layer['detail']}")
     engine = report["engine"]
@@ -239,61 +267,64 @@ def _expected_defaults(policy: Any, model: Any, max_tokens: int | None, context_
                                                 context_length=model.max_context if model else None)
 
 
-def _verify(receipt: str, response_path: str | None, checkpoint_path: str | None,
-            consistency_path: str | None, transcript_path: str | None, trusted_key: tuple[str, ...],
-            policy_ref: str | None, attestation_evidence: str | None, model_commitment: str | None,
-            verifier_key: tuple[str, ...], quorum: int | None = None,
-            verifier_evidence: tuple[str, ...] = (), *, allow_unpinned: bool = False,
-            request_path: str | None = None, model_ref: str | None = None,
-            collateral: str | None = None, reference_values: str | None = None,
-            defaults: tuple[int | None, int | None] = (None, None), accept_profiles: tuple[str, ...] = ()) -> Any:
-    doc = load_json_file(Path(receipt), "receipt")
-    response = None
-    if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
-            and "receipt" in doc["specguard"]:
-        response, doc = doc, doc["specguard"]["receipt"]
-    if response_path:
-        response = load_json_file(Path(response_path), "response")
-    if model_ref is not None and response is None:
-        raise UsageError("--model checks the response text: give the response (--response, or a response file "
-                         "as RECEIPT)", field="--model")
+def _verify(args: VerifyArgs) -> Any:
+    doc, response = _receipt_and_response(args)
     policy = None
-    if policy_ref or reference_values:
+    if args.policy_ref or args.reference_values:
         from specguard.policies import evidence_policy
 
-        policy = evidence_policy(policy_ref, reference_values=reference_values)
-    tokens = None
-    if transcript_path:
-        transcript = load_json_file(Path(transcript_path), "transcript")
-        if not isinstance(transcript, dict) or not isinstance(transcript.get("tokens"), list):
-            raise ReceiptParseError("transcript JSON needs a 'tokens' list", field=transcript_path)
-        tokens = transcript["tokens"]
+        policy = evidence_policy(args.policy_ref, reference_values=args.reference_values)
+    tokens = _transcript_tokens(args.transcript_path) if args.transcript_path else None
     consistency = None
-    if consistency_path:
-        consistency = _hex_list(load_json_file(Path(consistency_path), "consistency proof"), consistency_path)
-    model = _load(model_ref) if model_ref is not None else None
-    request = canonical_request(request_path) if request_path else None
+    if args.consistency_path:
+        consistency = _hex_list(load_json_file(Path(args.consistency_path), "consistency proof"),
+                                args.consistency_path)
+    model = _load(args.model_ref) if args.model_ref is not None else None
+    request = canonical_request(args.request_path) if args.request_path else None
     options = VerifyOptions(
-        trusted_keys=tuple(parse_key_arg(k) for k in trusted_key),
-        allow_unpinned=allow_unpinned,
+        trusted_keys=tuple(parse_key_arg(k) for k in args.trusted_key),
+        allow_unpinned=args.allow_unpinned,
         response=response,
         request=request,
         decoder=TextDecoder(decode=model.decode, tokenizer_digest=model.tokenizer_digest) if model else None,
         prompt_ids=_request_prompt_ids(model, request) if model is not None and request is not None else None,
-        expected_defaults=_expected_defaults(policy, model, *defaults),
+        expected_defaults=_expected_defaults(policy, model, args.default_max_tokens, args.context_length),
         tokens=tokens,
-        checkpoint=_read_text(checkpoint_path, "checkpoint") if checkpoint_path else None,
+        checkpoint=_read_text(args.checkpoint_path, "checkpoint") if args.checkpoint_path else None,
         consistency_proof=tuple(consistency) if consistency is not None else None,
         policy=policy,
-        attestation_evidence=attestation_evidence,
-        collateral=collateral,
-        model_commitment=model_commitment,
-        verifier_keys=tuple(parse_key_arg(k) for k in verifier_key),
-        quorum=quorum,
-        verifier_evidence=tuple(verifier_evidence),
-        accept_profiles=tuple(accept_profiles),
+        attestation_evidence=args.attestation_evidence,
+        collateral=args.collateral,
+        model_commitment=args.model_commitment,
+        verifier_keys=tuple(parse_key_arg(k) for k in args.verifier_key),
+        quorum=args.quorum,
+        verifier_evidence=args.verifier_evidence,
+        accept_profiles=args.accept_profile,
     )
     return verify_receipt(doc, options, evidence_verifier=hook_evidence_verifier)
+
+
+def _receipt_and_response(args: VerifyArgs) -> tuple[Any, Any]:
+    """The receipt document and the response to check: RECEIPT may be a response holding its receipt;
+    --response replaces that response."""
+    doc = load_json_file(Path(args.receipt), "receipt")
+    response = None
+    if isinstance(doc, dict) and "envelope" not in doc and isinstance(doc.get("specguard"), dict) \
+            and "receipt" in doc["specguard"]:
+        response, doc = doc, doc["specguard"]["receipt"]
+    if args.response_path:
+        response = load_json_file(Path(args.response_path), "response")
+    if args.model_ref is not None and response is None:
+        raise UsageError("--model checks the response text: give the response (--response, or a response file "
+                         "as RECEIPT)", field="--model")
+    return doc, response
+
+
+def _transcript_tokens(path: str) -> list[Any]:
+    transcript = load_json_file(Path(path), "transcript")
+    if not isinstance(transcript, dict) or not isinstance(transcript.get("tokens"), list):
+        raise ReceiptParseError("transcript JSON needs a 'tokens' list", field=path)
+    return transcript["tokens"]
 
 
 @click.group(name="log")
@@ -324,6 +355,20 @@ class _RemoteLog:
 
     def checkpoint(self) -> str:
         return _get(self.url, "/log/checkpoint")
+
+    def current(self, key: bytes | None, checks: list[str]) -> tuple[Checkpoint, bytes | None, str]:
+        """(the node's signed checkpoint verified under `key`, the key, the note); unpinned: the key the
+        log's last entry names."""
+        note = self.checkpoint()
+        text, _ = split_note(note)
+        if key is None:
+            unverified = parse_checkpoint(text)
+            if unverified.size == 0:
+                raise UsageError("empty log and no --key: nothing to pin the checkpoint to", field="--key")
+            key = _key_from_entry(self.entry(unverified.size - 1))
+        cp = verify_checkpoint(note, [key])
+        checks.append(f"checkpoint signature by {cp.origin}")
+        return cp, key, note
 
     def consistency(self, old: int, new: int) -> list[bytes]:
         return _hex_list(_get(self.url, "/log/proof/consistency", {"old": old, "new": new}), "consistency_proof")
@@ -395,53 +440,27 @@ def _log_verify(url: str | None, db_path: str | None, saved_path: str | None, sa
         raise UsageError("give exactly one of --url and --db", field="--url/--db")
     saved = _read_text(saved_path, "saved checkpoint") if saved_path and Path(saved_path).exists() else None
     checks: list[str] = []
-    local: TransparencyLog | None = None
-    if db_path:
-        local = _open_local(Path(db_path))
-        local.verify_integrity()
-        checks.append(f"all {local.size} leaf hashes recomputed from their data")
-    source: Any = _RemoteLog(url) if url else local
-    key = parse_key_arg(key_arg) if key_arg else None
-    pinned = key is not None
+    local = _open_local(Path(db_path)) if db_path else None
     try:
+        source: _RemoteLog | _LocalLog
         if local is not None:
-            size = local.size
-            root = local.root()
-            origin = local.origin
-            if key is None and size:
-                key = _key_from_entry(local.entry(size - 1))
-            cp = Checkpoint(origin, size, root)
-            checks.append(f"local tree of {size} leaves has root {root.hex()}")
+            local.verify_integrity()
+            checks.append(f"all {local.size} leaf hashes recomputed from their data")
+            source = _LocalLog(local)
         else:
-            note = source.checkpoint()
-            text, sigs = split_note(note)
-            if key is None:
-                from specguard.attest.checkpoint import parse_checkpoint
-
-                unverified = parse_checkpoint(text)
-                if unverified.size == 0:
-                    raise UsageError("empty log and no --key: nothing to pin the checkpoint to", field="--key")
-                key = _key_from_entry(source.entry(unverified.size - 1))
-            cp = verify_checkpoint(note, [key])
-            checks.append(f"checkpoint signature by {cp.origin}")
+            source = _RemoteLog(str(url))
+        pinned = bool(key_arg)
+        cp, key, note = source.current(parse_key_arg(key_arg) if key_arg else None, checks)
         if not pinned:
             log.warning("log key not pinned: trusting the key named in the log's own entries; pass --trusted-key")
         if saved is not None:
-            if key is None:
-                raise UsageError("cannot verify the saved checkpoint without a key", field="--key")
-            old = verify_checkpoint(saved, [key], origin=cp.origin)
-            proof = None
-            if 0 < old.size < cp.size:  # a proof from the empty tree is empty (RFC 9162)
-                proof = local.consistency_proof(old.size, cp.size) if local else source.consistency(old.size, cp.size)
-            check_consistency(old, cp, proof)
-            checks.append(f"consistent with saved checkpoint of size {old.size}")
+            _check_saved(saved, key, cp, source, checks)
         for index in range(max(0, cp.size - max(0, entries)), cp.size):
             data = source.entry(index)
-            proof = local.inclusion_proof(index, cp.size) if local else source.inclusion(index, cp.size)
-            merkle.verify_inclusion(index, cp.size, merkle.leaf_hash(data), proof, cp.root)
+            merkle.verify_inclusion(index, cp.size, merkle.leaf_hash(data), source.inclusion(index, cp.size), cp.root)
             checks.append(f"entry {index} included")
         if save_path:
-            if local is not None:
+            if note is None:
                 raise UsageError("--save needs --url: only the node can sign a checkpoint", field="--save")
             Path(save_path).write_text(note, "utf-8")
             checks.append(f"saved checkpoint to {save_path}")
@@ -450,6 +469,43 @@ def _log_verify(url: str | None, db_path: str | None, saved_path: str | None, sa
             local.close()
     return {"ok": True, "origin": cp.origin, "tree_size": cp.size, "root": cp.root.hex(),
             "key_pinned": pinned, "checks": checks}
+
+
+def _check_saved(saved: str, key: bytes | None, cp: Checkpoint, source: _RemoteLog | _LocalLog,
+                 checks: list[str]) -> None:
+    """The checkpoint saved earlier (signed by `key`) and the current one `cp` must be consistent."""
+    if key is None:
+        raise UsageError("cannot verify the saved checkpoint without a key", field="--key")
+    old = verify_checkpoint(saved, [key], origin=cp.origin)
+    proof = None
+    if 0 < old.size < cp.size:  # a proof from the empty tree is empty (RFC 9162)
+        proof = source.consistency(old.size, cp.size)
+    check_consistency(old, cp, proof)
+    checks.append(f"consistent with saved checkpoint of size {old.size}")
+
+
+class _LocalLog:
+    """A local log file, read like `_RemoteLog`: its tree is recomputed here, so nothing is signed."""
+
+    def __init__(self, tlog: TransparencyLog) -> None:
+        self.tlog = tlog
+
+    def current(self, key: bytes | None, checks: list[str]) -> tuple[Checkpoint, bytes | None, str | None]:
+        """(the local tree as a checkpoint, the key, no signed note); unpinned: the last entry's key."""
+        size, root = self.tlog.size, self.tlog.root()
+        if key is None and size:
+            key = _key_from_entry(self.tlog.entry(size - 1))
+        checks.append(f"local tree of {size} leaves has root {root.hex()}")
+        return Checkpoint(self.tlog.origin, size, root), key, None
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        return self.tlog.consistency_proof(old, new)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        return self.tlog.inclusion_proof(index, size)
+
+    def entry(self, index: int) -> bytes:
+        return self.tlog.entry(index)
 
 
 def _open_local(path: Path) -> TransparencyLog:

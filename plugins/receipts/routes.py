@@ -6,16 +6,15 @@ import base64
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from specguard.attest import merkle
-from specguard.attest.receipts import (
-    ReceiptIssuer,
-)
-from specguard.attest.tlog import LogRangeError
+from specguard.attest.receipts.issuer import ReceiptIssuer
+from specguard.attest.tlog import LogRangeError, TransparencyLog
 
 log = logging.getLogger("specguard.plugins.receipts")
 
@@ -47,17 +46,55 @@ def _int_param(raw: str | None, name: str, default: int | None = None) -> int:
     return int(raw)
 
 
+def _guarded(handler: Any, *args: Any) -> Any:
+    """`handler(*args)`, with a bad query parameter answered 400."""
+    try:
+        return handler(*args)
+    except LogRangeError as exc:
+        return _error(400, exc.summary(), exc.field, "invalid_parameter")
+
+
+def _entry(tlog: TransparencyLog, index: str) -> Any:
+    i = _int_param(index, "index")
+    if i >= tlog.size:
+        return _error(404, f"no log entry {i} (log size {tlog.size})", "index", "entry_not_found")
+    data = tlog.entry(i)
+    return JSONResponse({"index": i, "leaf_hash": merkle.leaf_hash(data).hex(),
+                         "data": base64.b64encode(data).decode("ascii"), "envelope": json.loads(data)})
+
+
+def _inclusion(tlog: TransparencyLog, q: Mapping[str, str]) -> Any:
+    size = _int_param(q.get("size"), "size", tlog.size)
+    index = _int_param(q.get("index"), "index")
+    if size > tlog.size:
+        raise LogRangeError("size is larger than the log", field="size", got=size)
+    if index >= size:
+        raise LogRangeError("index must be smaller than size", field="index", got=index)
+    proof = tlog.inclusion_proof(index, size)
+    return JSONResponse({"index": index, "tree_size": size, "leaf_hash": tlog.leaf_hash(index).hex(),
+                         "root": tlog.root(size).hex(), "inclusion_proof": [h.hex() for h in proof],
+                         "checkpoint": tlog.checkpoint(size)})
+
+
+def _consistency(tlog: TransparencyLog, q: Mapping[str, str]) -> Any:
+    new = _int_param(q.get("new"), "new", tlog.size)
+    old = _int_param(q.get("old"), "old")
+    if new > tlog.size:
+        raise LogRangeError("new is larger than the log", field="new", got=new)
+    if old > new:
+        raise LogRangeError("old must not exceed new", field="old", got=old)
+    proof = tlog.consistency_proof(old, new)
+    return JSONResponse({"old": old, "new": new, "old_root": tlog.root(old).hex(),
+                         "new_root": tlog.root(new).hex(), "consistency_proof": [h.hex() for h in proof],
+                         "checkpoint": tlog.checkpoint(new)})
+
+
 def register(app: Any, node: Any) -> None:
+    """The log and receipt routes of a node with a receipt issuer; nothing on a node without a log."""
     issuer = issuer_for(node)
     if issuer is None:  # a node without a log (e.g. a verifier-only process) serves no log routes
         return
     tlog = issuer.log
-
-    def guarded(fn: Any) -> Any:
-        try:
-            return fn()
-        except LogRangeError as exc:
-            return _error(400, exc.summary(), exc.field, "invalid_parameter")
 
     @app.get(API + "/log/checkpoint", response_class=PlainTextResponse)
     def get_checkpoint() -> Any:
@@ -65,46 +102,15 @@ def register(app: Any, node: Any) -> None:
 
     @app.get(API + "/log/entries/{index}")
     def get_entry(index: str) -> Any:
-        def run() -> Any:
-            i = _int_param(index, "index")
-            if i >= tlog.size:
-                return _error(404, f"no log entry {i} (log size {tlog.size})", "index", "entry_not_found")
-            data = tlog.entry(i)
-            return JSONResponse({"index": i, "leaf_hash": merkle.leaf_hash(data).hex(),
-                                 "data": base64.b64encode(data).decode("ascii"), "envelope": json.loads(data)})
-        return guarded(run)
+        return _guarded(_entry, tlog, index)
 
     @app.get(API + "/log/proof/inclusion")
     def get_inclusion(request: Request) -> Any:
-        def run() -> Any:
-            q = request.query_params
-            size = _int_param(q.get("size"), "size", tlog.size)
-            index = _int_param(q.get("index"), "index")
-            if size > tlog.size:
-                raise LogRangeError("size is larger than the log", field="size", got=size)
-            if index >= size:
-                raise LogRangeError("index must be smaller than size", field="index", got=index)
-            proof = tlog.inclusion_proof(index, size)
-            return JSONResponse({"index": index, "tree_size": size, "leaf_hash": tlog.leaf_hash(index).hex(),
-                                 "root": tlog.root(size).hex(), "inclusion_proof": [h.hex() for h in proof],
-                                 "checkpoint": tlog.checkpoint(size)})
-        return guarded(run)
+        return _guarded(_inclusion, tlog, request.query_params)
 
     @app.get(API + "/log/proof/consistency")
     def get_consistency(request: Request) -> Any:
-        def run() -> Any:
-            q = request.query_params
-            new = _int_param(q.get("new"), "new", tlog.size)
-            old = _int_param(q.get("old"), "old")
-            if new > tlog.size:
-                raise LogRangeError("new is larger than the log", field="new", got=new)
-            if old > new:
-                raise LogRangeError("old must not exceed new", field="old", got=old)
-            proof = tlog.consistency_proof(old, new)
-            return JSONResponse({"old": old, "new": new, "old_root": tlog.root(old).hex(),
-                                 "new_root": tlog.root(new).hex(), "consistency_proof": [h.hex() for h in proof],
-                                 "checkpoint": tlog.checkpoint(new)})
-        return guarded(run)
+        return _guarded(_consistency, tlog, request.query_params)
 
     @app.get(API + "/receipts/{receipt_id}")
     def get_receipt(receipt_id: str) -> Any:

@@ -411,9 +411,9 @@ def test_cli_verify_exit_codes(issued, tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_evidence_a_plugin_could_not_check_is_reported_unchecked_not_ok():
-    from specguard.attest.receipts import _evidence_layer
+    from specguard.attest.receipts.evidence import evidence_layer
 
-    assert _evidence_layer("evidence:x", "unchecked")["status"] == "unchecked"
-    skipped = _evidence_layer("evidence:attestation", {"checked": False, "reason": "no evidence file given"})
+    assert evidence_layer("evidence:x", "unchecked")["status"] == "unchecked"
+    skipped = evidence_layer("evidence:attestation", {"checked": False, "reason": "no evidence file given"})
     assert skipped == {"layer": "evidence:attestation", "status": "unchecked", "detail": "no evidence file given"}
-    assert _evidence_layer("evidence:commitment", {"checked": True})["status"] == "ok"
+    assert evidence_layer("evidence:commitment", {"checked": True})["status"] == "ok"

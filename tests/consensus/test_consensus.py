@@ -25,11 +25,12 @@ from specguard.consensus.quorum import (
     new_nonce,
     verify_certificate,
 )
-from specguard.consensus.rederive import ACCEPT, REJECT, UNVERIFIABLE, Tolerances, judge
+from specguard.consensus.rederive import ACCEPT, REJECT, UNVERIFIABLE, Judgement, Tolerances, judge
 from specguard.consensus.service import VerifierService, VerifyRequestError
 from specguard.consensus.vote import (
     VoteParseError,
     VoteSignatureError,
+    VoteSubject,
     envelope_digest,
     parse_vote,
     sign_vote,
@@ -232,8 +233,7 @@ DIG = "sha256:" + "ab" * 32
 
 
 def a_vote(k: NodeKey, verdict: str = ACCEPT, nonce: str = "00" * 16, receipt: str = DIG) -> dict:
-    return sign_vote(k, receipt_digest=receipt, binding_digest=DIG, request_digest=DIG, response_digest=DIG,
-                     nonce=nonce, verdict=verdict, reasons=[], stats={"n": 1}, model_digest=DIG)
+    return sign_vote(k, VoteSubject(receipt, DIG, DIG, DIG, nonce), Judgement(verdict, [], {"n": 1}), model_digest=DIG)
 
 
 def test_vote_roundtrip_and_tamper():
@@ -348,10 +348,9 @@ def test_replayed_duplicated_and_forged_votes_do_not_count(receipted, model):
         verify_certificate(cert, receipt["envelope"], keys, 3)
     # a forged accept (altered reject) does not verify
     bound = Bound.of_receipt(receipt["envelope"], nonce)
-    reject = sign_vote(services[3].key, receipt_digest=envelope_digest(receipt["envelope"]),
-                       binding_digest=t.binding_digest(), request_digest=bound.request_digest,
-                       response_digest=bound.response_digest, nonce=nonce, verdict=REJECT, reasons=["bad"], stats={},
-                       model_digest=model.digest)
+    subject = VoteSubject(envelope_digest(receipt["envelope"]), t.binding_digest(), bound.request_digest,
+                          bound.response_digest, nonce)
+    reject = sign_vote(services[3].key, subject, Judgement(REJECT, ["bad"], {}), model_digest=model.digest)
     forged = copy.deepcopy(reject)
     forged["vote"]["verdict"], forged["vote"]["reasons"] = ACCEPT, []
     cert = certificate(fresh + [votes_for(services[2:3], served, nonce)[0], forged], served, nonce)

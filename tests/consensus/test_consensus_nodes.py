@@ -37,6 +37,7 @@ from specguard.attest.tee.document import load_document
 from specguard.consensus.config import ConsensusWithheldError, NoQuorumError
 from specguard.consensus.quorum import (
     QuorumError,
+    ReceiptedResponse,
     check_verifier_evidence,
     request_certificate,
     verify_certificate,
@@ -143,8 +144,9 @@ def honest(cluster, issuer, req: dict | None = None) -> Served:
 
 
 def certify(cluster, issuer, served: Served, q: int = 3) -> tuple[dict, dict]:
-    cert = request_certificate(cluster.urls, served.transcript.to_json(include_steps=False), served.receipt,
-                               cluster.keys, q, request=served.request, response=served.response, timeout=TIMEOUT)
+    checked = ReceiptedResponse(served.transcript.to_json(include_steps=False), served.receipt, served.request,
+                                served.response)
+    cert = request_certificate(cluster.urls, checked, cluster.keys, q, timeout=TIMEOUT)
     return cert, served.receipt
 
 

@@ -23,7 +23,7 @@ from support.tiny import tiny_model
 from specguard.consensus.calibrate import cross_engine_calibrate, freedom, recommended_cross_engine
 from specguard.consensus.config import EngineTolerance, UnknownEngineError, consensus_policy
 from specguard.consensus.rederive import ACCEPT, REJECT, Tolerances, judge
-from specguard.consensus.vote import parse_vote, sign_vote
+from specguard.consensus.vote import VoteSubject, parse_vote, sign_vote
 from specguard.context import NodeContext
 from specguard.engine.scoring import score
 from specguard.engine.speculative import SpeculativeEngine
@@ -241,8 +241,7 @@ def test_vote_records_engine_margin_and_cap(ref, other, table):
     j = judge(ref, run(ref, other)[0], Tolerances(engines=(table,)))
     key = NodeKey(Ed25519PrivateKey.generate())
     d = "sha256:" + "0" * 64
-    vote = parse_vote(sign_vote(key, receipt_digest=d, binding_digest=d, request_digest=d, response_digest=d,
-                                nonce="ab" * 8, verdict=j.verdict, reasons=j.reasons, stats=j.stats, model_digest=d))
+    vote = parse_vote(sign_vote(key, VoteSubject(d, d, d, d, "ab" * 8), j, model_digest=d))
     stats = vote.body["stats"]
     assert (stats["engine"], stats["tolerance_profile"], stats["margin"]) == ("other", "cross-engine", table.margin)
     assert stats["max_near_ties"] == table.allowed_near_ties(N)

@@ -34,3 +34,23 @@ def test_there_is_one_home_dir_function():
                for node in ast.walk(ast.parse(path.read_text("utf-8")))
                if isinstance(node, ast.FunctionDef) and node.name == "home_dir"]
     assert defined == ["core/keys.py"], f"home_dir() defined in {defined}: import specguard.keys.home_dir instead"
+
+
+def _reads_home_variable(node: ast.AST) -> bool:
+    """`os.environ.get("SPECGUARD_HOME")`, `os.getenv("SPECGUARD_HOME")` or `os.environ["SPECGUARD_HOME"]`."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "getenv"):
+        args = node.args
+    elif isinstance(node, ast.Subscript):
+        args = [node.slice]
+    else:
+        return False
+    return bool(args) and isinstance(args[0], ast.Constant) and args[0].value == "SPECGUARD_HOME"
+
+
+def test_only_home_dir_reads_the_home_variable():
+    """A second reading of $SPECGUARD_HOME is a second home_dir() under another name (bench/scale.py had
+    one that did not expand `~`)."""
+    readers = sorted({str(path.relative_to(ROOT)) for folder in ("core", "plugins", "attest", "policies", "bench")
+                      for path in sorted((ROOT / folder).rglob("*.py"))
+                      for node in ast.walk(ast.parse(path.read_text("utf-8"))) if _reads_home_variable(node)})
+    assert readers == ["core/keys.py"], f"$SPECGUARD_HOME read in {readers}: use specguard.keys.home_dir()"

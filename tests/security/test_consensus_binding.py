@@ -22,7 +22,7 @@ from support.servers import free_port, make_tiny_model_dir, start_process
 
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.consensus.config import default_quorum
-from specguard.consensus.quorum import QuorumError, request_certificate, verify_certificate
+from specguard.consensus.quorum import QuorumError, ReceiptedResponse, request_certificate, verify_certificate
 from specguard.consensus.rederive import ACCEPT
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
@@ -60,9 +60,9 @@ def verifiers(tmp_path_factory):
 
 def ask(v, served: Served) -> dict:
     """What the serving node does: gather votes on the request, body, transcript and receipt."""
-    return request_certificate(v.urls, served.transcript.to_json(include_steps=False), served.receipt, v.keys,
-                               default_quorum(len(v.urls)), request=served.request, response=served.response,
-                               timeout=TIMEOUT)
+    checked = ReceiptedResponse(served.transcript.to_json(include_steps=False), served.receipt, served.request,
+                                served.response)
+    return request_certificate(v.urls, checked, v.keys, default_quorum(len(v.urls)), timeout=TIMEOUT)
 
 
 def assert_refused(v, served: Served, reason: str) -> dict:

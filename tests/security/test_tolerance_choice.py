@@ -29,7 +29,7 @@ from specguard.attest.receipts import ReceiptIssuer
 from specguard.consensus.config import EngineTolerance, UnknownEngineError
 from specguard.consensus.profiles import ProfileError, vote_profile
 from specguard.consensus.quorum import Bound, GatherResult, QuorumError, build_certificate, verify_certificate
-from specguard.consensus.rederive import ACCEPT, REJECT, Tolerances, judge
+from specguard.consensus.rederive import ACCEPT, REJECT, Judgement, Tolerances, judge
 from specguard.consensus.service import VerifierService
 from specguard.consensus.vote import parse_vote, sign_vote
 from specguard.engine.scoring import score
@@ -197,10 +197,7 @@ def test_votes_from_before_profiles_count_only_on_the_exact_path(attack):
 
     def cert_with(stats: dict):
         keys = [key() for _ in range(3)]
-        votes = [parse_vote(sign_vote(k, receipt_digest=bound.receipt_digest, binding_digest=bound.binding_digest,
-                                      request_digest=bound.request_digest, response_digest=bound.response_digest,
-                                      nonce=bound.nonce, verdict=ACCEPT, reasons=[], stats=stats, model_digest=d))
-                 for k in keys]
+        votes = [parse_vote(sign_vote(k, bound, Judgement(ACCEPT, [], stats), model_digest=d)) for k in keys]
         return build_certificate(bound, 3, 3, GatherResult(votes=votes)), [k.public_bytes for k in keys]
 
     env = served.receipt["envelope"]

@@ -25,7 +25,7 @@ from support.servers import free_port, make_tiny_model_dir, specguard_cmd, start
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.consensus import quorum
 from specguard.consensus.config import ALLOWED_NODES_ENV, redact_url
-from specguard.consensus.quorum import gather_votes, new_nonce, request_certificate
+from specguard.consensus.quorum import ReceiptedResponse, gather_votes, new_nonce, request_certificate
 from specguard.consensus.rederive import first_stop_prefix
 from specguard.consensus.vote import verify_vote
 from specguard.keys import load_or_create_node_key
@@ -232,6 +232,10 @@ def silent_server():
     srv.close()
 
 
+def checked_of(served: Served) -> ReceiptedResponse:
+    return ReceiptedResponse(served.transcript.to_json(), served.receipt, served.request, served.response)
+
+
 def wait_for_threads(limit: int, seconds: float = 60.0) -> int:
     """Poll until at most `limit` threads run (threads end when their call ends); return the count."""
     deadline = time.monotonic() + seconds
@@ -244,9 +248,8 @@ def test_a_verifier_that_never_answers_leaks_no_thread(env, silent_server):
     served = small(env)
     baseline = threading.active_count()
     for _ in range(3):
-        got = gather_votes([f"http://{silent_server}"] * 2, served.transcript.to_json(), served.receipt,
-                           [env.keys["open"]], request=served.request, response=served.response, nonce=new_nonce(),
-                           timeout=1.0)
+        got = gather_votes([f"http://{silent_server}"] * 2, checked_of(served), [env.keys["open"]],
+                           nonce=new_nonce(), timeout=1.0)
         assert not got.votes and len(got.failures) == 2
     assert wait_for_threads(baseline) <= baseline
 
@@ -254,8 +257,7 @@ def test_a_verifier_that_never_answers_leaks_no_thread(env, silent_server):
 def test_in_flight_verifier_calls_are_bounded(env, silent_server, monkeypatch):
     served = small(env)
     monkeypatch.setattr(quorum, "_INFLIGHT", threading.BoundedSemaphore(2))
-    got = gather_votes([f"http://{silent_server}"] * 5, served.transcript.to_json(), served.receipt,
-                       [env.keys["open"]], request=served.request, response=served.response, nonce=new_nonce(),
+    got = gather_votes([f"http://{silent_server}"] * 5, checked_of(served), [env.keys["open"]], nonce=new_nonce(),
                        timeout=1.0)
     assert sum("already in flight" in f["error"] for f in got.failures) == 3
 
@@ -266,8 +268,7 @@ def test_verifier_credentials_never_reach_certificates_or_logs(env, silent_serve
     urls = [f"http://alice:s3cr3t-pw@{silent_server}/", f"http://bob:hunter2@{refused}",
             env.url["open"].replace("http://", "http://carol:t0ps3cret@")]
     with caplog.at_level(logging.DEBUG):
-        cert = request_certificate(urls, served.transcript.to_json(), served.receipt, [env.keys["open"]], 1,
-                                   request=served.request, response=served.response, timeout=2.0)
+        cert = request_certificate(urls, checked_of(served), [env.keys["open"]], 1, timeout=2.0)
     text = json.dumps(cert) + caplog.text
     for secret in ("s3cr3t-pw", "hunter2", "t0ps3cret", "alice", "bob:", "carol"):
         assert secret not in text

@@ -16,6 +16,7 @@ from support.receipt_factory import MODEL_DIGEST, Issuer, run_cli, transcript, w
 from specguard.attest.tee import collect
 from specguard.attest.tee.collect import collect_evidence
 from specguard.consensus.quorum import CERTIFICATE_TYPE, Bound
+from specguard.consensus.rederive import Judgement
 from specguard.consensus.vote import sign_vote
 from specguard.keys import NodeKey, load_or_create_node_key
 
@@ -45,10 +46,7 @@ def _verifiers(tmp_path: Path, n: int) -> list[NodeKey]:
 def _certificate(receipt: dict, voters: list[NodeKey], *, claimed_quorum: int, n: int) -> dict:
     """A well-formed quorum certificate whose votes are validly signed accepts by `voters`."""
     bound = Bound.of_receipt(receipt["envelope"], "ab" * 16)
-    votes = [sign_vote(k, receipt_digest=bound.receipt_digest, binding_digest=bound.binding_digest,
-                       request_digest=bound.request_digest, response_digest=bound.response_digest,
-                       nonce=bound.nonce, verdict="accept", reasons=[], stats={}, model_digest=MODEL_DIGEST)
-             for k in voters]
+    votes = [sign_vote(k, bound, Judgement("accept", [], {}), model_digest=MODEL_DIGEST) for k in voters]
     return {"type": CERTIFICATE_TYPE, "receipt_digest": bound.receipt_digest, "binding_digest": bound.binding_digest,
             "request_digest": bound.request_digest, "response_digest": bound.response_digest, "nonce": bound.nonce,
             "quorum": claimed_quorum, "verifiers": n, "accepts": len(votes), "certified": True, "votes": votes,
