@@ -27,8 +27,9 @@ from typing import Any
 from ..errors import ModelError
 from .gguf_file import GGUFFile, GGUFTensor, read_gguf
 
-#: values dequantized at a time (fp32: 256 MiB); bigger tensors are read in chunks of rows
-CHUNK_ELEMENTS = 1 << 26
+#: values dequantized at a time (fp32: 64 MiB, a few times that inside the dequantization); bigger
+#: tensors are read in chunks of rows
+CHUNK_ELEMENTS = 1 << 24
 #: architectures whose transformers processor combines several GGUF tensors into one parameter
 _MERGING = frozenset({"qwen2moe", "qwen3moe", "gpt_oss", "gpt-oss", "minimax-m2"})
 
