@@ -12,14 +12,16 @@ fp32 temporary (at most `CHUNK_ELEMENTS` values), whatever the model's size.
 
 The result equals `AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=...)`
 tensor for tensor (tests/runtime/test_gguf_torch.py): the same dequantization, the same name
-mapping (`get_gguf_hf_weights_map`) and processor (`TENSOR_PROCESSORS`), the same cast. GGUF
+mapping (`get_gguf_hf_weights_map`'s walk, `gguf_to_hf_names`) and processor (`TENSOR_PROCESSORS`), the same cast. GGUF
 tensors transformers does not map (e.g. `rope_freqs`) are skipped as it skips them; a model
 parameter no tensor fills is a `ModelError`. Architectures whose processor merges several GGUF
-tensors into one (mixture-of-experts) are refused: they cannot be streamed tensor by tensor.
+tensors into one (mixture-of-experts), or that writes a parameter itself (GPT-2's output matrix), are
+refused: they cannot be streamed tensor by tensor.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,20 +29,23 @@ from typing import Any
 from ..errors import ModelError
 from .gguf_file import GGUFFile, GGUFTensor, read_gguf
 
+log = logging.getLogger("specguard.runtime.gguf_torch")
+
 #: values dequantized at a time (fp32: 64 MiB, a few times that inside the dequantization); bigger
 #: tensors are read in chunks of rows
 CHUNK_ELEMENTS = 1 << 24
-#: architectures whose transformers processor combines several GGUF tensors into one parameter
-_MERGING = frozenset({"qwen2moe", "qwen3moe", "gpt_oss", "gpt-oss", "minimax-m2"})
+#: architectures whose transformers processor writes parameters itself (mixture-of-experts tensors
+#: merged from several GGUF tensors; GPT-2's output matrix) instead of returning one tensor per tensor
+_UNSTREAMABLE = frozenset({"qwen2moe", "qwen3moe", "gpt_oss", "gpt-oss", "minimax-m2", "gpt2"})
 
 
 def _processor(info: GGUFFile, config: Any) -> Any:
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     arch = info.architecture
-    if arch in _MERGING:
+    if arch in _UNSTREAMABLE:
         raise ModelError("the torch runtime cannot stream this GGUF architecture tensor by tensor", field="model",
-                         got=arch, expected="an architecture without merged expert tensors (llama, qwen2, ...)")
+                         got=arch, expected="an architecture transformers maps tensor by tensor (llama, qwen2, mistral, ...)")
     return TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
 
 
@@ -247,7 +252,7 @@ def _write_fp32_cache(model: Any, tokenizer_folder: Path, gguf: Path, target: Pa
 
     from ..models import _CACHE_FORMAT
 
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for item in tokenizer_folder.iterdir():
@@ -318,8 +323,11 @@ def load_gguf_torch(path: Path, name: str, dtype: str = "fp32", device: str = "c
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         loaded = LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, device=device)
         if dtype == "fp32" and device == "cpu" and _fp32_bytes(model) <= CACHE_MAX_BYTES:
-            with _lock, phase(f"Caching {path.name} as fp32 safetensors for faster loads"):
-                _write_fp32_cache(model, folder, path, cached)
+            try:
+                with _lock, phase(f"Caching {path.name} as fp32 safetensors for faster loads"):
+                    _write_fp32_cache(model, folder, path, cached)
+            except OSError as exc:  # a speed-up only: the model is loaded either way
+                log.warning("could not cache %s as safetensors: %s", path.name, exc)
     loaded.gguf_path = path
     loaded._digest = gguf_model_digest(path)
     return loaded

@@ -202,3 +202,19 @@ def test_default_model_streamed_has_the_v2_digest_old_receipts_name(monkeypatch)
     model = load_gguf_weights(path, AutoConfig.from_pretrained(str(folder)), torch.float32)
     model.generation_config = GenerationConfig.from_pretrained(str(folder))
     assert model_digest(model) == DEFAULT_V2
+
+
+def test_streamed_safetensors_read_back_by_the_safetensors_library(tmp_path):
+    from safetensors import safe_open
+
+    from specguard.runtime.gguf_torch import write_safetensors
+
+    tensors = {"a": torch.randn(3, 5), "b.bf16": torch.randn(7).to(torch.bfloat16),
+               "c": torch.randn(2, 2, 2).to(torch.float16), "empty": torch.zeros(0, 4)}
+    out = tmp_path / "x.safetensors"
+    write_safetensors(tensors, out, {"format": "pt"})
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert sorted(f.keys()) == sorted(tensors)
+        for name, value in tensors.items():
+            assert torch.equal(f.get_tensor(name), value), name
