@@ -92,6 +92,12 @@ def _dequantized_rows(f: Any, tensor: GGUFTensor, start: int, stop: int) -> Any:
     return values.reshape(stop - start, shape[-1])
 
 
+def _check_shape(tensor: GGUFTensor, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(int(d) for d in got) != expected:
+        raise ModelError("GGUF tensor shape does not fit the model", field=f"tensor {tensor.name!r}",
+                         got=list(got), expected=list(expected))
+
+
 def _fill(target: Any, f: Any, tensor: GGUFTensor, processor: Any) -> None:
     """Write the tensor's processed values into `target` (already at its dtype and device)."""
     import numpy as np
@@ -103,8 +109,10 @@ def _fill(target: Any, f: Any, tensor: GGUFTensor, processor: Any) -> None:
     if isinstance(order, str):
         values = _dequantized_rows(f, tensor, 0, rows).reshape(shape)
         processed = processor.process(weights=values, name=tensor.name).weights
-        target.copy_(torch.from_numpy(np.ascontiguousarray(processed)).reshape(target.shape))
+        _check_shape(tensor, tuple(processed.shape), tuple(target.shape))
+        target.copy_(torch.from_numpy(np.ascontiguousarray(processed)))
         return
+    _check_shape(tensor, shape, tuple(target.shape))
     flat = target.view(rows, shape[-1])
     inverse = torch.from_numpy(np.argsort(order)) if order is not None else None
     step = max(1, CHUNK_ELEMENTS // max(1, shape[-1]))
@@ -172,13 +180,6 @@ def _set_parameter(model: Any, name: str, value: Any) -> None:
     module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
 
 
-def _elements(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def load_gguf_weights(path: Path, config: Any, torch_dtype: Any, device: str = "cpu",
                       on_tensor: Callable[[], Any] | None = None) -> Any:
     """A transformers causal LM of `config` holding the GGUF's weights at `torch_dtype` on `device`."""
@@ -194,11 +195,7 @@ def load_gguf_weights(path: Path, config: Any, torch_dtype: Any, device: str = "
             hf_name = names.get(tensor.name)
             if hf_name is None or hf_name not in params:
                 continue  # transformers skips what it does not map (e.g. rope_freqs)
-            expected = tuple(params[hf_name].shape)
-            if _elements(expected) != _elements(tensor.shape):
-                raise ModelError("GGUF tensor shape does not fit the model", field=f"tensor {tensor.name!r}",
-                                 got=list(_numpy_shape(tensor)), expected=list(expected))
-            value = torch.empty(expected, dtype=params[hf_name].dtype, device=device)
+            value = torch.empty(params[hf_name].shape, dtype=params[hf_name].dtype, device=device)
             _fill(value, f, tensor, processor)
             _set_parameter(model, hf_name, value)
             if on_tensor is not None:

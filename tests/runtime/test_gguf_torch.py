@@ -218,3 +218,14 @@ def test_streamed_safetensors_read_back_by_the_safetensors_library(tmp_path):
         assert sorted(f.keys()) == sorted(tensors)
         for name, value in tensors.items():
             assert torch.equal(f.get_tensor(name), value), name
+
+
+def test_a_transposed_tensor_with_the_right_size_is_a_model_error(tmp_path):
+    """Same number of values, other shape: refused, never reshaped into a silently different model."""
+    lm = tiny_model(seed=7)
+    up = lm.model.model.layers[0].mlp.up_proj
+    up.weight = torch.nn.Parameter(up.weight.detach().T.contiguous())
+    path = write_gguf(lm, tmp_path / "transposed.gguf")
+    with pytest.raises(ModelError, match="shape") as err:
+        load_gguf_weights(path, _config(path), torch.float32)
+    assert "blk.0.ffn_up.weight" in str(err.value)
