@@ -392,6 +392,24 @@ def check_runtime(runtime: str, dtype: str, device: str) -> None:
                              expected="cpu on this machine")
 
 
+def _cast_from_files(path: Path, dtype: str, device: str) -> Any:
+    """A directory stored at another dtype, read tensor by tensor at `dtype` (no fp32 pages held
+    resident while casting; specguard.runtime.safetensors_torch), or None: transformers loads it."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    from .runtime.safetensors_torch import load_cast
+
+    if dtype == "fp32":
+        return None  # the reference path, unchanged
+    config = AutoConfig.from_pretrained(str(path))
+    model = load_cast(path, config, getattr(torch, _TORCH_DTYPES[dtype]), device)
+    if model is not None:
+        model.generation_config = GenerationConfig.from_pretrained(str(path)) \
+            if (path / "generation_config.json").is_file() else GenerationConfig.from_model_config(config)
+    return model
+
+
 def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     """A transformers model from a directory: safetensors are memory-mapped and cast per tensor to `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -401,7 +419,8 @@ def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: s
 
     with phase(f"Loading {name} ({dtype} weights and tokenizer)"):
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_TORCH_DTYPES[dtype])
+            model = _cast_from_files(path, dtype, device) or \
+                AutoModelForCausalLM.from_pretrained(str(path), dtype=_TORCH_DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model from {path}: {exc}") from exc
