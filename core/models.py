@@ -10,8 +10,10 @@ A model reference is one of:
 
 - `torch` (default): a transformers model at `dtype` (`fp32` default, `bf16`, `fp16`) on
   `device` (`cpu` default, `cuda`). Safetensors are memory-mapped and cast tensor by tensor, so
-  a bf16 load never holds an fp32 copy. A GGUF is dequantized once (~17 s) and cached as
-  safetensors under `$SPECGUARD_HOME/models/<sha256 of the GGUF>/`;
+  a bf16 load never holds an fp32 copy. A GGUF is dequantized tensor by tensor straight into the
+  model at `dtype` (specguard.runtime.gguf_torch: no fp32 copy of the model, equal to
+  transformers' own GGUF load); a small one's fp32 weights are also cached as safetensors under
+  `$SPECGUARD_HOME/models/<sha256 of the GGUF>/` so later fp32 loads take under a second;
 - `llamacpp`: the GGUF as is (specguard.runtime.llamacpp): no torch weights at all; the
   tokenizer, chat template and generation config come from the GGUF's metadata.
 
@@ -29,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ _LEGACY_FILE = "legacy-digest-v2"
 def _record_legacy_digest(gguf: Path, digest: str) -> None:
     """Remember a GGUF's v2 digest next to its converted copy (a pure function of the file's bytes)."""
     folder = model_cache_dir() / _file_sha256(gguf)
-    if folder.is_dir() and not (folder / _LEGACY_FILE).is_file():
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / _LEGACY_FILE).is_file():
         tmp = folder / (_LEGACY_FILE + ".tmp")
         tmp.write_text(digest)
         os.replace(tmp, folder / _LEGACY_FILE)
@@ -359,38 +361,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _convert_gguf(path: Path, target: Path) -> None:
-    """Dequantize a GGUF into a cached HF directory (config, tokenizer, safetensors)."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .progress import phase
-
-    with phase(f"Converting {path.name} to safetensors (one time: dequantize, tokenizer, save)", total=3) as steps:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-        steps.advance()
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        steps.advance()
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        # tied weights share storage; safetensors stores each name once
-        if getattr(config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": path.name})
-        (tmp / "specguard.json").write_text(json.dumps({"format": _CACHE_FORMAT, "gguf": path.name}))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        steps.advance()
-
-
 def _quiet_transformers() -> None:
     import sys
 
@@ -422,6 +392,24 @@ def check_runtime(runtime: str, dtype: str, device: str) -> None:
                              expected="cpu on this machine")
 
 
+def _cast_from_files(path: Path, dtype: str, device: str) -> Any:
+    """A directory stored at another dtype, read tensor by tensor at `dtype` (no fp32 pages held
+    resident while casting; specguard.runtime.safetensors_torch), or None: transformers loads it."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    from .runtime.safetensors_torch import load_cast
+
+    if dtype == "fp32":
+        return None  # the reference path, unchanged
+    config = AutoConfig.from_pretrained(str(path))
+    model = load_cast(path, config, getattr(torch, _TORCH_DTYPES[dtype]), device)
+    if model is not None:
+        model.generation_config = GenerationConfig.from_pretrained(str(path)) \
+            if (path / "generation_config.json").is_file() else GenerationConfig.from_model_config(config)
+    return model
+
+
 def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     """A transformers model from a directory: safetensors are memory-mapped and cast per tensor to `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -429,9 +417,10 @@ def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: s
     _quiet_transformers()
     from .progress import phase
 
-    with phase(f"Loading {name} (fp32 weights and tokenizer)"):
+    with phase(f"Loading {name} ({dtype} weights and tokenizer)"):
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_TORCH_DTYPES[dtype])
+            model = _cast_from_files(path, dtype, device) or \
+                AutoModelForCausalLM.from_pretrained(str(path), dtype=_TORCH_DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model from {path}: {exc}") from exc
@@ -439,18 +428,6 @@ def _load_dir(path: Path, name: str, source: str, dtype: str = "fp32", device: s
         model = model.to(device)
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, source=source, device=device)
-
-
-def gguf_cache_dir(path: Path) -> Path:
-    """The converted (dequantized) copy of a GGUF, converting it the first time (keyed by its SHA-256)."""
-    with _lock:
-        key = _file_sha256(path)
-        cached = model_cache_dir() / key
-        marker = cached / "specguard.json"
-        if not marker.is_file() or json.loads(marker.read_text()).get("format") != _CACHE_FORMAT:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, cached)
-    return cached
 
 
 def load_model(ref: str | None = None, *, runtime: str = "torch", dtype: str = "fp32",
@@ -467,15 +444,9 @@ def load_model(ref: str | None = None, *, runtime: str = "torch", dtype: str = "
 
         return load_llamacpp(Path(location), name)
     if kind == "gguf":
-        from .runtime.digest import gguf_model_digest
+        from .runtime.gguf_torch import load_gguf_torch
 
-        path = Path(location)
-        cached = gguf_cache_dir(path)
-        key = cached.name
-        loaded = _load_dir(cached, name, f"gguf:{path.name}#sha256:{key}", dtype, device)
-        loaded.gguf_path = path
-        loaded._digest = gguf_model_digest(path)
-        return loaded
+        return load_gguf_torch(Path(location), name, dtype, device)
     if kind == "dir":
         return _load_dir(Path(location), name, f"dir:{location}", dtype, device)
     return _load_hub(str(location), dtype, device)

@@ -3,8 +3,9 @@
 One protocol (`ModelRuntime`), two implementations:
 
 - `torch` (specguard.models.LoadedModel): a transformers model at `--dtype fp32|bf16|fp16` on
-  `--device cpu|cuda`; safetensors are memory-mapped and cast per tensor (no fp32 copy of a bf16
-  model); fp32 on cpu is the reference and computes exactly as before runtimes existed;
+  `--device cpu|cuda`; safetensors are memory-mapped and cast per tensor, a GGUF is dequantized
+  tensor by tensor into parameters at the dtype (specguard.runtime.gguf_torch; no fp32 copy of a
+  bf16 model); fp32 on cpu is the reference and computes exactly as before runtimes existed;
 - `llamacpp` (specguard.runtime.llamacpp.LlamaCppModel): a GGUF as is; no torch weights.
 
 Both give the same tokenizer, chat template and EOS ids for the same GGUF (built from its

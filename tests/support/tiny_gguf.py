@@ -23,9 +23,22 @@ def _permute(weight: np.ndarray, n_head: int) -> np.ndarray:
     return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_gguf(lm: LoadedModel, path: Path) -> Path:
-    """Write `lm` (a tiny LlamaForCausalLM) to `path` as an F32 GGUF."""
+def write_gguf(lm: LoadedModel, path: Path, qtype: str = "F32", drop: tuple[str, ...] = ()) -> Path:
+    """Write `lm` (a tiny LlamaForCausalLM) to `path` as a GGUF: matrices as `qtype` (F32, F16, BF16,
+    Q8_0, Q4_1, ...: quantized by the `gguf` package), norms as F32; GGUF tensors named in `drop` are
+    left out (without `output.weight` the model's output is tied to its embedding)."""
     import gguf
+    from gguf.quants import quantize
+
+    quant = gguf.GGMLQuantizationType[qtype]
+
+    def add(name: str, value: np.ndarray) -> None:
+        if name in drop:
+            return
+        if value.ndim < 2 or quant == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(name, np.ascontiguousarray(value))
+        else:
+            writer.add_tensor(name, quantize(np.ascontiguousarray(value), quant), raw_dtype=quant)
 
     config = lm.model.config
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
@@ -63,7 +76,7 @@ def write_gguf(lm: LoadedModel, path: Path) -> Path:
     }
     for key, value in state.items():
         if key in names:
-            writer.add_tensor(names[key], np.ascontiguousarray(value))
+            add(names[key], value)
             continue
         parts = key.split(".")  # model.layers.N.<module>.weight
         if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
@@ -73,7 +86,7 @@ def write_gguf(lm: LoadedModel, path: Path) -> Path:
             value = _permute(value, n_head)
         elif module == "self_attn.k_proj":
             value = _permute(value, n_kv)
-        writer.add_tensor(f"blk.{parts[2]}.{layer[module]}.weight", np.ascontiguousarray(value))
+        add(f"blk.{parts[2]}.{layer[module]}.weight", value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
