@@ -9,10 +9,11 @@ One iteration (`step()`):
 
 1. admit waiting requests (up to `max_batch` running);
 2. every running request polls its `should_stop` (cancelled requests leave with
-   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters share a
-   `shared_drafting_key()` are drafted together by one shared drafter (the llama.cpp drafter: one
-   context, a KV sequence per request, each decode carrying every request's next token), and a row cap
-   never cuts a draft below its drafter's `batch_min_draft`;
+   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters lease
+   sequences of one shared drafter (`Drafter.shared_lease()`: the llama.cpp drafter's pooled context,
+   a KV sequence per request, each decode carrying every request's next token) are drafted together,
+   without draft-ahead threads of their own, and a row cap never cuts a draft below its drafter's
+   `batch_min_draft`;
 3. **one** target forward over all running requests: rows are left-padded to the longest
    (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
    lets a token see only its own request's cache up to its own position. Keys and values live in
@@ -181,10 +182,6 @@ class BatchScheduler:
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
         self._joining: list[BatchRequest] = []
-        #: shared drafters by drafter key, and the sequence each running request holds in its key's
-        self._shared: dict[Any, Any] = {}
-        self._seqs: dict[int, int] = {}
-        self._seq_keys: dict[int, Any] = {}
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
         self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
 
@@ -229,10 +226,6 @@ class BatchScheduler:
             self._fail(req, RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        shared, self._shared = list(self._shared.values()), {}
-        for drafting in shared:
-            if drafting is not _NO_SHARED:
-                drafting.close()
 
     def _loop(self) -> None:
         while True:
@@ -317,69 +310,23 @@ class BatchScheduler:
             out.append((r, self._guard(r, future.result if future is not None else lambda r=r: plan(r))))
         return out
 
-    def _draft_shared(self, running: list[BatchRequest], cap: int | None) -> dict[int, list[int]]:
-        """Drafts made together for requests whose drafters share a key (`Drafter.shared_drafting_key`),
-        by one shared drafter per key (e.g. one llama.cpp context with a sequence per request, decoding
-        the next token of all of them at once): {id(request): drafted tokens}. Groups of one draft alone."""
-        groups: dict[Any, list[BatchRequest]] = {}
-        for r in running:
-            if r.run is None or r.run.done or not isinstance(r.drafter, Drafter):
-                continue
-            key = self._guard_key(r)
-            if key is not None:
-                groups.setdefault(key, []).append(r)
+    def _draft_shared(self, planned: list[BatchRequest], cap: int | None,
+                      others: list[BatchRequest] | None = None) -> dict[int, list[int]]:
+        """Drafts made together for the `planned` requests whose drafters lease sequences of one shared
+        drafter (`Drafter.shared_lease`: one pooled llama.cpp context, a KV sequence per request, each decode
+        carrying the next token of all of them): {id(request): drafted tokens}. Groups count `others` too
+        (running requests already drafted this step). A request alone in its group drafts with its own
+        drafter (and drafts ahead); grouped ones hold their draft-ahead thread."""
+        mine = {id(r) for r in planned}
         drafts: dict[int, list[int]] = {}
-        for key, members in groups.items():
-            if len(members) < 2:
-                continue
-            shared = self._shared.get(key)
-            if shared is None:
-                try:
-                    shared = self._shared[key] = members[0].drafter.make_shared_drafting(self.max_batch)  # type: ignore[union-attr]
-                except Exception:  # untrusted drafter machinery: draft alone instead
-                    log.exception("could not build a shared drafter")
-                    self._shared[key] = shared = _NO_SHARED
-            if shared is _NO_SHARED:
-                continue
-            asks, asked = [], []
-            for r in members:
-                seq = self._seq_for(r, key)
-                if seq is None:
-                    continue
-                cancel = getattr(r.drafter, "cancel_ahead", None)
-                if cancel is not None:
-                    cancel()  # its own background block would only compete for the drafter's core
-                asks.append((seq, list(r.run.tokens), r.run.draft_size(_draft_cap(r, cap))))  # type: ignore[union-attr]
-                asked.append(r)
-            for r, tokens in zip(asked, shared.propose_many(asks), strict=True):
-                drafts[id(r)] = tokens
+        for members in _lease_groups([*planned, *(others or [])]).values():
+            together = len(members) > 1
+            for r, _ in members:
+                _hold_ahead(r.drafter, together)
+            asked = [(r, lease) for r, lease in members if id(r) in mine]
+            if together and asked:
+                drafts.update(_propose_together(asked, cap))
         return drafts
-
-    def _guard_key(self, req: BatchRequest) -> Any:
-        try:
-            return req.drafter.shared_drafting_key()  # type: ignore[union-attr]
-        except Exception:
-            return None
-
-    def _seq_for(self, req: BatchRequest, key: Any) -> int | None:
-        """The shared drafter's sequence lent to `req` (one per running request, returned when it leaves)."""
-        seq = self._seqs.get(id(req))
-        if seq is None:
-            used = set(self._seqs.values())
-            seq = next((i for i in range(self.max_batch) if i not in used), None)
-            if seq is not None:
-                self._seqs[id(req)], self._seq_keys[id(req)] = seq, key
-        return seq
-
-    def _release_seq(self, req: BatchRequest) -> None:
-        seq = self._seqs.pop(id(req), None)
-        key = self._seq_keys.pop(id(req), None)
-        shared = self._shared.get(key)
-        if seq is not None and shared is not None and shared is not _NO_SHARED:
-            try:
-                shared.release(seq)
-            except Exception:
-                log.exception("shared drafter release failed")
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
         """fn(), or False after failing `req` with what it raised."""
@@ -447,11 +394,14 @@ class BatchScheduler:
         return ok
 
     def _join_all(self, joining: list[BatchRequest]) -> None:
-        """Check each newcomer, then run their first steps (their prompts) together in one forward of
-        their own, in the slots after the running requests'; then they run with the others."""
+        """Check and start each newcomer, draft the ones sharing a drafter together, then run their first
+        steps (their prompts) together in one forward of their own, in the slots after the running
+        requests'; then they run with the others."""
+        started = [req for req in joining if self._guard(req, lambda req=req: self._start_run(req)) is not False]
+        shared = self._draft_shared(started, None, others=self.running)
         ready: list[tuple[BatchRequest, Plan]] = []
-        for req in joining:
-            plan = self._guard(req, lambda req=req: self._first_plan(req))
+        for req in started:
+            plan = self._guard(req, lambda req=req: req.run.plan(None, shared.get(id(req))))  # type: ignore[union-attr]
             if plan is None:  # cancelled before it started
                 self._finish(req)
             elif plan is not False:
@@ -466,7 +416,8 @@ class BatchScheduler:
         with self._cond:
             self.running.extend(joined)  # slots base.. in order; failed ones leave holes for _compact
 
-    def _first_plan(self, req: BatchRequest) -> Plan | None:
+    def _start_run(self, req: BatchRequest) -> None:
+        """Build the request's drafter (in this thread), check the request and start its run."""
         if not isinstance(req.drafter, Drafter):
             req.drafter = req.drafter()
         assert isinstance(req.drafter, Drafter)
@@ -478,7 +429,6 @@ class BatchScheduler:
                              should_stop=req.should_stop)
         req.run = run
         run.start()
-        return run.plan()
 
     def _compact(self) -> None:
         """Move running requests into slots 0..B-1 (in order) after some left."""
@@ -498,8 +448,7 @@ class BatchScheduler:
         self._finish(req)
 
     def _finish(self, req: BatchRequest) -> None:
-        """Close the request's drafter and hand over its transcript."""
-        self._release_seq(req)
+        """Close the request's drafter (it gives back what it leased) and hand over its transcript."""
         if req.ended:
             return
         try:
@@ -513,7 +462,6 @@ class BatchScheduler:
         _safe_emit(req, "done", transcript)
 
     def _fail(self, req: BatchRequest, exc: BaseException) -> None:
-        self._release_seq(req)
         if req.ended:
             return
         req.ended = True
@@ -528,8 +476,43 @@ class BatchScheduler:
         _safe_emit(req, "event", event)
 
 
-#: marks a drafter key whose shared drafter could not be built (its requests draft alone)
-_NO_SHARED = object()
+def _lease_groups(requests: list[BatchRequest]) -> dict[int, list[tuple[BatchRequest, Any]]]:
+    """The requests whose drafters lease a sequence of a shared drafter, grouped by that drafter."""
+    groups: dict[int, list[tuple[BatchRequest, Any]]] = {}
+    for r in requests:
+        lease = _lease(r)
+        if lease is not None:
+            groups.setdefault(id(lease.drafting), []).append((r, lease))
+    return groups
+
+
+def _lease(req: BatchRequest) -> Any:
+    """The request's shared-drafter lease, or None (no run yet, done, no lease, or its drafter failed to say)."""
+    if req.run is None or req.run.done or not isinstance(req.drafter, Drafter):
+        return None
+    try:
+        lease = req.drafter.shared_lease()
+    except Exception:  # untrusted drafter machinery: this request drafts alone
+        return None
+    return lease if hasattr(lease, "drafting") and hasattr(lease, "seq") else None
+
+
+def _hold_ahead(drafter: Any, hold: bool) -> None:
+    """Tell a draft-ahead drafter whether a shared drafter drafts for it (then it starts no thread of its own)."""
+    holder = getattr(drafter, "hold_ahead", None)
+    if holder is not None:
+        holder(hold)
+
+
+def _propose_together(members: list[tuple[BatchRequest, Any]], cap: int | None) -> dict[int, list[int]]:
+    """One shared drafter's drafts for `members` (same `.drafting`), each checked later like any proposal."""
+    asks = [(lease.seq, list(r.run.tokens), r.run.draft_size(_draft_cap(r, cap))) for r, lease in members]
+    try:
+        answers = members[0][1].drafting.propose_many(asks)
+        return {id(r): list(tokens) for (r, _), tokens in zip(members, answers, strict=False)}
+    except Exception:  # a failing shared drafter costs drafts, never a request: they draft alone this step
+        log.exception("shared drafting failed")
+        return {}
 
 
 def _draft_cap(req: BatchRequest, cap: int | None) -> int | None:
