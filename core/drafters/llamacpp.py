@@ -6,15 +6,16 @@ It is **untrusted**: its kernels are a different implementation (4-bit weights),
 probabilities are never read, and every token it proposes is checked by the target's own
 verification forward. Whatever it proposes, the output is the target's.
 
-Per drafter (one per request), the llama.cpp context keeps its KV cache across steps: each
-`propose` reuses the longest common prefix of what the context holds and the verifier's
-current context (`Llama.n_tokens` is truncated to it, which also re-syncs after a rejection) and
-evaluates only the new tokens. Llama objects are pooled per (GGUF, threads, n_ctx), so a server
-does not reload the file for every request; one object serves one request at a time.
+Per drafter (one per request), a KV *sequence* of a pooled llama.cpp context keeps its cache across
+steps: each `propose` reuses the longest common prefix of what the sequence holds and the verifier's
+current context (the rest of the sequence is removed, which also re-syncs after a rejection) and
+evaluates only the new tokens. The GGUF is loaded once per process and contexts are pooled
+(specguard.drafters.llamacpp_batch.DRAFT_POOL): a request leases a sequence at `start()` and gives it
+back, cleared, at `finish()`; under batching the scheduler drafts every request of one context together.
 
 Options (`make_drafter("llamacpp", target, options)`, or the policy's `[drafter]` table):
 `gguf` (path; default: the target's own GGUF, e.g. the default model's), `n_threads` (1),
-`n_ctx` (min(target context, 4096)), `max_draft` (32), `confidence` (0.0: stop a draft when
+`n_ctx` (KV cells per request: min(target context, 2048)), `max_draft` (32), `confidence` (0.0: stop a draft when
 llama.cpp's top probability falls below it), `share_seed` (false: see below), and the
 draft-ahead options (`draft_ahead`: on by default with 2+ CPUs, see `default_draft_ahead`;
 specguard.drafters.ahead).
