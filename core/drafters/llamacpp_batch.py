@@ -95,6 +95,9 @@ class SharedLlamaDrafting:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.kv_unified = False
+        # as llama_cpp.Llama (the per-request drafter measured before pooling): flash attention's f16
+        # accumulation drafts fewer of the fp32 target's tokens
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = _internals.LlamaContext(model=model, params=params, verbose=False)
         LOADS["contexts"] += 1
         self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
