@@ -103,7 +103,8 @@ def run(target: Any, drafter: str, clients: int, tokens: int, options: dict[str,
     threads = sum(int(getattr(d, "counters", {}).get("started", 0)) for d in made if hasattr(d, "inner"))
     return {"drafter": drafter, "clients": clients, "tokens": out, "cpu": cpu, "wall": wall,
             "forwards": scheduler.stats["batched_forwards"] + (1 if scheduler.stats["prefills"] else 0),
-            "threads": threads, **llama}
+            "threads": threads, "ahead": f"{scheduler.stats.get('ahead_used', 0)}/{scheduler.stats.get('ahead_offered', 0)}",
+            **llama}
 
 
 def main() -> None:

@@ -182,8 +182,11 @@ class BatchScheduler:
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
         self._joining: list[BatchRequest] = []
+        #: per shared drafter (id of its `.drafting`): the group's next blocks, drafted during the forward
+        self._ahead: dict[int, _GroupAhead] = {}
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
-        self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
+        self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0,
+                      "ahead_offered": 0, "ahead_used": 0}
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -226,6 +229,9 @@ class BatchScheduler:
             self._fail(req, RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        ahead, self._ahead = list(self._ahead.values()), {}
+        for job in ahead:
+            job.join()
 
     def _loop(self) -> None:
         while True:
@@ -311,21 +317,49 @@ class BatchScheduler:
         return out
 
     def _draft_shared(self, planned: list[BatchRequest], cap: int | None,
-                      others: list[BatchRequest] | None = None) -> dict[int, list[int]]:
+                      others: list[BatchRequest] | None = None, ahead: bool = True) -> dict[int, list[int]]:
         """Drafts made together for the `planned` requests whose drafters lease sequences of one shared
         drafter (`Drafter.shared_lease`: one pooled llama.cpp context, a KV sequence per request, each decode
         carrying the next token of all of them): {id(request): drafted tokens}. Groups count `others` too
         (running requests already drafted this step). A request alone in its group drafts with its own
-        drafter (and drafts ahead); grouped ones hold their draft-ahead thread."""
+        drafter (and drafts ahead); grouped ones hold their draft-ahead thread, and with `ahead` their
+        group's next blocks are drafted during the forward (`_GroupAhead`)."""
         mine = {id(r) for r in planned}
         drafts: dict[int, list[int]] = {}
-        for members in _lease_groups([*planned, *(others or [])]).values():
+        for key, members in _lease_groups([*planned, *(others or [])]).items():
             together = len(members) > 1
             for r, _ in members:
                 _hold_ahead(r.drafter, together)
             asked = [(r, lease) for r, lease in members if id(r) in mine]
+            if not ahead:  # newcomers: drafted in lockstep, the running group's blocks stay
+                drafts.update(_propose_together(asked, None) if together and asked else {})
+                continue
+            job = self._ahead.pop(key, None)
             if together and asked:
-                drafts.update(_propose_together(asked, cap))
+                drafts.update(self._propose_group(asked, cap, job))
+            elif job is not None:
+                job.join()
+        return drafts
+
+    def _propose_group(self, members: list[tuple[BatchRequest, Any]], cap: int | None,
+                       ahead: _GroupAhead | None) -> dict[int, list[int]]:
+        """Drafts for one shared drafter's `members`: the blocks drafted ahead where they still fit each
+        request's context, the others drafted now in lockstep; then, when every member drafts ahead
+        (`hold_ahead`), the group's next blocks are drafted in one background thread during the forward."""
+        drafts: dict[int, list[int]] = {}
+        fresh = []
+        for r, lease in members:
+            got = ahead.take(r, _draft_cap(r, cap)) if ahead is not None else None
+            self.stats["ahead_offered"] += ahead is not None
+            self.stats["ahead_used"] += bool(got)
+            if got:
+                drafts[id(r)] = got
+            else:
+                fresh.append((r, lease))
+        if fresh:
+            drafts.update(_propose_together(fresh, cap))
+        if all(hasattr(r.drafter, "hold_ahead") for r, _ in members):
+            self._ahead[id(members[0][1].drafting)] = _GroupAhead(members, drafts, cap)
         return drafts
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
@@ -398,7 +432,7 @@ class BatchScheduler:
         steps (their prompts) together in one forward of their own, in the slots after the running
         requests'; then they run with the others."""
         started = [req for req in joining if self._guard(req, lambda req=req: self._start_run(req)) is not False]
-        shared = self._draft_shared(started, None, others=self.running)
+        shared = self._draft_shared(started, None, others=self.running, ahead=False)
         ready: list[tuple[BatchRequest, Plan]] = []
         for req in started:
             plan = self._guard(req, lambda req=req: req.run.plan(None, shared.get(id(req))))  # type: ignore[union-attr]
@@ -502,6 +536,58 @@ def _hold_ahead(drafter: Any, hold: bool) -> None:
     holder = getattr(drafter, "hold_ahead", None)
     if holder is not None:
         holder(hold)
+
+
+class _GroupAhead:
+    """PEARL for a batch: one thread drafts every member's next block as if its whole draft is accepted
+    (the block's first token guesses the target's bonus token) while the target verifies this step.
+
+    Only the shared drafter is touched (its own lock orders it with everything else); a block is used
+    only if the request's next context is its base plus the block's first tokens, and like every draft
+    it is then checked by the target, so outputs do not depend on it."""
+
+    def __init__(self, members: list[tuple[BatchRequest, Any]], drafts: dict[int, list[int]], cap: int | None) -> None:
+        self.bases: dict[int, list[int]] = {}
+        asks = []
+        for r, lease in members:
+            run = r.run
+            assert run is not None
+            draft = drafts.get(id(r), [])
+            left = run.budget - len(run.output) - len(draft) - 2  # tokens the next step may still draft
+            k = min(int(getattr(r.drafter, "max_draft", 12)), run.draft_size(_draft_cap(r, cap)) + 1, left)
+            if k > 0:
+                self.bases[id(r)] = list(run.tokens) + list(draft)
+                asks.append((id(r), lease.seq, k + 1))
+        self.blocks: dict[int, list[int]] = {}
+        self._drafting = members[0][1].drafting
+        self._asks = asks
+        self._thread = threading.Thread(target=self._run, name="specguard-batch-ahead", daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread available: the next step drafts in lockstep
+            self.bases = {}
+
+    def _run(self) -> None:
+        try:
+            answers = self._drafting.propose_many([(seq, self.bases[rid], k) for rid, seq, k in self._asks])
+            self.blocks = {rid: [int(t) for t in a] for (rid, _, _), a in zip(self._asks, answers, strict=False)}
+        except Exception:  # an untrusted drafter failing in the background costs its blocks only
+            log.exception("batch draft-ahead failed")
+
+    def join(self) -> None:
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def take(self, req: BatchRequest, max_draft: int | None) -> list[int] | None:
+        """The rest of `req`'s block if its context is the block's base plus the block's first tokens."""
+        self.join()
+        base, block, run = self.bases.get(id(req)), self.blocks.get(id(req)), req.run
+        if base is None or block is None or run is None or run.tokens[: len(base)] != base:
+            return None
+        emitted = run.tokens[len(base):]
+        if not emitted or block[: len(emitted)] != emitted:
+            return None
+        return block[len(emitted):][: run.draft_size(max_draft)] or None
 
 
 def _propose_together(members: list[tuple[BatchRequest, Any]], cap: int | None) -> dict[int, list[int]]:

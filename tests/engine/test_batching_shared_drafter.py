@@ -40,6 +40,7 @@ class FakeShared:
     def __init__(self, references: dict[tuple[int, ...], list[int]], hostile: bool) -> None:
         self.references, self.hostile = references, hostile
         self.calls: list[list[tuple[int, int]]] = []
+        self.ahead_calls = 0  # made by the batch's draft-ahead thread (next blocks, drafted during the forward)
         self.free = [0, 1, 2, 3]
         self.released: list[int] = []
 
@@ -51,7 +52,10 @@ class FakeShared:
         self.free.append(lease.seq)
 
     def propose_many(self, asks):
-        self.calls.append([(seq, k) for seq, _, k in asks])
+        if threading.current_thread().name == "specguard-batch-ahead":
+            self.ahead_calls += 1
+        else:
+            self.calls.append([(seq, k) for seq, _, k in asks])
         out = []
         for i, (_, context, k) in enumerate(asks):
             if self.hostile:
@@ -123,8 +127,9 @@ def test_shared_drafts_keep_every_output_equal_to_its_solo_run(tiny, hostile):
     steps = [len(s.value.steps) for s in sinks]
     if hostile:  # every hostile proposal was dropped whole and recorded
         assert all(any(st.rejected_proposal for st in s.value.steps) for s in sinks)
-    else:  # perfect shared drafts: fewer steps than tokens
+    else:  # perfect shared drafts: fewer steps than tokens, and blocks drafted ahead were used
         assert all(n < len(s.value.output_ids) for n, s in zip(steps, sinks, strict=True))
+        assert shared.ahead_calls > 0 and sum(len(c) for c in shared.calls) < sum(steps)
     scheduler.stop()
 
 
