@@ -12,7 +12,8 @@ One iteration (`step()`):
    `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters lease
    sequences of one shared drafter (`Drafter.shared_lease()`: the llama.cpp drafter's pooled context,
    a KV sequence per request, each decode carrying every request's next token) are drafted together,
-   without draft-ahead threads of their own, and a row cap never cuts a draft below its drafter's
+   without draft-ahead threads of their own (one thread drafts the group's next blocks during the
+   forward instead, `_GroupAhead`), and a row cap never cuts a draft below its drafter's
    `batch_min_draft`;
 3. **one** target forward over all running requests: rows are left-padded to the longest
    (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
@@ -229,9 +230,7 @@ class BatchScheduler:
             self._fail(req, RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        ahead, self._ahead = list(self._ahead.values()), {}
-        for job in ahead:
-            job.join()
+        self._drop_ahead()
 
     def _loop(self) -> None:
         while True:
@@ -287,6 +286,7 @@ class BatchScheduler:
         self._compact()
         if not self.running:
             self.store.release()
+            self._drop_ahead()
         self._joining = []
         return True
 
@@ -326,7 +326,10 @@ class BatchScheduler:
         group's next blocks are drafted during the forward (`_GroupAhead`)."""
         mine = {id(r) for r in planned}
         drafts: dict[int, list[int]] = {}
-        for key, members in _lease_groups([*planned, *(others or [])]).items():
+        groups = _lease_groups([*planned, *(others or [])])
+        if ahead:
+            self._drop_ahead(set(self._ahead) - set(groups))  # groups that are gone: their blocks are of no use
+        for key, members in groups.items():
             together = len(members) > 1
             for r, _ in members:
                 _hold_ahead(r.drafter, together)
@@ -340,6 +343,13 @@ class BatchScheduler:
             elif job is not None:
                 job.join()
         return drafts
+
+    def _drop_ahead(self, keys: set[int] | None = None) -> None:
+        """Join and forget the draft-ahead jobs of `keys` (None: all; a batch that emptied, groups that left)."""
+        for key in list(self._ahead) if keys is None else keys:
+            job = self._ahead.pop(key, None)
+            if job is not None:
+                job.join()
 
     def _propose_group(self, members: list[tuple[BatchRequest, Any]], cap: int | None,
                        ahead: _GroupAhead | None) -> dict[int, list[int]]:

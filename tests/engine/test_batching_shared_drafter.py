@@ -31,7 +31,7 @@ PARAMS = [SamplingParams(max_tokens=30, ignore_eos=True), SamplingParams(max_tok
 
 
 def ahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == THREAD_NAME and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name in (THREAD_NAME, "specguard-batch-ahead") and t.is_alive()]
 
 
 class FakeShared:
@@ -158,14 +158,17 @@ def test_a_shared_drafter_that_fails_costs_drafts_never_a_request(tiny):
                   for p, params in zip(PROMPTS[:2], PARAMS[:2], strict=True)]
     shared = BrokenShared({}, hostile=False)
     scheduler = BatchScheduler(tiny, max_batch=4)
-    drafters = [SharingDrafter(shared) for _ in range(2)]
+    drafters = [AheadDrafter(SharingDrafter(shared)) for _ in range(2)]  # crashes in the batch's ahead thread too
     sinks = [Sink(), Sink()]
     for prompt, params, drafter, sink in zip(PROMPTS, PARAMS, drafters, sinks, strict=False):
         scheduler.submit(BatchRequest(prompt, params, drafter, sink, top_logprobs=3))
     scheduler.run_until_idle()
     for ref, sink in zip(references, sinks, strict=True):
         assert compare(tiny, ref, sink, steps=False) == 0
-    assert all(d.alone > 0 for d in drafters) and sorted(shared.free) == [0, 1, 2, 3]
+    assert all(d.inner.alone > 0 for d in drafters) and sorted(shared.free) == [0, 1, 2, 3]
+    assert scheduler.stats["ahead_offered"] > 0 and scheduler.stats["ahead_used"] == 0
+    scheduler.stop()
+    assert not ahead_threads()
 
 
 def test_a_shared_drafter_that_cannot_be_built_leaves_requests_drafting_alone(tiny):
