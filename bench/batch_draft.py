@@ -133,14 +133,14 @@ def main() -> None:
     base = {r["drafter"]: r["tokens"] / r["cpu"] for r in rows if r["clients"] == 1}
     load = os.getloadavg()
     body = table(
-        ["drafter", "clients", "tokens", "CPU s", "tok / CPU s", "vs 1 client", "wall s", "target forwards",
+        ["drafter", "clients", "tokens", "CPU s", "tok / CPU s", "vs 1 client", "wall s", "wall tok/s", "target forwards",
          "llama.cpp model loads", "contexts created", "load + context CPU s", "decodes", "tokens decoded",
-         "decode CPU s", "draft-ahead threads"],
+         "decode CPU s", "per-request draft-ahead threads", "batch blocks used / offered"],
         [[r["drafter"], r["clients"], r["tokens"], r["cpu"], r["tokens"] / r["cpu"],
           f"{r['tokens'] / r['cpu'] / base[r['drafter']]:.2f}x" if r["drafter"] in base else "",
-          r["wall"], r["forwards"], r["llama_model_load_from_file"], r["llama_init_from_model"],
+          r["wall"], r["tokens"] / r["wall"], r["forwards"], r["llama_model_load_from_file"], r["llama_init_from_model"],
           r["llama_model_load_from_file_cpu"] + r["llama_init_from_model_cpu"],
-          r["llama_decode"], r["decoded_tokens"], r["llama_decode_cpu"], r["threads"]] for r in rows])
+          r["llama_decode"], r["decoded_tokens"], r["llama_decode_cpu"], r["threads"], r["ahead"]] for r in rows])
     body += (f"\n\nLoad average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
              f"(CPU seconds are the process's own; wall time is indicative only under load). "
              f"llama.cpp calls counted: {counting}.")
