@@ -86,6 +86,7 @@ class AheadDrafter(Drafter):
         self.min_tokens = min_tokens
         self.cpus = sorted(set(cpus)) if cpus else None
         self._job: _Job | None = None
+        self._held = False
         self._max_tokens: int | None = None
         self._prompt_len = 0
         self.counters: dict[str, Any] = {
@@ -110,7 +111,8 @@ class AheadDrafter(Drafter):
         if tokens is None:
             self.counters["sync"] += 1
             tokens = [int(t) for t in self.inner.propose(list(context), k).tokens][:k]
-        self._launch(context + tokens, k)
+        if not self._held:
+            self._launch(context + tokens, k)
         return Proposal(tokens)
 
     def observe(self, drafted: int, accepted: int) -> None:
@@ -122,15 +124,16 @@ class AheadDrafter(Drafter):
         finally:
             self.inner.finish()
 
-    def shared_drafting_key(self) -> tuple[Any, ...] | None:
-        return self.inner.shared_drafting_key()
+    def shared_lease(self) -> Any:
+        return self.inner.shared_lease()
 
-    def make_shared_drafting(self, n_seqs: int) -> Any:
-        return self.inner.make_shared_drafting(n_seqs)
-
-    def cancel_ahead(self) -> None:
-        """Stop and join the background block, if any (a batch drafts this request with a shared drafter)."""
-        self._cancel()
+    def hold_ahead(self, hold: bool) -> None:
+        """Held (a batch drafts this request together with others through a shared drafter): the background
+        block is stopped and no new one starts, so no thread per request competes for the drafter's core;
+        released, drafting ahead resumes after the next proposal."""
+        self._held = hold
+        if hold:
+            self._cancel()
 
     def describe(self) -> dict[str, Any]:
         info = dict(self.inner.describe())

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
 from ..transcript import SamplingParams
 
 
@@ -55,16 +54,12 @@ class Drafter:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "trusted": self.trusted}
 
-    def shared_drafting_key(self) -> tuple[Any, ...] | None:
-        """Requests whose drafters return the same key may be drafted together by one shared drafter
-        (`make_shared_drafting`) when they run in one batch; None (the default): draft alone."""
+    def shared_lease(self) -> Any:
+        """The shared drafter and sequence this request drafts through, when other requests may be drafted
+        together with it: an object with `.drafting` (whose `propose_many([(seq, context, k), ...])` drafts
+        many sequences at once) and `.seq`. Requests of one batch whose leases name the same `.drafting`
+        are drafted in one call (specguard.engine.batching); None (the default): draft alone."""
         return None
-
-    def make_shared_drafting(self, n_seqs: int) -> Any:
-        """A shared drafter for `n_seqs` requests (see specguard.drafters.llamacpp_batch); only drafters
-        that return a `shared_drafting_key` build one."""
-        raise ConfigError("this drafter names no shared drafting key, so it builds no shared drafter",
-                          field="drafter", got=self.name, expected="a drafter whose shared_drafting_key() is not None")
 
 
 class NoDrafter(Drafter):

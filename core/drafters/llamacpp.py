@@ -6,15 +6,16 @@ It is **untrusted**: its kernels are a different implementation (4-bit weights),
 probabilities are never read, and every token it proposes is checked by the target's own
 verification forward. Whatever it proposes, the output is the target's.
 
-Per drafter (one per request), the llama.cpp context keeps its KV cache across steps: each
-`propose` reuses the longest common prefix of what the context holds and the verifier's
-current context (`Llama.n_tokens` is truncated to it, which also re-syncs after a rejection) and
-evaluates only the new tokens. Llama objects are pooled per (GGUF, threads, n_ctx), so a server
-does not reload the file for every request; one object serves one request at a time.
+Per drafter (one per request), a KV *sequence* of a pooled llama.cpp context keeps its cache across
+steps: each `propose` reuses the longest common prefix of what the sequence holds and the verifier's
+current context (the rest of the sequence is removed, which also re-syncs after a rejection) and
+evaluates only the new tokens. The GGUF is loaded once per process and contexts are pooled
+(specguard.drafters.llamacpp_batch.DRAFT_POOL): a request leases a sequence at `start()` and gives it
+back, cleared, at `finish()`; under batching the scheduler drafts every request of one context together.
 
 Options (`make_drafter("llamacpp", target, options)`, or the policy's `[drafter]` table):
 `gguf` (path; default: the target's own GGUF, e.g. the default model's), `n_threads` (1),
-`n_ctx` (min(target context, 4096)), `max_draft` (32), `confidence` (0.0: stop a draft when
+`n_ctx` (KV cells per request: min(target context, 2048)), `max_draft` (32), `confidence` (0.0: stop a draft when
 llama.cpp's top probability falls below it), `share_seed` (false: see below), and the
 draft-ahead options (`draft_ahead`: on by default with 2+ CPUs, see `default_draft_ahead`;
 specguard.drafters.ahead).
@@ -36,27 +37,27 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..llamacpp_runtime import INSTALL_HINT, POOL, LlamaPool, checked_gguf, llama_cpp_module, target_gguf
+from ..llamacpp_runtime import INSTALL_HINT, checked_gguf, llama_cpp_module, target_gguf
 from ..llamacpp_runtime import int_option as _int_option
 from ..models import LoadedModel
 from ..transcript import SamplingParams
 from .ahead import with_draft_ahead
 from .base import Drafter, Proposal
+from .llamacpp_batch import DRAFT_POOL, DraftingPool, Lease
 
 log = logging.getLogger("specguard.drafters.llamacpp")
 
-__all__ = ["INSTALL_HINT", "POOL", "LlamaCppDrafter", "build", "llama_cpp_module", "target_gguf"]
+__all__ = ["DRAFT_POOL", "INSTALL_HINT", "LlamaCppDrafter", "build", "llama_cpp_module", "target_gguf"]
 
 DEFAULT_MAX_DRAFT = 32
-DEFAULT_MAX_CTX = 4096
+#: KV cells per request (a sequence of a pooled context: SEQS_PER_CONTEXT of them per context)
+DEFAULT_MAX_CTX = 2048
 #: under batching, drafts stay at least this long whatever the row cap (most of them are accepted)
 BATCH_MIN_DRAFT = 4
-#: KV cells per request of the batch's shared drafting context (longer contexts draft alone)
-SHARED_MAX_CTX = 2048
 
 
 class LlamaCppDrafter(Drafter):
-    """Greedy (or shared-seed Gumbel-max) drafts from llama.cpp, with its KV cache kept across steps."""
+    """Greedy (or shared-seed Gumbel-max) drafts from llama.cpp, through a pooled KV sequence kept across steps."""
 
     name = "llamacpp"
     trusted = False
@@ -72,7 +73,7 @@ class LlamaCppDrafter(Drafter):
         max_draft: int = DEFAULT_MAX_DRAFT,
         confidence: float = 0.0,
         share_seed: bool = False,
-        pool: LlamaPool | None = None,
+        pool: DraftingPool | None = None,
     ) -> None:
         self.gguf = str(gguf)
         self.n_threads = n_threads
@@ -80,8 +81,8 @@ class LlamaCppDrafter(Drafter):
         self.max_draft = max_draft
         self.confidence = confidence
         self.share_seed = share_seed
-        self._pool = pool or POOL
-        self._llama: Any = None
+        self._pool = pool or DRAFT_POOL
+        self._lease: Lease | None = None
         self._params: SamplingParams | None = None
         self._prompt_len = 0
         self.counters = {"proposals": 0, "drafted": 0, "evaluated": 0, "reused": 0, "accepted": 0}
@@ -91,8 +92,8 @@ class LlamaCppDrafter(Drafter):
     def start(self, prompt_ids: list[int], params: SamplingParams) -> None:
         self._params = params
         self._prompt_len = len(prompt_ids)
-        if self._llama is None:
-            self._llama = self._pool.acquire(self.gguf, self.n_threads, self.n_ctx)
+        if self._lease is None:
+            self._lease = self._pool.lease(self.gguf, self.n_threads, self.n_ctx)
 
     def propose(self, context: list[int], k: int) -> Proposal:
         return self.propose_until(context, k, None)
@@ -102,40 +103,24 @@ class LlamaCppDrafter(Drafter):
         False; draft-ahead (specguard.drafters.ahead) uses it to stop a background block."""
         if k <= 0 or not context:
             return Proposal([])
-        if self._llama is None:  # used without start(): draft greedily
+        if self._lease is None:  # used without start(): draft greedily
             self.start(list(context), SamplingParams())
-        llama = self._llama
-        vocab = int(llama.n_vocab())
-        # context + k - 1 drafted tokens are evaluated; keep them inside llama.cpp's context
-        k = min(k, self.n_ctx - len(context))
-        if k <= 0:
-            return Proposal([])
-        # re-sync: keep the longest common prefix of the cached tokens and the context, but always
-        # evaluate at least the context's last token (its logits give the first draft token)
-        cached = llama.input_ids[: llama.n_tokens]
-        n = min(len(cached), len(context) - 1)
-        mismatch = np.flatnonzero(cached[:n] != np.asarray(context[:n], dtype=cached.dtype))
-        common = int(mismatch[0]) if mismatch.size else n
-        llama.n_tokens = common
-        self.counters["reused"] += common
-        self.counters["proposals"] += 1
-        pending = [int(t) for t in context[common:]]
-        if any(not 0 <= t < vocab for t in pending):
-            return Proposal([])  # a target with a larger vocabulary than the GGUF: llama.cpp would abort
-        drafted: list[int] = []
+        assert self._lease is not None
+        drafting, seq = self._lease.drafting, self._lease.seq
         sampled = self._shares_seed()
-        while True:
-            llama.eval(pending)
-            self.counters["evaluated"] += len(pending)
-            logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(vocab,))
-            position = len(context) + len(drafted) - self._prompt_len
-            token = self._choose(logits, position) if sampled else int(np.argmax(logits))
-            drafted.append(token)
-            if len(drafted) >= k or (self.confidence > 0 and _top_probability(logits, token) < self.confidence):
-                break
-            if keep_going is not None and not keep_going(drafted):
-                break
-            pending = [token]
+        start = len(context) - self._prompt_len
+
+        def next_token(logits: np.ndarray, drafted: list[int]) -> tuple[int, bool]:
+            token = self._choose(logits, start + len(drafted)) if sampled else int(np.argmax(logits))
+            if self.confidence > 0 and _top_probability(logits, token) < self.confidence:
+                return token, False
+            return token, keep_going is None or keep_going([*drafted, token])
+
+        before = dict(drafting.counters)
+        drafted = drafting.draft(seq, list(context), k, next_token)
+        self.counters["proposals"] += 1
+        self.counters["evaluated"] += drafting.counters["evaluated"] - before["evaluated"]
+        self.counters["reused"] += drafting.counters["reused"] - before["reused"]
         self.counters["drafted"] += len(drafted)
         return Proposal(drafted)
 
@@ -143,22 +128,16 @@ class LlamaCppDrafter(Drafter):
         self.counters["accepted"] += accepted
 
     def finish(self) -> None:
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            self._pool.release(self.gguf, self.n_threads, self.n_ctx, llama)
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self._pool.give_back(lease)
 
-    def shared_drafting_key(self) -> tuple[Any, ...] | None:
-        """Greedy drafts of one GGUF can be drafted for a whole batch at once (specguard.drafters.llamacpp_batch);
-        shared-seed sampled drafts cannot."""
+    def shared_lease(self) -> Lease | None:
+        """Greedy drafts can be made for every request of a batch whose sequence lives in the same pooled
+        context at once (specguard.engine.batching); shared-seed sampled drafts cannot."""
         if self._shares_seed():
             return None
-        return ("llamacpp", self.gguf, self.n_threads, min(self.n_ctx, SHARED_MAX_CTX))
-
-    def make_shared_drafting(self, n_seqs: int) -> Any:
-        from .llamacpp_batch import SharedLlamaDrafting
-
-        return SharedLlamaDrafting(self.gguf, n_seqs=n_seqs, n_ctx_seq=min(self.n_ctx, SHARED_MAX_CTX),
-                                   n_threads=self.n_threads)
+        return self._lease
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,10 +9,12 @@ One iteration (`step()`):
 
 1. admit waiting requests (up to `max_batch` running);
 2. every running request polls its `should_stop` (cancelled requests leave with
-   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters share a
-   `shared_drafting_key()` are drafted together by one shared drafter (the llama.cpp drafter: one
-   context, a KV sequence per request, each decode carrying every request's next token), and a row cap
-   never cuts a draft below its drafter's `batch_min_draft`;
+   `finish_reason = "cancelled"`) and asks its drafter for a draft; requests whose drafters lease
+   sequences of one shared drafter (`Drafter.shared_lease()`: the llama.cpp drafter's pooled context,
+   a KV sequence per request, each decode carrying every request's next token) are drafted together,
+   without draft-ahead threads of their own (one thread drafts the group's next blocks during the
+   forward instead, `_GroupAhead`), and a row cap never cuts a draft below its drafter's
+   `batch_min_draft`;
 3. **one** target forward over all running requests: rows are left-padded to the longest
    (uncached tokens + draft), each row has its own positions (`position_ids`) and a 4-D mask that
    lets a token see only its own request's cache up to its own position. Keys and values live in
@@ -181,12 +183,11 @@ class BatchScheduler:
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
         self._joining: list[BatchRequest] = []
-        #: shared drafters by drafter key, and the sequence each running request holds in its key's
-        self._shared: dict[Any, Any] = {}
-        self._seqs: dict[int, int] = {}
-        self._seq_keys: dict[int, Any] = {}
+        #: per shared drafter (id of its `.drafting`): the group's next blocks, drafted during the forward
+        self._ahead: dict[int, _GroupAhead] = {}
         #: forwards run so far and the rows they carried (batched decode forwards, prefill forwards)
-        self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0}
+        self.stats = {"iterations": 0, "batched_forwards": 0, "batched_rows": 0, "prefills": 0,
+                      "ahead_offered": 0, "ahead_used": 0}
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -229,10 +230,7 @@ class BatchScheduler:
             self._fail(req, RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        shared, self._shared = list(self._shared.values()), {}
-        for drafting in shared:
-            if drafting is not _NO_SHARED:
-                drafting.close()
+        self._drop_ahead()
 
     def _loop(self) -> None:
         while True:
@@ -288,6 +286,7 @@ class BatchScheduler:
         self._compact()
         if not self.running:
             self.store.release()
+            self._drop_ahead()
         self._joining = []
         return True
 
@@ -317,69 +316,61 @@ class BatchScheduler:
             out.append((r, self._guard(r, future.result if future is not None else lambda r=r: plan(r))))
         return out
 
-    def _draft_shared(self, running: list[BatchRequest], cap: int | None) -> dict[int, list[int]]:
-        """Drafts made together for requests whose drafters share a key (`Drafter.shared_drafting_key`),
-        by one shared drafter per key (e.g. one llama.cpp context with a sequence per request, decoding
-        the next token of all of them at once): {id(request): drafted tokens}. Groups of one draft alone."""
-        groups: dict[Any, list[BatchRequest]] = {}
-        for r in running:
-            if r.run is None or r.run.done or not isinstance(r.drafter, Drafter):
-                continue
-            key = self._guard_key(r)
-            if key is not None:
-                groups.setdefault(key, []).append(r)
+    def _draft_shared(self, planned: list[BatchRequest], cap: int | None,
+                      others: list[BatchRequest] | None = None, ahead: bool = True) -> dict[int, list[int]]:
+        """Drafts made together for the `planned` requests whose drafters lease sequences of one shared
+        drafter (`Drafter.shared_lease`: one pooled llama.cpp context, a KV sequence per request, each decode
+        carrying the next token of all of them): {id(request): drafted tokens}. Groups count `others` too
+        (running requests already drafted this step). A request alone in its group drafts with its own
+        drafter (and drafts ahead); grouped ones hold their draft-ahead thread, and with `ahead` their
+        group's next blocks are drafted during the forward (`_GroupAhead`)."""
+        mine = {id(r) for r in planned}
         drafts: dict[int, list[int]] = {}
+        groups = _lease_groups([*planned, *(others or [])])
+        if ahead:
+            self._drop_ahead(set(self._ahead) - set(groups))  # groups that are gone: their blocks are of no use
         for key, members in groups.items():
-            if len(members) < 2:
+            together = len(members) > 1
+            for r, _ in members:
+                _hold_ahead(r.drafter, together)
+            asked = [(r, lease) for r, lease in members if id(r) in mine]
+            if not ahead:  # newcomers: drafted in lockstep, the running group's blocks stay
+                drafts.update(_propose_together(asked, None) if together and asked else {})
                 continue
-            shared = self._shared.get(key)
-            if shared is None:
-                try:
-                    shared = self._shared[key] = members[0].drafter.make_shared_drafting(self.max_batch)  # type: ignore[union-attr]
-                except Exception:  # untrusted drafter machinery: draft alone instead
-                    log.exception("could not build a shared drafter")
-                    self._shared[key] = shared = _NO_SHARED
-            if shared is _NO_SHARED:
-                continue
-            asks, asked = [], []
-            for r in members:
-                seq = self._seq_for(r, key)
-                if seq is None:
-                    continue
-                cancel = getattr(r.drafter, "cancel_ahead", None)
-                if cancel is not None:
-                    cancel()  # its own background block would only compete for the drafter's core
-                asks.append((seq, list(r.run.tokens), r.run.draft_size(_draft_cap(r, cap))))  # type: ignore[union-attr]
-                asked.append(r)
-            for r, tokens in zip(asked, shared.propose_many(asks), strict=True):
-                drafts[id(r)] = tokens
+            job = self._ahead.pop(key, None)
+            if together and asked:
+                drafts.update(self._propose_group(asked, cap, job))
+            elif job is not None:
+                job.join()
         return drafts
 
-    def _guard_key(self, req: BatchRequest) -> Any:
-        try:
-            return req.drafter.shared_drafting_key()  # type: ignore[union-attr]
-        except Exception:
-            return None
+    def _drop_ahead(self, keys: set[int] | None = None) -> None:
+        """Join and forget the draft-ahead jobs of `keys` (None: all; a batch that emptied, groups that left)."""
+        for key in list(self._ahead) if keys is None else keys:
+            job = self._ahead.pop(key, None)
+            if job is not None:
+                job.join()
 
-    def _seq_for(self, req: BatchRequest, key: Any) -> int | None:
-        """The shared drafter's sequence lent to `req` (one per running request, returned when it leaves)."""
-        seq = self._seqs.get(id(req))
-        if seq is None:
-            used = set(self._seqs.values())
-            seq = next((i for i in range(self.max_batch) if i not in used), None)
-            if seq is not None:
-                self._seqs[id(req)], self._seq_keys[id(req)] = seq, key
-        return seq
-
-    def _release_seq(self, req: BatchRequest) -> None:
-        seq = self._seqs.pop(id(req), None)
-        key = self._seq_keys.pop(id(req), None)
-        shared = self._shared.get(key)
-        if seq is not None and shared is not None and shared is not _NO_SHARED:
-            try:
-                shared.release(seq)
-            except Exception:
-                log.exception("shared drafter release failed")
+    def _propose_group(self, members: list[tuple[BatchRequest, Any]], cap: int | None,
+                       ahead: _GroupAhead | None) -> dict[int, list[int]]:
+        """Drafts for one shared drafter's `members`: the blocks drafted ahead where they still fit each
+        request's context, the others drafted now in lockstep; then, when every member drafts ahead
+        (`hold_ahead`), the group's next blocks are drafted in one background thread during the forward."""
+        drafts: dict[int, list[int]] = {}
+        fresh = []
+        for r, lease in members:
+            got = ahead.take(r, _draft_cap(r, cap)) if ahead is not None else None
+            self.stats["ahead_offered"] += ahead is not None
+            self.stats["ahead_used"] += bool(got)
+            if got:
+                drafts[id(r)] = got
+            else:
+                fresh.append((r, lease))
+        if fresh:
+            drafts.update(_propose_together(fresh, cap))
+        if all(hasattr(r.drafter, "hold_ahead") for r, _ in members):
+            self._ahead[id(members[0][1].drafting)] = _GroupAhead(members, drafts, cap)
+        return drafts
 
     def _guard(self, req: BatchRequest, fn: Callable[[], Any]) -> Any:
         """fn(), or False after failing `req` with what it raised."""
@@ -447,11 +438,14 @@ class BatchScheduler:
         return ok
 
     def _join_all(self, joining: list[BatchRequest]) -> None:
-        """Check each newcomer, then run their first steps (their prompts) together in one forward of
-        their own, in the slots after the running requests'; then they run with the others."""
+        """Check and start each newcomer, draft the ones sharing a drafter together, then run their first
+        steps (their prompts) together in one forward of their own, in the slots after the running
+        requests'; then they run with the others."""
+        started = [req for req in joining if self._guard(req, lambda req=req: self._start_run(req)) is not False]
+        shared = self._draft_shared(started, None, others=self.running, ahead=False)
         ready: list[tuple[BatchRequest, Plan]] = []
-        for req in joining:
-            plan = self._guard(req, lambda req=req: self._first_plan(req))
+        for req in started:
+            plan = self._guard(req, lambda req=req: req.run.plan(None, shared.get(id(req))))  # type: ignore[union-attr]
             if plan is None:  # cancelled before it started
                 self._finish(req)
             elif plan is not False:
@@ -466,7 +460,8 @@ class BatchScheduler:
         with self._cond:
             self.running.extend(joined)  # slots base.. in order; failed ones leave holes for _compact
 
-    def _first_plan(self, req: BatchRequest) -> Plan | None:
+    def _start_run(self, req: BatchRequest) -> None:
+        """Build the request's drafter (in this thread), check the request and start its run."""
         if not isinstance(req.drafter, Drafter):
             req.drafter = req.drafter()
         assert isinstance(req.drafter, Drafter)
@@ -478,7 +473,6 @@ class BatchScheduler:
                              should_stop=req.should_stop)
         req.run = run
         run.start()
-        return run.plan()
 
     def _compact(self) -> None:
         """Move running requests into slots 0..B-1 (in order) after some left."""
@@ -498,8 +492,7 @@ class BatchScheduler:
         self._finish(req)
 
     def _finish(self, req: BatchRequest) -> None:
-        """Close the request's drafter and hand over its transcript."""
-        self._release_seq(req)
+        """Close the request's drafter (it gives back what it leased) and hand over its transcript."""
         if req.ended:
             return
         try:
@@ -513,7 +506,6 @@ class BatchScheduler:
         _safe_emit(req, "done", transcript)
 
     def _fail(self, req: BatchRequest, exc: BaseException) -> None:
-        self._release_seq(req)
         if req.ended:
             return
         req.ended = True
@@ -528,8 +520,95 @@ class BatchScheduler:
         _safe_emit(req, "event", event)
 
 
-#: marks a drafter key whose shared drafter could not be built (its requests draft alone)
-_NO_SHARED = object()
+def _lease_groups(requests: list[BatchRequest]) -> dict[int, list[tuple[BatchRequest, Any]]]:
+    """The requests whose drafters lease a sequence of a shared drafter, grouped by that drafter."""
+    groups: dict[int, list[tuple[BatchRequest, Any]]] = {}
+    for r in requests:
+        lease = _lease(r)
+        if lease is not None:
+            groups.setdefault(id(lease.drafting), []).append((r, lease))
+    return groups
+
+
+def _lease(req: BatchRequest) -> Any:
+    """The request's shared-drafter lease, or None (no run yet, done, no lease, or its drafter failed to say)."""
+    if req.run is None or req.run.done or not isinstance(req.drafter, Drafter):
+        return None
+    try:
+        lease = req.drafter.shared_lease()
+    except Exception:  # untrusted drafter machinery: this request drafts alone
+        return None
+    return lease if hasattr(lease, "drafting") and hasattr(lease, "seq") else None
+
+
+def _hold_ahead(drafter: Any, hold: bool) -> None:
+    """Tell a draft-ahead drafter whether a shared drafter drafts for it (then it starts no thread of its own)."""
+    holder = getattr(drafter, "hold_ahead", None)
+    if holder is not None:
+        holder(hold)
+
+
+class _GroupAhead:
+    """PEARL for a batch: one thread drafts every member's next block as if its whole draft is accepted
+    (the block's first token guesses the target's bonus token) while the target verifies this step.
+
+    Only the shared drafter is touched (its own lock orders it with everything else); a block is used
+    only if the request's next context is its base plus the block's first tokens, and like every draft
+    it is then checked by the target, so outputs do not depend on it."""
+
+    def __init__(self, members: list[tuple[BatchRequest, Any]], drafts: dict[int, list[int]], cap: int | None) -> None:
+        self.bases: dict[int, list[int]] = {}
+        asks = []
+        for r, lease in members:
+            run = r.run
+            assert run is not None
+            draft = drafts.get(id(r), [])
+            left = run.budget - len(run.output) - len(draft) - 2  # tokens the next step may still draft
+            k = min(int(getattr(r.drafter, "max_draft", 12)), run.draft_size(_draft_cap(r, cap)) + 1, left)
+            if k > 0:
+                self.bases[id(r)] = list(run.tokens) + list(draft)
+                asks.append((id(r), lease.seq, k + 1))
+        self.blocks: dict[int, list[int]] = {}
+        self._drafting = members[0][1].drafting
+        self._asks = asks
+        self._thread = threading.Thread(target=self._run, name="specguard-batch-ahead", daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread available: the next step drafts in lockstep
+            self.bases = {}
+
+    def _run(self) -> None:
+        try:
+            answers = self._drafting.propose_many([(seq, self.bases[rid], k) for rid, seq, k in self._asks])
+            self.blocks = {rid: [int(t) for t in a] for (rid, _, _), a in zip(self._asks, answers, strict=False)}
+        except Exception:  # an untrusted drafter failing in the background costs its blocks only
+            log.exception("batch draft-ahead failed")
+
+    def join(self) -> None:
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def take(self, req: BatchRequest, max_draft: int | None) -> list[int] | None:
+        """The rest of `req`'s block if its context is the block's base plus the block's first tokens."""
+        self.join()
+        base, block, run = self.bases.get(id(req)), self.blocks.get(id(req)), req.run
+        if base is None or block is None or run is None or run.tokens[: len(base)] != base:
+            return None
+        emitted = run.tokens[len(base):]
+        if not emitted or block[: len(emitted)] != emitted:
+            return None
+        return block[len(emitted):][: run.draft_size(max_draft)] or None
+
+
+def _propose_together(members: list[tuple[BatchRequest, Any]], cap: int | None) -> dict[int, list[int]]:
+    """One shared drafter's drafts for `members` (same `.drafting`), each checked later like any proposal."""
+    asks = [(lease.seq, list(r.run.tokens), r.run.draft_size(_draft_cap(r, cap))) for r, lease in members]
+    try:
+        answers = members[0][1].drafting.propose_many(asks)
+        return {id(r): list(tokens) for (r, _), tokens in zip(members, answers, strict=False)}
+    except Exception:  # a failing shared drafter costs drafts, never a request: they draft alone this step
+        log.exception("shared drafting failed")
+        return {}
 
 
 def _draft_cap(req: BatchRequest, cap: int | None) -> int | None:

@@ -360,7 +360,7 @@ def test_llamacpp_drafter_with_draft_ahead_on_a_wrong_model():
             assert drafter.max_draft == 32 and drafter.trusted is False
             transcript = SpeculativeEngine(target, drafter).generate(prompt, params)
             assert transcript.output_ids == plain(target, prompt, params)
-            assert drafter.counters["started"] > 0 and drafter.inner._llama is None  # returned to the pool
+            assert drafter.counters["started"] > 0 and drafter.inner._lease is None  # given back to the pool
             assert not ahead_threads()
 
 

@@ -86,21 +86,21 @@ def test_kv_cache_resyncs_to_the_common_prefix_after_a_rejection(default_model, 
     try:
         first = drafter.propose(list(prompts[0]), 6).tokens
         assert len(first) == 6
-        llama = drafter._llama
-        # the context plus all drafted tokens but the last were evaluated
-        assert list(llama.input_ids[: llama.n_tokens]) == list(prompts[0]) + first[:5]
+        lease = drafter._lease
+        # the context plus all drafted tokens but the last were evaluated (in the request's pooled sequence)
+        assert lease.drafting.cached(lease.seq) == list(prompts[0]) + first[:5]
         # the verifier rejected the 3rd draft token and emitted another one instead
         other = (first[2] + 1) % default_model.vocab_size
         context = list(prompts[0]) + first[:2] + [other]
         evaluated = drafter.counters["evaluated"]
         second = drafter.propose(context, 4).tokens
         assert len(second) == 4
-        assert list(llama.input_ids[: llama.n_tokens]) == context + second[:3]
+        assert lease.drafting.cached(lease.seq) == context + second[:3]
         # only the new token and the drafted ones were evaluated: the prefix came from the cache
         assert drafter.counters["evaluated"] - evaluated == 1 + 3
     finally:
         drafter.finish()
-    assert drafter._llama is None  # returned to the pool
+    assert drafter._lease is None and lease.drafting.cached(lease.seq) == []  # given back to the pool, cleared
 
 
 class CorruptingDrafter(LlamaCppDrafter):
