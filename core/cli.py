@@ -140,9 +140,9 @@ def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, draf
 
 
 def _register_plugin_commands() -> None:
-    from .server import commands as server_commands
+    from .serve import cli as serve_cli  # the serving process: serve, draft-serve
 
-    server_commands.register(cli)
+    serve_cli.register(cli)
     load_plugins()
     pm.hook.register_commands(cli=cli)
 

@@ -62,7 +62,7 @@ def register_evidence_types(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_routes(app: FastAPI, node: NodeContext) -> None:
-    """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.node.Node)."""
+    """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.serve.node.Node)."""
 
 
 @hookspec(firstresult=True)

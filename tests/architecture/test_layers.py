@@ -23,7 +23,7 @@ FOUNDATION = {"specguard.errors", "specguard.canonical", "specguard.keys", "spec
 #: third-party packages that make a module something other than a pure evidence library
 NOT_IN_ATTEST = {"click", "fastapi", "starlette", "uvicorn", "httpx", "torch", "transformers", "pluggy",
                  "specguard.plugin_manager", "specguard.hookspecs", "specguard.plugins", "specguard.server",
-                 "specguard.cli", "specguard.engine", "specguard.models", "specguard.node"}
+                 "specguard.cli", "specguard.engine", "specguard.models", "specguard.serve"}
 
 
 def _module_name(path: Path) -> str:
