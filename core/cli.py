@@ -6,13 +6,16 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
 from . import __version__
-from .errors import SpecguardError
+from .errors import SpecguardError, UsageError
 from .outbound_args import cacert_option
 from .plugin_manager import get_plugins, load_plugins, pm
+from .transcript import SamplingParams
 
 
 @click.group()
@@ -80,56 +83,20 @@ def models_command(ref: str | None, as_json: bool, runtime: str = "torch") -> No
               help="The torch runtime's precision (llamacpp runs the GGUF's own types).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the torch runtime holds the weights.")
-def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, drafter_url, drafter_api_key, exit_layer,
-                     threads, drafter_threads, max_tokens, temperature, top_p, top_k, seed, stop, mode, ignore_eos,
-                     as_json, dtype="fp32", device="cpu") -> None:
+def generate_command(**options: Any) -> None:
     """Generate text with target-verified speculative decoding (or another --engine)."""
-    import torch
-
-    from .defaults import available_cpus, choose_defaults, llamacpp_drafter_available
-    from .engine.factory import check_engine_name, make_drafter, make_engine, runtime_for_engine
-    from .errors import UsageError
-    from .models import load_model
-    from .transcript import SamplingParams
-
+    config = GenerateConfig.from_cli(**options)
+    prompt = config.prompt
     if prompt is None:
         if sys.stdin.isatty():
             raise UsageError("give a PROMPT argument or pipe one on standard input")
         prompt = sys.stdin.read()
-    params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), mode=mode,
-        ignore_eos=ignore_eos,
-    )
-    check_engine_name(engine)  # before the model loads
-    if drafter == "remote" and not drafter_url:
-        raise UsageError("--drafter remote needs --drafter-url URL", field="--drafter-url")
-    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
-                               drafter=drafter, threads=threads, drafter_threads=drafter_threads)
-    torch.set_num_threads(defaults.torch_threads)
-    click.echo(f"[{defaults.describe()}]", err=True)
-    target = load_model(model_ref, runtime=runtime_for_engine(engine), dtype=dtype, device=device)
-    options = {"draft_model": draft_model, "exit_layer": exit_layer, "drafter_url": drafter_url,
-               "drafter_api_key": drafter_api_key, **defaults.drafter_options()}
-    options = {k: v for k, v in options.items() if v is not None}
-    engine = make_engine(target, make_drafter(defaults.drafter, target, options), engine, defaults.engine_options())
-    prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if chat else target.encode(prompt)
-    if as_json:
-        transcript = engine.generate(prompt_ids, params)
-        click.echo(json.dumps(transcript.to_json()))
+    target, engine = _generate_engine(config)
+    prompt_ids = target.encode_chat([{"role": "user", "content": prompt}]) if config.chat else target.encode(prompt)
+    if config.as_json:
+        click.echo(json.dumps(engine.generate(prompt_ids, config.params()).to_json()))
         return
-    stream = engine.stream(prompt_ids, params)
-    shown = 0
-    emitted: list[int] = []
-    while True:
-        try:
-            event = next(stream)
-        except StopIteration as done:
-            transcript = done.value
-            break
-        emitted.extend(t.token_id for t in event.tokens)
-        text = target.decode(emitted)
-        click.echo(text[shown:], nl=False)
-        shown = len(text)
+    transcript = _echo_stream(target, engine.stream(prompt_ids, config.params()))
     m = transcript.metrics()
     click.echo()
     click.echo(
@@ -139,10 +106,87 @@ def generate_command(prompt, chat, model_ref, engine, drafter, draft_model, draf
     )
 
 
-def _register_plugin_commands() -> None:
-    from .server import commands as server_commands
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The `specguard generate` options (click checks their types and ranges)."""
 
-    server_commands.register(cli)
+    prompt: str | None = None
+    chat: bool = False
+    model_ref: str | None = None
+    engine: str = "specguard"
+    drafter: str | None = None
+    draft_model: str | None = None
+    drafter_url: str | None = None
+    drafter_api_key: str | None = None
+    exit_layer: int | None = None
+    threads: int | None = None
+    drafter_threads: int | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    mode: str = "gumbel"
+    ignore_eos: bool = False
+    as_json: bool = False
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> GenerateConfig:
+        return cls(**{**options, "stop": tuple(options.get("stop") or ())})
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, seed=self.seed, stop=self.stop, mode=self.mode,
+                              ignore_eos=self.ignore_eos)
+
+
+def _generate_engine(config: GenerateConfig) -> tuple[Any, Any]:
+    """The target model and an engine over it, with the thread defaults printed (stderr)."""
+    import torch
+
+    from .defaults import available_cpus, choose_defaults, llamacpp_drafter_available
+    from .engine.factory import check_engine_name, make_drafter, make_engine, runtime_for_engine
+    from .models import load_model
+
+    config.params()  # bad sampling parameters fail before the model loads
+    check_engine_name(config.engine)  # before the model loads
+    if config.drafter == "remote" and not config.drafter_url:
+        raise UsageError("--drafter remote needs --drafter-url URL", field="--drafter-url")
+    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(config.model_ref), engine=config.engine,
+                               drafter=config.drafter, threads=config.threads, drafter_threads=config.drafter_threads)
+    torch.set_num_threads(defaults.torch_threads)
+    click.echo(f"[{defaults.describe()}]", err=True)
+    target = load_model(config.model_ref, runtime=runtime_for_engine(config.engine), dtype=config.dtype,
+                        device=config.device)
+    options = {"draft_model": config.draft_model, "exit_layer": config.exit_layer, "drafter_url": config.drafter_url,
+               "drafter_api_key": config.drafter_api_key, **defaults.drafter_options()}
+    options = {k: v for k, v in options.items() if v is not None}
+    drafter = make_drafter(defaults.drafter, target, options)
+    return target, make_engine(target, drafter, config.engine, defaults.engine_options())
+
+
+def _echo_stream(target: Any, stream: Any) -> Any:
+    """Print the text as the engine streams it; the transcript."""
+    shown = 0
+    emitted: list[int] = []
+    while True:
+        try:
+            event = next(stream)
+        except StopIteration as done:
+            return done.value
+        emitted.extend(t.token_id for t in event.tokens)
+        text = target.decode(emitted)
+        click.echo(text[shown:], nl=False)
+        shown = len(text)
+
+
+def _register_plugin_commands() -> None:
+    from .serve import cli as serve_cli  # the serving process: serve, draft-serve
+
+    serve_cli.register(cli)
     load_plugins()
     pm.hook.register_commands(cli=cli)
 

@@ -5,8 +5,10 @@ node, and never probe it (`getattr(node, ...)`): a field a kind of node does not
 (tests/architecture/test_node_context.py keeps it so). Services (receipt issuer, response store,
 metrics) are built by the node's owner and passed in.
 
-Two constructors: `specguard.node.Node` (a serving node: a NodeContext plus its admission, engine
-and generator) and `NodeContext.for_verifier` (a standalone verifier, `specguard.consensus.verifier_app`).
+Two constructors: `specguard.serve.node.Node` (a serving node: a NodeContext plus its admission,
+engine and generator) and `NodeContext.for_verifier` (a standalone verifier,
+`specguard.consensus.verifier_app`). The response store is typed by the `StoredResponses`
+protocol, so this module needs nothing from the serving process above it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .keys import NodeKey, load_or_create_node_key
 
 if TYPE_CHECKING:
     from .attest.receipts import ReceiptIssuer
+    from .attest.request_defaults import RequestDefaults
     from .models import LoadedModel
-    from .node import ResponseStore
     from .policies import Policy
     from .server.metrics import ServerMetrics
 
@@ -32,6 +34,22 @@ ROLES = ("serve", "verifier")
 def consensus_args(args: Mapping[str, Any]) -> Mapping[str, Any]:
     """Command-line consensus settings, read-only (lists become tuples)."""
     return MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+
+
+class StoredResponses(Protocol):
+    """Where a serving node keeps the exact bodies its receipts cover (`specguard.serve.responses.ResponseStore`)."""
+
+    def new_token(self) -> str:
+        """A fresh per-response secret."""
+        ...
+
+    def put(self, receipt_id: str, response_obj: dict[str, Any], token: str) -> None:
+        """Store `response_obj`, readable with `token` only."""
+        ...
+
+    def get(self, receipt_id: str, token: str | None) -> dict[str, Any] | None:
+        """The stored body if `token` is its secret, else None."""
+        ...
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -55,9 +73,11 @@ class NodeContext:
     #: the receipt issuer, or None when the node issues none
     receipts: ReceiptIssuer | None = None
     #: the response store, or None
-    responses: ResponseStore | None = None
+    responses: StoredResponses | None = None
     #: the node's metrics, or None
     metrics: ServerMetrics | None = None
+    #: what the node fills in for omitted request fields (signed into each receipt); None on a verifier
+    request_defaults: RequestDefaults | None = None
     #: the digest of the node's own TEE evidence when known up front (None: ask the node_attestation hook)
     attestation_digest: str | None = None
 
@@ -89,4 +109,4 @@ class NodeContext:
                    role="verifier", consensus=consensus_args(args), attestation_digest=attestation_digest)
 
 
-__all__ = ["ROLES", "NodeContext"]
+__all__ = ["ROLES", "NodeContext", "StoredResponses"]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: plugins import this module before anythin
 
     from .attest.options import VerifyOptions
     from .context import NodeContext
+    from .policies import Policy
     from .server.resolved import ResolvedRequest
     from .transcript import Step, Transcript
 
@@ -62,7 +63,7 @@ def register_evidence_types(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_routes(app: FastAPI, node: NodeContext) -> None:
-    """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.node.Node)."""
+    """Add HTTP routes to the FastAPI `app` of a serving `node` (specguard.serve.node.Node)."""
 
 
 @hookspec(firstresult=True)
@@ -76,7 +77,7 @@ def node_attestation(node: NodeContext) -> dict[str, Any] | None:
 
 
 @hookspec
-def check_request(request: ResolvedRequest, policy: Any) -> None:
+def check_request(request: ResolvedRequest, policy: Policy) -> None:
     """Inspect a generation request before it runs.
 
     `request` is the resolved request (`specguard.server.resolved.ResolvedRequest`): every default

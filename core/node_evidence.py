@@ -6,10 +6,13 @@ it is logged as proving nothing."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .attest.binding import seal_nonce
 from .attest.tee.document import EvidenceDocument
+
+if TYPE_CHECKING:
+    from .context import NodeContext
 
 log = logging.getLogger("specguard.attest")
 
@@ -17,7 +20,7 @@ log = logging.getLogger("specguard.attest")
 _SEALED: dict[str, EvidenceDocument] = {}
 
 
-def allow_simulated(node: Any) -> bool:
+def allow_simulated(node: NodeContext) -> bool:
     """SIMULATED evidence is produced unless the node's policy requires real attestation."""
     from .attest.tee.validate import section_of
 
@@ -25,7 +28,7 @@ def allow_simulated(node: Any) -> bool:
     return section is None or section.allow_simulated or not section.required
 
 
-def node_evidence(node: Any, nonce: bytes | None = None) -> EvidenceDocument:
+def node_evidence(node: NodeContext, nonce: bytes | None = None) -> EvidenceDocument:
     """Fresh evidence for `nonce`, or (nonce None) the node's cached sealing evidence."""
     from specguard.attest.tee.collect import collect_evidence
 

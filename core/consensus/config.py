@@ -11,11 +11,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError, SpecguardError, VerificationError
 from ..key_args import parse_key_arg
+
+if TYPE_CHECKING:
+    from ..context import NodeContext
 
 ON_NO_QUORUM = ("flag", "withhold", "fail")
 
@@ -321,7 +324,7 @@ def key_value(value: Any, where: str) -> bytes:
                           expected="64 hex digits, a signed-note key or a key file") from exc
 
 
-def consensus_config(node: Any) -> ConsensusConfig | None:
+def consensus_config(node: NodeContext) -> ConsensusConfig | None:
     """The node's consensus settings (command line over policy), or None when no verifiers are set.
 
     The quorum is the command line's, else the policy's, else n - f of the n verifiers; it is
@@ -361,7 +364,7 @@ def consensus_config(node: Any) -> ConsensusConfig | None:
 # --- a verifier's settings -----------------------------------------------------------------------
 
 
-def allowed_nodes(node: Any) -> tuple[bytes, ...] | None:
+def allowed_nodes(node: NodeContext) -> tuple[bytes, ...] | None:
     """The serving-node keys a verifier accepts receipts from: the command line / environment
     (`node.consensus["allowed_nodes"]`) over the policy's `allowed_nodes`; None = any node."""
     cons = node.consensus

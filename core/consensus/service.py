@@ -33,7 +33,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..attest import dsse
 from ..attest.disclosure import token_records_root
@@ -60,6 +60,9 @@ from ..transcript import TokenRecord, Transcript, ids_digest
 from .config import ALLOWED_NODES_ENV, allowed_nodes
 from .rederive import ACCEPT, REJECT, UNVERIFIABLE, Judgement, Tolerances, judge
 from .vote import VoteSubject, envelope_digest, sign_vote
+
+if TYPE_CHECKING:
+    from ..context import NodeContext
 
 log = logging.getLogger("specguard.consensus.verifier")
 
@@ -108,7 +111,7 @@ class VerifyRequest:
         return "sha256:" + response_digest(self.response, version, self.secret)
 
 
-def _attestation_digest(node: Any) -> str | None:
+def _attestation_digest(node: NodeContext) -> str | None:
     """The digest of the node's own TEE evidence (from the node_attestation hook), or None."""
     given = node.attestation_digest
     if given is not None:
@@ -119,7 +122,7 @@ def _attestation_digest(node: Any) -> str | None:
     return info["evidence_digest"] if info else None
 
 
-def _expected_defaults(node: Any) -> ExpectedDefaults:
+def _expected_defaults(node: NodeContext) -> ExpectedDefaults:
     """The policy's [request_defaults] pins; else 256 tokens and the verifier's model context length."""
     pins = node.policy.request_defaults if node.policy is not None else ExpectedDefaults()
     return dataclasses.replace(pins, context_length=pins.context_length or node.model.max_context)
@@ -140,7 +143,7 @@ class VerifierService:
     _text_of: Any = field(default=None, repr=False)
 
     @classmethod
-    def for_node(cls, node: Any) -> VerifierService:
+    def for_node(cls, node: NodeContext) -> VerifierService:
         """The service for a node (model, signing key, [consensus] policy tolerances and allow-list)."""
         key = node.node_key
         allowed = allowed_nodes(node)

@@ -16,13 +16,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-import click
 import httpx
 
 from .. import http
 from ..errors import RequestError, UsageError
 from ..hookspecs import hookimpl
-from ..server.base import server_options
 from ..transcript import SamplingParams
 from .base import Drafter, NoDrafter, Proposal
 from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
@@ -248,51 +246,3 @@ def _remote(target: Any, options: dict[str, Any]) -> Drafter:
 @hookimpl
 def register_drafters(register: Register) -> None:
     register("remote", _remote, "an untrusted drafting server (--drafter-url); local fallback when it fails")
-
-
-@click.command(name="draft-serve")
-@click.option("-m", "--model", "model_ref", default=None, help="Model to draft with (default smollm2-135m).")
-@click.option("-d", "--drafter", default="early-exit", show_default=True, help="Local drafter behind the server.")
-@click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
-@click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", type=int, default=8100, show_default=True, help="TCP port to listen on.")
-@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True,
-              help="Drafting sessions kept at once; when full, a new one evicts only from a client above its share.")
-@click.option("--max-sessions-per-client", type=click.IntRange(1, 100000), default=16, show_default=True,
-              help="Sessions one client (API key, else address) may hold; when full, no client can evict "
-                   "another below its own share.")
-@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
-              help="A session unused this long is dropped.")
-@click.option("--draft-ahead", is_flag=True,
-              help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
-@click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
-              help="llama.cpp threads for --drafter llamacpp (default 1).")
-@server_options
-def draft_serve_command(model_ref, drafter, draft_model, exit_layer, host, port, max_sessions, session_idle_seconds,
-                        max_sessions_per_client=16, draft_ahead=False, drafter_threads=None, api_key=None, api_keys_file=None, ssl_certfile=None,
-                        ssl_keyfile=None) -> None:
-    """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
-    from ..models import load_model
-    from ..server.base import run_uvicorn, server_security
-    from .draft_server import create_draft_app
-
-    security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
-    target = load_model(model_ref)
-    app = create_draft_app(
-        target,
-        drafter,
-        {"draft_model": draft_model, "exit_layer": exit_layer, "draft_ahead": draft_ahead, "n_threads": drafter_threads},
-        max_sessions=max_sessions,
-        max_sessions_per_client=max_sessions_per_client,
-        idle_seconds=session_idle_seconds,
-        api_keys=security.api_keys,
-    )
-    click.echo(f"drafting server for {target.name} ({drafter}) on {security.scheme}://{host}:{port}/v1/draft",
-               err=True)
-    run_uvicorn(app, host, port, security)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    cli.add_command(draft_serve_command)

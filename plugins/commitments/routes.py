@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specguard.errors import SpecguardError, UsageError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from specguard.context import NodeContext
 
 log = logging.getLogger("specguard.plugins.commitments")
 
 ROUTE = "/specguard/v1/commitment"
 
 
-def node_secret(node: Any) -> Any:
+def node_secret(node: NodeContext) -> Any:
     """The node's commitment secret for the model it serves (created on first use under node.home)."""
     from specguard.attest.commitments.model import load_or_create_secret
 
     return load_or_create_secret(Path(node.home), node.model.digest)
 
 
-def register(app, node):
+def register(app: FastAPI, node: NodeContext):
     from fastapi.responses import JSONResponse
 
     from specguard.attest.commitments.model import published_document

@@ -60,7 +60,7 @@ log = logging.getLogger("specguard.consensus")
 # --- serving side -----------------------------------------------------------------------------
 
 
-def _trusted_keys(config: ConsensusConfig, node: Any) -> list[bytes]:
+def _trusted_keys(config: ConsensusConfig, node: NodeContext) -> list[bytes]:
     keys = list(config.trusted_keys)
     if config.trust_on_first_use:
         home = Path(node.home)
@@ -68,7 +68,7 @@ def _trusted_keys(config: ConsensusConfig, node: Any) -> list[bytes]:
     return keys
 
 
-def check_serving_config(node: Any) -> ConsensusConfig | None:
+def check_serving_config(node: NodeContext) -> ConsensusConfig | None:
     """A serving node with verifiers must trust verifier keys (or opt into trust-on-first-use):
     otherwise every certificate would be uncertifiable. Raises ConfigError at start."""
     config = consensus_config(node)

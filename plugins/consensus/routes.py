@@ -11,7 +11,7 @@ The client address is the TCP peer (forwarded headers count only from `--trusted
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -19,6 +19,9 @@ from specguard.consensus.config import MAX_BODY_BYTES, consensus_policy
 from specguard.consensus.quorum import KEY_PATH, VERIFY_PATH
 from specguard.consensus.ratelimit import RateLimitedError, TokenBuckets
 from specguard.errors import SpecguardError
+
+if TYPE_CHECKING:
+    from specguard.context import NodeContext
 
 log = logging.getLogger("specguard.consensus")
 
@@ -34,13 +37,13 @@ def _error(exc: SpecguardError, headers: dict[str, str] | None = None) -> Any:
         "message": exc.summary(), "type": kind, "param": exc.field, "code": type(exc).__name__}})
 
 
-def limiter_for(node: Any) -> TokenBuckets:
+def limiter_for(node: NodeContext) -> TokenBuckets:
     """The per-client rate limiter of a verifier node (its policy's [consensus] rate limit)."""
     pol = consensus_policy(node.policy)
     return TokenBuckets(pol.rate_limit_per_second, pol.rate_limit_burst)
 
 
-def budget_for(node: Any | None) -> TokenBuckets:
+def budget_for(node: NodeContext | None) -> TokenBuckets:
     """The per-client work budget of a verifier node, in model tokens ([consensus] work_* keys; None:
     the defaults)."""
     pol = consensus_policy(node.policy if node is not None else None)
@@ -86,7 +89,7 @@ def add_verifier_routes(app: Any, service: Any, limiter: TokenBuckets, budget: T
         return JSONResponse(vote)
 
 
-def register(app: Any, node: Any) -> None:
+def register(app: Any, node: NodeContext) -> None:
     """Verifier routes on a verifier node; nothing on a serving node."""
     if node.role != "verifier":
         return

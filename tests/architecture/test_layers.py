@@ -23,7 +23,7 @@ FOUNDATION = {"specguard.errors", "specguard.canonical", "specguard.keys", "spec
 #: third-party packages that make a module something other than a pure evidence library
 NOT_IN_ATTEST = {"click", "fastapi", "starlette", "uvicorn", "httpx", "torch", "transformers", "pluggy",
                  "specguard.plugin_manager", "specguard.hookspecs", "specguard.plugins", "specguard.server",
-                 "specguard.cli", "specguard.engine", "specguard.models", "specguard.node"}
+                 "specguard.cli", "specguard.engine", "specguard.models", "specguard.serve"}
 
 
 def _module_name(path: Path) -> str:
@@ -119,3 +119,18 @@ def test_each_plugin_is_a_package_of_hooks_cli_and_routes():
         assert "__init__.py" in files, f"plugins/{layer.name} is not a package"
         assert files <= {"__init__.py", "cli.py", "routes.py"}, f"plugins/{layer.name} holds {sorted(files)}"
     assert not [p.name for p in (ROOT / "plugins").glob("*.py") if p.name != "__init__.py"], "plugin modules outside packages"
+
+
+#: the only modules outside specguard.serve that may import the serving process (the top floor)
+SERVE_IMPORTERS = {"specguard.cli", "specguard.__main__", "specguard.consensus.ray_pool"}
+
+
+def test_serve_is_imported_only_by_the_cli():
+    bad = sorted((m, i) for m, imports in GRAPH.items() if not _under(m, "specguard.serve") and m not in SERVE_IMPORTERS
+                 for i in imports if _under(i, "specguard.serve"))
+    assert not bad, (f"specguard.serve (the serving process, top floor) is imported by {bad}: only "
+                     f"{sorted(SERVE_IMPORTERS)} may; move what they need down (context, server, engine)")
+
+
+def test_the_cli_reaches_the_serving_process():
+    assert "specguard.serve.cli" in GRAPH["specguard.cli"] and "specguard.serve.app" in GRAPH

@@ -16,8 +16,8 @@ import pytest
 from support.paths import ROOT
 
 from specguard.context import NodeContext
-from specguard.generator import BatchedGenerator, Generator, ThreadedGenerator
 from specguard.policies import load_policy
+from specguard.serve.generator import BatchedGenerator, Generator, ThreadedGenerator
 
 PROBES = ("getattr", "hasattr")
 
@@ -75,7 +75,7 @@ def test_generators_implement_the_protocol_and_say_which_they_are():
 
 
 def test_threaded_generator_reports_an_engine_failure_as_one_error_item():
-    from specguard.generator import GenerationJob
+    from specguard.serve.generator import GenerationJob
     from specguard.transcript import SamplingParams
 
     items: list[tuple[str, object]] = []
@@ -95,12 +95,13 @@ def test_a_node_runs_requests_through_the_generator_it_chose(batching, tmp_path_
     from support.servers import make_tiny_model_dir
 
     from specguard.models import load_model
-    from specguard.node import Node
-    from specguard.server.app import create_app
+    from specguard.serve.app import create_app
+    from specguard.serve.config import ServeConfig
+    from specguard.serve.node import Node
 
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-generator", context=256)
-    node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("generator-home"),
-                served_model_name="tiny", batching=batching, max_concurrency=2)
+    node = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("generator-home"),
+                served_model_name="tiny", batching=batching, max_concurrency=2))
     try:
         assert isinstance(node, NodeContext)
         assert isinstance(node.generator, BatchedGenerator if batching else ThreadedGenerator)

@@ -33,9 +33,10 @@ from specguard.cli import _register_plugin_commands, cli
 from specguard.engine.factory import make_drafter
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.models import load_model
-from specguard.node import Node
 from specguard.plugin_manager import load_plugins, pm
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.transcript import SamplingParams
 
 PLUGINS_MD = ROOT / "docs" / "plugins.md"
@@ -76,8 +77,8 @@ def registered(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Modul
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
-    n = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("doc-home"), served_model_name=MODEL,
-             max_model_len=1024, default_max_tokens=8)
+    n = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("doc-home"), served_model_name=MODEL,
+             max_model_len=1024, default_max_tokens=8))
     yield n
     n.close()
 

@@ -19,7 +19,8 @@ from specguard.engine.factory import make_engine
 from specguard.engine.llamacpp import GumbelLogitsProcessor, LlamaCppEngine
 from specguard.errors import RequestError, UsageError
 from specguard.llamacpp_runtime import target_gguf
-from specguard.node import Node
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.transcript import SamplingParams
 
 QUESTION = "Write a short poem about the sea."
@@ -69,7 +70,7 @@ def test_a_target_without_gguf_and_an_unknown_engine_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="GGUF file not found"):
         make_engine(lm, NoDrafter(), "llamacpp", {"gguf": str(tmp_path / "missing.gguf")})
     with pytest.raises(UsageError, match="unknown engine") as err:  # a node fails at start, naming the engines
-        Node(lm, drafter="none", home=tmp_path, engine_name="nope")
+        Node(lm, ServeConfig(drafter="none", home=tmp_path, engine="nope"))
     assert {"specguard", "builtin", "llamacpp"} <= set(err.value.expected)
 
 

@@ -16,7 +16,6 @@ from support.servers import free_port, specguard_cmd, start_process
 from support.tiny import tiny_model
 
 from specguard.drafters.base import NoDrafter
-from specguard.drafters.draft_server import create_draft_app
 from specguard.drafters.health import DrafterHealthRegistry, HealthPolicy, drafter_health
 from specguard.drafters.ngram import NgramDrafter
 from specguard.drafters.remote import RemoteDrafter
@@ -24,6 +23,7 @@ from specguard.engine.factory import make_drafter
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import ConfigError, RequestError, UsageError
 from specguard.policies.model import policy_from_dict
+from specguard.serve.draft_server import create_draft_app
 from specguard.transcript import SamplingParams
 
 SEED, VOCAB = 3, 96
@@ -411,7 +411,7 @@ def test_a_session_deleted_during_its_propose_is_finished_after_the_propose(targ
     from fastapi import HTTPException
 
     from specguard.drafters.base import Drafter, Proposal
-    from specguard.drafters.draft_server import CreateSession, DraftSessions, ProposeRequest
+    from specguard.serve.draft_server import CreateSession, DraftSessions, ProposeRequest
 
     events: list[str] = []
     entered, release = threading.Event(), threading.Event()

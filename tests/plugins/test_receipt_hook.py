@@ -13,9 +13,10 @@ from support.servers import make_tiny_model_dir
 from specguard.context import NodeContext
 from specguard.hookspecs import hookimpl
 from specguard.models import load_model
-from specguard.node import Node
 from specguard.plugin_manager import load_plugins, pm
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 
 RECEIPTS = "specguard.plugins.receipts"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4, "temperature": 0}
@@ -24,8 +25,8 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi."}], "max_
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-hook", context=256)
-    n = Node(load_model(str(tiny)), drafter="none", home=tmp_path_factory.mktemp("hook-home"),
-             served_model_name="tiny")
+    n = Node(load_model(str(tiny)), ServeConfig(drafter="none", home=tmp_path_factory.mktemp("hook-home"),
+             served_model_name="tiny"))
     yield n
     n.close()
 

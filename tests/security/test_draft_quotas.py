@@ -9,7 +9,7 @@ import pytest
 from support.asgi import app_client
 from support.tiny import tiny_model
 
-from specguard.drafters.draft_server import create_draft_app
+from specguard.serve.draft_server import create_draft_app
 
 KEYS = [f"client-key-{i:02d}" for i in range(12)]
 

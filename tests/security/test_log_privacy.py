@@ -27,9 +27,10 @@ from specguard.attest.checkpoint import verify_checkpoint
 from specguard.attest.receipts import response_digest
 from specguard.canonical import json_digest
 from specguard.models import load_model
-from specguard.node import Node
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.server import prompting
-from specguard.server.app import create_app
 from specguard.server.openai_schema import dump_request
 from specguard.transcript import ids_digest
 
@@ -41,8 +42,8 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     model = load_model(str(make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-privacy")))
-    node = Node(model, drafter="ngram", home=tmp_path_factory.mktemp("privacy-home"), served_model_name="tiny",
-                batching=False)
+    node = Node(model, ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("privacy-home"), served_model_name="tiny",
+                batching=False))
     with app_client(create_app(node)) as client:
         resp = client.post("/v1/chat/completions", json=CHAT)
         assert resp.status_code == 200, resp.text

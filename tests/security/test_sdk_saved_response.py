@@ -21,15 +21,16 @@ from support.servers import make_tiny_model_dir
 
 from specguard.attest.receipts import RESPONSE_DIGEST_V1, response_digest, strip_nulls
 from specguard.models import load_model
-from specguard.node import Node
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-sdk")
-    node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("sdk-home"),
-                served_model_name="tiny", max_model_len=256)
+    node = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("sdk-home"),
+                served_model_name="tiny", max_model_len=256))
     with app_client(create_app(node)) as client:
         yield client, node
     node.close()

@@ -33,10 +33,11 @@ from specguard.consensus.service import VerifierService
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
-from specguard.node import Node
 from specguard.policies.model import policy_from_dict
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.server import prompting
-from specguard.server.app import create_app
 from specguard.server.openai_schema import dump_request
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Is ibuprofen safe every day?"}],
@@ -50,8 +51,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_dir):
-    node = Node(load_model(str(tiny_dir)), drafter="ngram", home=tmp_path_factory.mktemp("defaults-home"),
-                served_model_name="tiny", default_max_tokens=24, batching=False)
+    node = Node(load_model(str(tiny_dir)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("defaults-home"),
+                served_model_name="tiny", default_max_tokens=24, batching=False))
     with app_client(create_app(node)) as client:
         yield client, node
     node.close()

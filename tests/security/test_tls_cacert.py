@@ -241,7 +241,7 @@ def test_every_outbound_command_documents_cacert(command):
 
 def test_serve_reads_a_ca_per_url_from_the_policy_file(tls_server, tmp_path):
     """`specguard serve --policy FILE`: the policy's [tls] table, relative to the file, adds to --cacert."""
-    from specguard.server.commands import _trust_policy_cas
+    from specguard.serve.cli import _trust_policy_cas
 
     folder = tmp_path / "policy"
     folder.mkdir()

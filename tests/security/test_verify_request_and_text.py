@@ -17,10 +17,11 @@ from support.asgi import app_client
 from support.receipt_factory import run_cli, write_json
 from support.servers import make_tiny_model_dir
 
-import specguard.server.generation as generation
+import specguard.serve.pipeline as generation
 from specguard.models import load_model
-from specguard.node import Node
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12,
         "temperature": 0}
@@ -33,8 +34,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_dir):
-    node = Node(load_model(str(tiny_dir)), drafter="ngram", home=tmp_path_factory.mktemp("text-home"),
-                served_model_name="tiny", max_model_len=256)
+    node = Node(load_model(str(tiny_dir)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("text-home"),
+                served_model_name="tiny", max_model_len=256))
     with app_client(create_app(node)) as client:
         yield client, node
     node.close()

@@ -17,8 +17,9 @@ from support.servers import make_tiny_model_dir
 from specguard.attest.receipts import request_digest, verify_receipt
 from specguard.canonical import json_digest
 from specguard.models import load_model
-from specguard.node import Node
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.server.openai_schema import ChatCompletionRequest, dump_request
 from specguard.server.prompting import parse_request
 
@@ -36,8 +37,8 @@ NULLS: dict[str, Any] = {"user": None, "stop": None, "seed": None, "n": None, "s
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
-    n = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("compat-home"),
-             served_model_name=MODEL, max_model_len=512, max_concurrency=1, max_queue=0, default_max_tokens=8)
+    n = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("compat-home"),
+             served_model_name=MODEL, max_model_len=512, max_concurrency=1, max_queue=0, default_max_tokens=8))
     yield n
     n.close()
 

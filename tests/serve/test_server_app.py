@@ -12,8 +12,10 @@ from support.servers import make_tiny_model_dir
 
 from specguard.attest.receipts import verify_receipt
 from specguard.models import load_model
-from specguard.node import ConcurrencyLimiter, Node
-from specguard.server.app import create_app
+from specguard.serve.admission import ConcurrencyLimiter
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.server.errors import QueueFullError
 from specguard.server.metrics import Counter, Histogram
 
@@ -24,8 +26,8 @@ MODEL = "tiny"
 def node(tmp_path_factory):
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
     home = tmp_path_factory.mktemp("server-home")
-    n = Node(load_model(str(tiny)), drafter="ngram", home=home, served_model_name=MODEL, max_model_len=256,
-             max_queue=0)
+    n = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=home, served_model_name=MODEL, max_model_len=256,
+             max_queue=0))
     yield n
     n.close()
 

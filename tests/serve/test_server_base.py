@@ -13,7 +13,8 @@ from support.servers import make_tiny_model_dir
 
 from specguard.errors import UsageError
 from specguard.models import load_model
-from specguard.node import Node
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 from specguard.server.base import key_matches, load_api_keys, parse_bearer, server_security
 
 KEY = "base-test-key-0123456789"
@@ -27,8 +28,8 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node(model, tmp_path_factory):
-    n = Node(model, drafter="none", home=tmp_path_factory.mktemp("base-home"), served_model_name="tiny",
-             max_concurrency=1, max_queue=0)
+    n = Node(model, ServeConfig(drafter="none", home=tmp_path_factory.mktemp("base-home"), served_model_name="tiny",
+             max_concurrency=1, max_queue=0))
     yield n
     n.close()
 
@@ -38,9 +39,9 @@ def _apps(model, node, tmp_path_factory, api_keys=()):
     from specguard.audit.simulate import build_app
     from specguard.consensus.verifier_app import VerifierNode
     from specguard.consensus.verifier_app import create_app as verifier_app
-    from specguard.drafters.draft_server import create_draft_app
     from specguard.policies import load_policy
-    from specguard.server.app import create_app
+    from specguard.serve.app import create_app
+    from specguard.serve.draft_server import create_draft_app
 
     verifier = VerifierNode(model, load_policy("dev"), tmp_path_factory.mktemp("verifier-home"))
     apps = [("serve", create_app(node, api_keys=api_keys), "/v1/chat/completions"),
@@ -61,7 +62,7 @@ def _chunks(total: int, piece: int = 1 << 20) -> Iterator[bytes]:
 
 def test_four_apps_one_error_shape_and_a_streamed_body_limit(model, node, tmp_path_factory):
     from specguard.consensus.config import MAX_BODY_BYTES as VERIFIER_LIMIT
-    from specguard.drafters.draft_server import MAX_BODY_BYTES as DRAFT_LIMIT
+    from specguard.serve.draft_server import MAX_BODY_BYTES as DRAFT_LIMIT
     from specguard.server.base import MAX_BODY_BYTES
 
     limits = {"serve": MAX_BODY_BYTES, "verifier": VERIFIER_LIMIT, "draft": DRAFT_LIMIT, "simulate": MAX_BODY_BYTES}
@@ -100,7 +101,7 @@ def test_three_apps_take_bearer_keys(model, node, tmp_path_factory):
 
 def test_tokenizing_happens_inside_admission(node, monkeypatch):
     """With every slot taken and no queue, a request is refused (429) without being tokenized."""
-    from specguard.server.app import create_app
+    from specguard.serve.app import create_app
 
     calls = []
     original = node.model.encode_chat
@@ -119,7 +120,7 @@ def test_tokenizing_happens_inside_admission(node, monkeypatch):
 
 
 def test_prompt_cap_refuses_before_tokenizing(node, monkeypatch):
-    from specguard.server.app import create_app
+    from specguard.serve.app import create_app
 
     calls = []
     original = node.model.encode
@@ -153,7 +154,7 @@ def test_response_store_serves_only_with_the_secret(tmp_path):
     import json
     import stat
 
-    from specguard.node import ResponseStore
+    from specguard.serve.responses import ResponseStore
 
     store = ResponseStore(tmp_path / "responses")
     rid, body = "ab" * 16, {"id": "chatcmpl-1", "choices": []}

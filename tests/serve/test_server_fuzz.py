@@ -12,15 +12,16 @@ from schemathesis.checks import not_a_server_error
 from support.servers import make_tiny_model_dir
 
 from specguard.models import load_model
-from specguard.node import Node
-from specguard.server.app import create_app
+from specguard.serve.app import create_app
+from specguard.serve.config import ServeConfig
+from specguard.serve.node import Node
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     tiny = make_tiny_model_dir(tmp_path_factory.getbasetemp() / "tiny-model-4k", context=4096)
-    node = Node(load_model(str(tiny)), drafter="ngram", home=tmp_path_factory.mktemp("fuzz-home"),
-                served_model_name="tiny", max_model_len=64, default_max_tokens=8, max_queue=4)
+    node = Node(load_model(str(tiny)), ServeConfig(drafter="ngram", home=tmp_path_factory.mktemp("fuzz-home"),
+                served_model_name="tiny", max_model_len=64, default_max_tokens=8, max_queue=4))
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(node))
     node.close()
 

@@ -1,4 +1,4 @@
-"""One request's path through the node: validate -> generate in a worker thread -> seal and receipt.
+"""One request's typed path through the node: prepare -> generate -> finalize (seal and receipt).
 
 `prepare` turns a parsed request into prompt ids and SamplingParams, refusing (RequestError,
 HTTP 4xx) anything the model cannot do. `GenerationRun` hands the request to the node's batch
@@ -18,18 +18,24 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from starlette.requests import Request
 
 from ..attest.receipts import new_receipt_secret
 from ..errors import PluginError, RequestError
-from ..generator import GenerationJob
 from ..plugin_manager import pm
-from ..transcript import SamplingParams, Transcript
-from . import prompting
-from .errors import ContextLengthError, ModelNotFoundError
-from .format import TokenText, chat_body, completion_body
-from .openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
-from .resolved import NodeDefaults, ResolvedRequest, check_request_shape, resolve_request
+from ..server import prompting
+from ..server.errors import ContextLengthError, ModelNotFoundError
+from ..server.format import TokenText, chat_body, completion_body
+from ..server.openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
+from ..server.resolved import ResolvedRequest, check_request_shape, resolve_request
+from ..transcript import SamplingParams, Step, Transcript
+from .generator import GenerationJob
+from .node import Node
+
+#: an item a generation reports: ("event", StepEvent), ("done", Transcript) or ("error", exception)
+Item = tuple[str, Any]
 
 log = logging.getLogger("specguard.server")
 
@@ -38,7 +44,7 @@ log = logging.getLogger("specguard.server")
 class Prepared:
     """A validated request, ready to run."""
 
-    kind: str  # "chat" | "completion"
+    kind: Literal["chat", "completion"]
     request_obj: dict[str, Any]
     resolved: ResolvedRequest
     prompt_ids: list[int]
@@ -54,7 +60,7 @@ class Prepared:
     admitted_at: float = field(default_factory=time.perf_counter)
 
 
-def _check_model(node: Any, name: str) -> None:
+def _check_model(node: Node, name: str) -> None:
     if name not in (node.served_model_name, node.model.name):
         raise ModelNotFoundError(f"the model {name!r} is not served here; GET /v1/models lists the served model",
                                  field="model", got=name, expected=node.served_model_name)
@@ -66,7 +72,7 @@ class PromptTooLargeError(RequestError):
     code = "prompt_too_large"
 
 
-def check_prompt_size(node: Any, req: ChatCompletionRequest | CompletionRequest) -> None:
+def check_prompt_size(node: Node, req: ChatCompletionRequest | CompletionRequest) -> None:
     """Refuse an oversized prompt by counting characters (or token ids), before any tokenizing.
 
     Cheap and bounded: runs on the event loop before admission, so a 15 MiB prompt costs a
@@ -97,20 +103,15 @@ def check_prompt_size(node: Any, req: ChatCompletionRequest | CompletionRequest)
                                   expected=f"<= {limit} {unit}")
 
 
-def node_defaults(node: Any) -> NodeDefaults:
-    """What `node` fills in for omitted request fields."""
-    return node.request_defaults
-
-
-def prepare(node: Any, req: ChatCompletionRequest | CompletionRequest) -> Prepared:
+def prepare(node: Node, req: ChatCompletionRequest | CompletionRequest) -> Prepared:
     """Validate one request against the node's model and policy; plugins see the resolved request."""
-    kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
+    kind: Literal["chat", "completion"] = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
     _check_model(node, req.model)
     check_request_shape(req)
     prompt_ids = prompting.prompt_ids(node.model, req)
     if not prompt_ids:
         raise RequestError("the prompt is empty after tokenization", field="messages" if kind == "chat" else "prompt")
-    resolved = resolve_request(req, node_defaults(node), prompt_tokens=len(prompt_ids))
+    resolved = resolve_request(req, node.request_defaults, prompt_tokens=len(prompt_ids))
     pm.hook.check_request(request=resolved, policy=node.policy)
     _, _, completion_lp = prompting.logprob_options(req)
     return Prepared(
@@ -134,12 +135,12 @@ class GenerationRun:
     Setting `cancel` stops the request before its next step (finish_reason "cancelled").
     """
 
-    def __init__(self, node: Any, prep: Prepared) -> None:
+    def __init__(self, node: Node, prep: Prepared) -> None:
         self.node = node
         self.prep = prep
         self.cancel = threading.Event()
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._next_check = time.monotonic() + 0.25
 
     def start(self) -> None:
@@ -160,16 +161,16 @@ class GenerationRun:
         except RuntimeError:
             pass
 
-    def _on_step(self, step: Any) -> None:
+    def _on_step(self, step: Step) -> None:
         pm.hook.on_step(request=self.prep.resolved, step=step)
 
-    def _put(self, item: tuple[str, Any]) -> None:
+    def _put(self, item: Item) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop has closed (server shutting down)
             pass
 
-    async def next(self, request: Any = None, poll: float = 0.25) -> tuple[str, Any]:
+    async def next(self, request: Request | None = None, poll: float = 0.25) -> Item:
         """The next item; with `request`, raise ClientGone (and stop the engine) if the client left.
 
         The client is checked at least every `poll` seconds, also while events keep arriving.
@@ -185,7 +186,7 @@ class GenerationRun:
             except TimeoutError:
                 continue
 
-    async def collect(self, request: Any, events: list[tuple[str, Any]] | None = None) -> Transcript:
+    async def collect(self, request: Request, events: list[Item] | None = None) -> Transcript:
         """Run to the end; with `events`, keep every step event (a held-back stream replays them)."""
         while True:
             kind, value = await self.next(request)
@@ -199,6 +200,8 @@ class GenerationRun:
 
 @dataclass
 class Finalized:
+    """A response ready to leave: its body, receipt id and `specguard` object, and the requester's token."""
+
     body: dict[str, Any]
     receipt_id: str | None
     specguard: dict[str, Any]
@@ -213,7 +216,7 @@ class NoReceiptError(RequestError):
     code = "no_receipt"
 
 
-def build_body(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> dict[str, Any]:
+def build_body(node: Node, prep: Prepared, transcript: Transcript, text_of: TokenText) -> dict[str, Any]:
     if prep.kind == "chat":
         return chat_body(transcript, response_id=prep.response_id, created=prep.created, model=prep.model_name,
                          logprobs=prep.logprobs, top_n=prep.top_n, text_of=text_of)
@@ -221,7 +224,7 @@ def build_body(node: Any, prep: Prepared, transcript: Transcript, text_of: Token
                            logprobs=prep.completion_logprobs, text_of=text_of)
 
 
-def finalize(node: Any, prep: Prepared, transcript: Transcript, text_of: TokenText) -> Finalized:
+def finalize(node: Node, prep: Prepared, transcript: Transcript, text_of: TokenText) -> Finalized:
     """Body, evidence, receipt (`issue_receipt` hook), judges, then the stored body.
 
     Runs in a worker thread (disk and plugins block). The body is stored only once every judge

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .transcript import SamplingParams
+from ..transcript import SamplingParams
 
 if TYPE_CHECKING:
-    from .drafters.base import Drafter
-    from .engine.batching import BatchScheduler
-    from .engine.interface import Engine, StepCallback, StopCheck
+    from ..drafters.base import Drafter
+    from ..engine.batching import BatchScheduler
+    from ..engine.interface import Engine, StepCallback, StopCheck
 
 #: emit(kind, value): "event" + StepEvent, then "done" + Transcript or "error" + exception
 Emit = Callable[[str, Any], None]
@@ -65,7 +65,7 @@ class BatchedGenerator:
         self._make_drafter = make_drafter
 
     def submit(self, job: GenerationJob) -> None:
-        from .engine.batching import BatchRequest
+        from ..engine.batching import BatchRequest
 
         self.scheduler.start()
         self.scheduler.submit(BatchRequest(job.prompt_ids, job.params, self._make_drafter, job.emit,

@@ -1,4 +1,5 @@
-"""CLI commands of the server: `specguard serve`."""
+"""The serving process's commands: `specguard serve` (and `specguard draft-serve`, from
+specguard.serve.draft_server). The click options become one validated `ServeConfig`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ from typing import Any
 
 import click
 
+from .. import http
+from ..defaults import RunDefaults, available_cpus, choose_defaults, llamacpp_drafter_available
+from ..engine.factory import drafter_names, engine_names
 from ..outbound_args import cacert_option
+from ..plugin_manager import require_all_loaded
+from ..policies import load_policy
 from ..progress import phase
-from .base import run_uvicorn, server_options, server_security
+from ..server.base import run_uvicorn, server_options, server_security
+from .app import create_app
+from .config import ServeConfig
+from .draft_server import draft_serve_command
+from .node import Node, build_node
 
 log = logging.getLogger("specguard.server")
 
@@ -72,76 +82,73 @@ log = logging.getLogger("specguard.server")
               help="With --role verifier: run a Ray Serve pool of verifier replicas sharing one node key "
                    "(specguard[ray]; docs/scaling.md).")
 @server_options
-def serve_command(model_ref, host, port, engine, drafter, draft_model, drafter_url, exit_layer, policy_ref,
-                  max_concurrency, batching, max_batch_rows, max_queue, default_max_tokens, max_model_len, role, verifiers,
-                  verifier_keys, quorum,
-                  served_model_name, threads, dtype, device, log_level, drafter_threads=None, drafter_api_key=None, max_prompt_chars=None, api_key=None,
-                  api_keys_file=None, ssl_certfile=None, ssl_keyfile=None, use_ray=False) -> None:
+def serve_command(**options: Any) -> None:
     """Run the OpenAI-compatible server with receipts (Ctrl-C stops it)."""
-    from ..plugin_manager import require_all_loaded
-
     require_all_loaded()  # a node missing a policy plugin must not serve what that plugin would refuse
-    _trust_policy_cas(policy_ref)
-    if use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
+    config = ServeConfig.from_cli(**options)  # bad values (and verifier keys) fail before any loading
+    _trust_policy_cas(config.policy_ref)
+    if config.use_ray:  # a verifier pool on Ray Serve: --max-concurrency = max replicas, --threads = CPUs per replica
         from ..consensus.ray_pool import serve_pool
 
-        return serve_pool(model_ref, role=role, host=host, port=port, policy=policy_ref, threads=threads,
-                          max_replicas=max_concurrency or 1, max_queue=max_queue, api_key=api_key,
-                          api_keys_file=api_keys_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    from ..consensus.config import key_value
-    from ..defaults import available_cpus, choose_defaults, llamacpp_drafter_available
-    from ..node import build_node
-    from .app import create_app
+        return serve_pool(config.model_ref, role=config.role, host=config.host, port=config.port,
+                          policy=config.policy_ref, threads=config.threads, max_replicas=config.max_concurrency or 1,
+                          max_queue=config.max_queue, api_key=config.api_key, api_keys_file=config.api_keys_file,
+                          ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
+    run_serve(config)
+    return None
 
-    trusted_verifier_keys = [key_value(k, "--verifier-key") for k in verifier_keys]  # bad keys fail before loading
+
+def run_serve(config: ServeConfig) -> None:
+    """Choose the thread defaults, build the node and its app, print the banner and serve until stopped."""
     started = time.monotonic()
-    security = server_security(api_key, api_keys_file, ssl_certfile, ssl_keyfile)
-    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(model_ref), engine=engine,
-                               drafter=drafter, threads=threads, drafter_threads=drafter_threads)
-    drafter = defaults.drafter
-    if engine != "llamacpp":  # a llama.cpp server never imports torch
+    security = server_security(config.api_key, config.api_keys_file, config.ssl_certfile, config.ssl_keyfile)
+    defaults = choose_defaults(available_cpus(), llamacpp_drafter_available(config.model_ref), engine=config.engine,
+                               drafter=config.drafter, threads=config.threads, drafter_threads=config.drafter_threads)
+    if config.engine != "llamacpp":  # a llama.cpp server never imports torch
         import torch
 
         torch.set_num_threads(defaults.torch_threads)
-    llamacpp_context = {"n_ctx": max_model_len} if engine == "llamacpp" else {}
-    node = build_node(
-        model_ref, drafter=drafter, draft_model=draft_model, drafter_url=drafter_url, exit_layer=exit_layer,
-        policy=policy_ref, max_concurrency=max_concurrency, max_queue=max_queue, role=role,
-        verifiers=list(verifiers), quorum=quorum, served_model_name=served_model_name,
-        verifier_keys=trusted_verifier_keys,
-        default_max_tokens=default_max_tokens, max_model_len=max_model_len,
-        drafter_api_key=drafter_api_key, max_prompt_chars=max_prompt_chars,
-        engine_name=engine, engine_options={**defaults.engine_options(), **llamacpp_context}, batching=batching,
-        max_batch_rows=max_batch_rows, drafter_options=defaults.drafter_options(), dtype=dtype, device=device,
-    )
+    llamacpp_context = {"n_ctx": config.max_model_len} if config.engine == "llamacpp" else {}
+    config = config.replace(drafter=defaults.drafter,
+                            engine_options={**defaults.engine_options(), **llamacpp_context},
+                            drafter_options={**defaults.drafter_options(), **config.drafter_options})
+    node = build_node(config)
     with phase("Preparing the integrity layers (keys, log, attestation, commitments, routes)"):
         app = create_app(node, api_keys=security.api_keys)
         info = node.describe()
-    threads_row = f"torch {defaults.torch_threads}" + (
-        f", llama.cpp drafter {defaults.drafter_threads}" if defaults.drafter_threads else "") + (
-        f", engine {defaults.engine_threads}" if defaults.engine_threads else "")
-    shown_host = f"[{host}]" if ":" in host else host
     auth = f"{len(security.api_keys)} API key(s)" if security.api_keys else "none (every route open)"
-    _print_banner(node, info, url=f"{security.scheme}://{shown_host}:{port}/v1", auth=auth, drafter=drafter,
-                  threads=threads_row, queue=f"queue {max_queue}; role {role}")
+    _print_banner(node, info, url=f"{security.scheme}://{_shown_host(config.host)}:{config.port}/v1", auth=auth,
+                  threads=_threads_row(defaults))
     click.echo(f"  defaults       {defaults.describe()}", err=True)
     if node.policy.insecure:
-        banner = "!" * 78
-        click.echo(banner, err=True)
-        click.echo(f"!! INSECURE POLICY {node.policy.name!r}: " + "; ".join(node.policy.insecure_reasons()), err=True)
-        click.echo("!! Receipts from this node do not prove TEE execution. Use --policy strict in production.",
-                   err=True)
-        click.echo(banner, err=True)
-        log.warning("serving with INSECURE policy %r", node.policy.name)
+        _insecure_banner(node)
     click.echo(f"specguard: ready in {time.monotonic() - started:.1f}s", err=True)
     try:
-        run_uvicorn(app, host, port, security, log_level=log_level, timeout_graceful_shutdown=5)
+        run_uvicorn(app, config.host, config.port, security, log_level=config.log_level, timeout_graceful_shutdown=5)
     finally:
         node.close()
 
 
-def _print_banner(node: Any, info: dict[str, Any], *, url: str, auth: str, drafter: str, threads: str,
-                  queue: str) -> None:
+def _shown_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _threads_row(defaults: RunDefaults) -> str:
+    return f"torch {defaults.torch_threads}" + (
+        f", llama.cpp drafter {defaults.drafter_threads}" if defaults.drafter_threads else "") + (
+        f", engine {defaults.engine_threads}" if defaults.engine_threads else "")
+
+
+def _insecure_banner(node: Node) -> None:
+    banner = "!" * 78
+    click.echo(banner, err=True)
+    click.echo(f"!! INSECURE POLICY {node.policy.name!r}: " + "; ".join(node.policy.insecure_reasons()), err=True)
+    click.echo("!! Receipts from this node do not prove TEE execution. Use --policy strict in production.", err=True)
+    click.echo(banner, err=True)
+    log.warning("serving with INSECURE policy %r", node.policy.name)
+
+
+def _print_banner(node: Node, info: dict[str, Any], *, url: str, auth: str, threads: str) -> None:
     """What is being served, how, under which policy, and where its keys and log live (stderr)."""
     engine = node.engine_name
     unused = "" if node.engine_capabilities.uses_drafter else f" (unused by engine {engine})"
@@ -152,9 +159,10 @@ def _print_banner(node: Any, info: dict[str, Any], *, url: str, auth: str, draft
         f"specguard serving {info['model']} at {url}",
         f"  engine         {engine} ({node.engine_capabilities.version})",
         f"  runtime        {runtime['name']} {runtime['dtype']} on {runtime['device']}",
-        f"  drafter        {drafter}{unused}",
+        f"  drafter        {node.drafter_name}{unused}",
         f"  threads        {threads}",
-        f"  batching       {mode}; max concurrency {info['max_concurrency']}, {queue}",
+        f"  batching       {mode}; max concurrency {info['max_concurrency']}, queue {info['max_queue']}; "
+        f"role {node.role}",
         f"  policy         {node.policy.name} ({node.policy.digest})",
         f"  model digest   {info['model_digest']}",
         f"  node key id    {info['key_id']}  (public key {info['public_key']})",
@@ -168,9 +176,6 @@ def _print_banner(node: Any, info: dict[str, Any], *, url: str, auth: str, draft
 
 def _trust_policy_cas(policy_ref: str) -> None:
     """Add the policy's `[tls]` CAs (per verifier / drafter URL) to what --cacert set."""
-    from .. import http
-    from ..policies import load_policy
-
     if not Path(policy_ref).is_file():  # a preset: presets name no CAs
         return
     cas = load_policy(policy_ref).tls
@@ -179,8 +184,6 @@ def _trust_policy_cas(policy_ref: str) -> None:
 
 def list_plugin_choices(command: click.Command) -> None:
     """Append the registered drafter and engine names to the help of `--drafter` and `--engine`."""
-    from ..engine.factory import drafter_names, engine_names
-
     names = {"drafter": drafter_names, "engine": engine_names}
     for param in command.params:
         if isinstance(param, click.Option) and param.name in names and param.help and "Installed:" not in param.help:
@@ -188,8 +191,9 @@ def list_plugin_choices(command: click.Command) -> None:
 
 
 def register(cli: click.Group) -> None:
-    """Add the server's commands to the CLI group (their --help lists the installed drafters and engines)."""
+    """Add the serving commands to the CLI group (their --help lists the installed drafters and engines)."""
     cli.add_command(serve_command)
+    cli.add_command(draft_serve_command)
     list_plugin_choices(serve_command)
     generate = cli.commands.get("generate")
     if generate is not None:

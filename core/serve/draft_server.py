@@ -1,5 +1,6 @@
 """The drafting server (`specguard draft-serve`): a local drafter behind a small HTTP/JSON API,
-meant to run on an untrusted accelerator and be used by `--drafter remote`.
+meant to run on an untrusted accelerator and be used by `--drafter remote`
+(specguard.drafters.remote is its client). A process of its own, so it lives beside `serve`.
 
 Protocol (exact shapes in docs/drafters.md):
 - `POST /v1/draft/sessions` {"prompt_ids": [int], "params": {...}} -> {"session": id, "max_draft": n}
@@ -29,14 +30,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import click
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from ..models import LoadedModel
-from ..server.base import create_base_app, parse_bearer
+from ..drafters.ahead import AheadDrafter, with_draft_ahead
+from ..drafters.base import Drafter
+from ..engine.factory import make_drafter
+from ..errors import UsageError
+from ..models import LoadedModel, load_model
+from ..server.base import create_base_app, parse_bearer, run_uvicorn, server_options, server_security
 from ..transcript import SamplingParams
-from .ahead import AheadDrafter, with_draft_ahead
-from .base import Drafter
 
 MAX_K = 64
 #: request bodies are token-id lists; 4 MiB holds far more than any context
@@ -251,9 +255,6 @@ def create_draft_app(
 
     Built on the common server base (OpenAI error shape, streamed body limit, optional bearer
     auth with `api_keys`; `/v1/draft/health` stays open)."""
-    from ..engine.factory import make_drafter
-    from ..errors import UsageError
-
     if drafter_name == "remote":
         raise UsageError("a drafting server cannot itself use the remote drafter", field="drafter", got=drafter_name)
     opts = dict(options or {})
@@ -307,3 +308,67 @@ def client_of(request: Request) -> str:
     if token:
         return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
     return "addr:" + (request.client.host if request.client is not None else "unknown")
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DraftServeConfig:
+    """The `specguard draft-serve` options (click validates their ranges)."""
+
+    model_ref: str | None = None
+    drafter: str = "early-exit"
+    draft_model: str | None = None
+    exit_layer: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8100
+    max_sessions: int = 64
+    max_sessions_per_client: int = 16
+    session_idle_seconds: float = 300.0
+    draft_ahead: bool = False
+    drafter_threads: int | None = None
+    api_key: str | None = None
+    api_keys_file: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> DraftServeConfig:
+        return cls(**options)
+
+    def drafter_options(self) -> dict[str, Any]:
+        return {"draft_model": self.draft_model, "exit_layer": self.exit_layer, "draft_ahead": self.draft_ahead,
+                "n_threads": self.drafter_threads}
+
+
+@click.command(name="draft-serve")
+@click.option("-m", "--model", "model_ref", default=None, help="Model to draft with (default smollm2-135m).")
+@click.option("-d", "--drafter", default="early-exit", show_default=True, help="Local drafter behind the server.")
+@click.option("--draft-model", default=None, help="Draft model reference for --drafter draft-model.")
+@click.option("--exit-layer", type=int, default=None, help="Layers used by --drafter early-exit.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=int, default=8100, show_default=True, help="TCP port to listen on.")
+@click.option("--max-sessions", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Drafting sessions kept at once; when full, a new one evicts only from a client above its share.")
+@click.option("--max-sessions-per-client", type=click.IntRange(1, 100000), default=16, show_default=True,
+              help="Sessions one client (API key, else address) may hold; when full, no client can evict "
+                   "another below its own share.")
+@click.option("--session-idle-seconds", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="A session unused this long is dropped.")
+@click.option("--draft-ahead", is_flag=True,
+              help="Draft the next block while the verifier checks this one (docs/drafters.md, draft-ahead).")
+@click.option("--drafter-threads", type=click.IntRange(1, 1024), default=None,
+              help="llama.cpp threads for --drafter llamacpp (default 1).")
+@server_options
+def draft_serve_command(**options: Any) -> None:
+    """Serve draft proposals over HTTP for `--drafter remote` verifiers (untrusted accelerators)."""
+    config = DraftServeConfig.from_cli(**options)
+    security = server_security(config.api_key, config.api_keys_file, config.ssl_certfile, config.ssl_keyfile)
+    target = load_model(config.model_ref)
+    app = create_draft_app(target, config.drafter, config.drafter_options(), max_sessions=config.max_sessions,
+                           max_sessions_per_client=config.max_sessions_per_client,
+                           idle_seconds=config.session_idle_seconds, api_keys=security.api_keys)
+    click.echo(f"drafting server for {target.name} ({config.drafter}) on "
+               f"{security.scheme}://{config.host}:{config.port}/v1/draft", err=True)
+    run_uvicorn(app, config.host, config.port, security)
