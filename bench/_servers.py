@@ -95,8 +95,8 @@ def start_process(args: list[str], port: int, env: dict[str, str] | None = None,
 def completion_body(model: Any, request_obj: dict[str, Any], transcript: Any, served_name: str,
                     response_id: str = "cmpl-bench", created: int = 1_700_000_000) -> dict[str, Any]:
     """The body `specguard serve` sends for `transcript` (the server's own formatting code)."""
-    from specguard.server import format as fmt
-    from specguard.server import prompting
+    from specguard.openai import format as fmt
+    from specguard.openai import prompting
 
     req = prompting.parse_request(request_obj)
     logprobs, top_n, completion_lp = prompting.logprob_options(req)

@@ -101,7 +101,7 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
     from _servers import completion_body, free_port, start_process
 
-    from specguard.server.openai_schema import CompletionRequest, dump_request
+    from specguard.openai.schema import CompletionRequest, dump_request
 
     root = Path(tempfile.mkdtemp(prefix="specguard-consensus-bench-"))
     homes = [root / f"v{i}" for i in range(n_verifiers)]

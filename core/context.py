@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .attest.request_defaults import RequestDefaults
     from .models import LoadedModel
     from .policies import Policy
-    from .server.metrics import ServerMetrics
+    from .web.metrics import ServerMetrics
 
 ROLES = ("serve", "verifier")
 

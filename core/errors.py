@@ -148,7 +148,7 @@ class PolicyError(ValidationError):
     """A policy rule failed."""
 
 
-# --- outbound calls (specguard.http) -----------------------------------------------------------
+# --- outbound calls (specguard.web.http) -----------------------------------------------------------
 
 
 class OutboundError(SpecguardError):

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # annotations only: plugins import this module before anythin
 
     from .attest.options import VerifyOptions
     from .context import NodeContext
+    from .openai.resolved import ResolvedRequest
     from .policies import Policy
-    from .server.resolved import ResolvedRequest
     from .transcript import Step, Transcript
 
 #: `register(name, factory, description)` as passed to register_drafters / register_engines
@@ -80,7 +80,7 @@ def node_attestation(node: NodeContext) -> dict[str, Any] | None:
 def check_request(request: ResolvedRequest, policy: Policy) -> None:
     """Inspect a generation request before it runs.
 
-    `request` is the resolved request (`specguard.server.resolved.ResolvedRequest`): every default
+    `request` is the resolved request (`specguard.openai.resolved.ResolvedRequest`): every default
     filled in and typed (`request.max_tokens` is the number that will run, whichever of
     max_tokens / max_completion_tokens / the node default set it). `policy` is the node's
     `specguard.policies.Policy`. Raise `specguard.errors.RequestError` to refuse it (HTTP 400).

@@ -2,7 +2,7 @@
 
 Every command that calls out (log verify, audit run, consensus check, serve with verifiers or a
 remote drafter, draft-serve's clients...) takes the option. It sets the process-wide trust of
-`specguard.http` (`trust_cas`) before the command runs; each outbound client asks
+`specguard.web.http` (`trust_cas`) before the command runs; each outbound client asks
 `http.cacert_for(url)`. The environment (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`) is never read.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import http
+from .web import http
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from specguard.attest.request_defaults import ExpectedDefaults
     from specguard.attest.tee.policy import AttestationPolicy
     from specguard.consensus.config import ConsensusPolicy
-    from specguard.http import TrustedCAs
+    from specguard.web.http import TrustedCAs
 
     from .drafter import DrafterPolicy
 
@@ -84,7 +84,7 @@ class Policy:
     def tls(self) -> TrustedCAs:
         """The `[tls]` table: CA files trusted for outbound calls (`cacert`, `[tls.cacerts]` per URL
         prefix), relative to the policy file's folder; an unknown key fails at load naming it."""
-        from specguard.http import TrustedCAs
+        from specguard.web.http import TrustedCAs
 
         base = None if self.source.startswith(("<", "preset:")) else str(Path(self.source).parent)
         return TrustedCAs.from_policy(self.section("tls"), base=base)

@@ -7,7 +7,7 @@ Retries: 429, 5xx, timeouts, connection errors and unparseable bodies, with expo
 backoff that honours Retry-After (capped). A request key is the digest of the canonical
 request body, so a resumed audit reuses logged answers instead of re-querying.
 
-Every exchange goes through specguard.http: a hard deadline for the whole exchange (a provider
+Every exchange goes through specguard.web.http: a hard deadline for the whole exchange (a provider
 that drips its headers cannot hold the audit past `timeout`), no env proxies, no redirects, a
 byte cap, and URLs without credentials in every logged error. Every answer, fresh or read back
 from the log on resume, is checked by `validate_answer` against what was asked before any of it
@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from .. import http
 from ..canonical import json_digest
 from ..errors import OutboundError
+from ..web import http
 from . import AuditError, AuditUsageError
 
 log = logging.getLogger("specguard.audit.client")

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..canonical import canonical_json, tagged_hash
 from ..errors import ParseError, VerificationError
-from ..http import redact_url
+from ..web.http import redact_url
 from . import AuditUsageError
 from .client import ProviderClient, ProviderFault, validate_answer
 from .monitor_stats import (

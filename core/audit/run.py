@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.speculative import SpeculativeEngine
-from ..http import redact_url
 from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
+from ..web.http import redact_url
 from . import AuditError, AuditUsageError, calibrate
 from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
 from .rescore import align_text, rescore

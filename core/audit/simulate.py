@@ -29,8 +29,8 @@ from ..canonical import json_digest
 from ..engine.speculative import SpeculativeEngine
 from ..errors import SpecguardError
 from ..models import LoadedModel
-from ..server.base import create_base_app
 from ..transcript import SamplingParams
+from ..web.base import create_base_app
 from .substitutes import Substitute, apply_substitute, mixed_in
 from .tokens import TokenMap
 
@@ -188,7 +188,7 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
 
 def serve(app: FastAPI, host: str, port: int, limits: Any = None) -> None:
     """Run the app with uvicorn (blocking), behind the same connection limits as every server
-    (`specguard.server.base.run_uvicorn`: header and idle timeouts, connection caps)."""
-    from ..server.base import run_uvicorn
+    (`specguard.web.base.run_uvicorn`: header and idle timeouts, connection caps)."""
+    from ..web.base import run_uvicorn
 
     run_uvicorn(app, host, port, limits=limits)

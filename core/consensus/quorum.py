@@ -100,10 +100,10 @@ class GatherResult:
 
 
 def _post_one(url: str, body: dict[str, Any], timeout: float) -> Any:
-    # specguard.http: a hard deadline for the whole exchange, no env proxies, no redirects, a
+    # specguard.web.http: a hard deadline for the whole exchange, no env proxies, no redirects, a
     # byte cap, and errors that name the URL without credentials
-    from .. import http
     from ..errors import DeadlineExceeded, OutboundError
+    from ..web import http
 
     try:
         headers = verifier_headers(url)  # this verifier's own key, never another's (credentials.py)
@@ -517,8 +517,8 @@ def _statement_of(envelope: dict[str, Any]) -> Any:
 
 def fetch_verifier_key(url: str, timeout: float = 5.0) -> bytes:
     """A verifier's public key from GET /specguard/v1/verifier/key (unauthenticated: TOFU only)."""
-    from .. import http
     from ..errors import OutboundError
+    from ..web import http
 
     shown = http.redact_url(url)
     headers = verifier_headers(url)  # verifiers started with --api-key guard this route too

@@ -105,7 +105,7 @@ class VerifierReplica:
             torch.set_num_threads(settings["threads"])
         from ..models import load_model
         from ..policies import load_policy
-        from ..server.base import load_api_keys
+        from ..web.base import load_api_keys
         from .config import key_value
         from .verifier_app import VerifierNode
 
@@ -186,7 +186,7 @@ def serve_pool(model_ref: str | None, *, role: str, host: str, port: int, policy
     import click
 
     from ..keys import home_dir
-    from ..server.base import API_KEY_ENV, server_security
+    from ..web.base import API_KEY_ENV, server_security
     from .config import allowed_nodes_from_env
 
     if role != "verifier":

@@ -12,7 +12,7 @@ hex (16..128 digits)}. The verifier
 3. checks that the transcript, request and response are the ones the receipt signs (binding
    digest, output ids digest, token-records root, request digest, subject digest);
 4. re-derives the prompt from the request through the pinned tokenizer and chat template (the
-   server's own code, `specguard.server.prompting`) and the sampling parameters from the request;
+   server's own code, `specguard.openai.prompting`) and the sampling parameters from the request;
 5. re-derives the transcript with its own copy of the model (`rederive.judge`);
 6. rebuilds the body an honest node would have sent for these output ids (text = decoding with
    stop trimming, logprobs = the re-derived ones, finish reason, usage) and compares it with the
@@ -306,7 +306,7 @@ class VerifierService:
     def _request_reasons(self, transcript: Transcript, client: Any,
                          signed_defaults: RequestDefaults | None = None) -> list[str]:
         """The request, through the pinned tokenizer and template, gives the prompt ids and parameters."""
-        from ..server import prompting
+        from ..openai import prompting
 
         out: list[str] = []
         limit = MAX_BYTES_PER_TOKEN * len(transcript.prompt_ids) + PROMPT_SLACK_BYTES
@@ -335,8 +335,8 @@ class VerifierService:
     def _body_reasons(self, req: VerifyRequest, client: Any, judgement: Judgement) -> list[str]:
         """The response body must be what an honest node sends for these output ids."""
         from ..engine.stops import cut_text
-        from ..server import prompting
-        from ..server.format import TokenText, chat_body, completion_body
+        from ..openai import prompting
+        from ..openai.format import TokenText, chat_body, completion_body
 
         t = req.transcript
         response = {k: v for k, v in req.response.items() if k != "specguard"}
@@ -369,7 +369,7 @@ class VerifierService:
 
 
 def _parse_client_request(obj: dict[str, Any]) -> Any:
-    from ..server.prompting import parse_request
+    from ..openai.prompting import parse_request
 
     try:
         return parse_request(obj)

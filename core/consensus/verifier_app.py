@@ -26,7 +26,7 @@ def create_app(node: NodeContext, *, api_keys: Iterable[str] = ()) -> Any:
     """A FastAPI app with /health, the consensus verifier routes and the node's attestation route,
     on the common server base (OpenAI error shape, streamed body limit, optional bearer auth)."""
     from ..plugin_manager import load_plugins
-    from ..server.base import create_base_app
+    from ..web.base import create_base_app
     from .config import MAX_BODY_BYTES
 
     app = create_base_app("specguard verifier", api_keys=api_keys, body_limit=MAX_BODY_BYTES)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the model and run the verifier with uvicorn."""
     from ..models import load_model
     from ..policies import load_policy
-    from ..server.base import add_server_arguments, limits_from_arguments, run_uvicorn, server_security
+    from ..web.base import add_server_arguments, limits_from_arguments, run_uvicorn, server_security
     from .config import ALLOWED_NODES_ENV, allowed_nodes_from_env, key_value
 
     parser = argparse.ArgumentParser(prog="python -m specguard.consensus.verifier_app")

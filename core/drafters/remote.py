@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .. import http
 from ..errors import RequestError, UsageError
 from ..hookspecs import hookimpl
 from ..transcript import SamplingParams
+from ..web import http
 from .base import Drafter, NoDrafter, Proposal
 from .health import REGISTRY, DrafterHealthRegistry, HealthPolicy, display_url
 
@@ -113,7 +113,7 @@ class RemoteDrafter(Drafter):
         self._session = None
         self._sent = []
         self._source = None
-        # a small bounded pool; every exchange ends by its step's deadline (specguard.http)
+        # a small bounded pool; every exchange ends by its step's deadline (specguard.web.http)
         self._client = http.client(timeouts=http.Timeouts.of(self.health.timeout_seconds), max_connections=2,
                                    headers=self._headers, cacert=http.cacert_for(self.url))
         self.fallback.start(prompt_ids, params)

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..errors import UsageError
-from ..server.errors import QueueFullError
-from ..server.metrics import ServerMetrics
+from ..web.errors import QueueFullError
+from ..web.metrics import ServerMetrics
 
 
 class ConcurrencyLimiter:

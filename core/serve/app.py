@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from fastapi import FastAPI
 
 from .. import __version__
+from ..openai.format import TokenText
 from ..plugin_manager import load_plugins, pm
-from ..server.base import MAX_BODY_BYTES, create_base_app
-from ..server.format import TokenText
+from ..web.base import MAX_BODY_BYTES, create_base_app
 from .node import Node
 from .routes import RECEIPT_HEADER, TOKEN_HEADER, pin_model_enum, router
 from .stream import ServeState

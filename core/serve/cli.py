@@ -11,14 +11,14 @@ from typing import Any
 
 import click
 
-from .. import http
 from ..defaults import RunDefaults, available_cpus, choose_defaults, llamacpp_drafter_available
 from ..engine.factory import drafter_names, engine_names
 from ..outbound_args import cacert_option
 from ..plugin_manager import require_all_loaded
 from ..policies import load_policy
 from ..progress import phase
-from ..server.base import run_uvicorn, server_options, server_security
+from ..web import http
+from ..web.base import run_uvicorn, server_options, server_security
 from .app import create_app
 from .config import ServeConfig
 from .draft_server import draft_serve_command

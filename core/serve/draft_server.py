@@ -39,8 +39,8 @@ from ..drafters.base import Drafter
 from ..engine.factory import make_drafter
 from ..errors import UsageError
 from ..models import LoadedModel, load_model
-from ..server.base import create_base_app, parse_bearer, run_uvicorn, server_options, server_security
 from ..transcript import SamplingParams
+from ..web.base import create_base_app, parse_bearer, run_uvicorn, server_options, server_security
 
 MAX_K = 64
 #: request bodies are token-id lists; 4 MiB holds far more than any context

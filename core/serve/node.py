@@ -30,7 +30,7 @@ from ..engine.interface import Engine
 from ..keys import home_dir, load_or_create_node_key
 from ..models import LoadedModel, load_model
 from ..policies import Policy, load_policy
-from ..server.metrics import ServerMetrics
+from ..web.metrics import ServerMetrics
 from .admission import ConcurrencyLimiter
 from .config import ServeConfig
 from .generator import BatchedGenerator, Generator, ThreadedGenerator

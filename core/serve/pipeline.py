@@ -24,13 +24,13 @@ from starlette.requests import Request
 
 from ..attest.receipts import new_receipt_secret
 from ..errors import PluginError, RequestError
+from ..openai import prompting
+from ..openai.format import TokenText, chat_body, completion_body
+from ..openai.resolved import ResolvedRequest, check_request_shape, resolve_request
+from ..openai.schema import ChatCompletionRequest, CompletionRequest, dump_request
 from ..plugin_manager import pm
-from ..server import prompting
-from ..server.errors import ContextLengthError, ModelNotFoundError
-from ..server.format import TokenText, chat_body, completion_body
-from ..server.openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
-from ..server.resolved import ResolvedRequest, check_request_shape, resolve_request
 from ..transcript import SamplingParams, Step, Transcript
+from ..web.errors import ContextLengthError, ModelNotFoundError
 from .generator import GenerationJob
 from .node import Node
 

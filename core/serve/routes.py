@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel
 
 from ..drafters.health import drafter_health
-from ..server.base import parse_bearer
-from ..server.errors import error_response
-from ..server.metrics import CONTENT_TYPE
-from ..server.openai_schema import ChatCompletionRequest, CompletionRequest
+from ..openai.schema import ChatCompletionRequest, CompletionRequest
+from ..web.base import parse_bearer
+from ..web.errors import error_response
+from ..web.metrics import CONTENT_TYPE
 from .pipeline import ClientGone, Finalized, GenerationRun, Item, Prepared, check_prompt_size, prepare
 from .stream import ServeState, sse_body
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import anyio
 
 from ..errors import SpecguardError
-from ..server.errors import error_body, status_of
-from ..server.format import TokenText, finish_reason, usage
-from ..server.streaming import DONE, ChunkMaker, TextDeltas, sse
+from ..openai.format import TokenText, finish_reason, usage
+from ..openai.streaming import DONE, ChunkMaker, TextDeltas, sse
 from ..transcript import Transcript
+from ..web.errors import error_body, status_of
 from .node import Node
 from .pipeline import Finalized, Item, Prepared, finalize
 

@@ -224,7 +224,7 @@ def canonical_request(path: str) -> dict[str, Any]:
     "messages", else completion), every default filled in (`dump_request`)."""
     from pydantic import ValidationError as PydanticError
 
-    from specguard.server.openai_schema import ChatCompletionRequest, CompletionRequest, dump_request
+    from specguard.openai.schema import ChatCompletionRequest, CompletionRequest, dump_request
 
     data = Path(path).read_bytes()
     obj = loads_strict(data, "request")
@@ -251,7 +251,7 @@ def _load(model_ref: str) -> Any:
 
 def _request_prompt_ids(model: Any, request: dict[str, Any]) -> list[int]:
     """The request through the model's tokenizer and chat template, as the node does (server prompting)."""
-    from specguard.server import prompting
+    from specguard.openai import prompting
 
     return prompting.prompt_ids(model, prompting.parse_request(request))
 
@@ -333,9 +333,9 @@ def log_group() -> None:
 
 
 def _get(url: str, path: str, params: dict[str, Any] | None = None) -> Any:
-    # specguard.http: hard deadline for the whole exchange, no env proxies, no redirects, byte cap
-    from specguard import http
+    # specguard.web.http: hard deadline for the whole exchange, no env proxies, no redirects, byte cap
     from specguard.errors import OutboundError
+    from specguard.web import http
 
     try:
         with http.client(timeouts=http.Timeouts.of(30.0), max_connections=1, cacert=http.cacert_for(url)) as client:

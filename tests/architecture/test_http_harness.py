@@ -15,7 +15,7 @@ import httpx
 from fastapi import FastAPI, Request
 from support.asgi import app_client
 
-from specguard import http as sg_http
+from specguard.web import http as sg_http
 
 TESTS = Path(__file__).resolve().parents[1]
 FORBIDDEN = re.compile(r"^\s*(from|import)\s+(fastapi|starlette)\.testclient\b", re.MULTILINE)
@@ -51,7 +51,7 @@ def test_app_client_is_plain_httpx_and_takes_httpx_timeouts() -> None:
 
 
 def test_specguards_client_runs_over_the_in_process_transport() -> None:
-    """specguard.http.request sets per-request httpx.Timeouts: the case that broke under httpx2."""
+    """specguard.web.http.request sets per-request httpx.Timeouts: the case that broke under httpx2."""
     inner = app_client(_echo_app())
     http = sg_http.client(transport=inner._transport)
     answer = sg_http.request(http, "POST", "http://testserver/echo", json={"b": [1, 2]}, timeout=5.0)

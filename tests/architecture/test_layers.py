@@ -22,8 +22,8 @@ PACKAGES = {"core": "specguard", "attest": "specguard.attest", "plugins": "specg
 FOUNDATION = {"specguard.errors", "specguard.canonical", "specguard.keys", "specguard.transcript"}
 #: third-party packages that make a module something other than a pure evidence library
 NOT_IN_ATTEST = {"click", "fastapi", "starlette", "uvicorn", "httpx", "torch", "transformers", "pluggy",
-                 "specguard.plugin_manager", "specguard.hookspecs", "specguard.plugins", "specguard.server",
-                 "specguard.cli", "specguard.engine", "specguard.models", "specguard.serve"}
+                 "specguard.plugin_manager", "specguard.hookspecs", "specguard.plugins", "specguard.serve", "specguard.web", "specguard.openai",
+                 "specguard.cli", "specguard.engine", "specguard.models"}
 
 
 def _module_name(path: Path) -> str:
@@ -134,3 +134,20 @@ def test_serve_is_imported_only_by_the_cli():
 
 def test_the_cli_reaches_the_serving_process():
     assert "specguard.serve.cli" in GRAPH["specguard.cli"] and "specguard.serve.app" in GRAPH
+
+
+#: the shared floors under the serving process, verifiers and audits, and what each may import from specguard
+FLOORS = {
+    "specguard.web": ("specguard.web", "specguard.errors"),
+    "specguard.openai": ("specguard.openai", "specguard.web", "specguard.errors", "specguard.transcript",
+                         "specguard.attest", "specguard.models"),
+}
+
+
+@pytest.mark.parametrize("floor", sorted(FLOORS))
+def test_web_and_openai_import_nothing_above_them(floor):
+    allowed = FLOORS[floor]
+    modules = [m for m in GRAPH if _under(m, floor)]
+    assert modules, f"{floor} has no modules"
+    bad = sorted((m, i) for m in modules for i in _specguard(GRAPH[m]) if not any(_under(i, a) for a in allowed))
+    assert not bad, f"{floor} imports above itself: {bad}; it may import only {sorted(allowed)}"

@@ -252,7 +252,7 @@ def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 def test_log_verify_over_http_and_locally(served, tmp_path: Path, monkeypatch, capsys) -> None:
     client, issuer, key = served
-    from specguard import http as specguard_http
+    from specguard.web import http as specguard_http
 
     class _Borrowed:  # the in-process app's client in place of a network one (kept open)
         def __enter__(self):

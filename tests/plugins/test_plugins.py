@@ -20,8 +20,8 @@ from specguard.engine.factory import drafter_names, make_drafter, make_engine
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import PluginError, RequestError, UsageError
 from specguard.hookspecs import hookimpl
+from specguard.openai.resolved import NodeDefaults, ResolvedRequest, resolve_request
 from specguard.plugin_manager import DEFAULT_PLUGINS, collect, get_plugins, load_plugins, pm
-from specguard.server.resolved import NodeDefaults, ResolvedRequest, resolve_request
 from specguard.transcript import SamplingParams
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

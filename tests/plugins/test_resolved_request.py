@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from specguard.errors import RequestError
-from specguard.server.errors import ContextLengthError
-from specguard.server.resolved import Message, NodeDefaults, ResolvedRequest, resolve_request
+from specguard.openai.resolved import Message, NodeDefaults, ResolvedRequest, resolve_request
+from specguard.web.errors import ContextLengthError
 
 DEFAULTS = NodeDefaults(max_tokens=256, context_length=1024)
 

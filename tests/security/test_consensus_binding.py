@@ -26,7 +26,7 @@ from specguard.consensus.quorum import QuorumError, ReceiptedResponse, request_c
 from specguard.consensus.rederive import ACCEPT
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
-from specguard.server.openai_schema import ChatCompletionRequest, dump_request
+from specguard.openai.schema import ChatCompletionRequest, dump_request
 
 TIMEOUT = 30.0
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Name two prime numbers."}], "max_tokens": 12,

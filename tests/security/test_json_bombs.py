@@ -77,7 +77,7 @@ def test_log_verify_with_a_huge_integer_from_the_log_exits_3(tmp_path, monkeypat
         content = ('{"consistency_proof": [], "index": ' + HUGE_INT + "}").encode()
         text = content.decode()
 
-    monkeypatch.setattr("specguard.http.request", lambda *a, **k: Answer())
+    monkeypatch.setattr("specguard.web.http.request", lambda *a, **k: Answer())
     with pytest.raises(ReceiptParseError):
         receipts_cli._get("http://127.0.0.1:9", "/log/proof/consistency")
 
@@ -99,8 +99,8 @@ def test_verifier_node_answers_400_to_a_huge_integer(tmp_path):
 
 
 def test_serving_node_answers_4xx_to_a_huge_integer(tmp_path):
-    from specguard.server.base import create_base_app
-    from specguard.server.openai_schema import ChatCompletionRequest
+    from specguard.openai.schema import ChatCompletionRequest
+    from specguard.web.base import create_base_app
 
     app = create_base_app("t")
 

@@ -27,11 +27,11 @@ from specguard.attest.checkpoint import verify_checkpoint
 from specguard.attest.receipts import response_digest
 from specguard.canonical import json_digest
 from specguard.models import load_model
+from specguard.openai import prompting
+from specguard.openai.schema import dump_request
 from specguard.serve.app import create_app
 from specguard.serve.config import ServeConfig
 from specguard.serve.node import Node
-from specguard.server import prompting
-from specguard.server.openai_schema import dump_request
 from specguard.transcript import ids_digest
 
 PROMPT = "Patient Alice Example has"

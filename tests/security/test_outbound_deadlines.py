@@ -16,7 +16,6 @@ import pytest
 from support.slowloris import RawServer, answer, drip, self_signed_tls
 from support.tiny import tiny_model
 
-from specguard import http
 from specguard.audit.client import ProviderClient
 from specguard.consensus.quorum import _post_one, fetch_verifier_key
 from specguard.drafters.base import NoDrafter
@@ -25,6 +24,7 @@ from specguard.drafters.remote import RemoteDrafter
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.errors import ConfigError, DeadlineExceeded, OutboundError, ResponseTooLarge, SpecguardError
 from specguard.transcript import SamplingParams
+from specguard.web import http
 
 GENEROUS = 30.0  # the only time bound asserted: far above every deadline used here
 

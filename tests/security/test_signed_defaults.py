@@ -19,7 +19,7 @@ from support.consensus_node import Served, build_body
 from support.receipt_factory import run_cli, write_json
 from support.servers import make_tiny_model_dir
 
-import specguard.server.resolved as resolved
+import specguard.openai.resolved as resolved
 from specguard.attest.receipts import ReceiptIssuer
 from specguard.attest.request_defaults import (
     ExpectedDefaults,
@@ -33,12 +33,12 @@ from specguard.consensus.service import VerifierService
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
+from specguard.openai import prompting
+from specguard.openai.schema import dump_request
 from specguard.policies.model import policy_from_dict
 from specguard.serve.app import create_app
 from specguard.serve.config import ServeConfig
 from specguard.serve.node import Node
-from specguard.server import prompting
-from specguard.server.openai_schema import dump_request
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Is ibuprofen safe every day?"}],
         "temperature": 0}  # no max_tokens: the node's default decides

@@ -25,7 +25,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from support.servers import free_port
 
-from specguard import http
 from specguard.audit.client import ProviderClient
 from specguard.cli import _register_plugin_commands, cli
 from specguard.consensus import quorum
@@ -33,6 +32,7 @@ from specguard.drafters.health import DrafterHealthRegistry
 from specguard.drafters.remote import RemoteDrafter
 from specguard.errors import OutboundError, SpecguardError
 from specguard.transcript import SamplingParams
+from specguard.web import http
 
 VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
 

@@ -294,8 +294,8 @@ def gguf_setup(tmp_path_factory):
 
 def llamacpp_served(lm, engine, issuer, req: dict, change=None):
     """A llama.cpp node's signed answer to `req` (the server's prompting; `change` alters the transcript)."""
-    from specguard.server import prompting
-    from specguard.server.openai_schema import dump_request
+    from specguard.openai import prompting
+    from specguard.openai.schema import dump_request
 
     parsed = prompting.parse_request(req)
     ids = prompting.prompt_ids(lm, parsed)

@@ -30,7 +30,7 @@ from specguard.consensus.rederive import first_stop_prefix
 from specguard.consensus.vote import verify_vote
 from specguard.keys import load_or_create_node_key
 from specguard.models import load_model
-from specguard.server.openai_schema import CompletionRequest, dump_request
+from specguard.openai.schema import CompletionRequest, dump_request
 from specguard.transcript import SamplingParams, TokenRecord, Transcript
 
 STOP = "@@never-in-this-output@@"

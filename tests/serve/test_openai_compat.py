@@ -17,11 +17,11 @@ from support.servers import make_tiny_model_dir
 from specguard.attest.receipts import request_digest, verify_receipt
 from specguard.canonical import json_digest
 from specguard.models import load_model
+from specguard.openai.prompting import parse_request
+from specguard.openai.schema import ChatCompletionRequest, dump_request
 from specguard.serve.app import create_app
 from specguard.serve.config import ServeConfig
 from specguard.serve.node import Node
-from specguard.server.openai_schema import ChatCompletionRequest, dump_request
-from specguard.server.prompting import parse_request
 
 MODEL = "tiny"
 #: options this server cannot honour, sent with values that change nothing (left out of receipts)

@@ -16,8 +16,8 @@ from specguard.serve.admission import ConcurrencyLimiter
 from specguard.serve.app import create_app
 from specguard.serve.config import ServeConfig
 from specguard.serve.node import Node
-from specguard.server.errors import QueueFullError
-from specguard.server.metrics import Counter, Histogram
+from specguard.web.errors import QueueFullError
+from specguard.web.metrics import Counter, Histogram
 
 MODEL = "tiny"
 
@@ -290,7 +290,7 @@ def test_metrics_exposition_format():
 
 
 def test_text_deltas_hold_back_partial_characters_and_stop_prefixes(node):
-    from specguard.server.streaming import TextDeltas
+    from specguard.openai.streaming import TextDeltas
 
     text = "naïve 日本語 text, then STOP here"
     ids = node.model.encode(text)

@@ -1,4 +1,4 @@
-"""The one server base (specguard.server.base) under all four apps: the serving node, the
+"""The one server base (specguard.web.base) under all four apps: the serving node, the
 standalone verifier, the drafting server and the simulated audit provider answer in the same
 OpenAI error shape, count bodies as they stream in (chunked bodies cannot skip the limit), and
 take the same optional bearer auth. Tokenizing happens inside admission control."""
@@ -15,7 +15,7 @@ from specguard.errors import UsageError
 from specguard.models import load_model
 from specguard.serve.config import ServeConfig
 from specguard.serve.node import Node
-from specguard.server.base import key_matches, load_api_keys, parse_bearer, server_security
+from specguard.web.base import key_matches, load_api_keys, parse_bearer, server_security
 
 KEY = "base-test-key-0123456789"
 SHAPE = {"message", "type", "param", "code"}
@@ -63,7 +63,7 @@ def _chunks(total: int, piece: int = 1 << 20) -> Iterator[bytes]:
 def test_four_apps_one_error_shape_and_a_streamed_body_limit(model, node, tmp_path_factory):
     from specguard.consensus.config import MAX_BODY_BYTES as VERIFIER_LIMIT
     from specguard.serve.draft_server import MAX_BODY_BYTES as DRAFT_LIMIT
-    from specguard.server.base import MAX_BODY_BYTES
+    from specguard.web.base import MAX_BODY_BYTES
 
     limits = {"serve": MAX_BODY_BYTES, "verifier": VERIFIER_LIMIT, "draft": DRAFT_LIMIT, "simulate": MAX_BODY_BYTES}
     for name, app, path in _apps(model, node, tmp_path_factory):

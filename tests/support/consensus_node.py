@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from specguard.engine.speculative import SpeculativeEngine
+from specguard.openai import prompting
+from specguard.openai.format import TokenText, chat_body, completion_body
+from specguard.openai.schema import dump_request
 from specguard.policies.model import policy_from_dict
-from specguard.server import prompting
-from specguard.server.format import TokenText, chat_body, completion_body
-from specguard.server.openai_schema import dump_request
 from specguard.transcript import Transcript
 
 

@@ -11,7 +11,7 @@ server and the simulated audit provider.
 
 `server_options` / `ServerSecurity` add the same command-line options to every server command:
 `--api-key`, `--api-keys FILE` (or `SPECGUARD_API_KEY`), `--ssl-certfile`, `--ssl-keyfile`, and the
-connection limits of `specguard.server.connections` (`--max-connections`,
+connection limits of `specguard.web.connections` (`--max-connections`,
 `--max-connections-per-client`, `--header-timeout`, `--idle-timeout`, `--trusted-proxy`);
 `run_uvicorn` starts uvicorn with them, behind the connection guard, with forwarded headers
 trusted only from the named proxies and secrets in query strings redacted from the access log.

@@ -41,7 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpcore
 import httpx
 
-from .errors import DeadlineExceeded, OutboundError, ResponseTooLarge
+from ..errors import DeadlineExceeded, OutboundError, ResponseTooLarge
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -274,7 +274,7 @@ def _install_deadline(transport: httpx.HTTPTransport) -> None:
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if backend is None:  # an httpx/httpcore release that moved these: fail loudly, never run unbounded
-        raise RuntimeError("specguard.http cannot install its deadline backend on this httpx version")
+        raise RuntimeError("specguard.web.http cannot install its deadline backend on this httpx version")
     if not isinstance(backend, _DeadlineBackend):
         pool._network_backend = _DeadlineBackend(backend)
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 from ..attest.request_defaults import RequestDefaults, resolve_max_tokens
 from ..errors import RequestError
 from ..transcript import SamplingParams
+from ..web.errors import ContextLengthError
 from . import prompting
-from .errors import ContextLengthError
-from .openai_schema import ChatCompletionRequest, CompletionRequest
+from .schema import ChatCompletionRequest, CompletionRequest
 
 Endpoint = Literal["chat", "completion"]
 MaxTokensSource = Literal["max_tokens", "max_completion_tokens", "node_default", "completion_default"]

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-log = logging.getLogger("specguard.server.connections")
+log = logging.getLogger("specguard.web.connections")
 
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_PER_CLIENT = 64

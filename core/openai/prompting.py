@@ -16,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 from ..attest.request_defaults import params_from_request
 from ..errors import RequestError
 from ..transcript import SamplingParams
-from .openai_schema import ChatCompletionRequest, CompletionRequest
+from .schema import ChatCompletionRequest, CompletionRequest
 
 
 def parse_request(obj: Any) -> ChatCompletionRequest | CompletionRequest:
