@@ -99,9 +99,9 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 
 
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
-    from _servers import completion_body, free_port, start_process
-
     from specguard.server.openai_schema import CompletionRequest, dump_request
+    from specguard.testing.processes import free_port, start_process
+    from specguard.testing.responses import response_body
 
     root = Path(tempfile.mkdtemp(prefix="specguard-consensus-bench-"))
     homes = [root / f"v{i}" for i in range(n_verifiers)]
@@ -120,7 +120,7 @@ def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[o
             # what the server does: the canonical request and the body the receipt signs, sent to the verifiers
             request_obj = dump_request(CompletionRequest.model_validate(
                 {"model": "bench", "prompt": list(ids), "max_tokens": tokens, "temperature": 0, "logprobs": 5}))
-            body = completion_body(target, request_obj, t, served_name="bench")
+            body = response_body(target, request_obj, t, served_name="bench", response_id="cmpl-bench")
             start = time.perf_counter()
             receipt = issuer.issue(t, request_obj, body, {}, policy)
             receipt_s = time.perf_counter() - start
