@@ -16,7 +16,6 @@ Writes section "consensus" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from _report import table, write_section  # noqa: E402
+from _spec_bench import by_category
 
 from specguard.attest.receipts import ReceiptIssuer  # noqa: E402
 from specguard.consensus.quorum import request_certificate  # noqa: E402
@@ -41,15 +41,10 @@ from specguard.models import load_model  # noqa: E402
 from specguard.policies import load_policy  # noqa: E402
 from specguard.transcript import SamplingParams  # noqa: E402
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
-
 
 def sample(n: int) -> list[str]:
     """n first-turn questions, round-robin over the Spec-Bench categories (deterministic)."""
-    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
-    by_cat: dict[str, list[str]] = {}
-    for row in rows:
-        by_cat.setdefault(row["category"], []).append(row["turns"][0])
+    by_cat = by_category()
     cats = sorted(by_cat)
     return [by_cat[cats[i % len(cats)]][i // len(cats)] for i in range(n)]
 

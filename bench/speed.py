@@ -18,7 +18,6 @@ flips are counted). Writes the `--section` ("speed-issue12") section of docs/ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 from _report import table, write_section  # noqa: E402
+from _spec_bench import by_category
 
 from specguard.engine.factory import make_drafter  # noqa: E402
 from specguard.engine.sampling import NEAR_TIE_EPSILON  # noqa: E402
@@ -38,12 +38,6 @@ from specguard.engine.scoring import score  # noqa: E402
 from specguard.engine.speculative import SpeculativeEngine  # noqa: E402
 from specguard.models import load_model  # noqa: E402
 from specguard.transcript import SamplingParams  # noqa: E402
-
-#: Spec-Bench's questions: SPECGUARD_SPEC_BENCH, else shared/data/spec_bench next to the checkout or in /work
-_SPEC_BENCH = Path("data") / "spec_bench" / "question.jsonl"
-_ROOTS = (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
-QUESTIONS = Path(os.environ.get("SPECGUARD_SPEC_BENCH")
-                 or next((r / _SPEC_BENCH for r in _ROOTS if (r / _SPEC_BENCH).is_file()), _ROOTS[0] / _SPEC_BENCH))
 
 
 @dataclass
@@ -63,10 +57,7 @@ class Run:
 
 
 def sample(per_category: int, categories: list[str] | None = None) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
-    by_cat: dict[str, list[str]] = {}
-    for row in rows:
-        by_cat.setdefault(row["category"], []).append(row["turns"][0])
+    by_cat = by_category()
     unknown = sorted(set(categories or ()) - set(by_cat))
     if unknown:
         raise SystemExit(f"unknown Spec-Bench categories {unknown}; known: {sorted(by_cat)}")
