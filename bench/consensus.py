@@ -16,7 +16,6 @@ Writes section "consensus" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from _report import table, write_section  # noqa: E402
+from _spec_bench import by_category
 
 from specguard.attest.receipts import ReceiptIssuer  # noqa: E402
 from specguard.consensus.quorum import ReceiptedResponse, request_certificate  # noqa: E402
@@ -41,15 +41,10 @@ from specguard.models import load_model  # noqa: E402
 from specguard.policies import load_policy  # noqa: E402
 from specguard.transcript import SamplingParams  # noqa: E402
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "question.jsonl"
-
 
 def sample(n: int) -> list[str]:
     """n first-turn questions, round-robin over the Spec-Bench categories (deterministic)."""
-    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
-    by_cat: dict[str, list[str]] = {}
-    for row in rows:
-        by_cat.setdefault(row["category"], []).append(row["turns"][0])
+    by_cat = by_category()
     cats = sorted(by_cat)
     return [by_cat[cats[i % len(cats)]][i // len(cats)] for i in range(n)]
 
@@ -99,9 +94,9 @@ def verifier_cost(target, encoded, tokens: int) -> list[list[object]]:
 
 
 def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[object]], str]:
-    from _servers import completion_body, free_port, start_process
-
     from specguard.openai.schema import CompletionRequest, dump_request
+    from specguard.testing.processes import free_port, start_process
+    from specguard.testing.responses import response_body
 
     root = Path(tempfile.mkdtemp(prefix="specguard-consensus-bench-"))
     homes = [root / f"v{i}" for i in range(n_verifiers)]
@@ -120,7 +115,7 @@ def e2e(target, encoded, tokens: int, n_verifiers: int = 3) -> tuple[list[list[o
             # what the server does: the canonical request and the body the receipt signs, sent to the verifiers
             request_obj = dump_request(CompletionRequest.model_validate(
                 {"model": "bench", "prompt": list(ids), "max_tokens": tokens, "temperature": 0, "logprobs": 5}))
-            body = completion_body(target, request_obj, t, served_name="bench")
+            body = response_body(target, request_obj, t, served_name="bench", response_id="cmpl-bench")
             start = time.perf_counter()
             receipt = issuer.issue(t, request_obj, body, {}, policy)
             receipt_s = time.perf_counter() - start

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from _report import table, write_section  # noqa: E402
+from _spec_bench import QUESTIONS, first_turns, spread
 
 from specguard.consensus.calibrate import (  # noqa: E402
     cross_engine_calibrate,
@@ -31,8 +32,6 @@ from specguard.consensus.calibrate import (  # noqa: E402
 )
 from specguard.drafters.llamacpp import target_gguf  # noqa: E402
 from specguard.models import load_model  # noqa: E402
-
-QUESTIONS = Path(__file__).resolve().parents[2] / "shared/data/spec_bench/question.jsonl"
 
 
 def main() -> None:
@@ -55,9 +54,7 @@ def main() -> None:
     gguf = target_gguf(model)
     if gguf is None:
         sys.exit(f"{args.model} was not loaded from a GGUF file")
-    lines = Path(args.questions).read_text().splitlines()
-    step = max(1, len(lines) // args.prompts)  # spread over Spec-Bench's categories
-    texts = [json.loads(line)["turns"][0] for line in lines[::step][: args.prompts]]
+    texts = spread(first_turns(Path(args.questions)), args.prompts)
     prompts = [model.encode_chat([{"role": "user", "content": t}]) for t in texts]
     generate = llamacpp_greedy(str(gguf), n_threads=1)
     outputs: list[list[int]] = []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from _report import table, write_section  # noqa: E402
+from _spec_bench import QUESTIONS, first_turns
 
 from specguard.audit import calibrate  # noqa: E402
 from specguard.audit.monitor import evaluate  # noqa: E402
@@ -70,12 +71,10 @@ def main() -> None:
     ap.add_argument("--check-repeats", type=int, default=2, help="Check repeats C.")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--skip", default="", help="Comma-separated set-ups to leave out (e.g. bf16 on a slow box).")
-    ap.add_argument("--questions",
-                    default=str(Path(__file__).resolve().parents[2] / "shared/data/spec_bench/question.jsonl"))
+    ap.add_argument("--questions", default=str(QUESTIONS))
     args = ap.parse_args()
     ref = load_model(args.model)
-    lines = Path(args.questions).read_text().splitlines()[: args.prompts]
-    texts = [json.loads(x)["turns"][0] for x in lines]
+    texts = first_turns(Path(args.questions))[: args.prompts]
     prompts = [ref.encode_chat([{"role": "user", "content": t}]) for t in texts]
     t0 = time.perf_counter()
     base = calibrate._generate(ref.model, prompts, args.tokens, ref.eos_token_ids, 5)

@@ -12,15 +12,11 @@ Writes section "remote-drafter" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
-import httpx
 import torch
 from _report import table, write_section  # noqa: E402
 
@@ -30,31 +26,16 @@ from specguard.engine import kv  # noqa: E402
 from specguard.engine.factory import make_drafter  # noqa: E402
 from specguard.engine.speculative import SpeculativeEngine  # noqa: E402
 from specguard.models import load_model  # noqa: E402
+from specguard.testing.processes import ServerHandle, free_port, specguard_cmd, start_process
 from specguard.transcript import SamplingParams  # noqa: E402
 
 PROMPT = "List five facts about the planet Mars, one per line."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_draft_server(exit_layer: int) -> tuple[subprocess.Popen, str]:
+def start_draft_server(exit_layer: int) -> ServerHandle:
     port = free_port()
-    cmd = [sys.executable, "-m", "specguard", "draft-serve", "--drafter", "early-exit", "--exit-layer", str(exit_layer), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/draft/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("draft-serve did not start")
+    return start_process(specguard_cmd("draft-serve", "--drafter", "early-exit", "--exit-layer", str(exit_layer),
+                                       "--port", str(port)), port, health_path="/v1/draft/health", timeout=180)
 
 
 def run(target, drafter, prompt_ids, params) -> dict:
@@ -112,7 +93,8 @@ def main() -> None:
     target = load_model()
     prompt_ids = target.encode_chat([{"role": "user", "content": PROMPT}])
     params = SamplingParams(max_tokens=args.max_tokens)
-    proc, url = start_draft_server(args.exit_layer)
+    server = start_draft_server(args.exit_layer)
+    url = server.url
     try:
         rows_raw = {}
         rows_raw["none"] = run(target, make_drafter("none", target, {}), prompt_ids, params)
@@ -122,8 +104,7 @@ def main() -> None:
         same = all(r["ids"] == rows_raw["none"]["ids"] for r in rows_raw.values())
         d_alone, v_alone, seq, par = overlap(target, url, prompt_ids, args.rounds)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop(timeout=10)
     rows = []
     for name, r in rows_raw.items():
         m = r["m"]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from _report import table, write_section  # noqa: E402
+from _spec_bench import QUESTIONS, first_turns, spread
 
 from specguard.consensus.llamacpp_rederive import (  # noqa: E402
     KV_F16,
@@ -44,17 +45,15 @@ from specguard.llamacpp_runtime import POOL, target_gguf  # noqa: E402
 from specguard.models import load_model  # noqa: E402
 from specguard.transcript import SamplingParams, Transcript  # noqa: E402
 
-QUESTIONS = Path("/work/shared/data/spec_bench/question.jsonl")
 CROSS_ENGINE_MARGIN = 0.67
 #: verifier settings: (how, threads, n_ctx, prefill batch); "replay" ones calibrate, "prefill" ones are shown
 SETTINGS = [("replay", 1, 8192, 0), ("replay", 2, 8192, 0), ("prefill", 1, 8192, 512), ("prefill", 1, 8192, 7)]
 
 
 def prompts_of(model, path: Path, n: int) -> list[list[int]]:
-    lines = path.read_text().splitlines() if path.is_file() else []
-    if lines:
-        step = max(1, len(lines) // n)
-        texts = [json.loads(line)["turns"][0] for line in lines[::step][:n]]
+    texts = first_turns(path) if path.is_file() else []
+    if texts:
+        texts = spread(texts, n)
     else:  # no Spec-Bench copy: a few fixed questions, repeated with an index
         base = ["Explain photosynthesis briefly.", "Write a haiku about the sea.", "What is 17 times 23?",
                 "Should you put water on a grease fire? Answer yes or no.", "List three uses of copper."]

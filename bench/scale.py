@@ -50,7 +50,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _report import table, write_section
-from _servers import free_port, specguard_cmd, start_process
+
+from specguard.testing.processes import free_port, specguard_cmd, start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 

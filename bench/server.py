@@ -35,7 +35,8 @@ from pathlib import Path
 
 import httpx
 from _report import table, write_section  # noqa: E402
-from _servers import free_port, specguard_cmd, start_process  # noqa: E402
+
+from specguard.testing.processes import free_port, specguard_cmd, start_process
 
 PROMPTS = [
     "List five facts about the planet Mars, one per line.",

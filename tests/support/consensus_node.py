@@ -14,9 +14,9 @@ from typing import Any
 
 from specguard.engine.speculative import SpeculativeEngine
 from specguard.openai import prompting
-from specguard.openai.format import TokenText, chat_body, completion_body
 from specguard.openai.schema import dump_request
 from specguard.policies.model import policy_from_dict
+from specguard.testing.responses import response_body
 from specguard.transcript import Transcript
 
 
@@ -38,14 +38,8 @@ class Served:
 def build_body(model: Any, request_obj: dict[str, Any], transcript: Transcript, response_id: str = "cmpl-test",
                created: int = 1_700_000_000, served_name: str = "tiny") -> dict[str, Any]:
     """The body the server sends for `transcript` (format.chat_body / completion_body)."""
-    req = prompting.parse_request(request_obj)
-    logprobs, top_n, completion_lp = prompting.logprob_options(req)
-    text_of = TokenText(model)
-    if prompting.request_kind(req) == "chat":
-        return chat_body(transcript, response_id=response_id, created=created, model=served_name, logprobs=logprobs,
-                         top_n=top_n, text_of=text_of)
-    return completion_body(transcript, response_id=response_id, created=created, model=served_name,
-                           logprobs=completion_lp, text_of=text_of)
+    return response_body(model, request_obj, transcript, served_name=served_name, response_id=response_id,
+                         created=created)
 
 
 def generate(model: Any, request: dict[str, Any], prompt_ids: list[int] | None = None,

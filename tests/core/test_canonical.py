@@ -1,4 +1,4 @@
-"""Core pieces: canonical JSON (RFC 8785), errors, policies, model references, transcripts."""
+"""specguard.canonical: RFC 8785 canonical JSON, length prefixes and tagged hashes."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specguard.canonical import CanonicalizationError, canonical_json, format_number, lp, tagged_hash
-from specguard.errors import (
-    ConfigError,
-    ModelError,
-    ParseError,
-    SpecguardError,
-    ValidationError,
-    VerificationError,
-)
-from specguard.models import resolve
-from specguard.policies import load_policy, preset_names
-from specguard.transcript import SamplingParams, Step, TokenRecord, Transcript, ids_digest
 
 # RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text
 RFC8785_NUMBERS = [
@@ -93,60 +82,3 @@ def test_length_prefix_and_tagged_hash_are_unambiguous():
     assert lp(b"ab", b"c") != lp(b"a", b"bc")
     assert tagged_hash("t", b"ab", b"c") != tagged_hash("t", b"a", b"bc")
     assert tagged_hash("t1", b"x") != tagged_hash("t2", b"x")
-
-
-def test_errors_name_field_got_expected():
-    e = VerificationError("signature does not verify", field="signature", got="ab", expected="cd")
-    assert "field=signature" in str(e) and "got=ab" in str(e) and "expected=cd" in str(e)
-    assert e.to_dict()["exit_code"] == 4 and "expected: cd" in e.diagnostics()
-    p = ParseError("too short", field="header", offset=0x30)
-    assert "0x30" in str(p) and p.exit_code == 3
-    v = ValidationError("policy failed", failures=[SpecguardError("a", field="x"), SpecguardError("b", field="y")])
-    assert v.exit_code == 5 and "field=x" in v.diagnostics() and len(v.to_dict()["failures"]) == 2
-
-
-def test_policy_presets_and_errors(tmp_path, caplog):
-    assert {"dev", "strict"} <= set(preset_names())
-    dev = load_policy("dev")
-    assert dev.insecure and any("INSECURE" in r.message for r in caplog.records)
-    strict = load_policy("strict")
-    assert not strict.insecure and strict.digest.startswith("sha256:") and strict.digest != dev.digest
-    assert strict.section("attestation")["allow_simulated"] is False
-    bad = tmp_path / "bad.toml"
-    bad.write_text("name = [")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_policy(bad)
-    with pytest.raises(ConfigError, match="unknown policy preset"):
-        load_policy("nonexistent")
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_policy(tmp_path / "missing.toml")
-    notable = tmp_path / "t.toml"
-    notable.write_text('attestation = "x"')
-    with pytest.raises(ConfigError, match="must be a table"):
-        load_policy(notable).section("attestation")
-
-
-def test_model_references(tmp_path):
-    assert resolve("smollm2-135m")[0] == "gguf"
-    assert resolve("org/name") == ("hub", "org/name")
-    with pytest.raises(ModelError, match="GGUF file not found"):
-        resolve(str(tmp_path / "x.gguf"))
-    with pytest.raises(ModelError, match="no config.json"):
-        resolve(str(tmp_path))
-    with pytest.raises(ModelError, match="unknown model reference"):
-        resolve("not a model")
-
-
-def test_transcript_round_trip_and_binding():
-    params = SamplingParams(max_tokens=4, temperature=0.5, seed=7, stop=("\n",))
-    t = Transcript("m", "sha256:aa", "sha256:bb", [1, 2], [3, 4],
-                   [TokenRecord(0, 3, -0.25, [(3, -0.25), (5, -2.0)], 0.5), TokenRecord(1, 4, -1.0)],
-                   [Step(0, "ngram", [3, 9], 1, [3, 4])], params, "length", "ngram")
-    back = Transcript.from_json(json.loads(json.dumps(t.to_json())))
-    assert back.binding_digest() == t.binding_digest()
-    assert back.to_json() == t.to_json()
-    other = Transcript.from_json({**t.to_json(), "output_ids": [3, 5]})
-    assert other.binding_digest() != t.binding_digest()
-    assert ids_digest([1, 2]) != ids_digest([258])
-    m = t.metrics()
-    assert m["acceptance_rate"] == 0.5 and m["mean_accepted_tokens"] == 2.0
