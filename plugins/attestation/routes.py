@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 
+from fastapi import FastAPI
+
 from specguard.attest.binding import MAX_NONCE, MIN_NONCE
+from specguard.context import NodeContext
 from specguard.node_evidence import node_evidence
 
 log = logging.getLogger("specguard.attest")
 
 
-def register(app, node):
+def register(app: FastAPI, node: NodeContext) -> None:
+    """The attestation route of a serving node."""
     from fastapi import HTTPException
 
     @app.get("/specguard/v1/attestation")

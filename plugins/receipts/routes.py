@@ -9,12 +9,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from specguard.attest import merkle
 from specguard.attest.receipts.issuer import ReceiptIssuer
 from specguard.attest.tlog import LogRangeError, TransparencyLog
+from specguard.context import NodeContext
 
 log = logging.getLogger("specguard.plugins.receipts")
 
@@ -24,7 +25,7 @@ API = "/specguard/v1"
 # --- HTTP routes ------------------------------------------------------------------------------
 
 
-def issuer_for(node: Any) -> ReceiptIssuer | None:
+def issuer_for(node: NodeContext | None) -> ReceiptIssuer | None:
     """The issuer the node was given (`node.receipts`), or None. Never creates or attaches one:
     services are passed in by whoever builds the node."""
     return node.receipts if node is not None else None
@@ -89,7 +90,7 @@ def _consistency(tlog: TransparencyLog, q: Mapping[str, str]) -> Any:
                          "checkpoint": tlog.checkpoint(new)})
 
 
-def register(app: Any, node: Any) -> None:
+def register(app: FastAPI, node: NodeContext) -> None:
     """The log and receipt routes of a node with a receipt issuer; nothing on a node without a log."""
     issuer = issuer_for(node)
     if issuer is None:  # a node without a log (e.g. a verifier-only process) serves no log routes
