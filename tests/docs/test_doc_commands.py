@@ -17,13 +17,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.paths import ROOT, SHARED
-from support.servers import ServerHandle, free_port, specguard_cmd, start_process
 
 DOCS = ("README.md", "docs/audit.md", "docs/consensus.md", "docs/attestation.md", "docs/scaling.md")
 SHELL_LANGS = {"sh", "bash", "console", "shell"}
@@ -67,7 +65,12 @@ def runnable(name: str) -> ShellBlock:
     return matches[0]
 
 
-RUN_BY_TESTS = {"readme_quick_start", "readme_generate", "attestation_vectors"}
+# name -> the test that runs it (the README's curl quick start runs in test_doc_examples.py, on the tiny model)
+RUN_BY_TESTS = {
+    "readme_quick_start": "tests/docs/test_doc_examples.py::test_readme_curl_quickstart_runs_as_printed",
+    "readme_generate": "tests/docs/test_doc_commands.py::test_readme_generate",
+    "attestation_vectors": "tests/docs/test_doc_commands.py::test_attestation_vectors",
+}
 
 
 def test_every_shell_block_is_run_or_marked():
@@ -76,7 +79,7 @@ def test_every_shell_block_is_run_or_marked():
     for block in (b for doc in DOCS for b in shell_blocks(doc) if b.marker == "not-run"):
         assert len(block.label) >= 10, f"{block.doc}:{block.line}: not-run needs a real reason, got {block.label!r}"
     named = {b.label for doc in DOCS for b in shell_blocks(doc) if b.marker == "runs-as-printed"}
-    assert named == RUN_BY_TESTS, f"runs-as-printed blocks without a test (or tests without a block): {named ^ RUN_BY_TESTS}"
+    assert named == set(RUN_BY_TESTS), f"runs-as-printed blocks without a test (or tests without a block): {named ^ set(RUN_BY_TESTS)}"
 
 
 def test_marker_parsing_catches_an_unmarked_block(tmp_path, monkeypatch):
@@ -111,28 +114,6 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    """`specguard serve` with its defaults (the default model), on a port the test picks."""
-    home = tmp_path_factory.mktemp("readme-server-home")
-    port = free_port()
-    server = start_process(specguard_cmd("serve", "--port", str(port), "--threads", "1"), port, env=_env(home),
-                           timeout=300.0)
-    yield server
-    server.stop()
-
-
-def test_readme_quick_start(default_server: ServerHandle, workdir: Path):
-    block = runnable("readme_quick_start")
-    assert "127.0.0.1:8000" in block.text
-    done = run_as_printed(block, workdir, workdir / "home",
-                          block.text.replace("127.0.0.1:8000", f"127.0.0.1:{default_server.port}"))
-    answer, verdict = done.stdout.rstrip("\n").rsplit("\n", 1)
-    assert answer.strip(), "the quick start prints the model's answer"
-    assert verdict.startswith("OK receipt "), done.stdout
-    assert json.loads((workdir / "receipt.json").read_text("utf-8")), "jq wrote the receipt"
-
-
 def test_readme_generate(workdir: Path):
     done = run_as_printed(runnable("readme_generate"), workdir, workdir / "home")
     answer, metrics = done.stdout.split("\n{\n", 1)
@@ -148,3 +129,77 @@ def test_attestation_vectors(tmp_path: Path):
     assert done.stdout.count("ok: True") == 2  # the SNP and NVIDIA vectors
     assert '"tcb_status": "UpToDate"' in done.stdout  # the TDX vector, --json
     assert "revocation not checked" in done.stderr  # strict fails closed on vectors without CRLs
+
+
+# --- synopsis blocks (plain ``` fences): every command and option they name exists --------------
+
+SYNOPSES = {"docs/audit.md": 9, "docs/attestation.md": 5}  # `specguard ...` lines in plain ``` blocks
+_SUBCOMMAND = re.compile(r"[a-z][a-z0-9-]*(\|[a-z][a-z0-9-]*)*")
+
+
+def synopsis_lines(doc: str) -> list[tuple[int, str]]:
+    """(line, text) of every `specguard ...` command in the doc's plain ``` blocks, continuations joined."""
+    lines = (ROOT / doc).read_text("utf-8").split("\n")
+    found, index = [], 0
+    while index < len(lines):
+        if not lines[index].startswith("```"):
+            index += 1
+            continue
+        end = _skip_to_fence_end(lines, index) + index
+        if lines[index] != "```":  # a fence with a language: not a synopsis
+            index = end + 1
+            continue
+        for number in range(index + 1, end):
+            if lines[number].startswith("specguard "):
+                command, cursor = lines[number], number
+                while command.rstrip().endswith("\\") and cursor + 1 < end:
+                    cursor += 1
+                    command = command.rstrip()[:-1].rstrip() + " " + lines[cursor].strip()
+                found.append((number + 1, command.split("#")[0]))
+        index = end + 1
+    return found
+
+
+def _skip_to_fence_end(lines: list[str], start: int) -> int:
+    return next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```")) - start
+
+
+def _help_texts(words: list[str]) -> str:
+    from click.testing import CliRunner
+
+    from specguard.cli import _register_plugin_commands, cli
+
+    _register_plugin_commands()
+    path: list[list[str]] = [[]]
+    for word in words:
+        if not _SUBCOMMAND.fullmatch(word):
+            break
+        path = [[*p, alternative] for p in path for alternative in word.split("|")]
+    texts = []
+    for argv in path:
+        result = CliRunner().invoke(cli, [*argv, "--help"])
+        assert result.exit_code == 0, f"`specguard {' '.join(argv)} --help` failed:\n{result.output}"
+        texts.append(result.output)
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_synopsis_commands_and_options_exist(doc: str):
+    synopses = synopsis_lines(doc)
+    assert doc not in SYNOPSES or len(synopses) == SYNOPSES[doc], (doc, synopses)
+    for line, command in synopses:
+        words = command.split()[1:]
+        if "..." in words[:2]:
+            continue
+        text = _help_texts(words)
+        options = {m for m in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", command)}
+        missing = sorted(o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text))
+        assert not missing, f"{doc}:{line}: `{' '.join(words[:3])}` has no option(s) {missing}"
+
+
+def test_synopsis_check_catches_a_missing_option(tmp_path, monkeypatch):
+    (tmp_path / "doc.md").write_text("```\nspecguard attest verify FILE [--no-such-option] \\\n    [--json]\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert synopsis_lines("doc.md") == [(2, "specguard attest verify FILE [--no-such-option] [--json]")]
+    with pytest.raises(AssertionError, match=r"doc.md:2: .*\['--no-such-option'\]"):
+        test_synopsis_commands_and_options_exist("doc.md")
