@@ -8,6 +8,8 @@ Every ```sh/```bash/```console/```shell block in DOCS carries one marker on the 
 A block with neither fails `test_every_shell_block_is_run_or_marked` (naming the doc and line).
 The only substitutions: the 127.0.0.1 port a test picks for a server the example assumes, a
 temporary HOME/SPECGUARD_HOME, and this venv's `specguard` first on PATH (and as `.venv/bin/`).
+Plain ``` blocks are synopses or output; each `specguard ...` synopsis line in them is checked
+against `--help`: the command exists and has every option it names.
 """
 
 from __future__ import annotations
