@@ -36,7 +36,7 @@ from ..canonical import canonical_json, tagged_hash
 from ..errors import ParseError, VerificationError
 from ..http import redact_url
 from . import AuditUsageError
-from .client import ProviderClient, ProviderFault, validate_answer
+from .client import ClientOptions, ProviderClient, ProviderFault, validate_answer
 from .monitor_stats import (
     ChangeResult,
     PromptTest,
@@ -110,8 +110,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _query(cfg: MonitorConfig, log_path: Path, transport: Any = None) -> list[dict[str, Any]]:
     """One answer per prompt: {"run": Run json} or {"problem": str}. Resumes from log_path."""
-    client = ProviderClient(cfg.base_url, cfg.model, log_path=log_path, api_key_env=cfg.api_key_env,
-                            timeout=cfg.timeout, max_retries=cfg.max_retries, transport=transport)
+    options = ClientOptions(api_key_env=cfg.api_key_env, timeout=cfg.timeout, max_retries=cfg.max_retries)
+    client = ProviderClient(cfg.base_url, cfg.model, log_path=log_path, options=options, transport=transport)
     out: list[dict[str, Any]] = []
     try:
         for prompt in cfg.prompts:

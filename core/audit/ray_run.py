@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import AuditError, AuditUsageError
-from .client import ProviderClient, request_key
+from .client import ClientOptions, ProviderClient, request_key
 
 # `.run` (torch, transformers) is imported where it is used: the query actors stay light
 
@@ -81,8 +81,8 @@ class ProviderQuery:
     """Ray Data stage 1 (actor pool): send one prompt's request, unless its answer is already known."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, timeout: float, max_retries: int) -> None:
-        self.client = _RecordingClient(base_url, model, api_key_env=api_key_env, timeout=timeout,
-                                       max_retries=max_retries)
+        self.client = _RecordingClient(base_url, model, options=ClientOptions(
+            api_key_env=api_key_env, timeout=timeout, max_retries=max_retries))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         answers, records, stats = [], [], []

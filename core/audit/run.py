@@ -20,7 +20,7 @@ from ..http import redact_url
 from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
 from . import AuditError, AuditUsageError, calibrate
-from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
+from .client import ENDPOINTS, ClientOptions, ProviderClient, ProviderFault, validate_for
 from .rescore import align_text, rescore
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
@@ -260,10 +260,9 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     # the null first: a class that cannot be used must stop the run before any query is paid for
     cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
     null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
-    client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
-                            api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
-                            max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint,
-                            setup_errors=not offline)
+    client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl", options=ClientOptions(
+        api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
+        max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint, setup_errors=not offline))
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
     staged = stage(cfg, client, reference, prompts, prompt_ids) if stage is not None and not offline else None
     per_prompt: list[dict[str, Any]] = []
