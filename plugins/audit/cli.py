@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -313,30 +314,28 @@ def monitor_group() -> None:
               help="INSECURE: use a baseline whose greedy repeats part beyond engine noise as the null (a provider "
                    "mixing models into the baseline can then switch unseen).")
 @click.option("--json", "as_json", is_flag=True, help="Print the baseline summary as JSON.")
-def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
-                             text_only, tolerance, api_key_env, timeout, max_retries, force, allow_nondeterministic,
-                             as_json) -> None:
+def monitor_baseline_command(store: str, force: bool, as_json: bool, **options: Any) -> None:
     """Measure the provider's answers and run-to-run noise; store the fingerprint."""
     from specguard.audit.monitor import MonitorConfig, create_baseline
-    from specguard.audit.run import load_prompts
 
-    cfg = MonitorConfig(base_url=base_url, model=model_name, prompts=load_prompts(prompts_file, n_prompts),
-                        repeats=repeats, max_tokens=max_tokens, top_logprobs=top_logprobs, logprobs=not text_only,
-                        tolerance=tolerance, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
-                        allow_nondeterministic=allow_nondeterministic)
+    cfg = MonitorConfig.from_cli(**options)
     out = create_baseline(cfg, Path(store), force=force)
     if as_json:
         click.echo(json.dumps(out, indent=1))
     else:
         click.echo(f"baseline: {out['answered']}/{out['asked']} answers ({out['mode']}), digest {out['digest']}")
         click.echo("keep the digest elsewhere and pass it to `check --baseline-digest` to pin this baseline")
+    _warn_nondeterministic(out, cfg.allow_nondeterministic)
+
+
+def _warn_nondeterministic(out: dict[str, Any], allowed: bool) -> None:
     det = out["determinism"]
     if not det["deterministic"]:
         click.echo(f"WARNING: non-deterministic baseline: greedy repeats part at decisive positions on "
                    f"{len(det['prompts'])} of {out['prompts']} prompts (margin up to "
                    f"{det['largest_divergence_margin']:.3g} nats, limit {det['threshold']:.3g}); "
                    + ("accepted as the null (--allow-nondeterministic): a provider mixing models into it can switch "
-                      "unseen" if allow_nondeterministic else "checks against it are inconclusive, never no_change"),
+                      "unseen" if allowed else "checks against it are inconclusive, never no_change"),
                    err=True)
 
 
@@ -357,14 +356,11 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
               help="Retries per request on 408/409/425/429/5xx, timeouts and connection errors.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo null.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (docs/audit.md).")
-def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, history_head, timeout,
-                          max_retries, seed, as_json) -> None:
+def monitor_check_command(store: str, as_json: bool, **options: Any) -> None:
     """Re-ask the baseline's prompts and test for a change. Exit 0 no change, 6 change, 1 inconclusive."""
-    from specguard.audit.monitor import EXIT_CODES, run_check
+    from specguard.audit.monitor import EXIT_CODES, CheckOptions, run_check
 
-    res = run_check(Path(store), repeats=repeats, alpha=alpha, base_url=base_url, api_key_env=api_key_env,
-                    baseline_digest=baseline_digest, history_head=history_head, timeout=timeout,
-                    max_retries=max_retries, seed=seed)
+    res = run_check(Path(store), CheckOptions.from_cli(**options))
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:
