@@ -39,6 +39,22 @@ def _print_json(data: dict) -> None:
     click.echo(json.dumps(clean(data), indent=1, allow_nan=False))
 
 
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """--extra-body: a JSON object (strict: no NaN, no duplicate keys), else a usage error naming the option."""
+    from specguard.attest.jsonio import loads_strict
+    from specguard.errors import ParseError
+
+    if not value:
+        return None
+    try:
+        parsed = loads_strict(value, "--extra-body")
+    except ParseError as exc:
+        raise click.BadParameter(f"not JSON: {exc.summary()}", param_hint="--extra-body") from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
+    return parsed
+
+
 @audit_group.command(name="run")
 @cacert_option
 @click.option("--base-url", default=None, help="Provider base URL, e.g. http://127.0.0.1:8000/v1 (one provider).")
@@ -61,7 +77,7 @@ def _print_json(data: dict) -> None:
               help="auto = cross-engine when calibrated (the provider's engine is unknown); bf16/fp32 = same engine.")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
               help="chat: /chat/completions; completions: the legacy /completions with the prompt as raw text.")
-@click.option("--extra-body", default=None,
+@click.option("--extra-body", default=None, callback=_json_object,
               help='JSON object merged into every request, e.g. \'{"repeat_penalty": 1.0}\' for llama.cpp servers.')
 @click.option("--calibration", default=None, help="Calibration JSON to use instead of measuring one.")
 @click.option("--calibration-prompts", type=int, default=8, show_default=True,
@@ -100,93 +116,97 @@ def _print_json(data: dict) -> None:
 @click.option("--ray", "ray_scorers", type=click.IntRange(0), is_flag=False, flag_value=0, default=None,
               metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
                                   "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
-def run_command(base_url, providers, model_name, reference, api_key_envs, prompts_file, budget, max_tokens, alpha,
-                top_logprobs, honest_class, endpoint, extra_body, calibration, calibration_prompts, margin,
-                min_effect_logprob, min_effect_tokens, mmd_samples, mmd_prompts, text_only, timeout, max_retries,
-                seeded_prompts, rut_prompts, rut_samples, sample_temperature, sample_top_p, sample_top_k, sample_seed,
-                max_cost, prices, as_json, out_dir, ray_scorers=None) -> None:
+def run_command(providers: tuple[str, ...], api_key_envs: tuple[str, ...], prices: tuple[str, ...],
+                max_cost: float | None, as_json: bool, out_dir: str, ray_scorers: int | None, **options: Any) -> None:
     """Audit a provider (or several); rerun the same command to resume.
 
     Exit 0 consistent, 4 substituted, 1 inconclusive (several providers: the worst), 2 bad usage."""
+    from specguard.audit.multi import EXIT_CODES, parse_named
+    from specguard.audit.run import AuditConfig
+
+    _check_targets(options["base_url"], providers, ray_scorers, max_cost)
+    key_default, key_per = parse_named(api_key_envs, "api_key_env")
+    price_default, price_per = _parse_prices(prices)
+    cfg = AuditConfig.from_cli(api_key_env=key_default, **options)
+    out = Path(out_dir)
+    if providers:
+        result = _run_providers(cfg, out, providers, key_per, (price_default, price_per), max_cost)
+        _echo_providers(result, out, as_json)
+    else:
+        report, result = _run_one(cfg, out, price_per.get("provider", price_default), max_cost, ray_scorers)
+        if as_json:
+            _print_json(result)
+        else:
+            _echo_summary(report, out)
+    raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
+
+
+def _check_targets(base_url: str | None, providers: tuple[str, ...], ray_scorers: int | None,
+                   max_cost: float | None) -> None:
     from specguard.audit import AuditUsageError
-    from specguard.audit.multi import (
-        EXIT_CODES,
-        Provider,
-        parse_named,
-        parse_provider,
-        provider_verdict,
-        run_multi,
-        run_single_with_budget,
-        verdict_json,
-    )
-    from specguard.audit.run import AuditConfig, run_audit
 
     if bool(base_url) == bool(providers):
         raise AuditUsageError("give either --base-url or one or more --provider NAME=URL", field="base_url",
                               got=f"base_url={base_url!r}, providers={len(providers)}")
-    from specguard.attest.jsonio import loads_strict
-    from specguard.errors import ParseError
-
-    try:
-        extra = loads_strict(extra_body, "--extra-body") if extra_body else {}
-    except ParseError as exc:
-        raise click.BadParameter(f"not JSON: {exc.summary()}", param_hint="--extra-body") from exc
-    if not isinstance(extra, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
     if ray_scorers is not None and (providers or max_cost is not None):
         raise AuditUsageError("--ray runs one provider without a cost budget", field="ray",
                               got="with --provider/--max-cost", expected="--base-url only")
-    key_default, key_per = parse_named(api_key_envs, "api_key_env")
+
+
+def _parse_prices(prices: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
+    from specguard.audit import AuditUsageError
+    from specguard.audit.multi import parse_named
+
     price_default, price_per = parse_named(prices, "price_per_1k_tokens", float)
     for price in [price_default, *price_per.values()]:
         if price is not None and not (price >= 0 and price != float("inf")):
             raise AuditUsageError("bad price", field="price_per_1k_tokens", got=price, expected="a number >= 0")
-    for name, value in (("seeded", seeded_prompts), ("rut", rut_prompts), ("rut-samples", rut_samples)):
-        if value < 0:
-            raise AuditUsageError("must not be negative", field=name, got=value)
-    cfg = AuditConfig(endpoint=endpoint, extra_body=extra, base_url=base_url or "", model=model_name,
-                      reference=reference, prompts_file=prompts_file,
-                      budget=budget, max_tokens=max_tokens, alpha=alpha, top_logprobs=top_logprobs,
-                      honest_class=honest_class, calibration=calibration, calibration_prompts=calibration_prompts,
-                      margin=margin, min_effect_logprob=min_effect_logprob, min_effect_tokens=min_effect_tokens,
-                      mmd_samples=mmd_samples, mmd_prompts=mmd_prompts, request_logprobs=not text_only,
-                      api_key_env=key_default, timeout=timeout, max_retries=max_retries,
-                      seeded_prompts=seeded_prompts, rut_prompts=rut_prompts, rut_samples=rut_samples,
-                      sample_temperature=sample_temperature, sample_top_p=sample_top_p, sample_top_k=sample_top_k,
-                      sample_seed=sample_seed)
-    out = Path(out_dir)
-    if providers:
-        parsed = [parse_provider(p) for p in providers]
-        plist = [Provider(n, u, price_per.get(n, price_default), key_per.get(n)) for n, u in parsed]
-        combined = run_multi(plist, cfg, out, max_cost=max_cost)
-        result = {k: v for k, v in combined.items() if k in ("format", "verdict", "exit_code", "alpha", "providers",
-                                                                 "budget")}
-        result["format"] = "specguard-audit-verdict/v1"
-    else:
-        if max_cost is not None:
-            price = price_per.get("provider", price_default)
-            if price is None:
-                raise AuditUsageError("--max-cost needs --price-per-1k-tokens", field="price_per_1k_tokens", got=None)
-            report = run_single_with_budget(cfg, out, price, max_cost)
-        elif ray_scorers is not None:
-            from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+    return price_default, price_per
 
-            report = run_audit_ray(cfg, out, RayAuditOptions(scorer_actors=ray_scorers))
-        else:
-            report = run_audit(cfg, out)
-        result = verdict_json([provider_verdict("provider", report, out / "report.json")], cfg.alpha,
-                              report.get("budget"))
+
+def _run_providers(cfg: Any, out: Path, providers: tuple[str, ...], key_per: dict[str, str],
+                   prices: tuple[float | None, dict[str, float]], max_cost: float | None) -> dict[str, Any]:
+    """Several providers on the same prompts: the combined verdict JSON."""
+    from specguard.audit.multi import Provider, parse_provider, run_multi
+
+    price_default, price_per = prices
+    plist = [Provider(n, u, price_per.get(n, price_default), key_per.get(n)) for n, u in map(parse_provider, providers)]
+    combined = run_multi(plist, cfg, out, max_cost=max_cost)
+    result = {k: v for k, v in combined.items() if k in ("format", "verdict", "exit_code", "alpha", "providers", "budget")}
+    result["format"] = "specguard-audit-verdict/v1"
+    return result
+
+
+def _echo_providers(result: dict[str, Any], out: Path, as_json: bool) -> None:
     if as_json:
         _print_json(result)
-    elif providers:
-        for e in result["providers"]:
-            click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
-        if result["budget"]:
-            click.echo(f"budget: {result['budget']['reason']}")
-        click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
+        return
+    for e in result["providers"]:
+        click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
+    if result["budget"]:
+        click.echo(f"budget: {result['budget']['reason']}")
+    click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
+
+
+def _run_one(cfg: Any, out: Path, price: float | None, max_cost: float | None,
+             ray_scorers: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One provider, locally, on Ray or under a cost budget: (report, verdict JSON)."""
+    from specguard.audit import AuditUsageError
+    from specguard.audit.multi import provider_verdict, run_single_with_budget, verdict_json
+    from specguard.audit.run import run_audit
+
+    if max_cost is not None:
+        if price is None:
+            raise AuditUsageError("--max-cost needs --price-per-1k-tokens", field="price_per_1k_tokens", got=None)
+        report = run_single_with_budget(cfg, out, price, max_cost)
+    elif ray_scorers is not None:
+        from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+
+        report = run_audit_ray(cfg, out, RayAuditOptions(scorer_actors=ray_scorers))
     else:
-        _echo_summary(report, out)
-    raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
+        report = run_audit(cfg, out)
+    return report, verdict_json([provider_verdict("provider", report, out / "report.json")], cfg.alpha,
+                                report.get("budget"))
 
 
 @audit_group.command(name="report")
