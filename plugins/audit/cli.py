@@ -245,31 +245,19 @@ def report_command(directory: str, as_json: bool) -> None:
               help="Seed of the random faults (--fail-rate, --malformed-rate, --ignore-seed).")
 @click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
 @click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
-def simulate_command(reference, substitute, host, port, threads, served_name, no_logprobs, ignore_seed, fail_rate,
-                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed, switch_after, switch_to) -> None:
+def simulate_command(**options: Any) -> None:
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
 
-    from specguard.audit import AuditUsageError
-    from specguard.audit.simulate import Misbehaviour, Switch, build_app, serve
-    from specguard.audit.substitutes import parse_substitute
-    from specguard.models import load_model
+    from specguard.audit.simulate import SimulatorConfig, serve
 
-    if threads:
-        torch.set_num_threads(threads)
-    sub = parse_substitute(substitute) if substitute else None
-    ref = load_model(reference)
-    switch = None
-    if (switch_after is None) != (switch_to is None) or (switch_after is not None and switch_after < 0):
-        raise AuditUsageError("--switch-after N and --switch-to go together", field="switch_after",
-                              got=switch_after, expected="N >= 0 with --switch-to")
-    if switch_to is not None:
-        switch = (Switch(switch_after, model=load_model(switch_to[6:])) if switch_to.startswith("model:")
-                  else Switch(switch_after, substitute=parse_substitute(switch_to)))
-    bad = Misbehaviour(no_logprobs=no_logprobs, ignore_seed=ignore_seed, fail_rate=fail_rate, retry_after=retry_after,
-                       malformed_rate=malformed_rate, unmappable_rate=unmappable_rate, slow=slow, fault_seed=fault_seed)
-    click.echo(f"serving {ref.name} ({substitute or 'honest'}) on http://{host}:{port}/v1", err=True)
-    serve(build_app(ref, sub, bad, served_name, switch), host, port)
+    cfg = SimulatorConfig.from_cli(**options)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    app = cfg.build_app()
+    click.echo(f"serving {app.state.simulator.reference.name} ({cfg.substitute or 'honest'}) on "
+               f"http://{cfg.host}:{cfg.port}/v1", err=True)
+    serve(app, cfg.host, cfg.port)
 
 
 @audit_group.command(name="calibrate")
