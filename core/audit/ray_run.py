@@ -27,13 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import http
 from . import AuditError, AuditUsageError
-from .client import ClientOptions, ProviderClient, request_key
+from .client import ENDPOINTS, ClientOptions, ProviderClient, request_key
 
 # `.run` (torch, transformers) is imported where it is used: the query actors stay light
 
@@ -78,11 +81,15 @@ class _RecordingClient(ProviderClient):
 
 
 class ProviderQuery:
-    """Ray Data stage 1 (actor pool): send one prompt's request, unless its answer is already known."""
+    """Ray Data stage 1 (actor pool): send one prompt's request, unless its answer is already known.
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None, timeout: float, max_retries: int) -> None:
-        self.client = _RecordingClient(base_url, model, options=ClientOptions(
-            api_key_env=api_key_env, timeout=timeout, max_retries=max_retries))
+    Built from `query_actor_kwargs` alone: the actor's process does not share the driver's trust
+    (`--cacert`, a policy's [tls]), so the driver's CA for the provider comes as PEM text."""
+
+    def __init__(self, base_url: str, model: str, options: dict[str, Any], cacert_pem: str | None = None) -> None:
+        with _cacert_file(cacert_pem) as cacert:
+            # the client loads the CA when it is made: the file is not needed afterwards
+            self.client = _RecordingClient(base_url, model, options=ClientOptions(**options, cacert=cacert))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         answers, records, stats = [], [], []
@@ -196,9 +203,26 @@ def _init_ray(options: RayAuditOptions) -> None:
 
 
 def query_actor_kwargs(cfg: Any) -> dict[str, Any]:
-    """The constructor arguments of the ProviderQuery actors: what their provider client needs."""
-    return {"base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env, "timeout": cfg.timeout,
-            "max_retries": cfg.max_retries}
+    """The constructor arguments of the ProviderQuery actors: what their provider client needs, with the
+    CA this process trusts for the provider's URL (`--cacert`, a policy's per-URL CA) as PEM text, so
+    that a worker on another machine needs no copy of the file. None: the system CAs."""
+    options = {"api_key_env": cfg.api_key_env, "endpoint": cfg.endpoint, "timeout": cfg.timeout,
+               "max_retries": cfg.max_retries}
+    cafile = http.cacert_for(cfg.base_url.rstrip("/") + ENDPOINTS[cfg.endpoint])
+    return {"base_url": cfg.base_url, "model": cfg.model, "options": options,
+            "cacert_pem": Path(cafile).read_text(encoding="latin-1") if cafile else None}  # byte-exact
+
+
+@contextmanager
+def _cacert_file(pem: str | None) -> Iterator[str | None]:
+    """`pem` as a file for the TLS context of this process (removed on exit), or None (the system CAs)."""
+    if pem is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="specguard-ca-") as folder:
+        path = Path(folder) / "ca.pem"
+        path.write_text(pem, encoding="latin-1")
+        yield str(path)
 
 
 def _pipeline(rows: list[dict[str, Any]], cfg: Any, reference: Any, options: RayAuditOptions) -> Iterator[dict[str, Any]]:
