@@ -13,6 +13,7 @@ Prompts are split: the first half calibrates, the second half is resampled.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -95,7 +96,7 @@ def power_curve(sample, pools, tau, p0, reps, rng):
     return {k: needed.get(k) for k in ("tokens", "logprob_top5", "logprob_chosen", "combined")}
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=32)
@@ -107,60 +108,71 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of --sampled.")
     ap.add_argument("--rut-samples", type=int, default=10, help="Reference samples per prompt (RUT).")
     ap.add_argument("--rut-provider", type=int, default=3, help="Provider samples per prompt (RUT resampling pool).")
-    args = ap.parse_args()
-    if args.sampled:
-        sampled_main(args)
-        return
-    ref = load_model(args.model)
+    return ap.parse_args()
+
+
+def _prompts(ref, args) -> list[list[int]]:
     texts = [json.loads(line)["turns"][0] for line in Path(args.questions).read_text().splitlines()[: args.prompts]]
-    prompts = [ref.encode_chat([{"role": "user", "content": t}]) for t in texts]
-    half = len(prompts) // 2
+    return [ref.encode_chat([{"role": "user", "content": t}]) for t in texts]
+
+
+def _add_rows(rows: dict, timing: list[float], ref, prompts, name: str, outs) -> None:
+    rows[name], n, secs = per_prompt(ref, prompts, outs, 5)
+    timing[0] += n
+    timing[1] += secs
+    print(name, np.mean([r["top"] for r in rows[name]]), file=sys.stderr)
+
+
+def _score_variants(ref, prompts, tokens):
+    """Per-prompt rows of every honest set-up and substitute; (rows, scored tokens/s, generation tokens/s)."""
     eos = ref.eos_token_ids
     t0 = time.perf_counter()
-    base = calibrate._generate(ref.model, prompts, args.tokens, eos, 5)
+    base = calibrate._generate(ref.model, prompts, tokens, eos, 5)
     gen_secs = time.perf_counter() - t0
     rows: dict[str, list] = {}
-    scored_tokens = scored_secs = 0.0
+    timing = [0.0, 0.0]  # scored tokens, seconds
     for name in calibrate.SETUPS:
-        outs = calibrate._setup_outputs(ref, name, prompts, args.tokens, 5, base)
-        rows[name], n, s = per_prompt(ref, prompts, outs, 5)
-        scored_tokens += n
-        scored_secs += s
-        print(name, np.mean([r["top"] for r in rows[name]]), file=sys.stderr)
+        _add_rows(rows, timing, ref, prompts, name, calibrate._setup_outputs(ref, name, prompts, tokens, 5, base))
     for spec in SUBSTITUTES:
         model = apply_substitute(ref, parse_substitute(spec)).model
-        outs = calibrate._generate(model, prompts, args.tokens, eos, 5)
-        rows[spec], n, s = per_prompt(ref, prompts, outs, 5)
-        scored_tokens += n
-        scored_secs += s
-        print(spec, np.mean([r["top"] for r in rows[spec]]), file=sys.stderr)
+        _add_rows(rows, timing, ref, prompts, spec, calibrate._generate(model, prompts, tokens, eos, 5))
+    return rows, timing[0] / timing[1], len(prompts) * tokens / gen_secs
+
+
+def _false_positives(test, held_out, pools, tau, p0, reps, rng) -> dict:
+    fps = {k: 0 for k in ("tokens", "logprob_top5", "logprob_chosen", "combined")}
+    trials = 0
+    for name in held_out:
+        for m in (2, 8):
+            for _ in range(reps):
+                trials += 1
+                for k, v in detect(sampler(test, name)(m, rng), pools, tau, p0).items():
+                    fps[k] += v
+    return {**{k: v / trials for k, v in fps.items()}, "held_out": held_out, "tau": tau}
+
+
+def _power_and_false_positives(rows, half, reps):
+    """Per honest class: prompts needed per substitute, and the false-positive rates on held-out set-ups."""
     rng = np.random.default_rng(0)
     results: dict[str, dict] = {}
     fp_rates: dict[str, dict] = {}
     for cls, (cal_names, held_out) in CLASSES.items():
         pools, tau, p0 = null_for({n: rows[n][:half] for n in cal_names})
         test = {k: v[half:] for k, v in rows.items()}
-
-        results[cls] = {s: power_curve(sampler(test, s), pools, tau, p0, args.reps, rng) for s in SUBSTITUTES}
+        results[cls] = {s: power_curve(sampler(test, s), pools, tau, p0, reps, rng) for s in SUBSTITUTES}
         for mix in MIXES:
-            results[cls][mix] = power_curve(mix_sampler(test, float(mix.split(":")[-1])), pools, tau, p0, args.reps, rng)
-        fps = {k: 0 for k in ("tokens", "logprob_top5", "logprob_chosen", "combined")}
-        trials = 0
-        for name in held_out:
-            for m in (2, 8):
-                for _ in range(args.reps):
-                    trials += 1
-                    for k, v in detect(sampler(test, name)(m, rng), pools, tau, p0).items():
-                        fps[k] += v
-        fp_rates[cls] = {k: v / trials for k, v in fps.items()}
-        fp_rates[cls]["held_out"] = held_out
-        fp_rates[cls]["tau"] = tau
+            results[cls][mix] = power_curve(mix_sampler(test, float(mix.split(":")[-1])), pools, tau, p0, reps, rng)
+        fp_rates[cls] = _false_positives(test, held_out, pools, tau, p0, reps, rng)
+    return results, fp_rates
+
+
+def _fmt(v) -> str:
+    return "> 40" if v is None else str(v)
+
+
+def _section(args, rows, results, fp_rates, speeds) -> tuple[str, dict, dict]:
     deltas = {k: float(np.mean([r["top"] for r in v])) for k, v in rows.items()}
     agreement = {k: 1 - sum(len(r["margins"]) for r in v) / max(1, sum(r["n"] for r in v)) for k, v in rows.items()}
-
-    def fmt(v):
-        return "> 40" if v is None else str(v)
-
     body = [f"Default model, {args.prompts} prompts from spec_bench (first half calibrates, second half is resampled, "
             f"{args.reps} resamples per size), {args.tokens} greedy tokens each, top-5 logprobs, alpha = 1%, "
             f"margin x1.5 on the worst calibrated honest set-up. Sizes tried: {SIZES}. "
@@ -171,22 +183,35 @@ def main() -> None:
         body.append(f"\n**Honest class {cls}** (calibrated on {', '.join(CLASSES[cls][0])}; held out: "
                     f"{', '.join(CLASSES[cls][1])}; near-tie threshold {fp_rates[cls]['tau']:.3g})\n")
         body.append(table(["substitute", "tokens only", "logprob top-5", "logprob chosen only", "combined (Holm)"],
-                          [[s, *(fmt(v[k]) for k in ("tokens", "logprob_top5", "logprob_chosen", "combined"))]
+                          [[s, *(_fmt(v[k]) for k in ("tokens", "logprob_top5", "logprob_chosen", "combined"))]
                            for s, v in results[cls].items()]))
         fp = fp_rates[cls]
         body.append(f"\nFalse-positive rate on held-out honest set-ups (2 and 8 prompts): tokens {fp['tokens']:.1%}, "
                     f"logprob top-5 {fp['logprob_top5']:.1%}, chosen-only {fp['logprob_chosen']:.1%}, "
                     f"combined {fp['combined']:.1%}.\n")
-    body.append(f"\nRe-scoring throughput: {scored_tokens / scored_secs:.0f} tokens/s (teacher-forced, batch 1); "
-                f"reference greedy generation: {args.prompts * args.tokens / gen_secs:.0f} tokens/s.\n")
+    scoring, generation = speeds
+    body.append(f"\nRe-scoring throughput: {scoring:.0f} tokens/s (teacher-forced, batch 1); "
+                f"reference greedy generation: {generation:.0f} tokens/s.\n")
+    return "\n".join(body), deltas, agreement
+
+
+def main() -> None:
+    args = _args()
+    if args.sampled:
+        sampled_main(args)
+        return
+    ref = load_model(args.model)
+    prompts = _prompts(ref, args)
+    rows, scoring, generation = _score_variants(ref, prompts, args.tokens)
+    results, fp_rates = _power_and_false_positives(rows, len(prompts) // 2, args.reps)
+    body, deltas, agreement = _section(args, rows, results, fp_rates, (scoring, generation))
     write_section("audit", "Audit: prompts needed to detect substitutes",
                   f".venv/bin/python bench/audit.py --prompts {args.prompts} --tokens {args.tokens} --reps {args.reps}",
-                  "\n".join(body))
+                  body)
     if args.json:
         Path(args.json).write_text(json.dumps({"power": results, "false_positives": fp_rates, "deltas": deltas,
                                                "agreement": agreement}, indent=1))
-    print("\n".join(body))
-
+    print(body)
 
 
 # --- sampled tests (seeded-exact, RUT): `--sampled` writes the section "audit-sampled" ----------------
@@ -263,67 +288,85 @@ def _rut_ranks(ref, model, prompts, tokens, temperature, m, n_provider, rng):
     return us
 
 
-def sampled_main(args) -> None:
+def _draw_seeded(flags: dict, name: str, m: int, r) -> list[bool]:
+    if name.startswith("mix:"):
+        return [flags["q4"][i] if r.random() < 0.1 else flags["fp32-threads"][i]
+                for i in r.integers(0, len(flags["q4"]), m)]
+    return [flags[name][i] for i in r.integers(0, len(flags[name]), m)]
+
+
+def _draw_rut(rut: dict, name: str, m: int, r) -> list[float]:
+    def one(n):
+        i = r.integers(0, len(rut[n]))
+        return rut[n][i][r.integers(0, len(rut[n][i]))]
+
+    if name.startswith("mix:"):
+        return [one("q4") if r.random() < 0.1 else one("fp32-threads") for _ in range(m)]
+    return [one(name) for _ in range(m)]
+
+
+def _seeded_rejects(sample) -> bool:
+    return any(sample)
+
+
+def _rut_rejects(sample) -> bool:
     from specguard.audit.sampled import cvm_pvalue
 
-    ref = load_model(args.model)
-    texts = [json.loads(line)["turns"][0] for line in Path(args.questions).read_text().splitlines()[: args.prompts]]
-    prompts = [ref.encode_chat([{"role": "user", "content": t}]) for t in texts]
-    half = len(prompts) // 2
-    t_start = time.perf_counter()
+    return cvm_pvalue(sample)[1] <= ALPHA
+
+
+def _needed(draw, test, name: str, reps: int, rng) -> int | None:
+    """The smallest size in SAMPLED_SIZES at which `test` rejects >= 95% of `reps` draws."""
+    for m in SAMPLED_SIZES:
+        hits = sum(test(draw(name, m, rng)) for _ in range(reps))
+        if hits / reps >= 0.95:
+            return m
+    return None
+
+
+def _sampled_models(ref) -> dict:
     models = {"fp32-threads": ref, "bf16": _bf16(ref), "other-model": _other_model(ref)}
     for spec in ("int8", "q4", "prune:2"):
         models[spec] = apply_substitute(ref, parse_substitute(spec))
-    temp = args.temperature
+    return models
+
+
+def _seeded_flags(ref, models: dict, prompts, tokens: int, temp: float, half: int) -> tuple[dict, float, dict]:
+    """Seeded rows per variant, the near-tie margin from the calibration half, and per held-out prompt: rejects?"""
     seeded = {}
     for name, model in models.items():
-        seeded[name] = _seeded_rows(ref, model, prompts, args.tokens, temp, threads=1 if name == "fp32-threads" else None)
+        seeded[name] = _seeded_rows(ref, model, prompts, tokens, temp, threads=1 if name == "fp32-threads" else None)
         print("seeded", name, sum(len(r["margins"]) for r in seeded[name]), file=sys.stderr)
     # bf16-honest class: tau = 1.5 x the largest margin at an honest mismatch on the calibration half
     honest_margins = [m for n in ("fp32-threads", "bf16") for r in seeded[n][:half] for m in r["margins"]]
     tau = max(1e-3, 1.5 * max(honest_margins, default=0.0))
     flags = {k: [any(m >= tau for m in r["margins"]) for r in v[half:]] for k, v in seeded.items()}
+    return seeded, tau, flags
+
+
+def sampled_main(args) -> None:
+    ref = load_model(args.model)
+    prompts = _prompts(ref, args)
+    half = len(prompts) // 2
+    t_start = time.perf_counter()
+    models = _sampled_models(ref)
+    temp = args.temperature
+    seeded, tau, flags = _seeded_flags(ref, models, prompts, args.tokens, temp, half)
     rng = np.random.default_rng(0)
     rut = {name: _rut_ranks(ref, model, prompts, args.tokens, temp, args.rut_samples, args.rut_provider, rng)
            for name, model in models.items()}
     print("rut done", file=sys.stderr)
-
-    def draw_seeded(name, m, r):
-        if name.startswith("mix:"):
-            return [flags["q4"][i] if r.random() < 0.1 else flags["fp32-threads"][i]
-                    for i in r.integers(0, len(flags["q4"]), m)]
-        return [flags[name][i] for i in r.integers(0, len(flags[name]), m)]
-
-    def draw_rut(name, m, r):
-        def one(n):
-            i = r.integers(0, len(rut[n]))
-            return rut[n][i][r.integers(0, len(rut[n][i]))]
-        if name.startswith("mix:"):
-            return [one("q4") if r.random() < 0.1 else one("fp32-threads") for _ in range(m)]
-        return [one(name) for _ in range(m)]
-
-    def needed(draw, test, name):
-        for m in SAMPLED_SIZES:
-            hits = sum(test(draw(name, m, rng)) for _ in range(args.reps))
-            if hits / args.reps >= 0.95:
-                return m
-        return None
-
-    def seeded_rejects(sample):
-        return any(sample)
-
-    def rut_rejects(sample):
-        return cvm_pvalue(sample)[1] <= ALPHA
-
+    draw_seeded, draw_rut = functools.partial(_draw_seeded, flags), functools.partial(_draw_rut, rut)
     rows = []
     for name in [*SAMPLED_VARIANTS, "mix:q4:0.1"]:
-        s, r = needed(draw_seeded, seeded_rejects, name), needed(draw_rut, rut_rejects, name)
+        s = _needed(draw_seeded, _seeded_rejects, name, args.reps, rng)
+        r = _needed(draw_rut, _rut_rejects, name, args.reps, rng)
         rows.append([name, "> 40" if s is None else s, "> 40" if r is None else r])
     fa = {}
     for name in ("fp32-threads", "bf16"):
         trials = [(m, args.reps) for m in (2, 8)]
-        fa[name] = (sum(seeded_rejects(draw_seeded(name, m, rng)) for m, n in trials for _ in range(n)) / (2 * args.reps),
-                    sum(rut_rejects(draw_rut(name, m, rng)) for m, n in trials for _ in range(n)) / (2 * args.reps))
+        fa[name] = (sum(_seeded_rejects(draw_seeded(name, m, rng)) for m, n in trials for _ in range(n)) / (2 * args.reps),
+                    sum(_rut_rejects(draw_rut(name, m, rng)) for m, n in trials for _ in range(n)) / (2 * args.reps))
     mism = {k: sum(sum(1 for m in r["margins"] if m >= tau) for r in v) / max(1, sum(r["n"] for r in v))
             for k, v in seeded.items()}
     secs = time.perf_counter() - t_start

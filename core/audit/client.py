@@ -67,48 +67,61 @@ def load_raw_log(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a ProviderClient asks: the API key's variable, the endpoint, deadlines, retries and trust."""
+
+    #: environment variable holding the API key (read once; never logged)
+    api_key_env: str | None = None
+    #: "chat" (/chat/completions) or "completions" (legacy /completions)
+    endpoint: str = "chat"
+    #: hard deadline in seconds for each request, retries included
+    timeout: float = 60.0
+    max_retries: int = 6
+    #: first retry delay (doubled per attempt, jittered) and its cap, both in seconds
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    #: how to wait between attempts (tests pass a recorder)
+    sleep: Callable[[float], None] = time.sleep
+    #: PEM file of the CAs to trust for this provider (default: the process's trust for its URL, `http.cacert_for`)
+    cacert: str | None = None
+    #: until the provider has answered once, 401/403/404 or nothing listening is a usage error
+    setup_errors: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise AuditUsageError("unknown endpoint", field="endpoint", got=self.endpoint, expected=list(ENDPOINTS))
+        if not self.timeout > 0:
+            raise AuditUsageError("timeout must be positive", field="timeout", got=self.timeout, expected="> 0 seconds")
+        if self.max_retries < 0:
+            raise AuditUsageError("max_retries must not be negative", field="max_retries", got=self.max_retries,
+                                  expected=">= 0")
+
+
 class ProviderClient:
     """POSTs chat completions with retries; appends every attempt to the raw log."""
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        log_path: Path,
-        api_key_env: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 6,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        ca_bundle: str | None = None,
-        endpoint: str = "chat",
-        setup_errors: bool = False,
-    ) -> None:
+    def __init__(self, base_url: str, model: str, *, log_path: Path, options: ClientOptions | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        opts = options or ClientOptions()
         headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
+        if opts.api_key_env:
+            key = os.environ.get(opts.api_key_env)
             if not key:
-                raise AuditUsageError("API key environment variable is not set", field="api_key_env", got=api_key_env)
+                raise AuditUsageError("API key environment variable is not set", field="api_key_env",
+                                      got=opts.api_key_env)
             headers["Authorization"] = f"Bearer {key}"
-        if endpoint not in ENDPOINTS:
-            raise AuditUsageError("unknown endpoint", field="endpoint", got=endpoint, expected=list(ENDPOINTS))
-        self.endpoint = endpoint
-        self.url = base_url.rstrip("/") + ENDPOINTS[endpoint]
+        self.options = opts
+        self.endpoint = opts.endpoint
+        self.url = base_url.rstrip("/") + ENDPOINTS[opts.endpoint]
         self.model = model
         self.log_path = log_path
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.sleep = sleep
-        self.timeout = timeout
-        self._http = http.client(timeouts=http.Timeouts.of(timeout), headers=headers, transport=transport,
-                                 cacert=ca_bundle or http.cacert_for(self.url), max_connections=2)
+        self.max_retries = opts.max_retries
+        self.timeout = opts.timeout
+        self._http = http.client(timeouts=http.Timeouts.of(opts.timeout), headers=headers, transport=transport,
+                                 cacert=opts.cacert or http.cacert_for(self.url), max_connections=2)
         self.cache = load_raw_log(log_path)
-        #: until the provider has answered once, 401/403/404 or nothing listening is a usage error
-        self.setup_errors = setup_errors
+        self.setup_errors = opts.setup_errors
         self._answered_once = bool(self.cache)
         self.stats = {"attempts": 0, "retries": 0, "failures": 0, "reused": 0, "http_errors": {}}
 
@@ -129,13 +142,14 @@ class ProviderClient:
             os.fsync(f.fileno())
 
     def _wait(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+        opts = self.options
+        delay = min(opts.max_backoff, opts.backoff * 2**attempt) * (0.5 + random.random() / 2)
         if retry_after:
             try:
-                delay = max(delay, min(self.max_backoff, float(retry_after)))
+                delay = max(delay, min(opts.max_backoff, float(retry_after)))
             except ValueError:
                 pass  # an HTTP-date Retry-After: keep the exponential delay
-        self.sleep(delay)
+        opts.sleep(delay)
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The parsed answer to `body` (from the log when already there), or None after all retries."""

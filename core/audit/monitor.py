@@ -36,7 +36,7 @@ from ..canonical import canonical_json, tagged_hash
 from ..errors import ParseError, VerificationError
 from ..web.http import redact_url
 from . import AuditUsageError
-from .client import ProviderClient, ProviderFault, validate_answer
+from .client import ClientOptions, ProviderClient, ProviderFault, validate_answer
 from .monitor_stats import (
     ChangeResult,
     PromptTest,
@@ -57,9 +57,9 @@ EXIT_CODES = {"no_change": 0, "inconclusive": 1, "change": 6}
 MAX_MISSING = 0.25
 
 
-@dataclass
+@dataclass(frozen=True)
 class MonitorConfig:
-    """What a baseline asks; a check repeats exactly these requests."""
+    """What a baseline asks; a check repeats exactly these requests. Validated when made (AuditUsageError)."""
 
     base_url: str
     model: str
@@ -75,6 +75,18 @@ class MonitorConfig:
     #: accept a baseline whose greedy repeats part beyond engine noise as the null (insecure: a provider
     #: mixing models into the baseline can then switch unseen); checks say so in their reasons
     allow_nondeterministic: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_cli(cls, *, model_name: str, prompts_file: str | None, n_prompts: int, text_only: bool,
+                 **options: Any) -> MonitorConfig:
+        """From `audit monitor baseline`'s options: the prompts read from `prompts_file` (at most
+        `n_prompts`, none repeated), logprobs asked unless `text_only`; the rest named as the fields."""
+        from .run import load_prompts
+
+        return cls(model=model_name, prompts=load_prompts(prompts_file, n_prompts), logprobs=not text_only, **options)
 
     def validate(self) -> None:
         if not self.prompts:
@@ -110,8 +122,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _query(cfg: MonitorConfig, log_path: Path, transport: Any = None) -> list[dict[str, Any]]:
     """One answer per prompt: {"run": Run json} or {"problem": str}. Resumes from log_path."""
-    client = ProviderClient(cfg.base_url, cfg.model, log_path=log_path, api_key_env=cfg.api_key_env,
-                            timeout=cfg.timeout, max_retries=cfg.max_retries, transport=transport)
+    options = ClientOptions(api_key_env=cfg.api_key_env, timeout=cfg.timeout, max_retries=cfg.max_retries)
+    client = ProviderClient(cfg.base_url, cfg.model, log_path=log_path, options=options, transport=transport)
     out: list[dict[str, Any]] = []
     try:
         for prompt in cfg.prompts:
@@ -405,51 +417,91 @@ def evaluate(baseline_runs: list[list[Run | None]], check_runs: list[list[Run | 
             "per_prompt": per_prompt}
 
 
-def run_check(store: Path, *, repeats: int = 2, alpha: float = 0.01, base_url: str | None = None,
-              api_key_env: str | None = None, baseline_digest: str | None = None, history_head: str | None = None,
-              timeout: float = 60.0, max_retries: int = 6, seed: int = 0, transport: Any = None) -> dict[str, Any]:
-    """Re-send the baseline's requests `repeats` times, test for change, append to history.
+@dataclass(frozen=True)
+class CheckOptions:
+    """How `audit monitor check` re-asks the baseline's requests (the requests themselves are the baseline's)."""
 
-    `history_head` pins the history (the head printed by the previous check): a truncated, deleted
-    or replaced history is a VerificationError before any query."""
-    if not 1 <= repeats <= 50:
-        raise AuditUsageError("check repeats out of range", field="repeats", got=repeats, expected="1..50")
-    if not 0 < alpha < 1:
-        raise AuditUsageError("alpha out of range", field="alpha", got=alpha, expected="(0, 1)")
-    base = load_baseline(store, baseline_digest)
-    if base_url is None and base.get("base_url_redacted"):
+    repeats: int = 2
+    alpha: float = 0.01
+    base_url: str | None = None  # overrides the stored (possibly redacted) base URL
+    api_key_env: str | None = None  # overrides the stored variable name
+    baseline_digest: str | None = None  # fail unless the stored baseline has this digest
+    history_head: str | None = None  # fail unless the history contains this head (printed by the previous check)
+    timeout: float = 60.0
+    max_retries: int = 6
+    seed: int = 0  # of the Monte Carlo null
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.repeats <= 50:
+            raise AuditUsageError("check repeats out of range", field="repeats", got=self.repeats, expected="1..50")
+        if not 0 < self.alpha < 1:
+            raise AuditUsageError("alpha out of range", field="alpha", got=self.alpha, expected="(0, 1)")
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> CheckOptions:
+        """From `audit monitor check`'s options (named as the fields)."""
+        return cls(**options)
+
+
+def _check_config(base: dict[str, Any], opts: CheckOptions) -> MonitorConfig:
+    """The baseline's requests, sent where the check says (its base URL and key variable win)."""
+    if opts.base_url is None and base.get("base_url_redacted"):
         raise AuditUsageError("the stored base URL is redacted; pass --base-url", field="base_url",
                               got=base["base_url"])
     req = base["request"]
-    cfg = MonitorConfig(base_url=base_url or base["base_url"], model=base["model"], prompts=base["prompts"],
-                        repeats=base["repeats"], max_tokens=int(req["max_tokens"]),
-                        top_logprobs=int(req["top_logprobs"]), logprobs=bool(req["logprobs"]),
-                        tolerance=float(base["tolerance"]), api_key_env=api_key_env or base.get("api_key_env"),
-                        timeout=timeout, max_retries=max_retries)
-    index, names = _start_check(store, base["digest"], repeats, history_head)
-    rounds = [_query(cfg, store / "raw" / name, transport) for name in names]
+    return MonitorConfig(base_url=opts.base_url or base["base_url"], model=base["model"], prompts=base["prompts"],
+                         repeats=base["repeats"], max_tokens=int(req["max_tokens"]),
+                         top_logprobs=int(req["top_logprobs"]), logprobs=bool(req["logprobs"]),
+                         tolerance=float(base["tolerance"]), api_key_env=opts.api_key_env or base.get("api_key_env"),
+                         timeout=opts.timeout, max_retries=opts.max_retries)
+
+
+def _evaluate_rounds(base: dict[str, Any], rounds: list[list[dict[str, Any]]], tolerance: float,
+                     opts: CheckOptions) -> dict[str, Any]:
+    """The change test of this check's answers (per round, per prompt) against the baseline's runs."""
+    prompts, repeats = len(base["prompts"]), len(rounds)
     check_runs = [[Run.from_json(rounds[c][j]["run"]) if "run" in rounds[c][j] else None for c in range(repeats)]
-                  for j in range(len(cfg.prompts))]
+                  for j in range(prompts)]
     problems = [[rounds[c][j]["problem"] for c in range(repeats) if "problem" in rounds[c][j]]
-                for j in range(len(cfg.prompts))]
-    result = evaluate(base["runs"], check_runs, cfg.tolerance, alpha, seed,
+                for j in range(prompts)]
+    result = evaluate(base["runs"], check_runs, tolerance, opts.alpha, opts.seed,
                       allow_nondeterministic=base.get("allow_nondeterministic") is True)
     for row, probs in zip(result["per_prompt"], problems, strict=True):
         if probs:
             row["check_problems"] = probs
-    result.update({"format": CHECK_FORMAT, "check": index, "time": time.time(), "repeats": repeats,
-                   "baseline_repeats": base["repeats"], "baseline_digest": base["digest"],
-                   "base_url": redact_url(cfg.base_url), "model": cfg.model, "tolerance": cfg.tolerance})
+    return result
+
+
+def _record_check(store: Path, base: dict[str, Any], result: dict[str, Any], rounds: list[list[dict[str, Any]]],
+                  names: list[str]) -> str:
+    """Write checks/NNNN.json (with every answer) and append the check to the history; the new head."""
     (store / "checks").mkdir(exist_ok=True)
-    full = {**result, "answers": [[rounds[c][j] for c in range(repeats)] for j in range(len(cfg.prompts))]}
-    _write_atomic(store / "checks" / f"{index:04d}.json", json.dumps(full, indent=1))
+    full = {**result, "answers": [list(per) for per in zip(*rounds, strict=True)]}
+    _write_atomic(store / "checks" / f"{result['check']:04d}.json", json.dumps(full, indent=1))
     record = {k: result[k] for k in ("check", "time", "verdict", "statistic", "p_value", "alpha", "prompts_used",
                                      "prompts_asked", "changed_prompts", "mode", "repeats")}
     record["kind"] = "check"
     record["result_digest"] = _digest(CHECK_FORMAT, full)
     record["raw_digests"] = {n: _file_digest(store / "raw" / n) for n in names}
     prev = chain_head(read_chain(store, base["digest"]), base["digest"])
-    result["history_digest"] = result["history_head"] = _append_history(store, record, prev)
+    return _append_history(store, record, prev)
+
+
+def run_check(store: Path, options: CheckOptions | None = None, *, transport: Any = None) -> dict[str, Any]:
+    """Re-send the baseline's requests `options.repeats` times, test for change, append to history.
+
+    `options.history_head` pins the history (the head printed by the previous check): a truncated,
+    deleted or replaced history is a VerificationError before any query."""
+    opts = options or CheckOptions()
+    base = load_baseline(store, opts.baseline_digest)
+    cfg = _check_config(base, opts)
+    index, names = _start_check(store, base["digest"], opts.repeats, opts.history_head)
+    rounds = [_query(cfg, store / "raw" / name, transport) for name in names]
+    result = _evaluate_rounds(base, rounds, cfg.tolerance, opts)
+    result.update({"format": CHECK_FORMAT, "check": index, "time": time.time(), "repeats": opts.repeats,
+                   "baseline_repeats": base["repeats"], "baseline_digest": base["digest"],
+                   "base_url": redact_url(cfg.base_url), "model": cfg.model, "tolerance": cfg.tolerance})
+    result["history_digest"] = result["history_head"] = _record_check(store, base, result, rounds, names)
     return result
 
 

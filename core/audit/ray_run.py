@@ -27,13 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..web import http
 from . import AuditError, AuditUsageError
-from .client import ProviderClient, request_key
+from .client import ENDPOINTS, ClientOptions, ProviderClient, request_key
 
 # `.run` (torch, transformers) is imported where it is used: the query actors stay light
 
@@ -78,11 +81,15 @@ class _RecordingClient(ProviderClient):
 
 
 class ProviderQuery:
-    """Ray Data stage 1 (actor pool): send one prompt's request, unless its answer is already known."""
+    """Ray Data stage 1 (actor pool): send one prompt's request, unless its answer is already known.
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None, timeout: float, max_retries: int) -> None:
-        self.client = _RecordingClient(base_url, model, api_key_env=api_key_env, timeout=timeout,
-                                       max_retries=max_retries)
+    Built from `query_actor_kwargs` alone: the actor's process does not share the driver's trust
+    (`--cacert`, a policy's [tls]), so the driver's CA for the provider comes as PEM text."""
+
+    def __init__(self, base_url: str, model: str, options: dict[str, Any], cacert_pem: str | None = None) -> None:
+        with _cacert_file(cacert_pem) as cacert:
+            # the client loads the CA when it is made: the file is not needed afterwards
+            self.client = _RecordingClient(base_url, model, options=ClientOptions(**options, cacert=cacert))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         answers, records, stats = [], [], []
@@ -146,79 +153,141 @@ def ray_stage(options: RayAuditOptions) -> Callable[..., list[Any]]:
 
     def stage(cfg: Any, client: ProviderClient, reference: Any, prompts: list[str],
               prompt_ids: list[list[int]]) -> list[Any]:
-        import ray
-
-        from .run import ScoredAnswer, StagedPrompt, _answer_parts, prompt_request, score_answer
-        from .tokens import TokenMap
-
-        if not ray.is_initialized():
-            if options.address or os.environ.get("RAY_ADDRESS"):
-                ray.init(address=options.address)
-            else:  # a private cluster on loopback, ended with the audit (ray.shutdown at exit)
-                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the audit shows its own
-        scorers = options.scorers(ray.cluster_resources().get("CPU", 1))
-        log.info("audit on Ray: %d query actors, %d reference scorers (%s CPUs, %d threads each)",
-                 options.query_actors, scorers, options.cpus_per_scorer, options.scorer_threads)
-        bodies = [prompt_request(cfg, text) for text in prompts]
-        keys = [request_key({"model": client.model, **b}) for b in bodies]
-        first: dict[str, int] = {}  # each distinct request is sent once, at its first prompt (as run_audit)
-        cached_at_start = set()
-        rows = []
-        for i, (key, body) in enumerate(zip(keys, bodies, strict=True)):
-            if key in first:
-                continue
-            first[key] = i
-            cached = client.cache.get(key)
-            if cached is not None:
-                cached_at_start.add(key)
-            rows.append({"index": i, "body": json.dumps(body), "prompt_ids": json.dumps(prompt_ids[i]),
-                         "cached": json.dumps(cached) if cached is not None else ""})
-        if not rows:
+        plan = RequestPlan.of(cfg, client, prompts, prompt_ids)
+        if not plan.rows:
             return []
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one block per request: spread over the pool
-        ds = ds.map_batches(ProviderQuery, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.query_actors),
-                            num_cpus=0, fn_constructor_kwargs={
-                                "base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env,
-                                "timeout": cfg.timeout, "max_retries": cfg.max_retries})
-        ds = ds.map_batches(ReferenceScorer, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=scorers),
-                            num_cpus=options.cpus_per_scorer, fn_constructor_kwargs={
-                                "cfg": _config_json(cfg), "digest": reference.digest,
-                                "threads": options.scorer_threads})
-        done: dict[int, StagedPrompt] = {}
-        for row in ds.iter_rows():  # streamed: each new attempt is logged as its row arrives
-            for record in json.loads(row["records"]):
-                client._append(record)
-            _add_stats(client.stats, json.loads(row["stats"]))
-            answer = json.loads(row["answer"]) if row["answer"] else None
-            if answer is not None:
-                client.cache[keys[int(row["index"])]] = answer
-            scored = ScoredAnswer.from_json(json.loads(row["scored"])) if row["scored"] else None
-            done[int(row["index"])] = StagedPrompt(answer, scored)
-        staged: list[Any] = []
-        answered: dict[str, Any] = {}  # the latest answered StagedPrompt per request
-        tmap = None
-        for i, key in enumerate(keys):
-            if first[key] == i:
-                result = done[i]
-                if key in cached_at_start:
-                    client.stats["reused"] += 1
-            elif key in answered:  # a repeat of an answered request: reused, as run_audit
-                client.stats["reused"] += 1
-                result = answered[key]
-            else:  # a repeat of a request that got no answer: run_audit asks again, and so does this (here)
-                ans = client.chat(bodies[i])
-                content, lpc, _f, problem = _answer_parts(ans, bodies[i], cfg.endpoint)
-                tmap = tmap or TokenMap(reference.tokenizer, reference.vocab_size)
-                scored = None if problem else score_answer(cfg, reference, tmap, prompt_ids[i], content, lpc)
-                result = StagedPrompt(ans, scored)
-            if result.answer is not None:
-                answered[key] = result
-            staged.append(result)
-        return staged
+        rows = _pipeline(plan.rows, cfg, reference, options)
+        done = _collect(rows, client, plan.keys)
+        return _staged_in_prompt_order(cfg, client, reference, prompt_ids, plan, done)
 
     return stage
+
+
+@dataclass
+class RequestPlan:
+    """The distinct greedy requests of a run: each is sent once, at its first prompt (as run_audit)."""
+
+    bodies: list[dict[str, Any]]  # per prompt
+    keys: list[str]  # per prompt: the request key (raw-log and cache key)
+    first: dict[str, int]  # request key -> the prompt that sends it
+    cached_at_start: set[str]  # keys answered in raw.jsonl before this run (resume)
+    rows: list[dict[str, Any]]  # the Ray Data rows: one per distinct request
+
+    @classmethod
+    def of(cls, cfg: Any, client: ProviderClient, prompts: list[str], prompt_ids: list[list[int]]) -> RequestPlan:
+        from .run import prompt_request
+
+        bodies = [prompt_request(cfg, text) for text in prompts]
+        plan = cls(bodies, [request_key({"model": client.model, **b}) for b in bodies], {}, set(), [])
+        for i, (key, body) in enumerate(zip(plan.keys, bodies, strict=True)):
+            if key in plan.first:
+                continue
+            plan.first[key] = i
+            cached = client.cache.get(key)
+            if cached is not None:
+                plan.cached_at_start.add(key)
+            plan.rows.append({"index": i, "body": json.dumps(body), "prompt_ids": json.dumps(prompt_ids[i]),
+                              "cached": json.dumps(cached) if cached is not None else ""})
+        return plan
+
+
+def _init_ray(options: RayAuditOptions) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        if options.address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=options.address)
+        else:  # a private cluster on loopback, ended with the audit (ray.shutdown at exit)
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the audit shows its own
+
+
+def query_actor_kwargs(cfg: Any) -> dict[str, Any]:
+    """The constructor arguments of the ProviderQuery actors: what their provider client needs, with the
+    CA this process trusts for the provider's URL (`--cacert`, a policy's per-URL CA) as PEM text, so
+    that a worker on another machine needs no copy of the file. None: the system CAs."""
+    options = {"api_key_env": cfg.api_key_env, "endpoint": cfg.endpoint, "timeout": cfg.timeout,
+               "max_retries": cfg.max_retries}
+    cafile = http.cacert_for(cfg.base_url.rstrip("/") + ENDPOINTS[cfg.endpoint])
+    return {"base_url": cfg.base_url, "model": cfg.model, "options": options,
+            "cacert_pem": Path(cafile).read_text(encoding="latin-1") if cafile else None}  # byte-exact
+
+
+@contextmanager
+def _cacert_file(pem: str | None) -> Iterator[str | None]:
+    """`pem` as a file for the TLS context of this process (removed on exit), or None (the system CAs)."""
+    if pem is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="specguard-ca-") as folder:
+        path = Path(folder) / "ca.pem"
+        path.write_text(pem, encoding="latin-1")
+        yield str(path)
+
+
+def _pipeline(rows: list[dict[str, Any]], cfg: Any, reference: Any, options: RayAuditOptions) -> Iterator[dict[str, Any]]:
+    """The two actor pools as a streaming Ray Data pipeline; its rows as they arrive."""
+    import ray
+
+    _init_ray(options)
+    scorers = options.scorers(ray.cluster_resources().get("CPU", 1))
+    log.info("audit on Ray: %d query actors, %d reference scorers (%s CPUs, %d threads each)",
+             options.query_actors, scorers, options.cpus_per_scorer, options.scorer_threads)
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one block per request: spread over the pool
+    ds = ds.map_batches(ProviderQuery, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.query_actors),
+                        num_cpus=0, fn_constructor_kwargs=query_actor_kwargs(cfg))
+    ds = ds.map_batches(ReferenceScorer, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=scorers),
+                        num_cpus=options.cpus_per_scorer, fn_constructor_kwargs={
+                            "cfg": _config_json(cfg), "digest": reference.digest,
+                            "threads": options.scorer_threads})
+    return ds.iter_rows()
+
+
+def _collect(rows: Iterator[dict[str, Any]], client: ProviderClient, keys: list[str]) -> dict[int, Any]:
+    """Each row's attempts logged (as it arrives), its statistics counted, its answer cached: {prompt: StagedPrompt}."""
+    from .run import ScoredAnswer, StagedPrompt
+
+    done: dict[int, StagedPrompt] = {}
+    for row in rows:
+        for record in json.loads(row["records"]):
+            client._append(record)
+        _add_stats(client.stats, json.loads(row["stats"]))
+        answer = json.loads(row["answer"]) if row["answer"] else None
+        if answer is not None:
+            client.cache[keys[int(row["index"])]] = answer
+        scored = ScoredAnswer.from_json(json.loads(row["scored"])) if row["scored"] else None
+        done[int(row["index"])] = StagedPrompt(answer, scored)
+    return done
+
+
+def _staged_in_prompt_order(cfg: Any, client: ProviderClient, reference: Any, prompt_ids: list[list[int]],
+                            plan: RequestPlan, done: dict[int, Any]) -> list[Any]:
+    """One StagedPrompt per prompt; repeats of a request are reused or asked again exactly as run_audit does."""
+    from .run import StagedPrompt, _answer_parts, score_answer
+    from .tokens import TokenMap
+
+    staged: list[Any] = []
+    answered: dict[str, Any] = {}  # the latest answered StagedPrompt per request
+    tmap = None
+    for i, key in enumerate(plan.keys):
+        if plan.first[key] == i:
+            result = done[i]
+            if key in plan.cached_at_start:
+                client.stats["reused"] += 1
+        elif key in answered:  # a repeat of an answered request: reused, as run_audit
+            client.stats["reused"] += 1
+            result = answered[key]
+        else:  # a repeat of a request that got no answer: run_audit asks again, and so does this (here)
+            ans = client.chat(plan.bodies[i])
+            content, lpc, _f, problem = _answer_parts(ans, plan.bodies[i], cfg.endpoint)
+            tmap = tmap or TokenMap(reference.tokenizer, reference.vocab_size)
+            scored = None if problem else score_answer(cfg, reference, tmap, prompt_ids[i], content, lpc)
+            result = StagedPrompt(ans, scored)
+        if result.answer is not None:
+            answered[key] = result
+        staged.append(result)
+    return staged
 
 
 def _config_json(cfg: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ..models import LoadedModel, load_model
 from ..transcript import SamplingParams
 from ..web.http import redact_url
 from . import AuditError, AuditUsageError, calibrate
-from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
+from .client import ENDPOINTS, ClientOptions, ProviderClient, ProviderFault, validate_for
 from .rescore import align_text, rescore
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
@@ -38,8 +38,22 @@ DEFAULT_PROMPTS = [
 ]
 
 
-@dataclass
+#: request fields the audit sets itself: --extra-body may not replace them
+RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "max_tokens", "temperature", "logprobs", "top_logprobs",
+                             "seed"})
+
+#: the smallest value of each count (max_tokens is checked against the reference's context once it is loaded)
+_AT_LEAST = {"budget": 1, "top_logprobs": 0, "calibration_prompts": 1, "mmd_samples": 0, "mmd_prompts": 0,
+             "max_retries": 0, "reference_texts": 0, "seeded_prompts": 0, "rut_prompts": 0, "rut_samples": 0,
+             "sample_top_k": 0}
+
+
+@dataclass(frozen=True)
 class AuditConfig:
+    """One audit's configuration (`audit.json`), validated when made: an AuditUsageError names the
+    field, what was given and what is expected. Checks that need the reference (max_tokens against
+    its context) are made once it is loaded (`run_audit`)."""
+
     base_url: str
     model: str
     reference: str
@@ -77,6 +91,39 @@ class AuditConfig:
     sample_top_p: float = 1.0
     sample_top_k: int = 0
     sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise AuditUsageError("unknown endpoint", field="endpoint", got=self.endpoint, expected=list(ENDPOINTS))
+        if self.endpoint != "chat" and (self.seeded_prompts or self.rut_prompts):
+            raise AuditUsageError("sampled audits (--seeded, --rut) ask chat completions", field="endpoint",
+                                  got=self.endpoint, expected="chat")
+        if self.honest_class not in calibrate.CLASS_NAMES:
+            raise AuditUsageError("unknown honest class", field="honest_class", got=self.honest_class,
+                                  expected=list(calibrate.CLASS_NAMES))
+        if not isinstance(self.extra_body, dict) or RESERVED_FIELDS & set(self.extra_body):
+            raise AuditUsageError("extra request fields may not replace the audit's own", field="extra_body",
+                                  got=sorted(RESERVED_FIELDS & set(self.extra_body)) if isinstance(self.extra_body, dict)
+                                  else type(self.extra_body).__name__, expected="other fields (e.g. repeat_penalty)")
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise AuditUsageError(f"must be at least {low}", field=name, got=getattr(self, name), expected=f">= {low}")
+        if not 0 < self.alpha < 1:
+            raise AuditUsageError("alpha out of range", field="alpha", got=self.alpha, expected="(0, 1)")
+        if not 0 <= self.max_adjusted <= 1:
+            raise AuditUsageError("max_adjusted out of range", field="max_adjusted", got=self.max_adjusted,
+                                  expected="[0, 1]")
+        for name in ("timeout", "margin"):
+            if not getattr(self, name) > 0:
+                raise AuditUsageError("must be positive", field=name, got=getattr(self, name), expected="> 0")
+
+    @classmethod
+    def from_cli(cls, *, model_name: str, text_only: bool, base_url: str | None = None,
+                 extra_body: dict[str, Any] | None = None, **options: Any) -> AuditConfig:
+        """From `audit run`'s options: `--model` (model_name), `--text-only` (no logprobs asked), an
+        absent `--base-url` (several --provider) as "", the rest named as the fields."""
+        return cls(base_url=base_url or "", model=model_name, request_logprobs=not text_only,
+                   extra_body=extra_body or {}, **options)
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
@@ -224,6 +271,68 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
     return cal
 
 
+@dataclass(frozen=True)
+class AuditInputs:
+    """What every stage of a run shares: the reference, the prompts (texts and reference ids) and the null."""
+
+    reference: LoadedModel
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    calibration: dict[str, Any]
+    null: dict[str, Any]  # calibrate.honest_null: the honest class's noise (tau, p0, pool, ...)
+
+
+@dataclass
+class Tally:
+    """The greedy answers' evidence, prompt by prompt: what the statistics and the report are made of."""
+
+    per_prompt: list[dict[str, Any]] = field(default_factory=list)
+    lp_stats: list[float] = field(default_factory=list)
+    disagree_margins: list[float] = field(default_factory=list)
+    agree: int = 0
+    by_position: list[tuple[int, bool, float]] = field(default_factory=list)
+    adjusted_total: int = 0
+    scatter: list[tuple[float, float]] = field(default_factory=list)
+    total_tokens: int = 0
+    unmappable: int = 0
+    with_logprobs: int = 0
+    faults: int = 0
+
+    def add(self, rec: dict[str, Any], scored: ScoredAnswer) -> None:
+        """Count one scored answer (its record gets the per-prompt fields; positions set aside are skipped)."""
+        rec.update(scored.fields)
+        self.total_tokens += scored.tokens
+        self.unmappable += scored.unscored
+        if scored.with_logprobs:
+            self.with_logprobs += 1
+            if scored.stat is not None:
+                self.lp_stats.append(scored.stat)
+            self.scatter.extend(scored.pairs)
+        adjusted = set(scored.adjusted)
+        n_dis = 0
+        for pos, (agrees, margin) in enumerate(scored.positions):
+            if pos in adjusted:
+                continue
+            if agrees:
+                self.agree += 1
+            else:
+                self.disagree_margins.append(margin)
+                n_dis += 1
+            self.by_position.append((pos, agrees, margin))
+        rec["disagreements"] = n_dis
+        rec["penalty_adjusted"] = len(adjusted)
+        self.adjusted_total += len(adjusted)
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for r in self.per_prompt if not r.get("problem"))
+
+    @property
+    def adjusted_fraction(self) -> float:
+        scored_positions = len(self.by_position) + self.adjusted_total
+        return self.adjusted_total / scored_positions if scored_positions else 0.0
+
+
 def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None, offline: bool = False,
               stage: Any = None, budget: Any = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or, with offline=True, re-analyse from raw.jsonl) an audit; writes report.json/html.
@@ -236,19 +345,22 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(asdict(cfg), indent=1))
-    if cfg.endpoint not in ENDPOINTS:
-        raise AuditUsageError("unknown endpoint", field="endpoint", got=cfg.endpoint, expected=list(ENDPOINTS))
-    if cfg.endpoint != "chat" and (cfg.seeded_prompts or cfg.rut_prompts):
-        raise AuditUsageError("sampled audits (--seeded, --rut) ask chat completions", field="endpoint",
-                              got=cfg.endpoint, expected="chat")
-    if cfg.honest_class not in calibrate.CLASS_NAMES:
-        raise AuditUsageError("unknown honest class", field="honest_class", got=cfg.honest_class,
-                              expected=list(calibrate.CLASS_NAMES))
-    reserved = {"model", "messages", "prompt", "max_tokens", "temperature", "logprobs", "top_logprobs", "seed"}
-    if not isinstance(cfg.extra_body, dict) or reserved & set(cfg.extra_body):
-        raise AuditUsageError("extra request fields may not replace the audit's own", field="extra_body",
-                              got=sorted(reserved & set(cfg.extra_body)) if isinstance(cfg.extra_body, dict)
-                              else type(cfg.extra_body).__name__, expected="other fields (e.g. repeat_penalty)")
+    inputs = prepare_inputs(cfg, out, reference, calibration)
+    client = open_client(cfg, out, offline)
+    staged = None if stage is None or offline else stage(cfg, client, inputs.reference, inputs.prompts, inputs.prompt_ids)
+    tally = answer_and_score(cfg, inputs, client, staged, offline, budget)
+    results, sampled = run_tests(cfg, inputs, client, tally, offline, budget)
+    report = build_report(cfg, inputs, tally, results, client.stats)
+    _add_sampled_and_budget(report, sampled, tally, budget)
+    client.close()
+    write_reports(report, out)
+    return report
+
+
+def prepare_inputs(cfg: AuditConfig, out: Path, reference: LoadedModel | None,
+                   calibration: dict[str, Any] | None) -> AuditInputs:
+    """Load the reference, the prompts and the calibration; the honest null comes first: a class that
+    cannot be used stops the run before any query is paid for."""
     reference = reference or load_model(cfg.reference)
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
     prompt_ids = [_prompt_ids(reference, p, cfg.endpoint) for p in prompts]
@@ -257,85 +369,74 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         raise AuditUsageError("max_tokens does not fit the model context", field="max_tokens", got=cfg.max_tokens,
                               expected=f"1..{max(1, reference.max_context - longest)} (context {reference.max_context}, "
                                        f"longest prompt {longest} tokens)")
-    # the null first: a class that cannot be used must stop the run before any query is paid for
     cal = calibration or obtain_calibration(cfg, reference, prompt_ids, out)
     null = calibrate.honest_null(cal, cfg.honest_class, cfg.margin)
-    client = ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl",
-                            api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
-                            max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint,
-                            setup_errors=not offline)
+    return AuditInputs(reference, prompts, prompt_ids, cal, null)
+
+
+def open_client(cfg: AuditConfig, out: Path, offline: bool) -> ProviderClient:
+    """The provider's client over OUT/raw.jsonl (offline: reads the log back, never asks)."""
+    return ProviderClient(cfg.base_url, cfg.model, log_path=out / "raw.jsonl", options=ClientOptions(
+        api_key_env=None if offline else cfg.api_key_env, timeout=cfg.timeout,
+        max_retries=0 if offline else cfg.max_retries, endpoint=cfg.endpoint, setup_errors=not offline))
+
+
+def answer_and_score(cfg: AuditConfig, inputs: AuditInputs, client: ProviderClient, staged: list[StagedPrompt] | None,
+                     offline: bool, budget: Any) -> Tally:
+    """Ask each greedy prompt (or take the stage's answer), validate, re-score it with the reference, count."""
+    reference = inputs.reference
+    tally = Tally()
     tmap = TokenMap(reference.tokenizer, reference.vocab_size)
-    staged = stage(cfg, client, reference, prompts, prompt_ids) if stage is not None and not offline else None
-    per_prompt: list[dict[str, Any]] = []
-    lp_stats: list[float] = []
-    disagree_margins: list[float] = []
-    agree = 0
-    by_position: list[tuple[int, bool, float]] = []
-    adjusted_total = 0
-    scatter: list[tuple[float, float]] = []
-    total_tokens = unmappable = 0
-    with_logprobs = faults = 0
-    bar = _progress(len(prompts), "audit")
+    bar = _progress(len(inputs.prompts), "audit")
     try:
-        for i, (text, pids) in enumerate(zip(prompts, prompt_ids, strict=True)):
+        for i, (text, pids) in enumerate(zip(inputs.prompts, inputs.prompt_ids, strict=True)):
             body = prompt_request(cfg, text)
             ans, not_sent = (staged[i].answer, None) if staged else _ask(client, body, offline, budget)
             content, lpc, finish, problem = _answer_parts(ans, body, cfg.endpoint, not_sent)
             rec: dict[str, Any] = {"index": i, "prompt": text, "finish_reason": finish, "problem": problem}
             if problem and problem.startswith("provider fault"):
-                faults += 1
+                tally.faults += 1
             bar.update(1)
             if problem:
-                per_prompt.append(rec)
+                tally.per_prompt.append(rec)
                 continue
             scored = staged[i].scored if staged else score_answer(cfg, reference, tmap, pids, content, lpc)
             if scored is None:
                 raise AuditError("the audit stage scored no answer for a prompt with an answer", field=f"prompt {i}")
-            rec.update(scored.fields)
-            total_tokens += scored.tokens
-            unmappable += scored.unscored
-            if scored.with_logprobs:
-                with_logprobs += 1
-                if scored.stat is not None:
-                    lp_stats.append(scored.stat)
-                scatter.extend(scored.pairs)
-            adjusted = set(scored.adjusted)
-            n_dis = 0
-            for pos, (agrees, margin) in enumerate(scored.positions):
-                if pos in adjusted:
-                    continue
-                if agrees:
-                    agree += 1
-                else:
-                    disagree_margins.append(margin)
-                    n_dis += 1
-                by_position.append((pos, agrees, margin))
-            rec["disagreements"] = n_dis
-            rec["penalty_adjusted"] = len(adjusted)
+            tally.add(rec, scored)
             if i < cfg.reference_texts:
                 rec["divergence"] = first_divergence(reference, pids, scored, cfg.max_tokens)
-            adjusted_total += len(adjusted)
-            usage = ans.get("usage") if isinstance(ans, dict) else None
-            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
-                    and usage["prompt_tokens"] != len(pids):
-                rec["prompt_tokens_mismatch"] = {"provider": usage["prompt_tokens"], "reference": len(pids)}
-            per_prompt.append(rec)
+            _note_prompt_tokens(rec, ans, pids)
+            tally.per_prompt.append(rec)
     finally:
         bar.close()
+    return tally
+
+
+def _note_prompt_tokens(rec: dict[str, Any], ans: Any, prompt_ids: list[int]) -> None:
+    """Record a provider that counts the prompt's tokens differently (another template or tokenizer)."""
+    usage = ans.get("usage") if isinstance(ans, dict) else None
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
+            and usage["prompt_tokens"] != len(prompt_ids):
+        rec["prompt_tokens_mismatch"] = {"provider": usage["prompt_tokens"], "reference": len(prompt_ids)}
+
+
+def run_tests(cfg: AuditConfig, inputs: AuditInputs, client: ProviderClient, tally: Tally, offline: bool,
+              budget: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The statistical tests: token agreement, logprobs, MMD (text only), seeded-exact and RUT (asked here)."""
+    null = inputs.null
     results = []
-    power_by_tokens: list[dict[str, Any]] = []
-    if any("disagreements" in r for r in per_prompt):
-        pos_summary = [(p, a, m >= null["tau"] or a) for p, a, m in by_position]
-        power_by_tokens = _power_by_tokens(by_position, cfg, null)
-        results.append(agreement_test(disagree_margins, agree, null["tau"], null["p0"], cfg.alpha,
+    if any("disagreements" in r for r in tally.per_prompt):
+        pos_summary = [(p, a, m >= null["tau"] or a) for p, a, m in tally.by_position]
+        results.append(agreement_test(tally.disagree_margins, tally.agree, null["tau"], null["p0"], cfg.alpha,
                                       cfg.min_effect_tokens, pos_summary))
-    if lp_stats:
+    if tally.lp_stats:
         # the declared effect is a deviation *beyond* the class's accepted honest noise (the pool mean):
         # against the cross-engine class (llama.cpp ~0.1 nats) an absolute 0.1 could never be powered
         declared_lp = cfg.min_effect_logprob + sum(null["pool"]) / len(null["pool"])
-        results.append(logprob_test(lp_stats, null["pool"], cfg.alpha, declared_lp))
-    if cfg.mmd_samples >= 2 and with_logprobs == 0:
-        mmd = _mmd(cfg, client, reference, prompts, prompt_ids, offline, budget)
+        results.append(logprob_test(tally.lp_stats, null["pool"], cfg.alpha, declared_lp))
+    if cfg.mmd_samples >= 2 and tally.with_logprobs == 0:
+        mmd = _mmd(cfg, client, inputs.reference, inputs.prompts, inputs.prompt_ids, offline, budget)
         if mmd.samples:
             results.append(mmd)
     sampled: dict[str, Any] = {}
@@ -346,61 +447,77 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
             ans, not_sent = _ask(client, b, offline, budget)
             return _answer_parts(ans, b, cfg.endpoint, not_sent)
 
-        more, sampled = run_sampled(cfg, ask, reference, prompts, prompt_ids, null["tau"])
+        more, sampled = run_sampled(cfg, ask, inputs.reference, inputs.prompts, inputs.prompt_ids, null["tau"])
         results.extend(more)
-    answered = sum(1 for r in per_prompt if not r.get("problem"))
-    frac = unmappable / total_tokens if total_tokens else 0.0
-    scored_positions = len(by_position) + adjusted_total
-    adjusted_frac = adjusted_total / scored_positions if scored_positions else 0.0
+    return results, sampled
+
+
+def judge(cfg: AuditConfig, null: dict[str, Any], results: list[Any], tally: Tally) -> dict[str, Any]:
+    """The verdict with its reasons: the tests combined, then what makes a run inconclusive whatever they say."""
+    frac = tally.unmappable / tally.total_tokens if tally.total_tokens else 0.0
+    adjusted_frac = tally.adjusted_fraction
     verdict = combine(results, cfg.alpha, frac, claim=null["claim"])
     if verdict["verdict"] == "substituted":
         verdict["reasons"].append(f"honest class {null['class']}: {', '.join(null['setups'])}")
     if verdict["verdict"] == "consistent" and adjusted_frac > cfg.max_adjusted:
+        scored_positions = len(tally.by_position) + tally.adjusted_total
         verdict = {**verdict, "verdict": "inconclusive", "reasons": [
-            f"the provider did not decode greedily: at {adjusted_total} of {scored_positions} positions "
+            f"the provider did not decode greedily: at {tally.adjusted_total} of {scored_positions} positions "
             f"({adjusted_frac:.1%}, limit {cfg.max_adjusted:.0%}) its own logprobs rank an earlier-seen token above "
             "the one it chose (a repetition penalty, e.g. llama.cpp's default repeat_penalty 1.1); those positions "
             "are left out of token agreement; rerun with --extra-body '{\"repeat_penalty\": 1.0}' if the provider "
             "accepts it"]}
-    if answered == 0:
+    if tally.answered == 0:
         verdict = {"verdict": "inconclusive", "reasons": ["the provider answered no prompt"], "rejected": {}, "alpha": cfg.alpha}
-    report = {
+    return verdict
+
+
+def build_report(cfg: AuditConfig, inputs: AuditInputs, tally: Tally, results: list[Any],
+                 client_stats: dict[str, Any]) -> dict[str, Any]:
+    """report.json (format specguard-audit-report/v1, docs/audit.md)."""
+    null, reference = inputs.null, inputs.reference
+    frac = tally.unmappable / tally.total_tokens if tally.total_tokens else 0.0
+    power_by_tokens = (_power_by_tokens(tally.by_position, cfg, null)
+                       if any("disagreements" in r for r in tally.per_prompt) else [])
+    return {
         "format": "specguard-audit-report/v1",
         "provider": {"base_url": redact_url(cfg.base_url), "model": cfg.model},
         "reference": {"name": reference.name, "digest": reference.digest},
         "config": {**asdict(cfg), "base_url": redact_url(cfg.base_url)},
-        **verdict,
+        **judge(cfg, null, results, tally),
         "tests": [r.to_json() for r in results],
         "claim": null["claim"],
         "honest_class": {"name": null["class"], "requested": cfg.honest_class, "claim": null["claim"],
                          "setups": null["setups"], "missing_setups": null["missing_setups"],
                          "worst_setup": null["worst_setup"],
                          "mean_abs_delta": null["mean_abs_delta"], "tau": null["tau"], "p0": null["p0"],
-                         "margin": null["margin"], "calibration_max_tokens": cal.get("max_tokens")},
+                         "margin": null["margin"], "calibration_max_tokens": inputs.calibration.get("max_tokens")},
         "endpoint": cfg.endpoint,
-        "headline": headline(results, reference.name, answered),
-        "penalty_adjusted": {"positions": adjusted_total, "fraction": adjusted_frac, "limit": cfg.max_adjusted},
+        "headline": headline(results, reference.name, tally.answered),
+        "penalty_adjusted": {"positions": tally.adjusted_total, "fraction": tally.adjusted_fraction,
+                             "limit": cfg.max_adjusted},
         "power_by_max_tokens": power_by_tokens,
         "distinguishes": _distinguishes(results, null),
-        "prompts": {"requested": len(prompts), "answered": answered, "with_logprobs": with_logprobs,
-                    "provider_faults": faults},
-        "tokens": {"total": total_tokens, "unmappable_or_unscored": unmappable, "unmappable_fraction": frac},
-        "client": client.stats,
-        "per_prompt": per_prompt,
-        "scatter": scatter[:4000],
+        "prompts": {"requested": len(inputs.prompts), "answered": tally.answered, "with_logprobs": tally.with_logprobs,
+                    "provider_faults": tally.faults},
+        "tokens": {"total": tally.total_tokens, "unmappable_or_unscored": tally.unmappable, "unmappable_fraction": frac},
+        "client": client_stats,
+        "per_prompt": tally.per_prompt,
+        "scatter": tally.scatter[:4000],
         "null_pool": null["pool"],
     }
+
+
+def _add_sampled_and_budget(report: dict[str, Any], sampled: dict[str, Any], tally: Tally, budget: Any) -> None:
+    """The sampled tests' queries, the cost budget, and a reason for every query the budget refused."""
     if sampled:
         report["sampled"] = sampled
-    not_sent = sum(1 for r in per_prompt if str(r.get("problem", "")).startswith("not sent"))
+    not_sent = sum(1 for r in tally.per_prompt if str(r.get("problem", "")).startswith("not sent"))
     not_sent += sum(1 for t in sampled.values() for q in t["queries"] if str(q.get("problem", "")).startswith("not sent"))
     if budget is not None:
         report["budget"] = budget.to_json()
     if not_sent:
         report["reasons"] = [*report["reasons"], f"stopped before exceeding the cost budget: {not_sent} queries not sent"]
-    client.close()
-    write_reports(report, out)
-    return report
 
 
 def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: ScoredAnswer,

@@ -287,65 +287,80 @@ def run_sampled(cfg: Any, ask: Ask, reference: LoadedModel, prompts: list[str], 
 
     `ask` sends one chat body (or reads it back from the raw log) and returns the validated parts.
     Returns the TestResults and a JSON summary of every sampled query (for report.json)."""
-    from .tokens import TokenMap, map_logprob_content
-
     results: list[TestResult] = []
     summary: dict[str, Any] = {}
     n_seeded = min(int(getattr(cfg, "seeded_prompts", 0) or 0), len(prompts))
     n_rut = min(int(getattr(cfg, "rut_prompts", 0) or 0), len(prompts))
-    temp, top_p, top_k = float(cfg.sample_temperature), float(cfg.sample_top_p), int(cfg.sample_top_k)
     if n_seeded:
-        tau = near_tie_margin(null_tau, temp)
-        tmap = TokenMap(reference.tokenizer, reference.vocab_size)
-        checks: list[SeededCheck] = []
-        records = []
-        for i in range(n_seeded):
-            params = seeded_params(cfg.max_tokens, temp, top_p, top_k, derive_seed(cfg.sample_seed, SEEDED_TAG, i))
-            body = seeded_body([{"role": "user", "content": prompts[i]}], params)
-            if cfg.request_logprobs:
-                body["logprobs"] = True
-            content, lpc, finish, problem = ask(body)
-            rec: dict[str, Any] = {"index": i, "seed": params.seed, "problem": problem}
-            if problem or content is None:
-                records.append(rec)
-                continue
-            if lpc is not None:
-                mapped = map_logprob_content(lpc, tmap)
-                check = check_seeded_ids(reference, prompt_ids[i], mapped.ids, params,
-                                         finish == "stop" and not mapped.unscored, tau)
-                check.unscored += mapped.unscored
-            else:
-                check = check_seeded_text(reference, prompt_ids[i], content, params, tau)
-            checks.append(check)
-            rec.update(check.to_json())
-            records.append(rec)
-        summary["seeded_exact"] = {"temperature": temp, "top_p": top_p, "top_k": top_k, "tau": tau, "queries": records}
-        if checks:
-            res = seeded_exact_test(checks, cfg.alpha, cfg.min_effect_tokens)
-            res.details["tau"] = tau
-            results.append(res)
+        summary["seeded_exact"], seeded = _run_seeded(cfg, ask, reference, prompts[:n_seeded], prompt_ids, null_tau)
+        results.extend(seeded)
     if n_rut:
-        m = int(cfg.rut_samples)
-        rng = np.random.default_rng(derive_seed(cfg.sample_seed, RUT_TAG, 2**31))
-        us: list[float] = []
-        records = []
-        for i in range(n_rut):
-            body = {"messages": [{"role": "user", "content": prompts[i]}], "temperature": temp, "top_p": top_p,
-                    "max_tokens": cfg.max_tokens, "seed": derive_seed(cfg.sample_seed, RUT_TAG, i)}
-            content, _lpc, finish, problem = ask(body)
-            rec = {"index": i, "problem": problem}
-            if problem or content is None:
-                records.append(rec)
-                continue
-            samples = reference_samples(reference, prompt_ids[i], m, cfg.max_tokens, temp, top_p,
-                                        derive_seed(cfg.sample_seed, RUT_TAG + "/reference", i))
-            ids = [answer_ids(reference, content, finish == "stop")] + [answer_ids(reference, t, s) for t, s in samples]
-            lls = loglik(reference, prompt_ids[i], ids)
-            u = rut_rank(lls[0], lls[1:], rng)
-            us.append(u)
-            rec.update(rank=u, provider_loglik=lls[0], reference_loglik_median=float(np.median(lls[1:])))
-            records.append(rec)
-        summary["rut"] = {"reference_samples": m, "temperature": temp, "top_p": top_p, "queries": records}
-        if us:
-            results.append(rut_test(us, m, cfg.alpha))
+        summary["rut"], rut = _run_rut(cfg, ask, reference, prompts[:n_rut], prompt_ids)
+        results.extend(rut)
     return results, summary
+
+
+def _run_seeded(cfg: Any, ask: Ask, reference: LoadedModel, prompts: list[str], prompt_ids: list[list[int]],
+                null_tau: float) -> tuple[dict[str, Any], list[TestResult]]:
+    """The seeded-exact queries of `prompts` re-derived by the reference: (summary, [test] or [])."""
+    from .tokens import TokenMap, map_logprob_content
+
+    temp, top_p, top_k = float(cfg.sample_temperature), float(cfg.sample_top_p), int(cfg.sample_top_k)
+    tau = near_tie_margin(null_tau, temp)
+    tmap = TokenMap(reference.tokenizer, reference.vocab_size)
+    checks: list[SeededCheck] = []
+    records = []
+    for i, prompt in enumerate(prompts):
+        params = seeded_params(cfg.max_tokens, temp, top_p, top_k, derive_seed(cfg.sample_seed, SEEDED_TAG, i))
+        body = seeded_body([{"role": "user", "content": prompt}], params)
+        if cfg.request_logprobs:
+            body["logprobs"] = True
+        content, lpc, finish, problem = ask(body)
+        rec: dict[str, Any] = {"index": i, "seed": params.seed, "problem": problem}
+        if problem or content is None:
+            records.append(rec)
+            continue
+        if lpc is not None:
+            mapped = map_logprob_content(lpc, tmap)
+            check = check_seeded_ids(reference, prompt_ids[i], mapped.ids, params,
+                                     finish == "stop" and not mapped.unscored, tau)
+            check.unscored += mapped.unscored
+        else:
+            check = check_seeded_text(reference, prompt_ids[i], content, params, tau)
+        checks.append(check)
+        rec.update(check.to_json())
+        records.append(rec)
+    summary = {"temperature": temp, "top_p": top_p, "top_k": top_k, "tau": tau, "queries": records}
+    if not checks:
+        return summary, []
+    res = seeded_exact_test(checks, cfg.alpha, cfg.min_effect_tokens)
+    res.details["tau"] = tau
+    return summary, [res]
+
+
+def _run_rut(cfg: Any, ask: Ask, reference: LoadedModel, prompts: list[str],
+             prompt_ids: list[list[int]]) -> tuple[dict[str, Any], list[TestResult]]:
+    """One sampled answer per prompt ranked among the reference's own samples: (summary, [test] or [])."""
+    temp, top_p = float(cfg.sample_temperature), float(cfg.sample_top_p)
+    m = int(cfg.rut_samples)
+    rng = np.random.default_rng(derive_seed(cfg.sample_seed, RUT_TAG, 2**31))
+    us: list[float] = []
+    records = []
+    for i, prompt in enumerate(prompts):
+        body = {"messages": [{"role": "user", "content": prompt}], "temperature": temp, "top_p": top_p,
+                "max_tokens": cfg.max_tokens, "seed": derive_seed(cfg.sample_seed, RUT_TAG, i)}
+        content, _lpc, finish, problem = ask(body)
+        rec: dict[str, Any] = {"index": i, "problem": problem}
+        if problem or content is None:
+            records.append(rec)
+            continue
+        samples = reference_samples(reference, prompt_ids[i], m, cfg.max_tokens, temp, top_p,
+                                    derive_seed(cfg.sample_seed, RUT_TAG + "/reference", i))
+        ids = [answer_ids(reference, content, finish == "stop")] + [answer_ids(reference, t, s) for t, s in samples]
+        lls = loglik(reference, prompt_ids[i], ids)
+        u = rut_rank(lls[0], lls[1:], rng)
+        us.append(u)
+        rec.update(rank=u, provider_loglik=lls[0], reference_loglik_median=float(np.median(lls[1:])))
+        records.append(rec)
+    summary = {"reference_samples": m, "temperature": temp, "top_p": top_p, "queries": records}
+    return summary, [rut_test(us, m, cfg.alpha)] if us else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,6 +39,22 @@ def _print_json(data: dict) -> None:
     click.echo(json.dumps(clean(data), indent=1, allow_nan=False))
 
 
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """--extra-body: a JSON object (strict: no NaN, no duplicate keys), else a usage error naming the option."""
+    from specguard.attest.jsonio import loads_strict
+    from specguard.errors import ParseError
+
+    if not value:
+        return None
+    try:
+        parsed = loads_strict(value, "--extra-body")
+    except ParseError as exc:
+        raise click.BadParameter(f"not JSON: {exc.summary()}", param_hint="--extra-body") from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
+    return parsed
+
+
 @audit_group.command(name="run")
 @cacert_option
 @click.option("--base-url", default=None, help="Provider base URL, e.g. http://127.0.0.1:8000/v1 (one provider).")
@@ -60,7 +77,7 @@ def _print_json(data: dict) -> None:
               help="auto = cross-engine when calibrated (the provider's engine is unknown); bf16/fp32 = same engine.")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
               help="chat: /chat/completions; completions: the legacy /completions with the prompt as raw text.")
-@click.option("--extra-body", default=None,
+@click.option("--extra-body", default=None, callback=_json_object,
               help='JSON object merged into every request, e.g. \'{"repeat_penalty": 1.0}\' for llama.cpp servers.')
 @click.option("--calibration", default=None, help="Calibration JSON to use instead of measuring one.")
 @click.option("--calibration-prompts", type=int, default=8, show_default=True,
@@ -99,93 +116,97 @@ def _print_json(data: dict) -> None:
 @click.option("--ray", "ray_scorers", type=click.IntRange(0), is_flag=False, flag_value=0, default=None,
               metavar="[N]", help="Run the queries and the re-scoring as Ray Data stages with N reference actors "
                                   "(default: one per CPU of the cluster; RAY_ADDRESS; docs/scaling.md).")
-def run_command(base_url, providers, model_name, reference, api_key_envs, prompts_file, budget, max_tokens, alpha,
-                top_logprobs, honest_class, endpoint, extra_body, calibration, calibration_prompts, margin,
-                min_effect_logprob, min_effect_tokens, mmd_samples, mmd_prompts, text_only, timeout, max_retries,
-                seeded_prompts, rut_prompts, rut_samples, sample_temperature, sample_top_p, sample_top_k, sample_seed,
-                max_cost, prices, as_json, out_dir, ray_scorers=None) -> None:
+def run_command(providers: tuple[str, ...], api_key_envs: tuple[str, ...], prices: tuple[str, ...],
+                max_cost: float | None, as_json: bool, out_dir: str, ray_scorers: int | None, **options: Any) -> None:
     """Audit a provider (or several); rerun the same command to resume.
 
     Exit 0 consistent, 4 substituted, 1 inconclusive (several providers: the worst), 2 bad usage."""
+    from specguard.audit.multi import EXIT_CODES, parse_named
+    from specguard.audit.run import AuditConfig
+
+    _check_targets(options["base_url"], providers, ray_scorers, max_cost)
+    key_default, key_per = parse_named(api_key_envs, "api_key_env")
+    price_default, price_per = _parse_prices(prices)
+    cfg = AuditConfig.from_cli(api_key_env=key_default, **options)
+    out = Path(out_dir)
+    if providers:
+        result = _run_providers(cfg, out, providers, key_per, (price_default, price_per), max_cost)
+        _echo_providers(result, out, as_json)
+    else:
+        report, result = _run_one(cfg, out, price_per.get("provider", price_default), max_cost, ray_scorers)
+        if as_json:
+            _print_json(result)
+        else:
+            _echo_summary(report, out)
+    raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
+
+
+def _check_targets(base_url: str | None, providers: tuple[str, ...], ray_scorers: int | None,
+                   max_cost: float | None) -> None:
     from specguard.audit import AuditUsageError
-    from specguard.audit.multi import (
-        EXIT_CODES,
-        Provider,
-        parse_named,
-        parse_provider,
-        provider_verdict,
-        run_multi,
-        run_single_with_budget,
-        verdict_json,
-    )
-    from specguard.audit.run import AuditConfig, run_audit
 
     if bool(base_url) == bool(providers):
         raise AuditUsageError("give either --base-url or one or more --provider NAME=URL", field="base_url",
                               got=f"base_url={base_url!r}, providers={len(providers)}")
-    from specguard.attest.jsonio import loads_strict
-    from specguard.errors import ParseError
-
-    try:
-        extra = loads_strict(extra_body, "--extra-body") if extra_body else {}
-    except ParseError as exc:
-        raise click.BadParameter(f"not JSON: {exc.summary()}", param_hint="--extra-body") from exc
-    if not isinstance(extra, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--extra-body")
     if ray_scorers is not None and (providers or max_cost is not None):
         raise AuditUsageError("--ray runs one provider without a cost budget", field="ray",
                               got="with --provider/--max-cost", expected="--base-url only")
-    key_default, key_per = parse_named(api_key_envs, "api_key_env")
+
+
+def _parse_prices(prices: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
+    from specguard.audit import AuditUsageError
+    from specguard.audit.multi import parse_named
+
     price_default, price_per = parse_named(prices, "price_per_1k_tokens", float)
     for price in [price_default, *price_per.values()]:
         if price is not None and not (price >= 0 and price != float("inf")):
             raise AuditUsageError("bad price", field="price_per_1k_tokens", got=price, expected="a number >= 0")
-    for name, value in (("seeded", seeded_prompts), ("rut", rut_prompts), ("rut-samples", rut_samples)):
-        if value < 0:
-            raise AuditUsageError("must not be negative", field=name, got=value)
-    cfg = AuditConfig(endpoint=endpoint, extra_body=extra, base_url=base_url or "", model=model_name,
-                      reference=reference, prompts_file=prompts_file,
-                      budget=budget, max_tokens=max_tokens, alpha=alpha, top_logprobs=top_logprobs,
-                      honest_class=honest_class, calibration=calibration, calibration_prompts=calibration_prompts,
-                      margin=margin, min_effect_logprob=min_effect_logprob, min_effect_tokens=min_effect_tokens,
-                      mmd_samples=mmd_samples, mmd_prompts=mmd_prompts, request_logprobs=not text_only,
-                      api_key_env=key_default, timeout=timeout, max_retries=max_retries,
-                      seeded_prompts=seeded_prompts, rut_prompts=rut_prompts, rut_samples=rut_samples,
-                      sample_temperature=sample_temperature, sample_top_p=sample_top_p, sample_top_k=sample_top_k,
-                      sample_seed=sample_seed)
-    out = Path(out_dir)
-    if providers:
-        parsed = [parse_provider(p) for p in providers]
-        plist = [Provider(n, u, price_per.get(n, price_default), key_per.get(n)) for n, u in parsed]
-        combined = run_multi(plist, cfg, out, max_cost=max_cost)
-        result = {k: v for k, v in combined.items() if k in ("format", "verdict", "exit_code", "alpha", "providers",
-                                                                 "budget")}
-        result["format"] = "specguard-audit-verdict/v1"
-    else:
-        if max_cost is not None:
-            price = price_per.get("provider", price_default)
-            if price is None:
-                raise AuditUsageError("--max-cost needs --price-per-1k-tokens", field="price_per_1k_tokens", got=None)
-            report = run_single_with_budget(cfg, out, price, max_cost)
-        elif ray_scorers is not None:
-            from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+    return price_default, price_per
 
-            report = run_audit_ray(cfg, out, RayAuditOptions(scorer_actors=ray_scorers))
-        else:
-            report = run_audit(cfg, out)
-        result = verdict_json([provider_verdict("provider", report, out / "report.json")], cfg.alpha,
-                              report.get("budget"))
+
+def _run_providers(cfg: Any, out: Path, providers: tuple[str, ...], key_per: dict[str, str],
+                   prices: tuple[float | None, dict[str, float]], max_cost: float | None) -> dict[str, Any]:
+    """Several providers on the same prompts: the combined verdict JSON."""
+    from specguard.audit.multi import Provider, parse_provider, run_multi
+
+    price_default, price_per = prices
+    plist = [Provider(n, u, price_per.get(n, price_default), key_per.get(n)) for n, u in map(parse_provider, providers)]
+    combined = run_multi(plist, cfg, out, max_cost=max_cost)
+    result = {k: v for k, v in combined.items() if k in ("format", "verdict", "exit_code", "alpha", "providers", "budget")}
+    result["format"] = "specguard-audit-verdict/v1"
+    return result
+
+
+def _echo_providers(result: dict[str, Any], out: Path, as_json: bool) -> None:
     if as_json:
         _print_json(result)
-    elif providers:
-        for e in result["providers"]:
-            click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
-        if result["budget"]:
-            click.echo(f"budget: {result['budget']['reason']}")
-        click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
+        return
+    for e in result["providers"]:
+        click.echo(f"{e['name']}: {e['verdict']} ({'; '.join(e['reasons'])})")
+    if result["budget"]:
+        click.echo(f"budget: {result['budget']['reason']}")
+    click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
+
+
+def _run_one(cfg: Any, out: Path, price: float | None, max_cost: float | None,
+             ray_scorers: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One provider, locally, on Ray or under a cost budget: (report, verdict JSON)."""
+    from specguard.audit import AuditUsageError
+    from specguard.audit.multi import provider_verdict, run_single_with_budget, verdict_json
+    from specguard.audit.run import run_audit
+
+    if max_cost is not None:
+        if price is None:
+            raise AuditUsageError("--max-cost needs --price-per-1k-tokens", field="price_per_1k_tokens", got=None)
+        report = run_single_with_budget(cfg, out, price, max_cost)
+    elif ray_scorers is not None:
+        from specguard.audit.ray_run import RayAuditOptions, run_audit_ray
+
+        report = run_audit_ray(cfg, out, RayAuditOptions(scorer_actors=ray_scorers))
     else:
-        _echo_summary(report, out)
-    raise SystemExit(EXIT_CODES.get(result["verdict"], 1))
+        report = run_audit(cfg, out)
+    return report, verdict_json([provider_verdict("provider", report, out / "report.json")], cfg.alpha,
+                                report.get("budget"))
 
 
 @audit_group.command(name="report")
@@ -224,31 +245,19 @@ def report_command(directory: str, as_json: bool) -> None:
               help="Seed of the random faults (--fail-rate, --malformed-rate, --ignore-seed).")
 @click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
 @click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
-def simulate_command(reference, substitute, host, port, threads, served_name, no_logprobs, ignore_seed, fail_rate,
-                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed, switch_after, switch_to) -> None:
+def simulate_command(**options: Any) -> None:
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
 
-    from specguard.audit import AuditUsageError
-    from specguard.audit.simulate import Misbehaviour, Switch, build_app, serve
-    from specguard.audit.substitutes import parse_substitute
-    from specguard.models import load_model
+    from specguard.audit.simulate import SimulatorConfig, serve
 
-    if threads:
-        torch.set_num_threads(threads)
-    sub = parse_substitute(substitute) if substitute else None
-    ref = load_model(reference)
-    switch = None
-    if (switch_after is None) != (switch_to is None) or (switch_after is not None and switch_after < 0):
-        raise AuditUsageError("--switch-after N and --switch-to go together", field="switch_after",
-                              got=switch_after, expected="N >= 0 with --switch-to")
-    if switch_to is not None:
-        switch = (Switch(switch_after, model=load_model(switch_to[6:])) if switch_to.startswith("model:")
-                  else Switch(switch_after, substitute=parse_substitute(switch_to)))
-    bad = Misbehaviour(no_logprobs=no_logprobs, ignore_seed=ignore_seed, fail_rate=fail_rate, retry_after=retry_after,
-                       malformed_rate=malformed_rate, unmappable_rate=unmappable_rate, slow=slow, fault_seed=fault_seed)
-    click.echo(f"serving {ref.name} ({substitute or 'honest'}) on http://{host}:{port}/v1", err=True)
-    serve(build_app(ref, sub, bad, served_name, switch), host, port)
+    cfg = SimulatorConfig.from_cli(**options)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    app = cfg.build_app()
+    click.echo(f"serving {app.state.simulator.reference.name} ({cfg.substitute or 'honest'}) on "
+               f"http://{cfg.host}:{cfg.port}/v1", err=True)
+    serve(app, cfg.host, cfg.port)
 
 
 @audit_group.command(name="calibrate")
@@ -313,30 +322,28 @@ def monitor_group() -> None:
               help="INSECURE: use a baseline whose greedy repeats part beyond engine noise as the null (a provider "
                    "mixing models into the baseline can then switch unseen).")
 @click.option("--json", "as_json", is_flag=True, help="Print the baseline summary as JSON.")
-def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompts, repeats, max_tokens, top_logprobs,
-                             text_only, tolerance, api_key_env, timeout, max_retries, force, allow_nondeterministic,
-                             as_json) -> None:
+def monitor_baseline_command(store: str, force: bool, as_json: bool, **options: Any) -> None:
     """Measure the provider's answers and run-to-run noise; store the fingerprint."""
     from specguard.audit.monitor import MonitorConfig, create_baseline
-    from specguard.audit.run import load_prompts
 
-    cfg = MonitorConfig(base_url=base_url, model=model_name, prompts=load_prompts(prompts_file, n_prompts),
-                        repeats=repeats, max_tokens=max_tokens, top_logprobs=top_logprobs, logprobs=not text_only,
-                        tolerance=tolerance, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
-                        allow_nondeterministic=allow_nondeterministic)
+    cfg = MonitorConfig.from_cli(**options)
     out = create_baseline(cfg, Path(store), force=force)
     if as_json:
         click.echo(json.dumps(out, indent=1))
     else:
         click.echo(f"baseline: {out['answered']}/{out['asked']} answers ({out['mode']}), digest {out['digest']}")
         click.echo("keep the digest elsewhere and pass it to `check --baseline-digest` to pin this baseline")
+    _warn_nondeterministic(out, cfg.allow_nondeterministic)
+
+
+def _warn_nondeterministic(out: dict[str, Any], allowed: bool) -> None:
     det = out["determinism"]
     if not det["deterministic"]:
         click.echo(f"WARNING: non-deterministic baseline: greedy repeats part at decisive positions on "
                    f"{len(det['prompts'])} of {out['prompts']} prompts (margin up to "
                    f"{det['largest_divergence_margin']:.3g} nats, limit {det['threshold']:.3g}); "
                    + ("accepted as the null (--allow-nondeterministic): a provider mixing models into it can switch "
-                      "unseen" if allow_nondeterministic else "checks against it are inconclusive, never no_change"),
+                      "unseen" if allowed else "checks against it are inconclusive, never no_change"),
                    err=True)
 
 
@@ -357,14 +364,11 @@ def monitor_baseline_command(base_url, model_name, store, prompts_file, n_prompt
               help="Retries per request on 408/409/425/429/5xx, timeouts and connection errors.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo null.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (docs/audit.md).")
-def monitor_check_command(store, repeats, alpha, base_url, api_key_env, baseline_digest, history_head, timeout,
-                          max_retries, seed, as_json) -> None:
+def monitor_check_command(store: str, as_json: bool, **options: Any) -> None:
     """Re-ask the baseline's prompts and test for a change. Exit 0 no change, 6 change, 1 inconclusive."""
-    from specguard.audit.monitor import EXIT_CODES, run_check
+    from specguard.audit.monitor import EXIT_CODES, CheckOptions, run_check
 
-    res = run_check(Path(store), repeats=repeats, alpha=alpha, base_url=base_url, api_key_env=api_key_env,
-                    baseline_digest=baseline_digest, history_head=history_head, timeout=timeout,
-                    max_retries=max_retries, seed=seed)
+    res = run_check(Path(store), CheckOptions.from_cli(**options))
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from support.tiny import tiny_model
 
 from specguard.audit import AuditUsageError, calibrate
-from specguard.audit.client import ProviderClient, load_raw_log
+from specguard.audit.client import ClientOptions, ProviderClient, load_raw_log
 from specguard.audit.rescore import rescore
 from specguard.audit.statistics import (
     TestResult,
@@ -27,6 +27,8 @@ from specguard.audit.statistics import (
 from specguard.audit.substitutes import apply_substitute, mixed_in, parse_substitute
 from specguard.audit.tokens import TokenMap, map_logprob_content, retokenize_text
 from specguard.engine.scoring import score
+
+NO_WAIT = ClientOptions(sleep=lambda s: None)
 
 # --- statistics --------------------------------------------------------------------------------
 
@@ -143,8 +145,8 @@ def test_client_retries_honours_retry_after_and_logs_every_attempt(tmp_path, mon
 
     sleeps: list[float] = []
     log = tmp_path / "raw.jsonl"
-    client = ProviderClient("http://provider/v1", "m", log_path=log, api_key_env="KEY_VAR",
-                            transport=httpx.MockTransport(handler), sleep=sleeps.append, max_backoff=10)
+    client = ProviderClient("http://provider/v1", "m", log_path=log, transport=httpx.MockTransport(handler),
+                            options=ClientOptions(api_key_env="KEY_VAR", sleep=sleeps.append, max_backoff=10))
     assert client.chat({"messages": []}) == _answer()
     assert seen_auth == ["Bearer sk-secret-key"] * 4
     assert sleeps[0] >= 7 and len(sleeps) == 3
@@ -153,8 +155,8 @@ def test_client_retries_honours_retry_after_and_logs_every_attempt(tmp_path, mon
     assert "sk-secret-key" not in log.read_text()
     assert client.stats["http_errors"] == {"429": 1, "503": 1, "malformed": 1}
     # resume: the answer comes from the log, no request is made
-    again = ProviderClient("http://provider/v1", "m", log_path=log,
-                           transport=httpx.MockTransport(lambda r: pytest.fail("re-queried")), sleep=sleeps.append)
+    again = ProviderClient("http://provider/v1", "m", log_path=log, options=ClientOptions(sleep=sleeps.append),
+                           transport=httpx.MockTransport(lambda r: pytest.fail("re-queried")))
     assert again.chat({"messages": []}) == _answer() and again.stats["reused"] == 1
 
 
@@ -162,12 +164,11 @@ def test_an_answer_logged_after_a_cut_line_survives_the_next_resume(tmp_path):
     """A run killed mid-write leaves a cut last line; the next answer must not be glued onto it."""
     log = tmp_path / "raw.jsonl"
     log.write_text('{"status": 200, "key": "cut-by-kill-9", "bo')  # no newline: the write was interrupted
-    client = ProviderClient("http://provider/v1", "m", log_path=log,
-                            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=_answer())),
-                            sleep=lambda s: None)
+    client = ProviderClient("http://provider/v1", "m", log_path=log, options=NO_WAIT,
+                            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=_answer())))
     assert client.chat({"messages": []}) == _answer()
-    again = ProviderClient("http://provider/v1", "m", log_path=log,
-                           transport=httpx.MockTransport(lambda r: pytest.fail("re-queried")), sleep=lambda s: None)
+    again = ProviderClient("http://provider/v1", "m", log_path=log, options=NO_WAIT,
+                           transport=httpx.MockTransport(lambda r: pytest.fail("re-queried")))
     assert again.chat({"messages": []}) == _answer() and again.stats["reused"] == 1
 
 
@@ -186,14 +187,15 @@ def test_client_gives_up_cleanly(tmp_path):
         raise httpx.ConnectTimeout("timed out")
 
     client = ProviderClient("http://p/v1", "m", log_path=tmp_path / "raw.jsonl", transport=httpx.MockTransport(boom),
-                            sleep=lambda s: None, max_retries=2)
+                            options=ClientOptions(sleep=lambda s: None, max_retries=2))
     assert client.chat({"messages": []}) is None and client.stats["failures"] == 1
     assert len((tmp_path / "raw.jsonl").read_text().splitlines()) == 3
-    bad = ProviderClient("http://p/v1", "m", log_path=tmp_path / "b.jsonl",
-                         transport=httpx.MockTransport(lambda r: httpx.Response(400, text="no")), sleep=lambda s: None)
+    bad = ProviderClient("http://p/v1", "m", log_path=tmp_path / "b.jsonl", options=NO_WAIT,
+                         transport=httpx.MockTransport(lambda r: httpx.Response(400, text="no")))
     assert bad.chat({"messages": []}) is None and bad.stats["attempts"] == 1  # 400 is not retried
     with pytest.raises(AuditUsageError):
-        ProviderClient("http://p/v1", "m", log_path=tmp_path / "c.jsonl", api_key_env="SURELY_UNSET_VAR_123")
+        ProviderClient("http://p/v1", "m", log_path=tmp_path / "c.jsonl",
+                       options=ClientOptions(api_key_env="SURELY_UNSET_VAR_123"))
     (tmp_path / "d.jsonl").write_text('{"status": 200, "key": "k", "body": "[1]"}\nnot json\n')
     assert load_raw_log(tmp_path / "d.jsonl") == {}
 

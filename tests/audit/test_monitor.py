@@ -28,6 +28,7 @@ from specguard.audit import AuditUsageError
 from specguard.audit.client import validate_answer
 from specguard.audit.monitor import (
     EXIT_CODES,
+    CheckOptions,
     MonitorConfig,
     create_baseline,
     evaluate,
@@ -284,10 +285,10 @@ def test_truncated_or_deleted_history_is_caught_by_the_pinned_head(tmp_path):
     with pytest.raises(VerificationError, match="pinned head"):
         read_history(store, digest, expected_head=head)
     with pytest.raises(VerificationError, match="pinned head"):
-        run_check(store, history_head=head, transport=prov.transport())
+        run_check(store, CheckOptions(history_head=head), transport=prov.transport())
     (store / "history.jsonl").unlink()
     with pytest.raises(VerificationError, match="pinned head"):
-        run_check(store, history_head=head, transport=prov.transport())
+        run_check(store, CheckOptions(history_head=head), transport=prov.transport())
     assert prov.calls == calls  # refused before any query
     # without a pin, the raw logs of the deleted checks still give the deletion away
     with pytest.raises(VerificationError, match="never started"):
@@ -313,7 +314,7 @@ def test_planted_raw_logs_are_never_reused(tmp_path):
     record = {"kind": "started", "check": 1, "time": 0.0, "repeats": 2, "prev": digest,
               "raw_logs": {"check-0001-r0.jsonl": None, "check-0001-r1.jsonl": None}}
     (store / "history.jsonl").write_text(json.dumps({"record": record, "digest": _digest(HISTORY_TAG, record)}) + "\n")
-    res = run_check(store, history_head=digest, transport=prov.transport())
+    res = run_check(store, CheckOptions(history_head=digest), transport=prov.transport())
     assert res["verdict"] == "change" and prov.calls == calls + 2 * len(PROMPTS)
     assert len(list((store / "raw" / "discarded").iterdir())) == 2
     assert read_history(store, digest, expected_head=res["history_head"])[-1]["verdict"] == "change"

@@ -97,3 +97,26 @@ def test_a_scorer_with_another_reference_copy_refuses_to_start(tmp_path):
     with pytest.raises(AuditError, match="not the driver's") as err:
         ReferenceScorer(_config_json(cfg), driver_digest, threads=1)
     assert err.value.expected == driver_digest and err.value.got == load_model(str(ref_dir)).digest
+
+
+def test_ray_workers_trust_the_drivers_private_ca(setup, tmp_path):
+    """`audit run --ray --cacert ca.pem` against a provider on TLS from a private CA: the query actors run in
+    other processes (the driver's trust is not theirs) and still reach it; the report equals the local run's."""
+    from support.audit_loopback import loopback
+    from support.tls import mint_private_ca
+
+    from specguard.audit.simulate import build_app
+    from specguard.web import http
+
+    ca = mint_private_ca(tmp_path / "ca")
+    previous = http.trust_cas(http.TrustedCAs(default=str(ca.ca)))  # what --cacert does in the driver
+    try:
+        with loopback(build_app(setup["ref"]), tls=ca) as url:
+            local = run_audit(_config(setup, url), setup["base"] / "tls-local", reference=setup["ref"])
+            on_ray = run_audit_ray(_config(setup, url), setup["base"] / "tls-ray", setup["options"],
+                                   reference=setup["ref"])
+    finally:
+        http.trust_cas(previous)
+    assert url.startswith("https://")
+    assert on_ray["client"]["failures"] == 0 and on_ray["prompts"]["answered"] == 3, on_ray["client"]
+    assert on_ray == local

@@ -16,7 +16,7 @@ import pytest
 from support.slowloris import RawServer, answer, drip, self_signed_tls
 from support.tiny import tiny_model
 
-from specguard.audit.client import ProviderClient
+from specguard.audit.client import ClientOptions, ProviderClient
 from specguard.consensus.quorum import _post_one, fetch_verifier_key
 from specguard.drafters.base import NoDrafter
 from specguard.drafters.health import DrafterHealthRegistry, HealthPolicy
@@ -81,8 +81,8 @@ def test_audit_client_gives_up_within_the_deadline_and_logs_a_clean_error(tmp_pa
     with RawServer(drip(interval=1.0)) as server:
         baseline = _threads()
         url = f"http://user:hunter2@127.0.0.1:{server.port}/v1"
-        client = ProviderClient(url, "m", log_path=tmp_path / "raw.jsonl", timeout=1.0, max_retries=1,
-                                sleep=lambda s: None)
+        client = ProviderClient(url, "m", log_path=tmp_path / "raw.jsonl",
+                                options=ClientOptions(timeout=1.0, max_retries=1, sleep=lambda s: None))
         start = time.monotonic()
         assert client.chat({"messages": []}) is None
         assert time.monotonic() - start < GENEROUS

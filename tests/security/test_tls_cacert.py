@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from support.servers import free_port
 
-from specguard.audit.client import ProviderClient
+from specguard.audit.client import ClientOptions, ProviderClient
 from specguard.cli import _register_plugin_commands, cli
 from specguard.consensus import quorum
 from specguard.drafters.health import DrafterHealthRegistry
@@ -209,7 +209,8 @@ def test_verifier_calls_take_the_cacert(tls_server):
 
 def test_audit_client_takes_the_cacert(tls_server, tmp_path):
     http.trust_cas(http.TrustedCAs(default=str(tls_server.ca)))
-    client = ProviderClient(tls_server.url + "/v1", "m", log_path=tmp_path / "raw.jsonl", timeout=10, max_retries=0)
+    client = ProviderClient(tls_server.url + "/v1", "m", log_path=tmp_path / "raw.jsonl",
+                            options=ClientOptions(timeout=10, max_retries=0))
     answer = http.request(client._http, "GET", tls_server.url + "/health")
     assert answer.json() == {"status": "ok"}
 

@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from support.servers import free_port
+from support.tls import PrivateCA
 
 
 @contextmanager
-def loopback(app) -> Iterator[str]:
-    """Serve `app` on a free loopback port; yields its `/v1` base URL."""
+def loopback(app, tls: PrivateCA | None = None) -> Iterator[str]:
+    """Serve `app` on a free loopback port (over TLS with `tls`'s server certificate); yields its `/v1` base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    certs = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls is not None else {}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           **certs))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -28,7 +31,7 @@ def loopback(app) -> Iterator[str]:
             raise RuntimeError("loopback server did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
