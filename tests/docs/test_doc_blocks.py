@@ -76,4 +76,4 @@ def test_the_parser_sees_markers_and_untagged_command_blocks(tmp_path):
                    "```\nspecguard serve\n```\n<!-- example: one -->\n```python\nprint(1)\n```\n", "utf-8")
     found = [(b.line, b.lang, b.marker, b.marker_value, b.holds_commands()) for b in blocks(doc)]
     assert found == [(2, "sh", "not-run", "needs an AMD SEV-SNP machine", True), (6, "", None, "", True),
-                     (9, "python", "example", "one", False)]
+                     (10, "python", "example", "one", False)]

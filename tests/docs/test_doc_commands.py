@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import re
+from pathlib import Path
 
 import pytest
-from support.doc_blocks import example, run_sh
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from support.doc_blocks import PrintedServer, example, printed_commands, run_sh, start_printed
 from support.paths import ROOT, SHARED
+from support.servers import free_port
 
 
 @pytest.mark.skipif(not (SHARED / "vectors" / "tee").is_dir(), reason="the shared TEE vectors are not beside the repo")
@@ -34,3 +42,47 @@ def test_readme_generate_examples_run_as_printed(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     metrics = json.loads(done.stdout[done.stdout.rindex("\n{"):])
     assert metrics["output_tokens"] > 0
+
+
+def _tls_files(folder: Path) -> None:
+    """keys.txt, and cert.pem/key.pem: a self-signed certificate for 127.0.0.1 (also written as ca.pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (folder / "cert.pem").write_bytes(pem)
+    (folder / "ca.pem").write_bytes(pem)
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    (folder / "keys.txt").write_text("doc-example-key-1\n", "utf-8")
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(("doc", "name"), [("README.md", "serve_overrides"), ("README.md", "operator_serve"),
+                                           ("docs/server.md", "serve")])
+def test_serve_examples_start_as_printed(tmp_path, doc, name):
+    """Each `serve` line of the block starts on the default model and answers /health; a line that ends
+    in `&` keeps running for the lines after it (the remote drafter). Only ports and --host change."""
+    _tls_files(tmp_path)
+    ports = {8000: free_port(), 9000: free_port()}
+    background: list[PrintedServer] = []
+    try:
+        for command in printed_commands(example(doc, name)):
+            env = {"SPECGUARD_HOME": str(tmp_path / f"home-{len(background)}")}
+            health = "/v1/draft/health" if " draft-serve " in command else "/health"
+            server = start_printed(command, tmp_path, ports, env, health_path=health)
+            if command.endswith("&"):
+                background.append(server)
+                continue
+            banner = server.handle.output()
+            server.handle.stop()
+            assert "specguard serving" in banner or "draft" in banner, banner
+    finally:
+        for server in background:
+            server.handle.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from support.asgi import app_client
-from support.doc_blocks import example, run_sh
+from support.doc_blocks import blocks, example, run_sh
 from support.paths import ROOT
 from support.servers import make_tiny_model_dir
 from support.tiny import tiny_model
@@ -41,17 +40,16 @@ from specguard.transcript import SamplingParams
 
 PLUGINS_MD = ROOT / "docs" / "plugins.md"
 MODEL = "tiny"
-_EXAMPLE = re.compile(r"<!-- example: ([a-z_]+) -->\n```python\n(.*?)\n```", re.S)
 
 
 def doc_examples(path: Path = PLUGINS_MD) -> dict[str, str]:
     """{name: code} of every marked python block in `path`, verbatim."""
-    return dict(_EXAMPLE.findall(path.read_text("utf-8")))
+    return {b.marker_value: b.text for b in blocks(path) if b.marker == "example" and b.lang == "python"}
 
 
 def _import_example(name: str, tmp_path: Path) -> ModuleType:
     source = tmp_path / f"doc_example_{name}.py"
-    source.write_text(doc_examples()[name] + "\n", "utf-8")
+    source.write_text(example("docs/plugins.md", name) + "\n", "utf-8")
     spec = importlib.util.spec_from_file_location(source.stem, source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import ssl
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from support.paths import ROOT
+from support.servers import ServerHandle
 
 RUNNABLE = frozenset({"sh", "bash", "console", "shell", "python"})
 _FENCE = re.compile(r"^(\s*)```([\w+-]*)\s*$")
@@ -39,6 +46,9 @@ EXAMPLES: dict[tuple[str, str], str] = {
     ("docs/attestation.md", "verify_shared_vectors"):
         "tests/docs/test_doc_commands.py::test_attestation_vector_examples_run_as_printed",
     ("README.md", "generate"): "tests/docs/test_doc_commands.py::test_readme_generate_examples_run_as_printed",
+    ("README.md", "serve_overrides"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
+    ("README.md", "operator_serve"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
+    ("docs/server.md", "serve"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
 }
 
 # Blocks in docs that other helpers rewrite in this wave (issue 22 leaves them to their owners):
@@ -131,3 +141,58 @@ def run_sh(script: str, cwd: Path, ports: dict[int, int] | None = None, env: dic
     full_env = {**os.environ, **(env or {}), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def printed_commands(script: str) -> list[str]:
+    """The block's commands: continuation lines joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", script)
+    return [line.split(" #", 1)[0].strip() for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@dataclass
+class PrintedServer:
+    """A long-running command of a doc, started as printed on loopback ports the test chose."""
+
+    handle: ServerHandle
+    url: str
+
+
+def start_printed(command: str, cwd: Path, ports: dict[int, int], env: dict[str, str],
+                  health_path: str = "/health", timeout: float = 180) -> PrintedServer:
+    """Start `specguard ...` (or `.venv/bin/specguard ...`) as printed, but on 127.0.0.1 and with each
+    printed port replaced by the one in `ports` (8000, serve's default, when it prints none), and wait
+    until `health_path` answers 200 (over https with `cwd/ca.pem` when it serves TLS)."""
+    argv = shlex.split(command.rstrip("&").strip())
+    assert argv[0] in ("specguard", ".venv/bin/specguard"), command
+    argv = [str(Path(sys.executable).parent / "specguard"), *argv[1:]]
+    if "--port" not in argv:
+        argv += ["--port", "8000"]
+    argv = [_local(arg, ports) for arg in argv]
+    argv[argv.index("--port") + 1] = str(ports[int(argv[argv.index("--port") + 1])])
+    if "--host" in argv:
+        argv[argv.index("--host") + 1] = "127.0.0.1"
+    port = int(argv[argv.index("--port") + 1])
+    tls = "--ssl-certfile" in argv
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    fd, log = tempfile.mkstemp(prefix="specguard-doc-", suffix=".log")
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    handle = ServerHandle(proc, port, Path(log), argv)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and handle.alive():
+        try:
+            verify = ssl.create_default_context(cafile=str(cwd / "ca.pem")) if tls else True
+            if httpx.get(url + health_path, timeout=2.0, verify=verify, trust_env=False).status_code == 200:
+                return PrintedServer(handle, url)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    handle.stop(timeout=5)
+    raise AssertionError(f"{command!r} did not become healthy at {url}{health_path}:\n{handle.output()}")
+
+
+def _local(arg: str, ports: dict[int, int]) -> str:
+    return re.sub(r"\b(127\.0\.0\.1|localhost):(\d+)\b",
+                  lambda m: f"{m.group(1)}:{ports.get(int(m.group(2)), int(m.group(2)))}", arg)
