@@ -86,3 +86,21 @@ def test_serve_examples_start_as_printed(tmp_path, doc, name):
     finally:
         for server in background:
             server.handle.stop()
+
+
+@pytest.mark.model
+def test_audit_try_it_catches_the_4bit_copy(tmp_path):
+    """docs/audit.md's "Try it": the `&` simulator is started (and waited for) by the test, the audit
+    line runs as printed and reports the substitution."""
+    script = example("docs/audit.md", "try_it")
+    background, rest = script.split("\n", 1)
+    ports = {8765: free_port()}
+    env = {"SPECGUARD_HOME": str(tmp_path / "home")}
+    simulator = start_printed(printed_commands(background)[0], tmp_path, ports, env)
+    try:
+        done = run_sh(rest, tmp_path, ports=ports, env=env)
+    finally:
+        simulator.handle.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("verdict: substituted"), done.stdout
+    assert json.loads((tmp_path / "audit-out" / "report.json").read_text())["verdict"] == "substituted"

@@ -49,6 +49,7 @@ EXAMPLES: dict[tuple[str, str], str] = {
     ("README.md", "serve_overrides"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
     ("README.md", "operator_serve"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
     ("docs/server.md", "serve"): "tests/docs/test_doc_commands.py::test_serve_examples_start_as_printed",
+    ("docs/audit.md", "try_it"): "tests/docs/test_doc_commands.py::test_audit_try_it_catches_the_4bit_copy",
 }
 
 # Blocks in docs that other helpers rewrite in this wave (issue 22 leaves them to their owners):
