@@ -214,7 +214,8 @@ class ProviderClient:
                                      expected="an accepted API key")
         if status is None and error and "ConnectError" in error:
             raise ProviderSetupError(f"nothing is listening at {shown}: is the server running, and the host and "
-                                     "port right?", field="base_url", got=error[:200])
+                                     "port right?", field="base_url",
+                                     got=error.rsplit("got=", 1)[-1][:200])  # the cause, not the wrapper's fields
 
 
 class ProviderSetupError(AuditUsageError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from support.asgi import app_client
+from support.doc_blocks import blocks, example, run_sh
 from support.paths import ROOT
 from support.servers import make_tiny_model_dir
 from support.tiny import tiny_model
@@ -41,17 +41,16 @@ from specguard.transcript import SamplingParams
 
 PLUGINS_MD = ROOT / "docs" / "plugins.md"
 MODEL = "tiny"
-_EXAMPLE = re.compile(r"<!-- example: ([a-z_]+) -->\n```python\n(.*?)\n```", re.S)
 
 
 def doc_examples(path: Path = PLUGINS_MD) -> dict[str, str]:
     """{name: code} of every marked python block in `path`, verbatim."""
-    return dict(_EXAMPLE.findall(path.read_text("utf-8")))
+    return {b.marker_value: b.text for b in blocks(path) if b.marker == "example" and b.lang == "python"}
 
 
 def _import_example(name: str, tmp_path: Path) -> ModuleType:
     source = tmp_path / f"doc_example_{name}.py"
-    source.write_text(doc_examples()[name] + "\n", "utf-8")
+    source.write_text(example("docs/plugins.md", name) + "\n", "utf-8")
     spec = importlib.util.spec_from_file_location(source.stem, source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -157,16 +156,7 @@ def test_evidence_layer_example_end_to_end(registered, node, monkeypatch):
 
 # --- README quick start and --help ------------------------------------------------------------
 
-README = ROOT / "README.md"
 QUICKSTART_PORT = "127.0.0.1:8000"
-
-
-def _readme_block(language: str, needle: str) -> str:
-    """The README's ```language block containing `needle`, verbatim."""
-    blocks = re.findall(rf"```{language}\n(.*?)\n```", README.read_text("utf-8"), re.S)
-    found = [b for b in blocks if needle in b]
-    assert len(found) == 1, f"README.md has {len(found)} ```{language} blocks with {needle!r}"
-    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -186,25 +176,43 @@ def quickstart_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
         server.stop()
 
 
-def test_readme_curl_quickstart_runs_as_printed(quickstart_server, tmp_path):
-    """The curl | jq | specguard verify block, with only the port and the venv path replaced."""
-    script = _readme_block("sh", "curl -s http://127.0.0.1:8000/v1/chat/completions")
-    script = script.replace(QUICKSTART_PORT, f"127.0.0.1:{quickstart_server.port}")
-    script = script.replace(".venv/bin/specguard", str(Path(sys.executable).parent / "specguard"))
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+def _run_curl_block(doc: str, name: str, server: Any, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    done = run_sh(example(doc, name), cwd, ports={8000: server.port}, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^OK receipt [0-9a-f]{32} signed by ", done.stdout, re.M), done.stdout
+    return done
+
+
+def test_readme_curl_quickstart_runs_as_printed(quickstart_server, tmp_path):
+    """The curl | jq | .venv/bin/specguard verify block, with only the port replaced."""
+    done = _run_curl_block("README.md", "quickstart_curl", quickstart_server, tmp_path)
     body = json.loads((tmp_path / "response.json").read_text())
     assert done.stdout.startswith(body["choices"][0]["message"]["content"])
     assert json.loads((tmp_path / "receipt.json").read_text())["receipt_id"] == body["specguard"]["receipt_id"]
 
 
-def test_readme_openai_sdk_quickstart_runs_as_printed(quickstart_server, capsys):
-    code = _readme_block("python", "from openai import OpenAI")
+def test_server_doc_curl_example_runs_as_printed(quickstart_server, tmp_path):
+    done = _run_curl_block("docs/server.md", "using_it_curl", quickstart_server, tmp_path)
+    body = json.loads((tmp_path / "response.json").read_text())
+    assert done.stdout.startswith(json.dumps(body["choices"][0]["message"]["content"]))
+
+
+def test_server_doc_stream_verification_runs_as_printed(quickstart_server, tmp_path):
+    """Stream a response, then fetch its stored body and verify it, as docs/server.md prints it."""
+    _run_curl_block("docs/server.md", "verify_stream", quickstart_server, tmp_path)
+    chunks = [json.loads(line[len("data: "):]) for line in (tmp_path / "stream.txt").read_text().splitlines()
+              if line.startswith("data: {")]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert json.loads((tmp_path / "response.json").read_text())["choices"][0]["message"]["content"] == streamed
+
+
+@pytest.mark.parametrize(("doc", "name"), [("README.md", "quickstart_openai"), ("docs/server.md", "using_it_openai")])
+def test_openai_sdk_examples_run_as_printed(quickstart_server, capsys, doc, name):
+    code = example(doc, name)
     namespace: dict[str, Any] = {}
     exec(code.replace(QUICKSTART_PORT, f"127.0.0.1:{quickstart_server.port}"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
-    assert f"receipt: {namespace['receipt']['receipt_id']}" in printed
+    assert namespace["receipt"]["receipt_id"] in printed
     assert namespace["chat"].choices[0].logprobs is not None
 
 
