@@ -17,11 +17,11 @@ from typing import Any
 
 from ..engine.speculative import SpeculativeEngine
 from ..http import redact_url
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from ..transcript import SamplingParams
 from . import AuditError, AuditUsageError, calibrate
 from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
-from .rescore import align_text, rescore
+from .reference import align_reference, load_reference, rescore_reference
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
 
@@ -77,6 +77,8 @@ class AuditConfig:
     sample_top_p: float = 1.0
     sample_top_k: int = 0
     sample_seed: int = 0
+    #: "auto" (llama.cpp on a GGUF reference, core/audit/reference.py), "torch" or "llamacpp"
+    reference_runtime: str = "auto"
 
 
 def load_prompts(path: str | None, n: int) -> list[str]:
@@ -179,7 +181,7 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
     if lpc is not None:
         mapped = map_logprob_content(lpc, tmap)
         alts = [list(t) for t in mapped.provider_top]
-        scores = rescore(reference.model, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
+        scores = rescore_reference(reference, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
         stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
         kept = stat if stat == stat else None
         adjusted = _penalty_adjusted(prompt_ids, mapped.ids, mapped.provider_logprobs, mapped.provider_top, scores)
@@ -187,7 +189,7 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
                                    "unmappable_reasons": mapped.reasons, "logprob_stat": kept},
                             mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs,
                             sorted(adjusted), list(mapped.ids))
-    scores, rest = align_text(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
+    scores, rest = align_reference(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
     return ScoredAnswer(False, {"tokens": len(scores) + rest, "unmappable": rest, "unscored": rest, "text_only": True},
                         len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores],
                         ids=[s.token_id for s in scores])
@@ -249,7 +251,8 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         raise AuditUsageError("extra request fields may not replace the audit's own", field="extra_body",
                               got=sorted(reserved & set(cfg.extra_body)) if isinstance(cfg.extra_body, dict)
                               else type(cfg.extra_body).__name__, expected="other fields (e.g. repeat_penalty)")
-    reference = reference or load_model(cfg.reference)
+    reference = reference or load_reference(cfg.reference, cfg.reference_runtime,
+                                            needs_torch=cfg.mmd_samples >= 2 or bool(cfg.seeded_prompts or cfg.rut_prompts))
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
     prompt_ids = [_prompt_ids(reference, p, cfg.endpoint) for p in prompts]
     longest = max((len(p) for p in prompt_ids), default=0)
@@ -409,7 +412,7 @@ def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: Scor
     repetition-penalty demotions skipped), with both texts split there for the report:
     {"position", "margin", "prefix", "provider_token", "provider_rest", "reference_token",
     "reference_rest"}; the reference's text is its own greedy continuation from that point."""
-    from .rescore import greedy_generate
+    from .reference import greedy_reference
 
     adjusted = set(scored.adjusted)
     pos = next((i for i, (agrees, _m) in enumerate(scored.positions)
@@ -428,7 +431,7 @@ def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: Scor
         return first, full[len(whole):] if full.startswith(whole) else full
 
     prefix = scored.ids[:pos]
-    generated, _lps, _tops = greedy_generate(reference.model, list(prompt_ids) + prefix, max(1, max_tokens - pos),
+    generated, _lps, _tops = greedy_reference(reference, list(prompt_ids) + prefix, max(1, max_tokens - pos),
                                              reference.eos_token_ids)
     provider_token, provider_rest = split(prefix, scored.ids[pos:])
     reference_token, reference_rest = split(prefix, generated)
