@@ -70,6 +70,13 @@ def load_reference(reference: str, requested: str = "auto", needs_torch: bool = 
     return load_model(reference, runtime=runtime)
 
 
+def load_audit_reference(cfg: Any) -> LoadedModel:
+    """The reference of an `AuditConfig`: torch when its options generate with the speculative
+    engine (`mmd_samples`, `seeded_prompts`, `rut_prompts`), else `cfg.reference_runtime`."""
+    needs_torch = cfg.mmd_samples >= 2 or bool(cfg.seeded_prompts or cfg.rut_prompts)
+    return load_reference(cfg.reference, getattr(cfg, "reference_runtime", "auto"), needs_torch)
+
+
 def is_llamacpp(reference: LoadedModel) -> bool:
     """Whether `reference` has no torch weights and runs on llama.cpp."""
     return reference.model is None and getattr(reference, "gguf_path", None) is not None
@@ -152,5 +159,5 @@ def align_reference(reference: LoadedModel, prompt_ids: list[int], text: str, ma
         return align_text(reference, prompt_ids, text, max_tokens, top_k, step=step)
 
 
-__all__ = ["REFERENCE_RUNTIMES", "align_reference", "greedy_reference", "is_llamacpp", "load_reference",
+__all__ = ["REFERENCE_RUNTIMES", "align_reference", "greedy_reference", "is_llamacpp", "load_audit_reference", "load_reference",
            "reference_runtime", "reference_step", "rescore_reference"]

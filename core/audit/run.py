@@ -21,7 +21,7 @@ from ..models import LoadedModel
 from ..transcript import SamplingParams
 from . import AuditError, AuditUsageError, calibrate
 from .client import ENDPOINTS, ProviderClient, ProviderFault, validate_for
-from .reference import align_reference, load_reference, rescore_reference
+from .reference import align_reference, load_audit_reference, rescore_reference
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
 
@@ -221,7 +221,8 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
                                   got=f"auto, reference {reference.name} without a calibration or a GGUF",
                                   expected="--calibration FILE or --honest-class bf16|fp32")
     setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
-    cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
+    cal = calibrate.first_use(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups,
+                              cache=cfg.honest_class in ("auto", "cross-engine"))
     calibrate.save(cal, saved)
     return cal
 
@@ -251,8 +252,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
         raise AuditUsageError("extra request fields may not replace the audit's own", field="extra_body",
                               got=sorted(reserved & set(cfg.extra_body)) if isinstance(cfg.extra_body, dict)
                               else type(cfg.extra_body).__name__, expected="other fields (e.g. repeat_penalty)")
-    reference = reference or load_reference(cfg.reference, cfg.reference_runtime,
-                                            needs_torch=cfg.mmd_samples >= 2 or bool(cfg.seeded_prompts or cfg.rut_prompts))
+    reference = reference or load_audit_reference(cfg)
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
     prompt_ids = [_prompt_ids(reference, p, cfg.endpoint) for p in prompts]
     longest = max((len(p) for p in prompt_ids), default=0)

@@ -45,6 +45,8 @@ def _print_json(data: dict) -> None:
               help="NAME=URL; repeat to audit several providers on the same prompts into OUT/NAME/ and one report.")
 @click.option("--model", "model_name", required=True, help="Model name the provider claims to serve.")
 @click.option("--reference", required=True, help="Reference copy of the claimed model (model reference).")
+@click.option("--reference-runtime", type=click.Choice(["auto", "torch", "llamacpp"]), default="auto", show_default=True,
+              help="Runtime scoring the reference: auto = llama.cpp on a GGUF as is, torch = its fp32 torch copy.")
 @click.option("--api-key-env", "api_key_envs", multiple=True,
               help="Environment variable holding the API key (never written); NAME=VAR for one provider.")
 @click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
@@ -103,7 +105,7 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
                 top_logprobs, honest_class, endpoint, extra_body, calibration, calibration_prompts, margin,
                 min_effect_logprob, min_effect_tokens, mmd_samples, mmd_prompts, text_only, timeout, max_retries,
                 seeded_prompts, rut_prompts, rut_samples, sample_temperature, sample_top_p, sample_top_k, sample_seed,
-                max_cost, prices, as_json, out_dir, ray_scorers=None) -> None:
+                max_cost, prices, as_json, out_dir, ray_scorers=None, reference_runtime="auto") -> None:
     """Audit a provider (or several); rerun the same command to resume.
 
     Exit 0 consistent, 4 substituted, 1 inconclusive (several providers: the worst), 2 bad usage."""
@@ -152,7 +154,7 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
                       api_key_env=key_default, timeout=timeout, max_retries=max_retries,
                       seeded_prompts=seeded_prompts, rut_prompts=rut_prompts, rut_samples=rut_samples,
                       sample_temperature=sample_temperature, sample_top_p=sample_top_p, sample_top_k=sample_top_k,
-                      sample_seed=sample_seed)
+                      sample_seed=sample_seed, reference_runtime=reference_runtime)
     out = Path(out_dir)
     if providers:
         parsed = [parse_provider(p) for p in providers]

@@ -1,0 +1,116 @@
+"""Audits at real size (issue 21): a GGUF reference is loaded and scored by llama.cpp as is.
+
+- the GGUF path never builds a torch model: the torch loaders and the torch scorer are replaced by
+  spies that fail the test if called;
+- an honest llama.cpp server of the GGUF, audited against that GGUF with default options, is not
+  called substituted; another model served under its name is.
+
+The provider models: A is the default model's GGUF (llama.cpp's own OpenAI server, real tokenizer
+and chat template); B is a random 4-layer Llama with the same tokenizer (`make_audit_model_dir`,
+seed 1), whose greedy tokens differ from A's at almost every position, so the verdict does not
+hinge on a few near-ties (deterministic: greedy decoding, fixed seeds and prompts).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from support.audit_providers import make_audit_model_dir, provider
+from support.servers import free_port, start_process
+
+from specguard.audit import reference as audit_reference
+from specguard.audit.run import AuditConfig, run_audit
+from specguard.llamacpp_runtime import target_gguf
+from specguard.models import resolve
+
+pytestmark = pytest.mark.model
+pytest.importorskip("llama_cpp", reason="the llama.cpp reference needs llama-cpp-python (make install)")
+
+
+@pytest.fixture(scope="module")
+def gguf() -> str:
+    kind, location = resolve(None)
+    assert kind == "gguf"
+    return str(location)
+
+
+def _no_torch(monkeypatch) -> list[str]:
+    calls: list[str] = []
+
+    def spy(name):
+        def fail(*_a, **_k):
+            calls.append(name)
+            raise AssertionError(f"{name} called on the GGUF reference path")
+        return fail
+
+    import specguard.models as models
+    import specguard.runtime.gguf_torch as gguf_torch
+
+    monkeypatch.setattr(gguf_torch, "load_gguf_torch", spy("load_gguf_torch"))
+    monkeypatch.setattr(models, "_load_dir", spy("_load_dir"))
+    monkeypatch.setattr(audit_reference, "rescore", spy("torch rescore"))
+    return calls
+
+
+def test_a_gguf_reference_never_loads_a_torch_model(gguf, monkeypatch):
+    calls = _no_torch(monkeypatch)
+    cfg = AuditConfig(base_url="http://127.0.0.1:9/v1", model="m", reference=gguf)
+    ref = audit_reference.load_audit_reference(cfg)
+    assert ref.model is None and ref.runtime == "llamacpp" and target_gguf(ref) is not None
+    ids = ref.encode_chat([{"role": "user", "content": "Write a haiku about autumn leaves."}])
+    toks, lps, tops = audit_reference.greedy_reference(ref, ids, 8, ref.eos_token_ids)
+    rows = audit_reference.rescore_reference(ref, [(ids, toks, [list(t) for t in tops])])[0]
+    assert [r.token_id for r in rows] == toks and all(r.agrees for r in rows)
+    assert max(abs(r.logprob - lp) for r, lp in zip(rows, lps, strict=True)) < 1e-4
+    text = ref.tokenizer.decode(toks, skip_special_tokens=False)
+    walked, rest = audit_reference.align_reference(ref, ids, text, 8)
+    assert rest == 0 and [p.token_id for p in walked] == toks
+    assert calls == []
+
+
+def test_torch_is_chosen_when_asked_or_needed(gguf):
+    assert audit_reference.reference_runtime(gguf) == "llamacpp"
+    assert audit_reference.reference_runtime(gguf, "torch") == "torch"
+    assert audit_reference.reference_runtime(gguf, needs_torch=True) == "torch"
+    from specguard.audit import AuditUsageError
+
+    with pytest.raises(AuditUsageError, match="reference runtime"):
+        audit_reference.reference_runtime(gguf, "vllm")
+
+
+@pytest.fixture(scope="module")
+def llamacpp_url(gguf):
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (the llamacpp extra)")
+    port = free_port()
+    srv = start_process([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
+                         "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"], port, health_path="/v1/models")
+    try:
+        yield srv.url + "/v1"
+    finally:
+        srv.stop()
+
+
+def _audit(url: str, gguf: str, out, **kw):
+    cfg = AuditConfig(base_url=url, model="smollm2-135m", reference=gguf, budget=4, max_tokens=16, timeout=120,
+                      max_retries=2, **kw)
+    return run_audit(cfg, out)  # the reference loaded by the audit itself, as the CLI does
+
+
+def test_honest_llamacpp_server_is_consistent_against_its_gguf(llamacpp_url, gguf, tmp_path, monkeypatch):
+    calls = _no_torch(monkeypatch)
+    rep = _audit(llamacpp_url, gguf, tmp_path / "honest", extra_body={"repeat_penalty": 1.0})
+    assert calls == []
+    assert rep["prompts"]["answered"] == 4
+    assert rep["verdict"] == "consistent", rep["reasons"]
+    assert not any(rep["rejected"].values())
+
+
+def test_another_model_under_its_name_is_substituted(gguf, tmp_path, monkeypatch):
+    other = make_audit_model_dir(tmp_path / "other", seed=1)
+    with provider(other, "--served-name", "smollm2-135m") as (url, _srv):
+        calls = _no_torch(monkeypatch)
+        rep = _audit(url, gguf, tmp_path / "sub")
+    assert calls == []
+    assert rep["verdict"] == "substituted", rep["reasons"]
+    assert rep["rejected"]["token_agreement"]
