@@ -105,7 +105,7 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
                 top_logprobs, honest_class, endpoint, extra_body, calibration, calibration_prompts, margin,
                 min_effect_logprob, min_effect_tokens, mmd_samples, mmd_prompts, text_only, timeout, max_retries,
                 seeded_prompts, rut_prompts, rut_samples, sample_temperature, sample_top_p, sample_top_k, sample_seed,
-                max_cost, prices, as_json, out_dir, ray_scorers=None, reference_runtime="auto") -> None:
+                max_cost, prices, as_json, out_dir, ray_scorers=None, **more) -> None:
     """Audit a provider (or several); rerun the same command to resume.
 
     Exit 0 consistent, 4 substituted, 1 inconclusive (several providers: the worst), 2 bad usage."""
@@ -154,7 +154,7 @@ def run_command(base_url, providers, model_name, reference, api_key_envs, prompt
                       api_key_env=key_default, timeout=timeout, max_retries=max_retries,
                       seeded_prompts=seeded_prompts, rut_prompts=rut_prompts, rut_samples=rut_samples,
                       sample_temperature=sample_temperature, sample_top_p=sample_top_p, sample_top_k=sample_top_k,
-                      sample_seed=sample_seed, reference_runtime=reference_runtime)
+                      sample_seed=sample_seed, reference_runtime=more.get("reference_runtime", "auto"))
     out = Path(out_dir)
     if providers:
         parsed = [parse_provider(p) for p in providers]

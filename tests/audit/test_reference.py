@@ -92,18 +92,23 @@ def llamacpp_url(gguf):
 
 
 def _audit(url: str, gguf: str, out, **kw):
-    cfg = AuditConfig(base_url=url, model="smollm2-135m", reference=gguf, budget=4, max_tokens=16, timeout=120,
-                      max_retries=2, **kw)
+    args = {"budget": 4, "max_tokens": 16, **kw}
+    cfg = AuditConfig(base_url=url, model="smollm2-135m", reference=gguf, timeout=120, max_retries=2, **args)
     return run_audit(cfg, out)  # the reference loaded by the audit itself, as the CLI does
 
 
 def test_honest_llamacpp_server_is_consistent_against_its_gguf(llamacpp_url, gguf, tmp_path, monkeypatch):
     calls = _no_torch(monkeypatch)
-    rep = _audit(llamacpp_url, gguf, tmp_path / "honest", extra_body={"repeat_penalty": 1.0})
+    # all 8 built-in prompts x 32 tokens: enough decisive positions for the run to be powered
+    rep = _audit(llamacpp_url, gguf, tmp_path / "honest", budget=8, max_tokens=32, extra_body={"repeat_penalty": 1.0})
     assert calls == []
-    assert rep["prompts"]["answered"] == 4
+    assert rep["prompts"]["answered"] == 8
     assert rep["verdict"] == "consistent", rep["reasons"]
     assert not any(rep["rejected"].values())
+    # nothing provider-specific sent (the server's repeat_penalty 1.1 applies): never "substituted"
+    default = _audit(llamacpp_url, gguf, tmp_path / "default")
+    assert default["verdict"] != "substituted", default["reasons"]
+    assert not any(default["rejected"].values())
 
 
 def test_another_model_under_its_name_is_substituted(gguf, tmp_path, monkeypatch):
@@ -114,3 +119,25 @@ def test_another_model_under_its_name_is_substituted(gguf, tmp_path, monkeypatch
     assert calls == []
     assert rep["verdict"] == "substituted", rep["reasons"]
     assert rep["rejected"]["token_agreement"]
+
+
+def test_calibration_on_first_use_is_measured_on_llamacpp_and_cached(gguf, tmp_path, monkeypatch, capsys):
+    from specguard.audit import calibrate
+
+    monkeypatch.setenv("SPECGUARD_HOME", str(tmp_path / "home"))
+    calls = _no_torch(monkeypatch)
+    ref = audit_reference.load_reference(gguf)
+    prompts = [ref.encode_chat([{"role": "user", "content": t}]) for t in ("Name a colour.", "Count to three.")]
+    cal = calibrate.first_use(ref, prompts, 8, 5, calibrate.SETUPS)
+    assert calls == []
+    setups = cal["setups"]
+    assert all("per_prompt" in setups[n] for n in calibrate.LLAMACPP_SETUPS)
+    assert all(setups[n]["error"] == calibrate.NATIVE_TORCH_SETUP for n in calibrate.TORCH_SETUPS)
+    assert calibrate.resolve_class("auto", cal) == "cross-engine"
+    assert cal["cost"]["prompts"] == 2 and cal["cost"]["seconds"] >= 0
+    path = calibrate.cache_path(ref)
+    assert path.is_file() and path.parent == tmp_path / "home" / "calibrations" and path.name.endswith(".llamacpp.json")
+    err = capsys.readouterr().err
+    assert "calibrating the honest noise" in err and "set-up llamacpp-t1 measured" in err and str(path) in err
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again despite the cache"))
+    assert calibrate.first_use(ref, prompts, 8, 5, calibrate.SETUPS) == cal
