@@ -139,7 +139,7 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
                 if switch is not None and switched_to is not None and answered[0] >= switch.after:
                     sub = switch.substitute
                     model = switched_to if (sub is None or mixed_in(sub, key)) else reference
-                transcript = SpeculativeEngine(model).generate(prompt_ids, params, top_logprobs=top_n)
+                transcript = plain_engine(model).generate(prompt_ids, params, top_logprobs=top_n)
                 answered[0] += 1
         except (KeyError, TypeError, ValueError, json.JSONDecodeError, SpecguardError) as exc:
             return JSONResponse({"error": {"message": f"bad request: {exc}"}}, status_code=400)
@@ -184,6 +184,16 @@ def build_app(reference: LoadedModel, substitute: Substitute | None = None, misb
         return Response(text, media_type="application/json")
 
     return app
+
+
+def plain_engine(model: LoadedModel) -> Any:
+    """The model's own plain decoding: llama.cpp for a llama.cpp-runtime GGUF, else the torch engine."""
+    if model.runtime == "llamacpp":
+        from ..drafters.base import NoDrafter
+        from ..engine.factory import make_engine
+
+        return make_engine(model, NoDrafter(), "llamacpp")
+    return SpeculativeEngine(model)
 
 
 def serve(app: FastAPI, host: str, port: int, limits: Any = None) -> None:

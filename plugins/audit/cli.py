@@ -226,8 +226,11 @@ def report_command(directory: str, as_json: bool) -> None:
               help="Seed of the random faults (--fail-rate, --malformed-rate, --ignore-seed).")
 @click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
 @click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
+@click.option("--reference-runtime", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True,
+              help="Serve a GGUF reference with llama.cpp as is (no substitutes: they transform torch weights).")
 def simulate_command(reference, substitute, host, port, threads, served_name, no_logprobs, ignore_seed, fail_rate,
-                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed, switch_after, switch_to) -> None:
+                     retry_after, malformed_rate, unmappable_rate, slow, fault_seed, switch_after, switch_to,
+                     **more) -> None:
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
 
@@ -239,7 +242,11 @@ def simulate_command(reference, substitute, host, port, threads, served_name, no
     if threads:
         torch.set_num_threads(threads)
     sub = parse_substitute(substitute) if substitute else None
-    ref = load_model(reference)
+    ref = load_model(reference, runtime=more.get("reference_runtime", "torch"))
+    needs_torch = sub is not None or (switch_to is not None and not switch_to.startswith("model:"))
+    if ref.model is None and needs_torch:
+        raise AuditUsageError("substitutes transform torch weights", field="reference_runtime", got="llamacpp",
+                              expected="torch with --substitute or --switch-to SUBSTITUTE")
     switch = None
     if (switch_after is None) != (switch_to is None) or (switch_after is not None and switch_after < 0):
         raise AuditUsageError("--switch-after N and --switch-to go together", field="switch_after",

@@ -141,3 +141,18 @@ def test_calibration_on_first_use_is_measured_on_llamacpp_and_cached(gguf, tmp_p
     assert "calibrating the honest noise" in err and "set-up llamacpp-t1 measured" in err and str(path) in err
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again despite the cache"))
     assert calibrate.first_use(ref, prompts, 8, 5, calibrate.SETUPS) == cal
+
+
+def test_simulate_serves_a_gguf_with_llamacpp_and_the_audit_calls_it_consistent(gguf, tmp_path):
+    with provider(gguf, "--reference-runtime", "llamacpp", "--served-name", "smollm2-135m") as (url, _srv):
+        rep = _audit(url, gguf, tmp_path / "sim", budget=8, max_tokens=32)
+    assert rep["verdict"] == "consistent", rep["reasons"]
+    assert rep["honest_class"]["name"] == "cross-engine"
+
+
+def test_simulate_refuses_substitutes_on_llamacpp(gguf, capsys):
+    from support.cli import run as run_cli
+
+    code, out, err = run_cli(capsys, "audit", "simulate", "--reference", gguf, "--reference-runtime", "llamacpp",
+                             "--substitute", "q4")
+    assert code == 2 and "substitutes transform torch weights" in out + err
