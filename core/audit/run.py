@@ -370,7 +370,7 @@ def run_audit(cfg: AuditConfig, out: Path, reference: LoadedModel | None = None,
     report = {
         "format": "specguard-audit-report/v1",
         "provider": {"base_url": redact_url(cfg.base_url), "model": cfg.model},
-        "reference": {"name": reference.name, "digest": reference.digest},
+        "reference": {"name": reference.name, "digest": reference.digest, "runtime": getattr(reference, "runtime", "torch")},
         "config": {**asdict(cfg), "base_url": redact_url(cfg.base_url)},
         **verdict,
         "tests": [r.to_json() for r in results],

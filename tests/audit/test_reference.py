@@ -102,6 +102,7 @@ def test_honest_llamacpp_server_is_consistent_against_its_gguf(llamacpp_url, ggu
     # all 8 built-in prompts x 32 tokens: enough decisive positions for the run to be powered
     rep = _audit(llamacpp_url, gguf, tmp_path / "honest", budget=8, max_tokens=32, extra_body={"repeat_penalty": 1.0})
     assert calls == []
+    assert rep["reference"]["runtime"] == "llamacpp"
     assert rep["prompts"]["answered"] == 8
     assert rep["verdict"] == "consistent", rep["reasons"]
     assert not any(rep["rejected"].values())
@@ -156,3 +157,11 @@ def test_simulate_refuses_substitutes_on_llamacpp(gguf, capsys):
     code, out, err = run_cli(capsys, "audit", "simulate", "--reference", gguf, "--reference-runtime", "llamacpp",
                              "--substitute", "q4")
     assert code == 2 and "substitutes transform torch weights" in out + err
+
+
+def test_honest_torch_provider_is_not_substituted_against_the_llamacpp_reference(gguf, tmp_path):
+    # the committed calibration measured llama.cpp against torch; scored the other way round it still holds
+    with provider("smollm2-135m") as (url, _srv):
+        rep = _audit(url, gguf, tmp_path / "torch")
+    assert rep["verdict"] != "substituted", rep["reasons"]
+    assert not any(rep["rejected"].values())
