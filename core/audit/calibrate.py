@@ -33,6 +33,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,20 @@ AUTO_NEEDS_ENGINE = (
     "reference): without one only torch-only classes remain, and they would call an honest llama.cpp or vLLM "
     "provider substituted. Calibrate with `specguard audit calibrate --reference REF --gguf FILE` and pass "
     "--calibration, or pass --honest-class bf16 (or fp32) if you know the provider runs the reference on torch")
+
+
+#: why a llama.cpp reference leaves the torch set-ups out of its calibration
+NATIVE_TORCH_SETUP = ("not measured: the reference runs on llama.cpp without torch weights "
+                      "(audit calibrate, or --reference-runtime torch, measures the torch set-ups)")
+
+
+def cache_path(reference: LoadedModel) -> Path:
+    """Where a calibration measured on first use is cached:
+    `$SPECGUARD_HOME/calibrations/<digest>.<runtime>.json` (each runtime measures against itself)."""
+    from ..keys import home_dir
+
+    runtime = getattr(reference, "runtime", "torch")
+    return home_dir() / "calibrations" / f"{reference.digest.replace(':', '-')}.{runtime}.json"
 
 
 def has_other_engine(cal: dict[str, Any]) -> bool:
@@ -177,19 +193,26 @@ def _setup_outputs(reference: LoadedModel, name: str, prompts: list[list[int]], 
 
 def calibrate(reference: LoadedModel, prompts: list[list[int]], max_tokens: int = 32, top_k: int = 5,
               setups: tuple[str, ...] = SETUPS, progress: Any = None, gguf: str | Path | None = None) -> dict[str, Any]:
-    """Measure honest noise of every set-up on `prompts` (token ids, chat template applied)."""
-    base = _generate(reference.model, prompts, max_tokens, reference.eos_token_ids, top_k)
+    """Measure honest noise of every set-up on `prompts` (token ids, chat template applied), each
+    against the reference's own runtime (a llama.cpp reference measures the llama.cpp set-ups only)."""
+    from .reference import greedy_reference, is_llamacpp, rescore_reference
+
+    native = is_llamacpp(reference)
+    base = ([greedy_reference(reference, p, max_tokens, reference.eos_token_ids, top_k) for p in prompts] if native
+            else _generate(reference.model, prompts, max_tokens, reference.eos_token_ids, top_k))
     result: dict[str, Any] = {"format": FORMAT, "reference": {"name": reference.name, "digest": reference.digest},
                               "max_tokens": max_tokens, "top_k": top_k, "prompts": len(prompts), "setups": {}}
     for name in setups:
         try:
+            if native and name in TORCH_SETUPS:
+                raise RuntimeError(NATIVE_TORCH_SETUP)
             outs = _setup_outputs(reference, name, prompts, max_tokens, top_k, base, gguf)
         except (RuntimeError, TypeError, ValueError, SpecguardError) as exc:  # a dtype or engine this box cannot run
             log.warning("calibration set-up %s skipped: %s", name, exc)
             result["setups"][name] = {"error": str(exc)}
             continue
         items = [(p, o[0], [list(t) for t in o[2]]) for p, o in zip(prompts, outs, strict=True)]
-        scored = rescore(reference.model, items, top_k=top_k)
+        scored = rescore_reference(reference, items, top_k=top_k)
         per_prompt, margins, positions = [], [], 0
         for (_toks, lps, tops), row in zip(outs, scored, strict=True):
             stat, _n, _pairs = prompt_logprob_stat(lps, tops, row)
@@ -203,6 +226,35 @@ def calibrate(reference: LoadedModel, prompts: list[list[int]], max_tokens: int 
         if progress:
             progress(name)
     return result
+
+
+def first_use(reference: LoadedModel, prompts: list[list[int]], max_tokens: int, top_k: int,
+              setups: tuple[str, ...], cache: bool = True) -> dict[str, Any]:
+    """The calibration of a reference without a committed one: the one cached under
+    `cache_path(reference)` (same model digest), else measured now (progress and its cost on
+    stderr) and cached there when `cache` (a measurement of every set-up the class needs)."""
+    path = cache_path(reference)
+    if cache and path.is_file():
+        try:
+            cal = load(path, reference)
+            print(f"specguard: calibration of {reference.name} from {path}", file=sys.stderr)
+            return cal
+        except AuditUsageError as exc:
+            log.warning("cached calibration %s unusable (%s): measuring again", path, exc.summary())
+    print(f"specguard: calibrating the honest noise of {reference.name} (first use, digest {reference.digest[:19]}): "
+          f"{len(prompts)} prompts x {max_tokens} tokens on {len(setups)} set-ups ...", file=sys.stderr)
+    start = time.monotonic()
+
+    def progress(name: str) -> None:
+        print(f"specguard:   set-up {name} measured ({time.monotonic() - start:.1f}s)", file=sys.stderr)
+
+    cal = calibrate(reference, prompts, max_tokens, top_k, setups, progress=progress)
+    cal["cost"] = {"seconds": round(time.monotonic() - start, 2), "prompts": len(prompts), "max_tokens": max_tokens}
+    if cache:
+        save(cal, path)
+    print(f"specguard: calibration done in {cal['cost']['seconds']:.1f}s"
+          + (f", cached at {path}" if cache else ""), file=sys.stderr)
+    return cal
 
 
 def save(cal: dict[str, Any], path: Path) -> None:

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from . import AuditUsageError
+from .reference import load_audit_reference
 from .run import AuditConfig, load_prompts, obtain_calibration, run_audit
 
 VERDICT_FORMAT = "specguard-audit-verdict/v1"
@@ -220,7 +221,7 @@ def run_multi(providers: list[Provider], template: AuditConfig, out: Path, max_c
     if not providers or len(set(names)) != len(names):
         raise AuditUsageError("provider names must be given and unique", field="provider", got=names)
     out.mkdir(parents=True, exist_ok=True)
-    reference = reference or load_model(template.reference)
+    reference = reference or load_audit_reference(template)
     prompts = load_prompts(template.prompts_file, template.budget)
     prompt_tokens = [len(reference.encode_chat([{"role": "user", "content": p}])) for p in prompts]
     cfg = template
@@ -284,7 +285,7 @@ def _budget_reason(plan: dict[str, Any], budget: Budget) -> str:
 def run_single_with_budget(cfg: AuditConfig, out: Path, price_per_1k: float, max_cost: float,
                            reference: LoadedModel | None = None) -> dict[str, Any]:
     """One provider under a cost budget (the same planning and guard as `run_multi`)."""
-    reference = reference or load_model(cfg.reference)
+    reference = reference or load_audit_reference(cfg)
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
     tokens = [len(reference.encode_chat([{"role": "user", "content": p}])) for p in prompts]
     n, worst = plan_prompts(cfg, tokens, [price_per_1k], max_cost)

@@ -114,13 +114,13 @@ class ReferenceScorer:
     def __init__(self, cfg: dict[str, Any], digest: str, threads: int) -> None:
         import torch
 
-        from ..models import load_model
+        from .reference import load_audit_reference
         from .run import AuditConfig
         from .tokens import TokenMap
 
         torch.set_num_threads(threads)
         self.cfg = AuditConfig(**cfg)
-        self.reference = load_model(self.cfg.reference)
+        self.reference = load_audit_reference(self.cfg)
         if self.reference.digest != digest:
             raise AuditError("the reference on this Ray node is not the driver's", field="reference",
                              got=self.reference.digest, expected=digest)

@@ -8,6 +8,7 @@ of the provider's top-k alternatives, the reference's own choice and its decisio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -81,14 +82,30 @@ def rescore(
     return results
 
 
+#: feeds tokens to a model that keeps its own cache and returns the logits after the last one
+Step = Callable[[list[int]], torch.Tensor]
+
+
+def torch_step(model: torch.nn.Module) -> Step:
+    """A `Step` over a torch model with its own KV cache."""
+    cache = kv.new_cache(model)
+    return lambda ids: kv.forward(model, list(ids), cache, 1)[0]
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: torch.nn.Module, prompt_ids: list[int], max_tokens: int, eos_ids: set[int] | None = None, top_k: int = 5
 ) -> tuple[list[int], list[float], list[dict[int, float]]]:
     """Greedy tokens with their log-probabilities and top-k, computed by `model` itself (any dtype)."""
+    return greedy_steps(torch_step(model), prompt_ids, max_tokens, eos_ids, top_k)
+
+
+@torch.inference_mode()
+def greedy_steps(step: Step, prompt_ids: list[int], max_tokens: int, eos_ids: set[int] | None = None,
+                 top_k: int = 5) -> tuple[list[int], list[float], list[dict[int, float]]]:
+    """`greedy_generate` on any runtime's `Step` (torch, llama.cpp)."""
     eos_ids = eos_ids or set()
-    cache = kv.new_cache(model)
-    logits = kv.forward(model, list(prompt_ids), cache, 1)[0]
+    logits = step(list(prompt_ids))
     tokens: list[int] = []
     lps: list[float] = []
     tops: list[dict[int, float]] = []
@@ -101,7 +118,7 @@ def greedy_generate(
         tops.append(dict(zip(t.indices.tolist(), t.values.tolist(), strict=True)))
         if tok in eos_ids:
             break
-        logits = kv.forward(model, [tok], cache, 1)[0]
+        logits = step([tok])
     return tokens, lps, tops
 
 
@@ -113,18 +130,18 @@ def _consistent(tokenizer, ids: list[int], cand: int, text: str, done: str) -> b
 
 @torch.inference_mode()
 def align_text(reference, prompt_ids: list[int], text: str, max_tokens: int,
-               top_k: int = 5) -> tuple[list[PositionScore], int]:
+               top_k: int = 5, step: Step | None = None) -> tuple[list[PositionScore], int]:
     """Token agreement for a text-only (greedy) answer, walking the text with the reference.
 
     At each position the reference's greedy choice agrees when its text continues the answer;
     otherwise the answer's token there is taken as the first of the reference's top-k (or of
     the canonical encoding of the rest) that continues the text. Returns the positions and 1 if
-    the walk could not account for the whole text (the rest is unmappable), else 0.
+    the walk could not account for the whole text (the rest is unmappable), else 0. `step` runs
+    the reference (default: its torch model).
     """
     tok = reference.tokenizer
-    model = reference.model
-    cache = kv.new_cache(model)
-    logits = kv.forward(model, list(prompt_ids), cache, 1)[0]
+    step = step or torch_step(reference.model)
+    logits = step(list(prompt_ids))
     ids: list[int] = []
     done = ""
     positions: list[PositionScore] = []
@@ -143,7 +160,7 @@ def align_text(reference, prompt_ids: list[int], text: str, max_tokens: int,
                                        list(zip(top.indices.tolist()[:top_k], logp[top.indices[:top_k]].tolist(), strict=True))))
         ids.append(pick)
         done = tok.decode(ids, skip_special_tokens=False)
-        logits = kv.forward(model, [pick], cache, 1)[0]
+        logits = step([pick])
     return positions, int(done != text)
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.speculative import SpeculativeEngine
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from ..transcript import SamplingParams
 from ..web.http import redact_url
 from . import AuditError, AuditUsageError, calibrate
 from .client import ENDPOINTS, ClientOptions, ProviderClient, ProviderFault, validate_for
-from .rescore import align_text, rescore
+from .reference import align_reference, load_audit_reference, rescore_reference
 from .statistics import agreement_test, combine, logprob_test, mmd_test, prompt_logprob_stat
 from .tokens import TokenMap, map_logprob_content, retokenize_text
 
@@ -91,6 +91,8 @@ class AuditConfig:
     sample_top_p: float = 1.0
     sample_top_k: int = 0
     sample_seed: int = 0
+    #: "auto" (llama.cpp on a GGUF reference, core/audit/reference.py), "torch" or "llamacpp"
+    reference_runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -226,7 +228,7 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
     if lpc is not None:
         mapped = map_logprob_content(lpc, tmap)
         alts = [list(t) for t in mapped.provider_top]
-        scores = rescore(reference.model, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
+        scores = rescore_reference(reference, [(prompt_ids, mapped.ids, alts)], top_k=cfg.top_logprobs)[0] if mapped.ids else []
         stat, _n, pairs = prompt_logprob_stat(mapped.provider_logprobs, mapped.provider_top, scores)
         kept = stat if stat == stat else None
         adjusted = _penalty_adjusted(prompt_ids, mapped.ids, mapped.provider_logprobs, mapped.provider_top, scores)
@@ -234,7 +236,7 @@ def score_answer(cfg: AuditConfig, reference: LoadedModel, tmap: TokenMap, promp
                                    "unmappable_reasons": mapped.reasons, "logprob_stat": kept},
                             mapped.total, mapped.unscored, [(s.agrees, s.margin) for s in scores], kept, pairs,
                             sorted(adjusted), list(mapped.ids))
-    scores, rest = align_text(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
+    scores, rest = align_reference(reference, prompt_ids, content, cfg.max_tokens, cfg.top_logprobs)
     return ScoredAnswer(False, {"tokens": len(scores) + rest, "unmappable": rest, "unscored": rest, "text_only": True},
                         len(scores) + rest, rest, [(s.agrees, s.margin) for s in scores],
                         ids=[s.token_id for s in scores])
@@ -266,7 +268,8 @@ def obtain_calibration(cfg: AuditConfig, reference: LoadedModel, prompt_ids: lis
                                   got=f"auto, reference {reference.name} without a calibration or a GGUF",
                                   expected="--calibration FILE or --honest-class bf16|fp32")
     setups = calibrate.HONEST_CLASSES[cfg.honest_class] if cfg.honest_class in calibrate.HONEST_CLASSES else calibrate.SETUPS
-    cal = calibrate.calibrate(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups)
+    cal = calibrate.first_use(reference, prompt_ids[: cfg.calibration_prompts], cfg.max_tokens, cfg.top_logprobs, setups,
+                              cache=cfg.honest_class in ("auto", "cross-engine"))
     calibrate.save(cal, saved)
     return cal
 
@@ -361,7 +364,7 @@ def prepare_inputs(cfg: AuditConfig, out: Path, reference: LoadedModel | None,
                    calibration: dict[str, Any] | None) -> AuditInputs:
     """Load the reference, the prompts and the calibration; the honest null comes first: a class that
     cannot be used stops the run before any query is paid for."""
-    reference = reference or load_model(cfg.reference)
+    reference = reference or load_audit_reference(cfg)
     prompts = load_prompts(cfg.prompts_file, cfg.budget)
     prompt_ids = [_prompt_ids(reference, p, cfg.endpoint) for p in prompts]
     longest = max((len(p) for p in prompt_ids), default=0)
@@ -482,7 +485,7 @@ def build_report(cfg: AuditConfig, inputs: AuditInputs, tally: Tally, results: l
     return {
         "format": "specguard-audit-report/v1",
         "provider": {"base_url": redact_url(cfg.base_url), "model": cfg.model},
-        "reference": {"name": reference.name, "digest": reference.digest},
+        "reference": {"name": reference.name, "digest": reference.digest, "runtime": getattr(reference, "runtime", "torch")},
         "config": {**asdict(cfg), "base_url": redact_url(cfg.base_url)},
         **judge(cfg, null, results, tally),
         "tests": [r.to_json() for r in results],
@@ -526,7 +529,7 @@ def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: Scor
     repetition-penalty demotions skipped), with both texts split there for the report:
     {"position", "margin", "prefix", "provider_token", "provider_rest", "reference_token",
     "reference_rest"}; the reference's text is its own greedy continuation from that point."""
-    from .rescore import greedy_generate
+    from .reference import greedy_reference
 
     adjusted = set(scored.adjusted)
     pos = next((i for i, (agrees, _m) in enumerate(scored.positions)
@@ -545,7 +548,7 @@ def first_divergence(reference: LoadedModel, prompt_ids: list[int], scored: Scor
         return first, full[len(whole):] if full.startswith(whole) else full
 
     prefix = scored.ids[:pos]
-    generated, _lps, _tops = greedy_generate(reference.model, list(prompt_ids) + prefix, max(1, max_tokens - pos),
+    generated, _lps, _tops = greedy_reference(reference, list(prompt_ids) + prefix, max(1, max_tokens - pos),
                                              reference.eos_token_ids)
     provider_token, provider_rest = split(prefix, scored.ids[pos:])
     reference_token, reference_rest = split(prefix, generated)

@@ -84,8 +84,17 @@ class SimulatorConfig:
     misbehave: Misbehaviour = field(default_factory=Misbehaviour)
     switch_after: int | None = None  # answer N requests honestly, then switch to `switch_to`
     switch_to: str | None = None  # a substitute spec or model:REF
+    reference_runtime: str = "torch"  # "llamacpp": serve a GGUF as is (no substitutes: they transform torch weights)
 
     def __post_init__(self) -> None:
+        if self.reference_runtime not in ("torch", "llamacpp"):
+            raise AuditUsageError("unknown runtime", field="reference_runtime", got=self.reference_runtime,
+                                  expected=["torch", "llamacpp"])
+        needs_torch = self.substitute is not None or (self.switch_to is not None
+                                                       and not self.switch_to.startswith("model:"))
+        if self.reference_runtime == "llamacpp" and needs_torch:
+            raise AuditUsageError("substitutes transform torch weights", field="reference_runtime", got="llamacpp",
+                                  expected="torch with --substitute or --switch-to SUBSTITUTE")
         if (self.switch_after is None) != (self.switch_to is None) or (self.switch_after or 0) < 0:
             raise AuditUsageError("--switch-after N and --switch-to go together", field="switch_after",
                                   got=self.switch_after, expected="N >= 0 with --switch-to")
@@ -99,7 +108,7 @@ class SimulatorConfig:
     def build_app(self) -> FastAPI:
         """Load the reference (and a switched-to model) and build the provider app."""
         sub = parse_substitute(self.substitute) if self.substitute else None
-        ref = load_model(self.reference)
+        ref = load_model(self.reference, runtime=self.reference_runtime)
         switch = None
         switch_after, switch_to = self.switch_after, self.switch_to
         if switch_to is not None and switch_after is not None:
@@ -260,7 +269,7 @@ def generate(sim: SimulatorState, req: SimRequest) -> Transcript:
         if sim.switch is not None and sim.switched_to is not None and sim.switched:
             sub = sim.switch.substitute
             model = sim.switched_to if (sub is None or mixed_in(sub, key)) else reference
-        transcript = SpeculativeEngine(model).generate(prompt_ids, params, top_logprobs=top_n)
+        transcript = plain_engine(model).generate(prompt_ids, params, top_logprobs=top_n)
         sim.answered += 1
     return transcript
 
@@ -308,6 +317,16 @@ def answer_json(sim: SimulatorState, req: SimRequest, transcript: Transcript) ->
         "usage": {"prompt_tokens": len(req.prompt_ids), "completion_tokens": len(ids),
                   "total_tokens": len(req.prompt_ids) + len(ids)},
     }
+
+
+def plain_engine(model: LoadedModel) -> Any:
+    """The model's own plain decoding: llama.cpp for a llama.cpp-runtime GGUF, else the torch engine."""
+    if model.runtime == "llamacpp":
+        from ..drafters.base import NoDrafter
+        from ..engine.factory import make_engine
+
+        return make_engine(model, NoDrafter(), "llamacpp")
+    return SpeculativeEngine(model)
 
 
 def serve(app: FastAPI, host: str, port: int, limits: Any = None) -> None:

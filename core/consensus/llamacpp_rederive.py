@@ -172,6 +172,10 @@ class LlamaCppSameEngine:
 
     def score(self, prompt_ids: list[int], output_ids: list[int], params: SamplingParams, top_k: int) -> ScoreResult:
         """llama.cpp's scoring of `output_ids` after `prompt_ids` on the engine's schedule (one context at a time)."""
+        return score_logits(self.logits(prompt_ids, output_ids), output_ids, params, top_k)
+
+    def logits(self, prompt_ids: list[int], output_ids: list[int]) -> np.ndarray:
+        """`replay_logits` on a pooled context of this GGUF (ids checked against its vocabulary)."""
         from ..llamacpp_runtime import POOL
 
         total = len(prompt_ids) + len(output_ids)
@@ -187,10 +191,9 @@ class LlamaCppSameEngine:
                 if bad is not None:
                     raise RequestError("token id outside the GGUF's vocabulary", field="output_ids", got=bad,
                                        expected=f"0..{vocab - 1}")
-                logits = replay_logits(llama, prompt_ids, output_ids)
+                return replay_logits(llama, prompt_ids, output_ids)
             finally:
                 POOL.release(str(self.gguf), self.threads, n_ctx, llama, **extra)
-        return score_logits(logits, output_ids, params, top_k)
 
 
 __all__ = ["LlamaCppSameEngine", "replay_logits", "teacher_forced_logits", "score_logits", "log_softmax64", "SAME_ENGINE_MARGIN",

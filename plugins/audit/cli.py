@@ -62,6 +62,8 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="NAME=URL; repeat to audit several providers on the same prompts into OUT/NAME/ and one report.")
 @click.option("--model", "model_name", required=True, help="Model name the provider claims to serve.")
 @click.option("--reference", required=True, help="Reference copy of the claimed model (model reference).")
+@click.option("--reference-runtime", type=click.Choice(["auto", "torch", "llamacpp"]), default="auto", show_default=True,
+              help="Runtime scoring the reference: auto = llama.cpp on a GGUF as is, torch = its fp32 torch copy.")
 @click.option("--api-key-env", "api_key_envs", multiple=True,
               help="Environment variable holding the API key (never written); NAME=VAR for one provider.")
 @click.option("--prompts", "prompts_file", default=None, help="JSONL prompts (prompt/text/turns).")
@@ -245,6 +247,8 @@ def report_command(directory: str, as_json: bool) -> None:
               help="Seed of the random faults (--fail-rate, --malformed-rate, --ignore-seed).")
 @click.option("--switch-after", type=int, default=None, help="Answer N requests honestly, then switch (--switch-to).")
 @click.option("--switch-to", default=None, help="What to serve after the switch: a substitute spec or model:REF.")
+@click.option("--reference-runtime", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True,
+              help="Serve a GGUF reference with llama.cpp as is (no substitutes: they transform torch weights).")
 def simulate_command(**options: Any) -> None:
     """Serve the reference (or a substitute) as an OpenAI-compatible provider on loopback."""
     import torch
