@@ -52,20 +52,9 @@ EXAMPLES: dict[tuple[str, str], str] = {
     ("docs/audit.md", "try_it"): "tests/docs/test_doc_commands.py::test_audit_try_it_catches_the_4bit_copy",
 }
 
-# Blocks in docs that other helpers rewrite in this wave (issue 22 leaves them to their owners):
-# (doc, first line of the block) -> why the block is not run. Move each into the doc as a
-# `<!-- not-run: ... -->` marker, or run it, once those docs are merged.
-ELSEWHERE: dict[tuple[str, str], str] = {
-    ("docs/benchmarks.md", "python bench/speed.py --drafters none,llamacpp-ahead,default --section speed-defaults "
-                           "--threads 1"): "benchmarks need a quiet machine (minutes each)",
-    ("docs/drafters.md", "make install          # builds llama-cpp-python 0.3.36 portably (below)"):
-        "not run yet: docs/drafters.md is being rewritten by another helper",
-    ("docs/drafters.md", 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" '
-                         "FORCE_CMAKE=1 \\"): "a ~6 min source build of llama-cpp-python",
-    ("docs/drafters.md", "# on the (untrusted) accelerator"): "needs a second machine named `accelerator`",
-    ("docs/engines.md", "specguard serve --engine llamacpp                 # default model, its GGUF; --threads N "
-                        "for llama.cpp's threads"): "not run yet: docs/engines.md is being rewritten by another helper",
-}
+# Blocks waived from here rather than marked in their doc: (doc, first line of the block) -> why the
+# block is not run. Empty: every block carries its own marker; prefer a marker in the doc.
+ELSEWHERE: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
