@@ -57,14 +57,32 @@ def _server(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> tuple[x
     return cert, key
 
 
-def mint_private_ca(folder: Path, name: str = "specguard-test-ca") -> PrivateCA:
-    """A fresh CA and a server certificate it issued, written as PEM files under `folder`."""
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def mint_ca(folder: Path, name: str) -> tuple[Path, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh CA written as `folder/NAME.pem`: (its path, its certificate, its key)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca(name)
+    path = folder / f"{name}.pem"
+    path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return path, ca, ca_key
+
+
+def mint_server_cert(folder: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+                     stem: str = "server") -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1/localhost issued by `ca`: (STEM.pem, STEM.key) under `folder`."""
     cert, key = _server(ca, ca_key)
-    paths = PrivateCA(folder / f"{name}.pem", folder / f"{name}-server.pem", folder / f"{name}-server.key")
-    paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    return paths
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    return cert_path, key_path
+
+
+def mint_private_ca(folder: Path, name: str = "specguard-test-ca") -> PrivateCA:
+    """A fresh CA and a server certificate it issued, written as PEM files under `folder`."""
+    ca_path, ca, ca_key = mint_ca(folder, name)
+    cert, key = mint_server_cert(folder, ca, ca_key, stem=f"{name}-server")
+    return PrivateCA(ca_path, cert, key)
