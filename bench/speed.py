@@ -308,8 +308,35 @@ def build_methods(args: argparse.Namespace, target, encoded: list[list[int]],
         label, run = llama_method(target, args, encoded[0])
         methods[label] = run
     for spec in args.drafters.split(","):
-        methods[spec_label(spec, args)] = spec_method(spec, args, target, receipts)
+        if spec.startswith("engine-llamacpp"):
+            methods[engine_label(spec, args)] = engine_method(spec, args, target, receipts)
+        else:
+            methods[spec_label(spec, args)] = spec_method(spec, args, target, receipts)
     return methods
+
+
+def engine_label(spec: str, args: argparse.Namespace) -> str:
+    plural = "" if args.llama_threads == 1 else "s"
+    receipts = " + receipts" if "+receipts" in spec else ""
+    return f"specguard engine llamacpp (serve --engine llamacpp, Q4_1 GGUF, {args.llama_threads} thread{plural}){receipts}"
+
+
+def engine_method(spec: str, args: argparse.Namespace, target, receipts: Receipts) -> Callable[[list[int]], Run]:
+    """specguard's llama.cpp engine on the target's GGUF (what `serve --engine llamacpp` runs per request):
+    llama.cpp decoding plus the transcript (per-token logprobs and top-k) and, with +receipts, a receipt."""
+    from specguard.drafters.base import NoDrafter
+    from specguard.engine.factory import make_engine
+
+    engine = make_engine(target, NoDrafter(), "llamacpp", {"threads": args.llama_threads})
+    with_receipts = "+receipts" in spec
+
+    def run(ids):
+        t0 = time.perf_counter()
+        t = engine.generate(ids, SamplingParams(max_tokens=args.tokens))
+        receipt_s = receipts.issue(target, t, args.tokens) if with_receipts else 0.0
+        return Run(t.output_ids, time.perf_counter() - t0, len(t.steps), 0, 0, receipt_s)
+    run(ids=list(range(1, 9)))  # warm up: the pooled context is created outside the timed region
+    return run
 
 
 def warm_up(args: argparse.Namespace, target, ids: list[int], receipts: Receipts) -> None:
@@ -354,8 +381,8 @@ def report_row(k: str, v: dict, base: float, done: int) -> list[str]:
     mat = f"{v['tok'] / v['steps']:.2f}" if v["steps"] else "-"
     acc = f"{v['accepted'] / v['drafted']:.0%}" if v["drafted"] else "-"
     ties = v["ties"] if k.startswith("specguard") else "-"
-    split = (f"{v['draft_s'] / v['s']:.0%} / {v['verify_s'] / v['s']:.0%}" if k.startswith("specguard")
-             else "-")
+    split = (f"{v['draft_s'] / v['s']:.0%} / {v['verify_s'] / v['s']:.0%}"
+             if k.startswith("specguard") and v["verify_s"] else "-")
     reuse = f"{v['reused']}/{v['started']}" if v["started"] else "-"
     rec = f"{1e3 * v['receipt_s'] / done:.1f}" if v["receipt_s"] else "-"
     return [k, f"{tps:.1f}", f"{tps / base:.2f}x", mat, acc, f"{v['same']}/{done}", ties, split, reuse, rec]
