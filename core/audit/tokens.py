@@ -42,7 +42,10 @@ def vocab_bytes(tokenizer: Any, vocab_size: int) -> list[bytes | None]:
     out: list[bytes | None] = []
     byte_level = _is_byte_level(tokenizer)
     special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special |= {t for t in (getattr(tokenizer, "special", None) or {}).values() if isinstance(t, str)}
     convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if convert is None and getattr(tokenizer, "backend_tokenizer", None) is not None:
+        convert = tokenizer.backend_tokenizer.id_to_token  # the llama.cpp runtime's FileTokenizer
     dec = _byte_decoder()
     for i in range(vocab_size):
         piece = convert(i) if convert is not None else None
