@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
@@ -138,9 +138,8 @@ class GenerateConfig:
         return cls(**{**options, "stop": tuple(options.get("stop") or ())})
 
     def params(self) -> SamplingParams:
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, seed=self.seed, stop=self.stop, mode=self.mode,
-                              ignore_eos=self.ignore_eos)
+        """The request's sampling parameters: the fields this config shares with SamplingParams."""
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in fields(SamplingParams)})
 
 
 def _generate_engine(config: GenerateConfig) -> tuple[Any, Any]:
